@@ -1,0 +1,52 @@
+"""autopart: a torch.compile backend that spreads a model over the devices it can reach.
+
+    model = torch.compile(model, backend="autopart")                 # this machine, defaults
+    model = torch.compile(model, backend=autopart.backend(**options)) # see autopart.Config
+    plans = autopart.plan_model(model, example_inputs, **options)     # plan without running
+"""
+
+from .coarsen import PlacementProblem
+from .config import Config, parse_bytes
+from .dynamo import (
+    AutopartWarning,
+    Backend,
+    Compilation,
+    analyze,
+    autopart_backend,
+    backend,
+    compilations,
+    last_plans,
+    plan_graph,
+    plan_model,
+    reset,
+)
+from .plan import Plan, Transfer
+from .solver import Solution, solve
+from .topology import Device, Link, Topology, presets
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AutopartWarning",
+    "Backend",
+    "Compilation",
+    "Config",
+    "Device",
+    "Link",
+    "PlacementProblem",
+    "Plan",
+    "Solution",
+    "Topology",
+    "Transfer",
+    "analyze",
+    "autopart_backend",
+    "backend",
+    "compilations",
+    "last_plans",
+    "parse_bytes",
+    "plan_graph",
+    "plan_model",
+    "presets",
+    "reset",
+    "solve",
+]

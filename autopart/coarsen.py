@@ -1,0 +1,354 @@
+"""Coarsening: contract an FX graph into a placement problem of a few dozen tasks.
+
+A **task** is a contiguous run of compute nodes in graph order. Because every task is a
+contiguous run of a topological order, every edge between tasks goes forward, so the graph of
+tasks, and any partition of tasks into devices executed in that order, is acyclic.
+
+Runs are formed in three steps:
+
+1. one run per maximal stretch of nodes from the same innermost module
+   (``meta["nn_module_stack"]``), never cutting before an ``operator.getitem`` (which must stay
+   with the tuple it indexes);
+2. runs heavier than ``1 / max_groups`` of the total weight are cut into lighter pieces;
+3. adjacent runs are merged until at most ``max_groups`` remain: first pairs whose merged weight
+   stays under the limit, among those the pair sharing the deepest module, then the lightest.
+
+Weight = share of predicted compute time + share of resident bytes, so groups are balanced in
+both what they compute and what they hold. Parameters, buffers and constants join the task of
+their first user; user inputs and the graph output become tasks fixed to their device.
+"""
+
+from __future__ import annotations
+
+import heapq
+import operator
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch.fx
+
+from .passes.memory import MemoryReport
+from .passes.records import record
+from .topology import Topology
+
+_COMPUTE_OPS = ("call_function", "call_method", "call_module")
+_RESIDENT_ROLES = ("parameter", "buffer", "constant")
+
+
+@dataclass(frozen=True)
+class Task:
+    """A group of FX nodes placed together.
+
+    ``time_s``: predicted seconds per device. ``resident_bytes``: parameters/buffers/constants
+    it holds. ``peak_bytes``: activation bytes live inside it at its busiest step (storages that
+    are born and die inside the task). ``fixed_device``: inputs and outputs cannot move.
+    """
+
+    name: str
+    nodes: tuple[str, ...]
+    time_s: dict[str, float]
+    resident_bytes: int = 0
+    peak_bytes: int = 0
+    fixed_device: str | None = None
+
+
+@dataclass(frozen=True)
+class Value:
+    """Tensors produced in one task and read in others: candidates for transfers.
+
+    ``nbytes`` bytes in ``count`` tensors, produced by task ``producer``, read by ``consumers``.
+    """
+
+    producer: int
+    consumers: tuple[int, ...]
+    nbytes: int
+    count: int
+    nodes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class LiveRange:
+    """An activation storage live from task ``producer`` to task ``last`` on the producer's device."""
+
+    producer: int
+    last: int
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class PlacementProblem:
+    """Everything the solver needs, with no reference to a model or graph.
+
+    Tasks are in execution order; memory is in bytes, times in seconds.
+    """
+
+    tasks: tuple[Task, ...]
+    values: tuple[Value, ...]
+    live_ranges: tuple[LiveRange, ...]
+    capacity_bytes: dict[str, int]
+    topology: Topology = field(repr=False)
+
+    @property
+    def devices(self) -> list[str]:
+        """Devices the solver may use (capacity > 0), in topology order."""
+        return [d for d in self.topology.device_names if self.capacity_bytes.get(d, 0) > 0]
+
+    def task_index(self) -> dict[str, int]:
+        """FX node name -> index of its task."""
+        return {n: i for i, t in enumerate(self.tasks) for n in t.nodes}
+
+
+def _module_path(node: torch.fx.Node) -> tuple[str, ...]:
+    stack = node.meta.get("nn_module_stack") or {}
+    paths = []
+    for value in stack.values():
+        path = value[0] if isinstance(value, tuple) else str(value)
+        paths.append(_clean_path(path))
+    return tuple(paths)
+
+
+def _clean_path(path: str) -> str:
+    # Dynamo writes "L['self'].transformer.h.0"; users know "transformer.h.0".
+    for prefix in ("L['self'].", "L['self']", "L__self__."):
+        if path.startswith(prefix):
+            return path[len(prefix) :]
+    return path
+
+
+def _common_depth(a: tuple[str, ...], b: tuple[str, ...]) -> int:
+    depth = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        depth += 1
+    return depth
+
+
+def _sticks_to_previous(node: torch.fx.Node) -> bool:
+    return node.op == "call_function" and node.target is operator.getitem
+
+
+@dataclass
+class _Run:
+    nodes: list[torch.fx.Node]
+    weight: float
+    path: tuple[str, ...]
+    alive: bool = True
+    prev: int = -1
+    next: int = -1
+
+
+def group_nodes(
+    compute: list[torch.fx.Node], weight: Callable[[torch.fx.Node], float], max_groups: int
+) -> list[list[torch.fx.Node]]:
+    """Split ``compute`` (in graph order) into at most ``max_groups`` contiguous runs.
+
+    See the module docstring for the three steps. Returns the runs in order.
+    """
+    if not compute:
+        return []
+    total = sum(weight(n) for n in compute) or 1.0
+    limit = total / max_groups
+
+    runs: list[_Run] = []
+    for node in compute:
+        path = _module_path(node)
+        w = weight(node)
+        if runs and (
+            _sticks_to_previous(node)
+            or (path == runs[-1].path and runs[-1].weight + w <= limit)
+            or (path == runs[-1].path and runs[-1].weight == 0)
+        ):
+            runs[-1].nodes.append(node)
+            runs[-1].weight += w
+        else:
+            runs.append(_Run([node], w, path))
+    for i, run in enumerate(runs):
+        run.prev, run.next = i - 1, (i + 1 if i + 1 < len(runs) else -1)
+
+    def key(i: int, j: int) -> tuple[bool, int, float, int]:
+        a, b = runs[i], runs[j]
+        combined = a.weight + b.weight
+        return (combined > limit, -_common_depth(a.path, b.path), combined, i)
+
+    heap = [(key(i, runs[i].next), i, runs[i].next) for i in range(len(runs) - 1)]
+    heapq.heapify(heap)
+    count = len(runs)
+    while count > max_groups and heap:
+        _, i, j = heapq.heappop(heap)
+        a, b = runs[i], runs[j]
+        if not (a.alive and b.alive and a.next == j):
+            continue
+        a.nodes += b.nodes
+        a.weight += b.weight
+        a.path = a.path[: _common_depth(a.path, b.path)]
+        b.alive = False
+        a.next = b.next
+        if b.next != -1:
+            runs[b.next].prev = i
+            heapq.heappush(heap, (key(i, b.next), i, b.next))
+        if a.prev != -1:
+            heapq.heappush(heap, (key(a.prev, i), a.prev, i))
+        count -= 1
+    return [r.nodes for r in runs if r.alive]
+
+
+def build_problem(
+    gm: torch.fx.GraphModule,
+    memory: MemoryReport,
+    topology: Topology,
+    capacity_bytes: dict[str, int],
+    *,
+    origin_device: Callable[[str], str],
+    max_groups: int = 48,
+) -> PlacementProblem:
+    """Contract ``gm`` (after the shape, memory and cost passes) into a :class:`PlacementProblem`.
+
+    Args:
+        origin_device: maps a device string of the captured graph (``"cpu"``) to the topology
+            device that holds user inputs and receives outputs there.
+        max_groups: coarsening target (number of compute tasks).
+    """
+    nodes = list(gm.graph.nodes)
+    position = {n: i for i, n in enumerate(nodes)}
+    compute = [n for n in nodes if n.op in _COMPUTE_OPS]
+    candidates = [d for d in topology.device_names if capacity_bytes.get(d, 0) > 0]
+
+    # Resident tensors join their first user.
+    attached: dict[torch.fx.Node, list[torch.fx.Node]] = defaultdict(list)
+    for n in nodes:
+        if record(n).role in _RESIDENT_ROLES and n.users:
+            first_user = min(n.users, key=position.__getitem__)
+            if first_user.op in _COMPUTE_OPS:
+                attached[first_user].append(n)
+
+    def ref_time(n: torch.fx.Node) -> float:
+        t = record(n).time_s
+        return sum(t.get(d, 0.0) for d in candidates) / max(1, len(candidates))
+
+    total_time = sum(ref_time(n) for n in compute) or 1.0
+    total_resident = sum(record(p).resident_bytes for ps in attached.values() for p in ps) or 1
+
+    def weight(n: torch.fx.Node) -> float:
+        resident = sum(record(p).resident_bytes for p in attached.get(n, ()))
+        return ref_time(n) / total_time + resident / total_resident
+
+    groups = group_nodes(compute, weight, max_groups)
+
+    tasks: list[Task] = []
+    task_of: dict[str, int] = {}
+
+    def add_task(task: Task) -> int:
+        tasks.append(task)
+        for name in task.nodes:
+            task_of[name] = len(tasks) - 1
+        return len(tasks) - 1
+
+    inputs_by_device: dict[str, list[str]] = defaultdict(list)
+    for n in nodes:
+        if n.op == "placeholder" and record(n).role == "input" and n.users:
+            inputs_by_device[_origin(n, origin_device)].append(n.name)
+    for dev, names in inputs_by_device.items():
+        add_task(Task(name=f"inputs@{dev}", nodes=tuple(names), time_s={}, fixed_device=dev))
+
+    for group in groups:
+        members: list[torch.fx.Node] = []
+        for n in group:
+            members += attached.get(n, [])
+            members.append(n)
+        time_s = {d: sum(record(n).time_s.get(d, 0.0) for n in group) for d in topology.device_names}
+        add_task(
+            Task(
+                name=_group_name(group),
+                nodes=tuple(m.name for m in members),
+                time_s=time_s,
+                resident_bytes=sum(record(m).resident_bytes for m in members),
+            )
+        )
+
+    output = next(n for n in nodes if n.op == "output")
+    out_devices = [t.device for t in record(output).tensors]
+    out_dev = origin_device(max(set(out_devices), key=out_devices.count)) if out_devices else None
+    if out_dev is None:
+        out_dev = next(iter(inputs_by_device), candidates[0] if candidates else topology.device_names[0])
+    add_task(Task(name=f"output@{out_dev}", nodes=(output.name,), time_s={}, fixed_device=out_dev))
+
+    # Unused resident tensors and unused inputs belong to no task: they are not moved.
+    values = _values(nodes, task_of)
+    tasks, live_ranges = _liveness(tasks, memory, task_of)
+    return PlacementProblem(
+        tasks=tuple(tasks),
+        values=values,
+        live_ranges=live_ranges,
+        capacity_bytes=dict(capacity_bytes),
+        topology=topology,
+    )
+
+
+def _origin(node: torch.fx.Node, origin_device: Callable[[str], str]) -> str:
+    tensors = record(node).tensors
+    return origin_device(tensors[0].device if tensors else "cpu")
+
+
+def _group_name(group: list[torch.fx.Node]) -> str:
+    paths = [_module_path(n) for n in group]
+    common = paths[0]
+    for p in paths[1:]:
+        common = common[: _common_depth(common, p)]
+    label = common[-1] if common else "<root>"
+    return f"{label} [{group[0].name}..{group[-1].name}]" if len(group) > 1 else f"{label} [{group[0].name}]"
+
+
+def _values(nodes: list[torch.fx.Node], task_of: dict[str, int]) -> tuple[Value, ...]:
+    merged: dict[tuple[int, tuple[int, ...]], list] = {}
+    for n in nodes:
+        nbytes = record(n).output_bytes
+        if n.name not in task_of or nbytes == 0:
+            continue
+        producer = task_of[n.name]
+        consumers = tuple(sorted({task_of[u.name] for u in n.users if u.name in task_of} - {producer}))
+        if not consumers:
+            continue
+        entry = merged.setdefault((producer, consumers), [0, 0, []])
+        entry[0] += nbytes
+        entry[1] += 1
+        entry[2].append(n.name)
+    return tuple(
+        Value(producer=p, consumers=c, nbytes=b, count=k, nodes=tuple(ns))
+        for (p, c), (b, k, ns) in merged.items()
+    )
+
+
+def _liveness(
+    tasks: list[Task], memory: MemoryReport, task_of: dict[str, int]
+) -> tuple[list[Task], tuple[LiveRange, ...]]:
+    """Split storages into those inside one task (its peak) and those crossing tasks."""
+    step_task = [task_of.get(name, -1) for name in memory.order]
+    # For a storage read last by the output node, its last task is the output task.
+    local = [defaultdict(int) for _ in tasks]  # task -> fine step -> live bytes
+    ranges = []
+    for s in memory.storages:
+        if s.kind != "activation":
+            continue
+        first_task = task_of.get(s.producer, -1)
+        last_task = step_task[s.last]
+        if first_task < 0 or last_task < 0:
+            continue
+        if last_task == first_task:
+            for step in range(s.first, s.last + 1):
+                local[first_task][step] += s.nbytes
+        else:
+            ranges.append(LiveRange(first_task, max(first_task, last_task), s.nbytes))
+    tasks = [
+        Task(
+            name=t.name,
+            nodes=t.nodes,
+            time_s=t.time_s,
+            resident_bytes=t.resident_bytes,
+            peak_bytes=max(local[i].values(), default=0),
+            fixed_device=t.fixed_device,
+        )
+        for i, t in enumerate(tasks)
+    ]
+    return tasks, tuple(ranges)

@@ -1,0 +1,202 @@
+"""User options for autopart: one dataclass, validated once.
+
+``autopart.backend(**options)`` and ``autopart.plan_model(model, inputs, **options)`` take the
+fields of :class:`Config` as keyword arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from dataclasses import dataclass
+from typing import Literal, Union
+
+from .topology import Topology
+
+ObjectiveName = Literal["latency"]
+SolverName = Literal["auto", "highs", "cbc"]
+InnerName = Literal["eager"]
+
+MemorySize = Union[int, str]
+
+_SIZE_UNITS = {
+    "": 1,
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "TB": 10**12,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+    "TIB": 2**40,
+}
+_SIZE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*$")
+
+
+def parse_bytes(value: MemorySize, *, what: str = "size") -> int:
+    """Parse a memory size as accelerate's ``max_memory`` writes it, into bytes.
+
+    Accepts an int (bytes) or a string with a decimal (``"30GB"`` = 30e9 bytes) or binary
+    (``"10GiB"`` = 10 * 2**30 bytes) unit; units are case-insensitive, as in
+    ``accelerate.utils.convert_file_size_to_int``.
+
+    Raises:
+        ValueError: the value is negative or the string has no number or an unknown unit.
+        TypeError: the value is neither int nor str.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise TypeError(
+            f"{what}: expected bytes as an int or a string like '10GiB' or '500MB', "
+            f"got {value!r} of type {type(value).__name__}"
+        )
+    if isinstance(value, int):
+        nbytes = value
+    else:
+        match = _SIZE_RE.match(value)
+        unit = match.group(2).upper() if match else None
+        if match is None or unit not in _SIZE_UNITS:
+            raise ValueError(
+                f"{what}: cannot read {value!r} as a memory size; write bytes as an int or a "
+                f"number with one of the units {sorted(u for u in _SIZE_UNITS if u)} "
+                "(e.g. '10GiB', '500MB')"
+            )
+        nbytes = int(float(match.group(1)) * _SIZE_UNITS[unit])
+    if nbytes < 0:
+        raise ValueError(f"{what}: memory size must be >= 0 bytes, got {value!r}")
+    return nbytes
+
+
+@dataclass(kw_only=True)
+class Config:
+    """How autopart plans and runs a model. Every field has a default that works on any machine."""
+
+    topology: Topology | str | os.PathLike | None = None
+    """Devices and links to plan for: a :class:`Topology`, a preset name (see
+    ``autopart.presets()``), a path to a topology JSON file, or None to discover this machine."""
+
+    objective: ObjectiveName = "latency"
+    """What the plan minimizes. ``"latency"``: predicted time of one call."""
+
+    max_memory: dict[str | int, MemorySize] | None = None
+    """Memory each device may use, in accelerate's format: ``{"cuda:0": "10GiB", "cpu": "30GB"}``
+    (ints are bytes, int keys ``i`` mean ``"cuda:i"``). As in accelerate, when given, devices not
+    named get no memory and are not used. None: ``memory_fraction`` of each device's memory."""
+
+    memory_fraction: float = 0.9
+    """Share of each device's memory the plan may fill when ``max_memory`` is None (0 < f <= 1);
+    the rest is headroom for allocator fragmentation and other processes."""
+
+    device_map: dict[str, str] | str | None = None
+    """Where topology devices run on this machine: ``{"cuda:1": "cpu"}`` runs the partitions planned
+    for ``cuda:1`` on the local CPU; a single string maps every device. Devices not named must exist
+    locally. Used to run plans for hardware this machine lacks (tests, experiments)."""
+
+    solver: SolverName = "auto"
+    """MILP solver: ``"highs"`` (HiGHS via highspy), ``"cbc"`` (CBC bundled with PuLP), or
+    ``"auto"``: HiGHS when installed, else CBC."""
+
+    time_limit_s: float = 10.0
+    """Wall-clock budget of one solve, in seconds; the best solution found so far is returned."""
+
+    mip_rel_gap: float = 1e-4
+    """Relative optimality gap at which the solver stops."""
+
+    max_groups: int = 48
+    """Coarsening target: the graph is contracted to at most about this many groups (contiguous
+    runs of nodes, cut at module boundaries) before the ILP."""
+
+    inner: InnerName = "eager"
+    """How each partition runs: ``"eager"`` runs its FX graph op by op."""
+
+    strict: bool = False
+    """If True, a failure to plan or rewrite raises. If False, autopart warns once and runs the
+    captured graph unchanged."""
+
+    def __post_init__(self) -> None:
+        _check_choice("objective", self.objective, ObjectiveName)
+        _check_choice("solver", self.solver, SolverName)
+        _check_choice("inner", self.inner, InnerName)
+        if not 0.0 < self.memory_fraction <= 1.0:
+            raise ValueError(f"memory_fraction must be in (0, 1], got {self.memory_fraction!r}")
+        if not self.time_limit_s > 0:
+            raise ValueError(f"time_limit_s must be > 0 seconds, got {self.time_limit_s!r}")
+        if not 0 <= self.mip_rel_gap < 1:
+            raise ValueError(f"mip_rel_gap must be in [0, 1), got {self.mip_rel_gap!r}")
+        if not isinstance(self.max_groups, int) or self.max_groups < 1:
+            raise ValueError(f"max_groups must be a positive int, got {self.max_groups!r}")
+        if self.max_memory is not None:
+            if not isinstance(self.max_memory, dict):
+                raise TypeError(
+                    f"max_memory must be a dict like {{'cuda:0': '10GiB', 'cpu': '30GB'}}, "
+                    f"got {self.max_memory!r}"
+                )
+            for key, value in self.max_memory.items():
+                parse_bytes(value, what=f"max_memory[{key!r}]")
+        if self.device_map is not None and not isinstance(self.device_map, (str, dict)):
+            raise TypeError(
+                "device_map must be a dict like {'cuda:0': 'cpu'} or a single device string, "
+                f"got {self.device_map!r}"
+            )
+
+    @classmethod
+    def from_options(cls, **options) -> Config:
+        """Build a Config from keyword options; an unknown option raises TypeError naming it."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise TypeError(f"unknown autopart option(s) {unknown}; valid options: {sorted(known)}")
+        return cls(**options)
+
+    def resolve_topology(self) -> Topology:
+        """The Topology this config names (discovering this machine when ``topology`` is None).
+
+        Raises:
+            ValueError: a string that is neither a preset name nor an existing file.
+        """
+        topo = self.topology
+        if topo is None:
+            return Topology.discover()
+        if isinstance(topo, Topology):
+            return topo
+        if isinstance(topo, (str, os.PathLike)):
+            from .topology import presets
+
+            if isinstance(topo, str) and topo in presets():
+                return Topology.preset(topo)
+            if os.path.exists(topo):
+                return Topology.load(topo)
+            raise ValueError(
+                f"topology={topo!r} is neither a preset ({presets()}) nor an existing file; "
+                "pass a preset name, a path to a topology JSON file, or None to discover this machine"
+            )
+        raise TypeError(f"topology must be a Topology, a preset name, a path or None, got {topo!r}")
+
+    def capacities_bytes(self, topology: Topology) -> dict[str, int]:
+        """Bytes each topology device may hold under this config (0 = do not use).
+
+        Raises:
+            ValueError: a ``max_memory`` key names no device of the topology.
+        """
+        if self.max_memory is None:
+            return {d.name: int(d.memory_bytes * self.memory_fraction) for d in topology.devices}
+        caps = {d.name: 0 for d in topology.devices}
+        for key, value in self.max_memory.items():
+            name = f"cuda:{key}" if isinstance(key, int) else key
+            if name not in caps:
+                raise ValueError(
+                    f"max_memory names device {key!r}, which topology {topology.name!r} does not "
+                    f"have; its devices are {topology.device_names}"
+                )
+            caps[name] = parse_bytes(value, what=f"max_memory[{key!r}]")
+        return caps
+
+
+def _check_choice(name: str, value: object, choices) -> None:
+    allowed = choices.__args__
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not one of {list(allowed)}")
+
+
+__all__ = ["Config", "parse_bytes"]

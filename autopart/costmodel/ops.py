@@ -1,0 +1,137 @@
+"""Per-op cost rules: FLOPs, bytes read and written, and kernel launches of one aten op.
+
+A rule is registered with :func:`register_cost` on aten overloads or overload packets
+(DESIGN.md convention 5). Ops with no rule get :func:`default_cost`:
+
+- views and metadata ops (``OpOverload.is_view``, and the ops torch's own runtime estimator
+  treats as free) move no bytes and launch nothing;
+- every other op reads all its input tensors and writes all its outputs once;
+- FLOPs come from ``torch.utils.flop_counter``'s registry when it has a formula (matmul, conv,
+  attention, ...); otherwise one FLOP per output element (elementwise ops), which keeps
+  bandwidth-bound ops bandwidth-bound in the roofline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+from .._compat import concrete_int, flop_registry
+
+aten = torch.ops.aten
+
+
+@dataclass(frozen=True)
+class OpCost:
+    """Work of one aten op: FLOPs, bytes moved to/from memory, kernel launches, and the dtype
+    that selects the device's peak FLOP rate."""
+
+    flops: int
+    bytes_read: int
+    bytes_written: int
+    launches: int
+    dtype: str
+
+    @property
+    def bytes_accessed(self) -> int:
+        return self.bytes_read + self.bytes_written
+
+
+CostRule = Callable[[Any, tuple, dict, Any], OpCost]
+_RULES: dict[Any, CostRule] = {}
+
+
+def register_cost(*targets: Any) -> Callable[[CostRule], CostRule]:
+    """Register ``rule(func, args, kwargs, out) -> OpCost`` for aten overloads or packets."""
+
+    def decorate(rule: CostRule) -> CostRule:
+        for target in targets:
+            _RULES[target] = rule
+        return rule
+
+    return decorate
+
+
+def tensor_bytes(value: Any) -> int:
+    """Bytes of the elements of every tensor among the leaves of ``value`` (views: their own)."""
+    return sum(
+        concrete_int(t.numel()) * t.element_size()
+        for t in tree_leaves(value)
+        if isinstance(t, torch.Tensor)
+    )
+
+
+def _dtype_of(args: Any, out: Any) -> str:
+    for t in tree_leaves((out, args)):
+        if isinstance(t, torch.Tensor) and t.is_floating_point():
+            return str(t.dtype).removeprefix("torch.")
+    return "float32"
+
+
+def _free(func, args, kwargs, out) -> OpCost:
+    return OpCost(0, 0, 0, 0, _dtype_of(args, out))
+
+
+# Ops that allocate or read metadata only. Views are free too (see default_cost).
+register_cost(
+    aten.lift_fresh,
+    aten.sym_size,
+    aten.sym_stride,
+    aten.sym_numel,
+    aten.empty,
+    aten.empty_strided,
+)(_free)
+
+
+def default_cost(func, args, kwargs, out) -> OpCost:
+    """Cost of an op with no registered rule (see the module docstring)."""
+    if getattr(func, "is_view", False):
+        return _free(func, args, kwargs, out)
+    registry = flop_registry()
+    packet = getattr(func, "overloadpacket", func)
+    if packet in registry:
+        flops = concrete_int(registry[packet](*args, **kwargs, out_val=out))
+    else:
+        flops = tensor_bytes(out) // max(1, _itemsize(out))
+    return OpCost(
+        flops=flops,
+        bytes_read=tensor_bytes((args, kwargs)),
+        bytes_written=tensor_bytes(out),
+        launches=1,
+        dtype=_dtype_of(args, out),
+    )
+
+
+def _itemsize(value: Any) -> int:
+    for t in tree_leaves(value):
+        if isinstance(t, torch.Tensor):
+            return t.element_size()
+    return 1
+
+
+def aten_op_cost(func, args: tuple, kwargs: dict, out: Any) -> OpCost:
+    """Cost of one aten op call: its registered rule, else :func:`default_cost`."""
+    rule = _RULES.get(func) or _RULES.get(getattr(func, "overloadpacket", None)) or default_cost
+    return rule(func, args, kwargs, out)
+
+
+class CostRecorder(TorchDispatchMode):
+    """Records the :class:`OpCost` of every aten op run while it is active.
+
+    Use inside a FakeTensorMode to cost an FX node without running real kernels.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[OpCost] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        self.ops.append(aten_op_cost(func, args, kwargs, out))
+        return out

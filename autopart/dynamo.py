@@ -1,0 +1,299 @@
+"""The TorchDynamo backend: plan each captured graph, rewrite it, and hand back a runner.
+
+``torch.compile(model, backend="autopart")`` finds :data:`autopart_backend` through the
+``torch_dynamo_backends`` entry point; ``autopart.backend(**options)`` makes a configured one.
+Every graph compiled is recorded as a :class:`Compilation` (graph, plan, timings, fallback).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx
+
+from .coarsen import PlacementProblem, build_problem
+from .config import Config
+from .passes import (
+    CostReport,
+    DependencyGraph,
+    MemoryReport,
+    cost_pass,
+    dependency_pass,
+    memory_pass,
+    propagate_shapes_pass,
+)
+from .plan import Plan, make_plan
+from .rewrite import origin_resolver, resolve_device_map, rewrite
+from .runtime import PlacedGraph, RuntimeMetrics
+from .solver import solve
+from .topology import Topology
+
+log = logging.getLogger(__name__)
+
+
+class AutopartWarning(UserWarning):
+    """autopart could not plan a graph and runs it as captured."""
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """What the analysis passes found in one graph."""
+
+    memory: MemoryReport
+    dependencies: DependencyGraph
+    cost: CostReport
+
+
+def analyze(
+    gm: torch.fx.GraphModule, example_inputs: Sequence[Any], topology: Topology
+) -> Analysis:
+    """Run the analysis passes (shapes, memory, dependencies, cost) over ``gm``, in place."""
+    propagate_shapes_pass(gm, example_inputs)
+    memory = memory_pass(gm, example_inputs)
+    dependencies = dependency_pass(gm, example_inputs)
+    cost = cost_pass(gm, example_inputs, topology=topology)
+    return Analysis(memory=memory, dependencies=dependencies, cost=cost)
+
+
+def plan_graph(
+    gm: torch.fx.GraphModule,
+    example_inputs: Sequence[Any],
+    config: Config,
+    topology: Topology,
+    *,
+    graph_name: str = "graph",
+    mapping: dict[str, str] | None = None,
+) -> tuple[Plan, PlacementProblem, Analysis]:
+    """Analyze ``gm``, build and solve its placement problem, and return the Plan.
+
+    Args:
+        mapping: topology device -> local device (see ``resolve_device_map``); it decides which
+            topology device stands for the device the inputs were captured on.
+
+    Raises:
+        ValueError: bad options, a model that cannot fit (needed and available bytes), or no
+            placement found.
+    """
+    mapping = mapping if mapping is not None else resolve_device_map(topology, config.device_map)
+    analysis = analyze(gm, example_inputs, topology)
+    problem = build_problem(
+        gm,
+        analysis.memory,
+        topology,
+        config.capacities_bytes(topology),
+        origin_device=origin_resolver(topology, mapping),
+        max_groups=config.max_groups,
+    )
+    solution = solve(
+        problem,
+        solver=config.solver,
+        time_limit_s=config.time_limit_s,
+        mip_rel_gap=config.mip_rel_gap,
+    )
+    plan = make_plan(gm, problem, solution, graph_name=graph_name, objective_name=config.objective)
+    plan = _with_device_map(plan, mapping)
+    return plan, problem, analysis
+
+
+def _with_device_map(plan: Plan, mapping: dict[str, str]) -> Plan:
+    return dataclasses.replace(plan, device_map=dict(mapping))
+
+
+@dataclass
+class Compilation:
+    """One graph Dynamo handed to autopart, and what became of it. Times in seconds."""
+
+    graph_name: str
+    graph: torch.fx.GraphModule
+    plan: Plan | None = None
+    runner: PlacedGraph | None = None
+    fallback_reason: str | None = None
+    plan_s: float = 0.0
+    rewrite_s: float = 0.0
+
+    @property
+    def metrics(self) -> RuntimeMetrics | None:
+        return self.runner.metrics if self.runner else None
+
+
+_REGISTRY: list[Compilation] = []
+_LAST_BACKEND: list[Backend] = []
+
+
+class Backend:
+    """A Dynamo backend with fixed options: ``torch.compile(model, backend=Backend(config))``.
+
+    ``compilations`` lists every graph it compiled, in order.
+    """
+
+    def __init__(self, config: Config | None = None, *, execute: bool = True) -> None:
+        self.config = config or Config()
+        self.execute = execute
+        self.compilations: list[Compilation] = []
+        self._topology: Topology | None = None
+        self._mapping: dict[str, str] | None = None
+
+    @property
+    def topology(self) -> Topology:
+        """The topology this backend plans for (resolved, or discovered, once)."""
+        if self._topology is None:
+            self._topology = self.config.resolve_topology()
+        return self._topology
+
+    @property
+    def plans(self) -> list[Plan]:
+        return [c.plan for c in self.compilations if c.plan is not None]
+
+    def __call__(self, gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> Callable:
+        compile_id = getattr(gm, "meta", {}).get("dynamo_compile_id")
+        name = f"graph {len(self.compilations)}" + (f" (compile id {compile_id})" if compile_id else "")
+        comp = Compilation(graph_name=name, graph=gm)
+        self.compilations.append(comp)
+        _REGISTRY.append(comp)
+        _LAST_BACKEND[:] = [self]
+        try:
+            start = time.perf_counter()
+            if self._mapping is None:
+                self._mapping = resolve_device_map(self.topology, self.config.device_map)
+            comp.plan, _, _ = plan_graph(
+                gm, example_inputs, self.config, self.topology, graph_name=name, mapping=self._mapping
+            )
+            comp.plan_s = time.perf_counter() - start
+            log.info("autopart planned %s:\n%s", name, comp.plan.summary())
+            if not self.execute:
+                return gm.forward
+            start = time.perf_counter()
+            rewritten = rewrite(gm, comp.plan, self._mapping)
+            comp.rewrite_s = time.perf_counter() - start
+            comp.runner = PlacedGraph(rewritten.module, comp.plan, rewritten.static_moves)
+        except Exception as exc:
+            if self.config.strict:
+                raise
+            comp.fallback_reason = f"{type(exc).__name__}: {exc}"
+            warnings.warn(
+                f"autopart could not plan {name} ({comp.fallback_reason}); running the captured "
+                "graph unchanged. Pass strict=True to raise instead.",
+                AutopartWarning,
+                stacklevel=2,
+            )
+            return gm.forward
+        return _guard_first_call(comp, gm, self.config.strict)
+
+
+def _guard_first_call(comp: Compilation, gm: torch.fx.GraphModule, strict: bool) -> Callable:
+    """Run the planned graph; if its first call fails (and not strict), fall back for good.
+
+    Only a graph that mutates nothing in place is retried as captured, so a failed first call
+    can never apply an update twice.
+    """
+    runner = comp.runner
+    assert runner is not None
+    state = {"ok": False, "fallback": False}
+    retry_safe = not _mutates_in_place(gm)
+
+    def run(*args: Any) -> Any:
+        if state["ok"]:
+            return runner(*args)
+        if state["fallback"]:
+            return gm(*args)
+        try:
+            out = runner(*args)
+        except Exception as exc:
+            if strict or not retry_safe:
+                raise
+            comp.fallback_reason = f"first call failed: {type(exc).__name__}: {exc}"
+            warnings.warn(
+                f"autopart's plan for {comp.graph_name} failed on its first call "
+                f"({comp.fallback_reason}); running the captured graph unchanged",
+                AutopartWarning,
+                stacklevel=2,
+            )
+            state["fallback"] = True
+            return gm(*args)
+        state["ok"] = True
+        return out
+
+    run.compilation = comp  # type: ignore[attr-defined]
+    return run
+
+
+def _mutates_in_place(gm: torch.fx.GraphModule) -> bool:
+    for node in gm.graph.nodes:
+        name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
+        if isinstance(name, str) and name.endswith("_") and not name.endswith("__"):
+            return True
+        if node.op == "call_function" and node.target is torch.nn.functional.batch_norm:
+            return True
+    return False
+
+
+#: The backend ``torch.compile(..., backend="autopart")`` uses (default options).
+autopart_backend = Backend()
+
+
+def backend(**options: Any) -> Backend:
+    """A Dynamo backend with the given options (the fields of :class:`autopart.Config`).
+
+    Example: ``torch.compile(model, backend=autopart.backend(topology="4xa100-pcie-cpu",
+    device_map="cpu", max_memory={"cuda:0": "200MB", "cuda:1": "200MB"}))``.
+
+    Raises:
+        TypeError: an unknown option. ValueError: an invalid option value.
+    """
+    return Backend(Config.from_options(**options))
+
+
+def plan_model(model: torch.nn.Module | Callable, example_inputs: Any, **options: Any) -> list[Plan]:
+    """Plan ``model`` without running the plans: one Plan per graph Dynamo captures.
+
+    The model runs once, eagerly, on ``example_inputs`` (a tuple of positional arguments, a dict
+    of keyword arguments, or a single tensor) so that Dynamo can capture it.
+
+    Raises:
+        ValueError / TypeError: bad options, or a model that cannot be planned (e.g. too large
+            for ``max_memory``: the message gives needed and available bytes).
+    """
+    options.setdefault("strict", True)
+    planner = Backend(Config.from_options(**options), execute=False)
+    compiled = torch.compile(model, backend=planner)
+    args, kwargs = _split_inputs(example_inputs)
+    try:
+        with torch.no_grad():
+            compiled(*args, **kwargs)
+    except torch._dynamo.exc.BackendCompilerFailed as exc:
+        inner = getattr(exc, "inner_exception", None) or exc.__cause__
+        if isinstance(inner, (ValueError, TypeError)):
+            raise inner from None
+        raise
+    return planner.plans
+
+
+def _split_inputs(example_inputs: Any) -> tuple[tuple, dict]:
+    if isinstance(example_inputs, dict):
+        return (), example_inputs
+    if isinstance(example_inputs, (tuple, list)):
+        return tuple(example_inputs), {}
+    return (example_inputs,), {}
+
+
+def last_plans() -> list[Plan]:
+    """Plans of the autopart backend that compiled most recently, in compile order."""
+    return _LAST_BACKEND[0].plans if _LAST_BACKEND else []
+
+
+def compilations() -> list[Compilation]:
+    """Every graph compiled by any autopart backend since the last :func:`reset`."""
+    return list(_REGISTRY)
+
+
+def reset() -> None:
+    """Forget recorded compilations (does not reset Dynamo's own caches)."""
+    _REGISTRY.clear()
+    _LAST_BACKEND.clear()

@@ -1,0 +1,120 @@
+"""Cost: FLOPs, bytes and predicted time of every node on every device of a topology.
+
+Each compute node is re-run on its fake input values inside a :class:`CostRecorder`, which
+decomposes it into the aten ops it really dispatches and costs each with the rules in
+``autopart.costmodel.ops``. Time per device is the roofline sum over those ops. A node that
+cannot be re-run gets a default (read inputs, write outputs, one FLOP per output element, one
+launch) and is listed in :attr:`CostReport.unknown`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.fx
+from torch.utils._pytree import tree_leaves, tree_map
+
+from .._compat import detect_fake_mode
+from ..costmodel.ops import CostRecorder, OpCost, tensor_bytes
+from ..costmodel.roofline import ops_time_s
+from ..topology import Topology
+from .records import record
+from .shapes import node_value
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CostReport:
+    """Totals of the cost pass. Times in seconds, per topology device."""
+
+    total_flops: int
+    total_time_s: dict[str, float]
+    unknown: dict[str, str]
+    """Node name -> why its cost is a default estimate."""
+
+
+def _is_inplace(node: torch.fx.Node) -> bool:
+    name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
+    return isinstance(name, str) and name.endswith("_") and not name.endswith("__")
+
+
+def _rerun(gm: torch.fx.GraphModule, node: torch.fx.Node, fake_mode) -> list[OpCost]:
+    def fake(arg: Any) -> Any:
+        return node_value(arg) if isinstance(arg, torch.fx.Node) else arg
+
+    args, kwargs = tree_map(fake, (node.args, node.kwargs))
+    if _is_inplace(node):  # keep upstream fake values unmutated
+        args, kwargs = tree_map(
+            lambda t: t.clone() if isinstance(t, torch.Tensor) else t, (args, kwargs)
+        )
+    recorder = CostRecorder()
+    with fake_mode, torch.no_grad(), recorder:
+        if node.op == "call_function":
+            node.target(*args, **kwargs)
+        elif node.op == "call_method":
+            getattr(args[0], node.target)(*args[1:], **kwargs)
+        else:
+            gm.get_submodule(node.target)(*args, **kwargs)
+    return recorder.ops
+
+
+def _default_ops(node: torch.fx.Node) -> list[OpCost]:
+    out = node_value(node)
+    inputs = [node_value(a) for a in node.all_input_nodes]
+    dtype = next(
+        (
+            str(t.dtype).removeprefix("torch.")
+            for t in tree_leaves((out, inputs))
+            if isinstance(t, torch.Tensor) and t.is_floating_point()
+        ),
+        "float32",
+    )
+    numel = sum(t.numel for t in record(node).tensors)
+    return [OpCost(numel, tensor_bytes(inputs), tensor_bytes(out), 1, dtype)]
+
+
+def cost_pass(
+    gm: torch.fx.GraphModule, example_inputs: Sequence[Any] = (), *, topology: Topology
+) -> CostReport:
+    """Write ``flops``, ``bytes_accessed``, ``num_kernels``, ``cost_rule`` and ``time_s`` (per
+    device of ``topology``) into each node's record (after ``propagate_shapes_pass``).
+
+    Returns:
+        A :class:`CostReport` with totals and the nodes whose cost is a default estimate.
+    """
+    del example_inputs
+    fake_mode = detect_fake_mode(
+        [node_value(n) for n in gm.graph.nodes if n.op in ("placeholder", "call_function")]
+    )
+    unknown: dict[str, str] = {}
+    total_flops = 0
+    total_time = {d.name: 0.0 for d in topology.devices}
+    for node in gm.graph.nodes:
+        rec = record(node)
+        ops: list[OpCost] = []
+        if node.op in ("call_function", "call_method", "call_module") and rec.tensors:
+            try:
+                if fake_mode is None:
+                    raise RuntimeError("graph has no fake tensors")
+                ops = _rerun(gm, node, fake_mode)
+                rec.cost_rule = "aten"
+            except Exception as exc:  # noqa: BLE001 - any failure: default estimate
+                ops = _default_ops(node)
+                rec.cost_rule = f"unknown: {type(exc).__name__}: {exc}".splitlines()[0][:200]
+                unknown[node.name] = rec.cost_rule
+                log.debug("cost of %s: %s", node.name, rec.cost_rule)
+        else:
+            rec.cost_rule = "free"
+        rec.flops = sum(op.flops for op in ops)
+        rec.bytes_accessed = sum(op.bytes_accessed for op in ops)
+        rec.num_kernels = sum(op.launches for op in ops)
+        rec.time_s = {d.name: ops_time_s(ops, d) for d in topology.devices}
+        total_flops += rec.flops
+        for name, t in rec.time_s.items():
+            total_time[name] += t
+    return CostReport(total_flops=total_flops, total_time_s=total_time, unknown=unknown)

@@ -1,0 +1,127 @@
+"""Shapes and dtypes: every node gets ``meta["val"]`` and a :class:`TensorInfo` per output tensor.
+
+Dynamo leaves fake tensors in ``meta["example_value"]`` (and AOT/make_fx graphs in
+``meta["val"]``); where neither is present the graph is run under ``FakeTensorProp``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.fx
+from torch.fx.passes.fake_tensor_prop import FakeTensorProp
+from torch.utils._pytree import tree_leaves
+
+from .._compat import concrete_int, detect_fake_mode, is_static_input
+from .records import NodeRole, TensorInfo, record
+
+log = logging.getLogger(__name__)
+
+
+def tensor_infos(val: Any) -> tuple[TensorInfo, ...]:
+    """A :class:`TensorInfo` for each tensor among the leaves of ``val`` (a tensor or pytree)."""
+    infos = []
+    for leaf in tree_leaves(val):
+        if isinstance(leaf, torch.Tensor):
+            shape = tuple(concrete_int(s) for s in leaf.shape)
+            numel = 1
+            for s in shape:
+                numel *= s
+            infos.append(
+                TensorInfo(
+                    shape=shape,
+                    dtype=str(leaf.dtype).removeprefix("torch."),
+                    device=str(leaf.device),
+                    nbytes=numel * leaf.element_size(),
+                )
+            )
+    return tuple(infos)
+
+
+def node_value(node: torch.fx.Node) -> Any:
+    """The fake value of a node: ``meta["val"]``, else Dynamo's ``meta["example_value"]``."""
+    if "val" in node.meta:
+        return node.meta["val"]
+    return node.meta.get("example_value")
+
+
+def propagate_shapes_pass(
+    gm: torch.fx.GraphModule, example_inputs: Sequence[Any]
+) -> torch.fx.GraphModule:
+    """Give every node ``meta["val"]`` and its autopart record ``role``, ``tensors`` and ``fqn``.
+
+    Args:
+        gm: the graph; Dynamo graphs keep their own fake tensors, others are propagated.
+        example_inputs: one value per placeholder, real or fake tensors (or SymInts/ints).
+
+    Returns:
+        ``gm``, annotated in place.
+
+    Raises:
+        ValueError: ``example_inputs`` does not have one value per placeholder.
+    """
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    if len(placeholders) != len(example_inputs):
+        raise ValueError(
+            f"graph has {len(placeholders)} placeholders but {len(example_inputs)} example inputs "
+            "were given; pass one example value per graph input"
+        )
+    if any(node_value(n) is None for n in gm.graph.nodes if n.op not in ("output",)):
+        _fake_propagate(gm, example_inputs)
+    for node in gm.graph.nodes:
+        if "val" not in node.meta and "example_value" in node.meta:
+            node.meta["val"] = node.meta["example_value"]
+
+    fqns = getattr(gm, "meta", {}).get("dynamo_flat_name_to_original_fqn", {})
+    examples = dict(zip(placeholders, example_inputs))
+    for node in gm.graph.nodes:
+        rec = record(node)
+        rec.role = _role(gm, node, examples.get(node))
+        if node.op == "output":
+            rec.tensors = tensor_infos([node_value(a) for a in _flat_nodes(node.args[0])])
+        else:
+            rec.tensors = tensor_infos(node_value(node))
+        if rec.role in ("parameter", "buffer", "constant"):
+            rec.fqn = fqns.get(node.name) or (node.target if node.op == "get_attr" else node.name)
+    return gm
+
+
+def _flat_nodes(arg: Any) -> list[torch.fx.Node]:
+    return [a for a in tree_leaves(arg) if isinstance(a, torch.fx.Node)]
+
+
+def _role(gm: torch.fx.GraphModule, node: torch.fx.Node, example: Any) -> NodeRole:
+    if node.op == "placeholder":
+        if is_static_input(node) or isinstance(example, torch.nn.Parameter):
+            return "parameter" if isinstance(example, torch.nn.Parameter) else "buffer"
+        return "input"
+    if node.op == "get_attr":
+        value = _get_attr(gm, str(node.target))
+        if isinstance(value, torch.nn.Parameter):
+            return "parameter"
+        if isinstance(value, torch.Tensor) and str(node.target) in dict(gm.named_buffers()):
+            return "buffer"
+        return "constant"
+    if node.op == "output":
+        return "output"
+    return "compute"
+
+
+def _get_attr(gm: torch.nn.Module, target: str) -> Any:
+    obj: Any = gm
+    for atom in target.split("."):
+        obj = getattr(obj, atom)
+    return obj
+
+
+def _fake_propagate(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> None:
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    mode = detect_fake_mode(list(example_inputs))
+    if mode is None:
+        mode = FakeTensorMode(allow_non_fake_inputs=True)
+    log.debug("running FakeTensorProp on %s", type(gm).__name__)
+    FakeTensorProp(gm, mode).propagate(*example_inputs)

@@ -1,0 +1,314 @@
+"""The Plan: where every node runs, what moves between devices and why, and how it was solved.
+
+A Plan is data: JSON in and out (``save``/``load``), printable (``summary``), and complete
+without the model, so it can be diffed, cached and studied offline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch.fx
+from torch.utils._pytree import tree_leaves
+
+from .coarsen import PlacementProblem
+from .passes.records import record
+from .solver import Solution, evaluate
+
+PLAN_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """One tensor copied between devices on each call.
+
+    ``source_node`` produces it on ``src_device``; it is copied once to ``dst_device`` for all
+    readers there; ``reason`` names the first reader (or says it is a graph output).
+    """
+
+    source_node: str
+    src_device: str
+    dst_device: str
+    nbytes: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class TaskPlacement:
+    """A task (group of nodes) of the coarsened graph and the device chosen for it."""
+
+    name: str
+    device: str
+    num_nodes: int
+    time_s: float
+    resident_bytes: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Placement of one FX graph on a topology. Times in seconds, sizes in bytes."""
+
+    graph_name: str
+    topology_name: str
+    objective_name: str
+    placement: dict[str, str]
+    """FX node name -> topology device (compute nodes, parameters, buffers, inputs)."""
+    tasks: tuple[TaskPlacement, ...]
+    transfers: tuple[Transfer, ...]
+    predicted_time_s: float
+    predicted_compute_s: float
+    predicted_transfer_s: float
+    predicted_peak_bytes: dict[str, int]
+    capacity_bytes: dict[str, int]
+    solver: str
+    solver_status: str
+    objective: float
+    """Objective value of the chosen placement (predicted seconds for ``"latency"``)."""
+    bound: float | None
+    """Proven lower bound on the objective over all placements (None: unknown)."""
+    gap: float | None
+    """``(objective - bound) / objective``."""
+    solve_time_s: float
+    num_variables: int
+    num_constraints: int
+    num_nodes: int
+    device_map: dict[str, str] = field(default_factory=dict)
+    """Topology device -> local device that ran it (empty when planned only)."""
+
+    @property
+    def devices_used(self) -> list[str]:
+        """Devices that run at least one task or hold resident bytes, in first-use order."""
+        seen: dict[str, None] = {}
+        for t in self.tasks:
+            if t.num_nodes and (t.time_s > 0 or t.resident_bytes > 0):
+                seen.setdefault(t.device, None)
+        return list(seen)
+
+    # --- text ---------------------------------------------------------------------------
+    def summary(self, max_rows: int = 12) -> str:
+        """A human-readable report: solver outcome, per-device load, transfers, tasks."""
+        lines = [
+            f"autopart plan for {self.graph_name} on {self.topology_name} "
+            f"(objective: {self.objective_name})",
+            f"solver {self.solver}: {self.solver_status}, objective {_ms(self.objective)}, "
+            f"bound {_ms(self.bound)}, gap {_pct(self.gap)}, {self.solve_time_s:.2f} s, "
+            f"{self.num_variables} variables, {self.num_constraints} constraints",
+            f"predicted time {_ms(self.predicted_time_s)} = compute "
+            f"{_ms(self.predicted_compute_s)} + transfers {_ms(self.predicted_transfer_s)}; "
+            f"{self.num_nodes} nodes in {len(self.tasks)} tasks on {len(self.devices_used)} "
+            f"device(s): {', '.join(self.devices_used) or '-'}",
+            "",
+        ]
+        header = ["device", "runs on", "tasks", "nodes", "compute", "resident", "peak", "capacity"]
+        rows = []
+        for dev in self.capacity_bytes:
+            mine = [t for t in self.tasks if t.device == dev]
+            if not mine and not self.capacity_bytes[dev]:
+                continue
+            rows.append(
+                [
+                    dev,
+                    self.device_map.get(dev, "-"),
+                    str(len(mine)),
+                    str(sum(t.num_nodes for t in mine)),
+                    _ms(sum(t.time_s for t in mine)),
+                    _mib(sum(t.resident_bytes for t in mine)),
+                    _mib(self.predicted_peak_bytes.get(dev, 0)),
+                    _mib(self.capacity_bytes[dev]),
+                ]
+            )
+        lines += _table(header, rows)
+        total = sum(t.nbytes for t in self.transfers)
+        lines += ["", f"transfers per call: {len(self.transfers)} ({_mib(total)})"]
+        if self.transfers:
+            rows = [
+                [t.src_device, t.dst_device, _mib(t.nbytes), t.source_node, t.reason]
+                for t in sorted(self.transfers, key=lambda t: -t.nbytes)[:max_rows]
+            ]
+            lines += _table(["from", "to", "size", "tensor", "why"], rows)
+            if len(self.transfers) > max_rows:
+                lines.append(f"... {len(self.transfers) - max_rows} more")
+        lines += ["", "tasks in execution order:"]
+        rows = [
+            [str(i), t.device, t.name[:60], str(t.num_nodes), _ms(t.time_s), _mib(t.resident_bytes)]
+            for i, t in enumerate(self.tasks)
+        ]
+        if len(rows) > 2 * max_rows:
+            rows = rows[:max_rows] + [["...", "", "", "", "", ""]] + rows[-max_rows:]
+        lines += _table(["#", "device", "task", "nodes", "time", "resident"], rows)
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.summary()
+
+    # --- JSON ---------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["format_version"] = PLAN_FORMAT_VERSION
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Plan:
+        """Rebuild a Plan from :meth:`to_dict` output.
+
+        Raises:
+            ValueError: a missing or unknown field, or another format version.
+        """
+        d = dict(d)
+        version = d.pop("format_version", None)
+        if version != PLAN_FORMAT_VERSION:
+            raise ValueError(
+                f"plan format_version {version!r} is not {PLAN_FORMAT_VERSION}; re-plan with "
+                "this autopart version"
+            )
+        names = {f.name for f in dataclasses.fields(cls)}
+        missing = sorted(n for n in names if n not in d and n != "device_map")
+        unknown = sorted(set(d) - names)
+        if missing or unknown:
+            raise ValueError(f"plan JSON: missing fields {missing}, unknown fields {unknown}")
+        d["tasks"] = tuple(TaskPlacement(**t) for t in d["tasks"])
+        d["transfers"] = tuple(Transfer(**t) for t in d["transfers"])
+        return cls(**d)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the plan as JSON (atomically: a temporary file, then a rename)."""
+        path = os.fspath(path)
+        folder = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".plan-", suffix=".json")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(self.to_dict(), f, indent=1)
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Plan:
+        """Read a plan written by :meth:`save`.
+
+        Raises:
+            FileNotFoundError: no such file. ValueError: not a plan file.
+        """
+        with open(path) as f:
+            try:
+                data = json.load(f)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{os.fspath(path)} is not JSON: {exc}") from exc
+        return cls.from_dict(data)
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1e3:.3f} ms"
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x * 100:.2f}%"
+
+
+def _mib(nbytes: int) -> str:
+    return f"{nbytes / 2**20:.1f} MiB"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return [fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [
+        fmt.format(*r) for r in rows
+    ]
+
+
+def plan_transfers(gm: torch.fx.GraphModule, placement: dict[str, str]) -> tuple[Transfer, ...]:
+    """The copies a placement implies: one per (tensor, destination device), in graph order.
+
+    A tensor read on a device other than its producer's is copied there once, before its first
+    reader on that device; a graph output is copied back to the device of the output task (where
+    the captured graph returned it).
+    """
+    transfers: list[Transfer] = []
+    seen: set[tuple[str, str]] = set()
+    for node in gm.graph.nodes:
+        if node.op == "output":
+            for arg, origin in output_origins(node, placement):
+                src = placement[arg.name]
+                if src != origin and (arg.name, origin) not in seen:
+                    seen.add((arg.name, origin))
+                    transfers.append(
+                        Transfer(arg.name, src, origin, record(arg).output_bytes, "graph output")
+                    )
+            continue
+        dst = placement.get(node.name)
+        if dst is None:
+            continue
+        for arg in node.all_input_nodes:
+            src = placement.get(arg.name)
+            if src is None or src == dst or not record(arg).tensors:
+                continue
+            if (arg.name, dst) not in seen:
+                seen.add((arg.name, dst))
+                transfers.append(
+                    Transfer(arg.name, src, dst, record(arg).output_bytes, f"read by {node.name}")
+                )
+    return tuple(transfers)
+
+
+def output_origins(output: torch.fx.Node, placement: dict[str, str]) -> list[tuple[torch.fx.Node, str]]:
+    """(node, device the output must be returned on) for each tensor node the graph returns."""
+    origin = placement.get(output.name)
+    pairs = []
+    for arg in tree_leaves(output.args[0]):
+        if isinstance(arg, torch.fx.Node) and arg.name in placement and record(arg).tensors:
+            pairs.append((arg, origin or placement[arg.name]))
+    return pairs
+
+
+def make_plan(
+    gm: torch.fx.GraphModule,
+    problem: PlacementProblem,
+    solution: Solution,
+    *,
+    graph_name: str,
+    objective_name: str = "latency",
+) -> Plan:
+    """Turn a solved problem into a :class:`Plan` for ``gm`` (node names must match)."""
+    placement = {
+        name: solution.assignment[i] for i, task in enumerate(problem.tasks) for name in task.nodes
+    }
+    ev = evaluate(problem, solution.assignment)
+    tasks = tuple(
+        TaskPlacement(
+            name=t.name,
+            device=solution.assignment[i],
+            num_nodes=len(t.nodes),
+            time_s=t.time_s.get(solution.assignment[i], 0.0),
+            resident_bytes=t.resident_bytes,
+        )
+        for i, t in enumerate(problem.tasks)
+    )
+    return Plan(
+        graph_name=graph_name,
+        topology_name=problem.topology.name,
+        objective_name=objective_name,
+        placement=placement,
+        tasks=tasks,
+        transfers=plan_transfers(gm, placement),
+        predicted_time_s=ev.time_s,
+        predicted_compute_s=ev.compute_s,
+        predicted_transfer_s=ev.transfer_s,
+        predicted_peak_bytes={d: ev.peak_bytes.get(d, 0) for d in problem.capacity_bytes},
+        capacity_bytes=dict(problem.capacity_bytes),
+        solver=solution.solver,
+        solver_status=solution.status,
+        objective=solution.objective_s,
+        bound=solution.bound_s,
+        gap=solution.gap,
+        solve_time_s=solution.solve_time_s,
+        num_variables=solution.num_variables,
+        num_constraints=solution.num_constraints,
+        num_nodes=len(gm.graph.nodes),
+    )

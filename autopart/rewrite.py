@@ -1,0 +1,248 @@
+"""Rewrite: turn a captured graph and its Plan into per-device partitions with transfers.
+
+1. Copy the graph; point device constants (``torch.arange(..., device=...)``, ``x.to(dev)``,
+   ``x.cuda()``) at the local device of the node's placement.
+2. Insert one ``autopart.kernels.transfer`` node per Plan transfer, before the first reader on
+   the destination device, and let every reader there use it; outputs go back where the captured
+   graph returned them.
+3. Cut the graph into partitions: maximal runs of nodes on one device in graph order (so the
+   partition graph is acyclic), with ``torch.fx.passes.split_module``.
+
+Parameters and buffers (placeholders Dynamo lifted) are not moved here: the runtime moves them
+once and reuses the copies. Constants reached by ``get_attr`` are moved here, once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.fx
+from torch.fx.passes.split_module import split_module
+from torch.utils._pytree import tree_map
+
+from .kernels.transfer import transfer
+from .passes.records import META_KEY, NodeRecord, record
+from .plan import Plan
+from .topology import Topology, local_devices
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device_map(topology: Topology, device_map: dict[str, str] | str | None) -> dict[str, str]:
+    """Local device that runs each topology device.
+
+    Args:
+        device_map: ``{"cuda:1": "cpu"}`` (topology device -> local device), one local device
+            string for all, or None. Devices not named must exist on this machine.
+
+    Raises:
+        ValueError: a key that is not a topology device, a value that is not a local device, or
+            a topology device that this machine lacks and the map does not name.
+    """
+    local = local_devices()
+    names = topology.device_names
+    if isinstance(device_map, str):
+        device_map = {name: device_map for name in names}
+    device_map = dict(device_map or {})
+    for key, value in device_map.items():
+        if key not in names:
+            raise ValueError(
+                f"device_map names {key!r}, which is not a device of topology "
+                f"{topology.name!r}; its devices are {names}"
+            )
+        if _canonical(value) not in local:
+            raise ValueError(
+                f"device_map[{key!r}] = {value!r} is not a device of this machine; local devices "
+                f"are {local}"
+            )
+    mapping = {}
+    for name in names:
+        if name in device_map:
+            mapping[name] = _canonical(device_map[name])
+        elif name in local:
+            mapping[name] = name
+        else:
+            raise ValueError(
+                f"topology {topology.name!r} has device {name!r}, which this machine lacks "
+                f"(local devices: {local}); map it with device_map={{{name!r}: 'cpu'}}, or "
+                "device_map='cpu' to run every device on the CPU"
+            )
+    return mapping
+
+
+def _canonical(device: str) -> str:
+    d = torch.device(device)
+    if d.type == "cuda" and d.index is None:
+        return "cuda:0"
+    return str(d)
+
+
+def origin_resolver(topology: Topology, mapping: dict[str, str]) -> Callable[[str], str]:
+    """Map a device of the captured graph (``"cpu"``) to the topology device standing for it:
+    the topology device of that name if it runs there, else the first one mapped there.
+
+    The returned function raises ValueError for a device no topology device runs on.
+    """
+
+    def origin(local: str) -> str:
+        local = _canonical(local)
+        if mapping.get(local) == local:
+            return local
+        for name, dev in mapping.items():
+            if dev == local:
+                return name
+        raise ValueError(
+            f"the graph has tensors on {local!r}, but no device of topology {topology.name!r} "
+            f"runs there (device map {mapping}); add {local!r} to the topology or map a device to it"
+        )
+
+    return origin
+
+
+@dataclass
+class Rewritten:
+    """The rewritten, partitioned graph and what the runtime needs to run it."""
+
+    module: torch.fx.GraphModule
+    """Top-level graph calling ``submod_<i>`` partitions in order."""
+    partition_devices: dict[str, str]
+    """Partition submodule name -> topology device."""
+    static_moves: dict[int, torch.device]
+    """Placeholder index of a parameter/buffer -> local device it must be on."""
+
+
+def rewrite(gm: torch.fx.GraphModule, plan: Plan, mapping: dict[str, str]) -> Rewritten:
+    """Apply ``plan`` to a copy of ``gm`` (which must carry the passes' records).
+
+    Raises:
+        ValueError: the plan does not match the graph (a compute node it does not place).
+    """
+    graph = torch.fx.Graph()
+    value_map: dict[torch.fx.Node, torch.fx.Node] = {}
+    out = graph.graph_copy(gm.graph, value_map)
+    old_output = next(n for n in gm.graph.nodes if n.op == "output")
+    graph.output(out)
+    new_output = next(n for n in graph.nodes if n.op == "output")
+    new_output.meta = dict(old_output.meta)
+    module = torch.fx.GraphModule(gm, graph)
+
+    placement = dict(plan.placement)
+    local = {name: torch.device(dev) for name, dev in mapping.items()}
+    by_name = {n.name: n for n in graph.nodes}
+
+    for node in graph.nodes:
+        if node.op in ("call_function", "call_method", "call_module"):
+            if node.name not in placement:
+                raise ValueError(f"plan {plan.graph_name!r} does not place node {node.name!r}")
+            _retarget_devices(node, local[placement[node.name]])
+        elif node.op == "get_attr" and node.name in placement:
+            _move_attr(module, str(node.target), local[placement[node.name]])
+
+    _insert_transfers(graph, plan, placement, local, by_name)
+
+    static_moves = {}
+    for i, node in enumerate(n for n in graph.nodes if n.op == "placeholder"):
+        if record(node).role in ("parameter", "buffer") and node.name in placement:
+            static_moves[i] = local[placement[node.name]]
+
+    partition_of: dict[torch.fx.Node, int] = {}
+    partition_devices: dict[int, str] = {}
+    current, last_device = -1, None
+    for node in graph.nodes:
+        if node.op in ("placeholder", "get_attr", "output"):
+            continue
+        device = placement[node.name]
+        if device != last_device:
+            current += 1
+            partition_devices[current] = device
+            last_device = device
+        partition_of[node] = current
+    module.recompile()
+    split = split_module(
+        module, module, lambda n: partition_of[n], keep_original_order=True
+    )
+    return Rewritten(
+        module=split,
+        partition_devices={f"submod_{i}": d for i, d in partition_devices.items()},
+        static_moves=static_moves,
+    )
+
+
+def _insert_transfers(
+    graph: torch.fx.Graph,
+    plan: Plan,
+    placement: dict[str, str],
+    local: dict[str, torch.device],
+    by_name: dict[str, torch.fx.Node],
+) -> None:
+    for t in plan.transfers:
+        src = by_name[t.source_node]
+        if t.reason == "graph output":
+            readers = [u for u in src.users if u.op == "output"]
+        else:
+            readers = [u for u in src.users if placement.get(u.name) == t.dst_device]
+        if not readers:
+            raise ValueError(f"plan transfer of {t.source_node!r} to {t.dst_device} has no reader")
+        first = min(readers, key=_position(graph))
+        with graph.inserting_before(first):
+            copy = graph.call_function(transfer, (src, local[t.dst_device]))
+        copy.meta = {k: v for k, v in src.meta.items() if k in ("val", "example_value", "nn_module_stack")}
+        copy.meta[META_KEY] = NodeRecord(
+            role="compute", tensors=record(src).tensors, device=t.dst_device
+        )
+        placement[copy.name] = t.dst_device
+        for reader in readers:
+            reader.replace_input_with(src, copy)
+
+
+def _position(graph: torch.fx.Graph) -> Callable[[torch.fx.Node], int]:
+    order = {n: i for i, n in enumerate(graph.nodes)}
+    return order.__getitem__
+
+
+def _retarget_devices(node: torch.fx.Node, device: torch.device) -> None:
+    """Point the node's device constants at ``device``."""
+
+    def swap(arg: Any) -> Any:
+        return device if isinstance(arg, torch.device) else arg
+
+    node.args = tree_map(swap, node.args)
+    node.kwargs = tree_map(swap, node.kwargs)
+    if isinstance(node.kwargs.get("device"), str):
+        node.update_kwarg("device", device)
+    if node.op == "call_method":
+        if node.target in ("cuda", "cpu"):
+            node.target = "to"
+            node.args = (node.args[0], device)
+            node.kwargs = {k: v for k, v in node.kwargs.items() if k == "non_blocking"}
+        elif node.target == "to":
+            node.args = tuple(
+                device if isinstance(a, str) and _is_device_string(a) else a for a in node.args
+            )
+
+
+def _is_device_string(value: str) -> bool:
+    try:
+        torch.device(value)
+    except (RuntimeError, ValueError):
+        return False
+    return True
+
+
+def _move_attr(module: torch.nn.Module, target: str, device: torch.device) -> None:
+    *path, name = target.split(".")
+    owner = module
+    for atom in path:
+        owner = getattr(owner, atom)
+    value = getattr(owner, name)
+    if not isinstance(value, torch.Tensor) or value.device == device:
+        return
+    with torch.no_grad():
+        moved = value.to(device)
+    if isinstance(value, torch.nn.Parameter):
+        moved = torch.nn.Parameter(moved, requires_grad=value.requires_grad)
+    setattr(owner, name, moved)

@@ -1,0 +1,423 @@
+r"""Placement ILP: which device runs each task, minimizing the predicted time of one call.
+
+Model (latency objective; tasks run one at a time in their order, as the runtime runs them):
+
+Sets
+    :math:`T` tasks in execution order (``PlacementProblem.tasks``); :math:`D_t` devices task
+    :math:`t` may use (its fixed device, or every device with capacity > 0); :math:`V` values,
+    each produced by task :math:`p(v)`, read by tasks :math:`C(v)`, :math:`b_v` bytes in
+    :math:`k_v` tensors; :math:`L` activation live ranges, held on :math:`p(l)`'s device from
+    task :math:`p(l)` through task :math:`e(l)`, :math:`b_l` bytes.
+
+Variables
+    :math:`x_{t,d} \in \{0,1\}`: task :math:`t` runs on device :math:`d`.
+    :math:`y_{v,s,d} \in [0,1]`, :math:`s \ne d`: value :math:`v` is sent from :math:`s` to
+    :math:`d` (integral at the optimum because :math:`x` is).
+
+Constraints
+    assignment (:func:`add_assignment`): :math:`\sum_{d \in D_t} x_{t,d} = 1`.
+    transfer (:func:`add_transfers`): :math:`y_{v,s,d} \ge x_{p(v),s} + x_{c,d} - 1` for
+    :math:`c \in C(v)`; a value is sent once per destination however many tasks there read it.
+    memory (:func:`add_memory`): for each device :math:`d` with capacity :math:`M_d` and each
+    task position :math:`i`,
+    :math:`\sum_t R_t x_{t,d} + P_i x_{i,d} + \sum_{l:\,p(l) \le i \le e(l)} b_l x_{p(l),d} \le M_d`
+    with :math:`R_t` resident bytes (weights held all call long) and :math:`P_i` the peak of
+    activations born and dead inside task :math:`i`. This is an upper bound on the true peak.
+
+    symmetry (:func:`add_symmetry_breaking`): devices that are interchangeable (same specs,
+    capacity and links) are used in order of first use: for such a class
+    :math:`d_0, d_1, \dots`, :math:`x_{t,d_j} \le \sum_{t' < t} x_{t',d_{j-1}}`. Any placement
+    can be relabelled to satisfy this, so the optimum is unchanged and the search is smaller.
+
+Objective (:func:`add_objective`)
+    :math:`\min \sum_{t,d} \tau_{t,d} x_{t,d} + \sum_{v,s,d} y_{v,s,d}
+    (k_v \alpha_{s,d} + b_v / \beta_{s,d})`, compute time :math:`\tau` from the cost pass and
+    alpha-beta transfer time over the topology's link (or route) from :math:`s` to :math:`d`.
+
+Not modelled (yet): overlap of independent tasks on different devices, overlap of transfers with
+compute, copies held on the receiving device, and pipelining across calls.
+
+Rows are scaled to milliseconds and GiB so that coefficients stay near 1 (HiGHS warns of
+badly scaled models when memory rows are in bytes; see shared/notes/solver-facts.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+import pulp
+
+from .coarsen import PlacementProblem
+
+log = logging.getLogger(__name__)
+
+_MS = 1e3  # objective unit: milliseconds
+_GIB = float(2**30)  # memory row unit: GiB
+
+
+@dataclass(frozen=True)
+class Solution:
+    """A placement of every task, with how it was found.
+
+    ``objective_s`` is the predicted time of the placement; ``bound_s`` a proven lower bound on
+    any placement's predicted time (None if unknown); ``gap = (objective - bound) / objective``.
+    """
+
+    assignment: tuple[str, ...]
+    status: str
+    """``"optimal"``, ``"feasible"`` (stopped at the time limit with a solution), or ``"trivial"``
+    (one device: nothing to decide)."""
+    objective_s: float
+    bound_s: float | None
+    gap: float | None
+    solve_time_s: float
+    solver: str
+    num_variables: int
+    num_constraints: int
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Predicted time and memory of one placement under the same model the ILP uses."""
+
+    time_s: float
+    compute_s: float
+    transfer_s: float
+    peak_bytes: dict[str, int]
+
+
+def evaluate(problem: PlacementProblem, assignment: tuple[str, ...] | list[str]) -> Evaluation:
+    """Predicted time (seconds) and per-device peak memory (bytes) of ``assignment``."""
+    topo = problem.topology
+    tasks = problem.tasks
+    compute = sum(t.time_s.get(d, 0.0) for t, d in zip(tasks, assignment))
+    transfer = 0.0
+    for v in problem.values:
+        src = assignment[v.producer]
+        for dst in {assignment[c] for c in v.consumers} - {src}:
+            link = topo.link(src, dst)
+            transfer += v.count * link.latency_s + v.nbytes / link.bandwidth_Bps
+    peak: dict[str, int] = {}
+    resident: dict[str, int] = {}
+    for t, d in zip(tasks, assignment):
+        resident[d] = resident.get(d, 0) + t.resident_bytes
+    for i, (t, d) in enumerate(zip(tasks, assignment)):
+        live = dict(resident)
+        live[d] = live.get(d, 0) + t.peak_bytes
+        for r in problem.live_ranges:
+            if r.producer <= i <= r.last:
+                owner = assignment[r.producer]
+                live[owner] = live.get(owner, 0) + r.nbytes
+        for dev, nbytes in live.items():
+            peak[dev] = max(peak.get(dev, 0), nbytes)
+    return Evaluation(compute + transfer, compute, transfer, peak)
+
+
+def allowed_devices(problem: PlacementProblem) -> list[list[str]]:
+    """Devices each task may run on: its fixed device, or every device with capacity."""
+    devices = problem.devices
+    return [[t.fixed_device] if t.fixed_device else list(devices) for t in problem.tasks]
+
+
+def check_fits(problem: PlacementProblem) -> None:
+    """Raise ValueError, with needed and available bytes, if no placement can fit in memory.
+
+    Checks what can be said without solving: some device has memory, the resident bytes fit the
+    sum of capacities, and each task's own bytes fit the largest device.
+    """
+    caps = {d: problem.capacity_bytes[d] for d in problem.devices}
+    if not caps:
+        raise ValueError(
+            f"no device may hold memory (capacities {problem.capacity_bytes}); give at least one "
+            "device a positive max_memory"
+        )
+    resident = sum(t.resident_bytes for t in problem.tasks)
+    total = sum(caps.values())
+    if resident > total:
+        raise ValueError(
+            f"the model needs {resident} bytes ({resident / 2**30:.2f} GiB) of parameters and "
+            f"buffers but the devices allow only {total} bytes ({total / 2**30:.2f} GiB) in total "
+            f"({_fmt_caps(caps)}); raise max_memory or plan for a topology with more memory"
+        )
+    biggest = max(caps.values())
+    for t in problem.tasks:
+        need = t.resident_bytes + t.peak_bytes
+        if not t.fixed_device and need > biggest:
+            hint = (
+                "raise max_memory"
+                if len(t.nodes) == 1
+                else "raise max_memory or raise max_groups to cut the graph finer"
+            )
+            raise ValueError(
+                f"task {t.name!r} needs {need} bytes ({t.resident_bytes} resident + "
+                f"{t.peak_bytes} activations) but the largest device allows {biggest} bytes "
+                f"({_fmt_caps(caps)}); {hint}"
+            )
+
+
+def _fmt_caps(caps: dict[str, int]) -> str:
+    return ", ".join(f"{d}: {c} bytes" for d, c in caps.items())
+
+
+class _Model:
+    """The PuLP model and its variables; one ``add_*`` function per constraint family."""
+
+    def __init__(self, problem: PlacementProblem) -> None:
+        self.problem = problem
+        self.prob = pulp.LpProblem("autopart_placement", pulp.LpMinimize)
+        self.allowed = allowed_devices(problem)
+        self.x = {
+            (t, d): pulp.LpVariable(f"x_{t}_{k}", cat=pulp.LpBinary)
+            for t, devs in enumerate(self.allowed)
+            for k, d in enumerate(devs)
+        }
+        self.y: dict[tuple[int, str, str], pulp.LpVariable] = {}
+
+
+def add_assignment(m: _Model) -> None:
+    for t, devs in enumerate(m.allowed):
+        m.prob += pulp.lpSum(m.x[t, d] for d in devs) == 1, f"assign_{t}"
+
+
+def add_transfers(m: _Model) -> None:
+    for vi, v in enumerate(m.problem.values):
+        for c in v.consumers:
+            for s in m.allowed[v.producer]:
+                for d in m.allowed[c]:
+                    if s == d:
+                        continue
+                    key = (vi, s, d)
+                    if key not in m.y:
+                        m.y[key] = pulp.LpVariable(f"y_{vi}_{len(m.y)}", lowBound=0, upBound=1)
+                    m.prob += m.y[key] >= m.x[v.producer, s] + m.x[c, d] - 1
+
+
+def add_memory(m: _Model) -> None:
+    p = m.problem
+    for d in p.devices:
+        cap = p.capacity_bytes[d] / _GIB
+        resident = [
+            (m.x[t, d], task.resident_bytes / _GIB)
+            for t, task in enumerate(p.tasks)
+            if task.resident_bytes and (t, d) in m.x
+        ]
+        for i, task in enumerate(p.tasks):
+            if (i, d) not in m.x:
+                continue
+            terms = list(resident)
+            if task.peak_bytes:
+                terms.append((m.x[i, d], task.peak_bytes / _GIB))
+            for r in p.live_ranges:
+                if r.producer <= i <= r.last and (r.producer, d) in m.x:
+                    terms.append((m.x[r.producer, d], r.nbytes / _GIB))
+            if terms:
+                m.prob += pulp.LpAffineExpression(_sum_terms(terms)) <= cap, f"mem_{d}_{i}"
+
+
+def _sum_terms(terms: list[tuple[pulp.LpVariable, float]]) -> dict:
+    out: dict = {}
+    for var, coef in terms:
+        out[var] = out.get(var, 0.0) + coef
+    return out
+
+
+def interchangeable_devices(problem: PlacementProblem) -> list[list[str]]:
+    """Classes (of two or more) of devices that can swap places without changing any cost:
+    same specs and capacity, and equal links to every other device and to each other."""
+    topo = problem.topology
+    involved = set(problem.devices) | {t.fixed_device for t in problem.tasks if t.fixed_device}
+
+    def spec(name: str) -> tuple:
+        d = dataclasses.asdict(topo.device(name))
+        return tuple(sorted((k, str(v)) for k, v in d.items() if k not in ("name", "source")))
+
+    def cost(a: str, b: str) -> tuple[float, float]:
+        link = topo.link(a, b)
+        return (link.latency_s, link.bandwidth_Bps)
+
+    def same(a: str, b: str) -> bool:
+        if spec(a) != spec(b) or problem.capacity_bytes[a] != problem.capacity_bytes[b]:
+            return False
+        if cost(a, b) != cost(b, a):
+            return False
+        others = involved - {a, b}
+        return all(cost(a, c) == cost(b, c) and cost(c, a) == cost(c, b) for c in others)
+
+    classes: list[list[str]] = []
+    for d in problem.devices:
+        for cls in classes:
+            if same(cls[0], d):
+                cls.append(d)
+                break
+        else:
+            classes.append([d])
+    return [c for c in classes if len(c) > 1]
+
+
+def add_symmetry_breaking(m: _Model) -> None:
+    free = [t for t, task in enumerate(m.problem.tasks) if task.fixed_device is None]
+    for cls in interchangeable_devices(m.problem):
+        for prev, dev in zip(cls, cls[1:]):
+            for k, t in enumerate(free):
+                earlier = [m.x[u, prev] for u in free[:k]]
+                m.prob += m.x[t, dev] <= pulp.lpSum(earlier), f"sym_{dev}_{t}"
+
+
+def add_objective(m: _Model) -> None:
+    p = m.problem
+    compute = [
+        (m.x[t, d], task.time_s.get(d, 0.0) * _MS)
+        for t, task in enumerate(p.tasks)
+        for d in m.allowed[t]
+    ]
+    transfer = []
+    for (vi, s, d), var in m.y.items():
+        v = p.values[vi]
+        link = p.topology.link(s, d)
+        transfer.append((var, (v.count * link.latency_s + v.nbytes / link.bandwidth_Bps) * _MS))
+    m.prob += pulp.LpAffineExpression(_sum_terms(compute + transfer))
+
+
+@functools.cache
+def _silence_highs_banner() -> None:
+    """HiGHS prints a banner on stdout when the first ``Highs`` object of a process is made,
+    before any option can turn output off; make that first one with stdout closed."""
+    import highspy
+
+    sys.stdout.flush()
+    saved, devnull = os.dup(1), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        highspy.Highs()
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _make_solver(name: str, time_limit_s: float, gap: float):
+    if name in ("auto", "highs") and pulp.HiGHS().available():
+        _silence_highs_banner()
+        return "highs", pulp.HiGHS(
+            msg=False, timeLimit=time_limit_s, gapRel=gap, threads=1, random_seed=0
+        )
+    if name == "highs":
+        log.warning("HiGHS (highspy) is not installed; falling back to CBC")
+    return "cbc", pulp.PULP_CBC_CMD(
+        msg=False, timeLimit=time_limit_s, gapRel=gap, threads=1
+    )
+
+
+def solve(
+    problem: PlacementProblem,
+    *,
+    solver: str = "auto",
+    time_limit_s: float = 10.0,
+    mip_rel_gap: float = 1e-4,
+) -> Solution:
+    """Solve the placement ILP of ``problem`` (see the module docstring).
+
+    Args:
+        solver: ``"highs"``, ``"cbc"`` or ``"auto"`` (HiGHS if installed, else CBC).
+        time_limit_s: solver wall-clock budget, seconds; the incumbent is returned at the limit.
+        mip_rel_gap: relative gap at which the solver stops.
+
+    Raises:
+        ValueError: the model cannot fit (message gives needed and available bytes), or the
+            solver found no feasible placement.
+    """
+    check_fits(problem)
+    start = time.perf_counter()
+    allowed = allowed_devices(problem)
+    if all(len(devs) == 1 for devs in allowed):
+        assignment = tuple(devs[0] for devs in allowed)
+        ev = evaluate(problem, assignment)
+        _check_memory(problem, ev)
+        return Solution(
+            assignment=assignment,
+            status="trivial",
+            objective_s=ev.time_s,
+            bound_s=ev.time_s,
+            gap=0.0,
+            solve_time_s=time.perf_counter() - start,
+            solver="none",
+            num_variables=0,
+            num_constraints=0,
+        )
+
+    m = _Model(problem)
+    add_assignment(m)
+    add_transfers(m)
+    add_memory(m)
+    add_symmetry_breaking(m)
+    add_objective(m)
+    solver_name, backend = _make_solver(solver, time_limit_s, mip_rel_gap)
+    m.prob.solve(backend)
+    status = pulp.LpStatus[m.prob.status]
+    has_solution = m.prob.sol_status in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible)
+    if not has_solution:
+        needed = sum(t.resident_bytes for t in problem.tasks)
+        caps = {d: problem.capacity_bytes[d] for d in problem.devices}
+        if status == "Infeasible":
+            raise ValueError(
+                f"no placement fits in memory: the model needs {needed} bytes of parameters and "
+                f"buffers plus activations, and the devices allow {_fmt_caps(caps)}; raise "
+                "max_memory or raise max_groups to cut the graph finer"
+            )
+        raise ValueError(
+            f"the {solver_name} solver found no placement within time_limit_s={time_limit_s} "
+            f"(status {status}); raise time_limit_s"
+        )
+    assignment = tuple(
+        max(devs, key=lambda d: m.x[t, d].value() or 0.0) for t, devs in enumerate(allowed)
+    )
+    ev = evaluate(problem, assignment)
+    optimal = m.prob.sol_status == pulp.LpSolutionOptimal
+    bound = _bound_s(m, solver_name, ev.time_s, optimal, time_limit_s)
+    gap = None if bound is None else max(0.0, (ev.time_s - bound) / ev.time_s) if ev.time_s else 0.0
+    return Solution(
+        assignment=assignment,
+        status="optimal" if optimal else "feasible",
+        objective_s=ev.time_s,
+        bound_s=bound,
+        gap=gap,
+        solve_time_s=time.perf_counter() - start,
+        solver=solver_name,
+        num_variables=len(m.prob.variables()),
+        num_constraints=len(m.prob.constraints),
+    )
+
+
+def _check_memory(problem: PlacementProblem, ev: Evaluation) -> None:
+    for dev in problem.devices:
+        nbytes, cap = ev.peak_bytes.get(dev, 0), problem.capacity_bytes[dev]
+        if nbytes > cap:
+            raise ValueError(
+                f"the model needs {nbytes} bytes on {dev} but it may use only {cap} bytes there; "
+                "raise max_memory or plan for a topology with more devices"
+            )
+
+
+def _bound_s(m: _Model, solver_name: str, objective_s: float, optimal: bool, time_limit_s: float):
+    """A proven lower bound on the predicted time, in seconds."""
+    if solver_name == "highs":
+        try:
+            info = m.prob.solverModel.getInfo()
+            bound_ms = float(info.mip_dual_bound)
+            if bound_ms == bound_ms and abs(bound_ms) != float("inf"):
+                return min(objective_s, bound_ms / _MS)
+        except Exception:  # noqa: BLE001 - fall through to the generic bound
+            log.debug("HiGHS info unavailable; using the LP relaxation bound")
+    if optimal:
+        return objective_s
+    # The LP relaxation's optimum bounds every integer solution (variables already read).
+    m.prob.solve(pulp.PULP_CBC_CMD(mip=False, msg=False, timeLimit=time_limit_s))
+    if m.prob.sol_status == pulp.LpSolutionOptimal:
+        return min(objective_s, pulp.value(m.prob.objective) / _MS)
+    return None

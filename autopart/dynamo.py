@@ -151,6 +151,11 @@ class Backend:
     def plans(self) -> list[Plan]:
         return [c.plan for c in self.compilations if c.plan is not None]
 
+    def _resolve_mapping(self) -> dict[str, str]:
+        if not self.execute and self.config.device_map is None:
+            return {}  # planning only: nothing runs, so no local device is needed
+        return resolve_device_map(self.topology, self.config.device_map)
+
     def __call__(self, gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> Callable:
         compile_id = getattr(gm, "meta", {}).get("dynamo_compile_id")
         name = f"graph {len(self.compilations)}" + (f" (compile id {compile_id})" if compile_id else "")
@@ -161,7 +166,7 @@ class Backend:
         try:
             start = time.perf_counter()
             if self._mapping is None:
-                self._mapping = resolve_device_map(self.topology, self.config.device_map)
+                self._mapping = self._resolve_mapping()
             comp.plan, _, _ = plan_graph(
                 gm, example_inputs, self.config, self.topology, graph_name=name, mapping=self._mapping
             )

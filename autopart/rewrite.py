@@ -83,9 +83,10 @@ def _canonical(device: str) -> str:
 
 def origin_resolver(topology: Topology, mapping: dict[str, str]) -> Callable[[str], str]:
     """Map a device of the captured graph (``"cpu"``) to the topology device standing for it:
-    the topology device of that name if it runs there, else the first one mapped there.
+    the topology device of that name if it runs there, else the first one mapped there, else
+    (when only planning, with no local devices involved) the first device of the same kind.
 
-    The returned function raises ValueError for a device no topology device runs on.
+    The returned function raises ValueError when no topology device can stand for it.
     """
 
     def origin(local: str) -> str:
@@ -95,9 +96,14 @@ def origin_resolver(topology: Topology, mapping: dict[str, str]) -> Callable[[st
         for name, dev in mapping.items():
             if dev == local:
                 return name
+        kind = torch.device(local).type
+        for d in topology.devices:
+            if d.kind == kind:
+                return d.name
         raise ValueError(
             f"the graph has tensors on {local!r}, but no device of topology {topology.name!r} "
-            f"runs there (device map {mapping}); add {local!r} to the topology or map a device to it"
+            f"stands for it (device map {mapping}); add a {kind} device to the topology or map "
+            f"one to {local!r} with device_map"
         )
 
     return origin

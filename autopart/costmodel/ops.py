@@ -5,7 +5,8 @@ A rule is registered with :func:`register_cost` on aten overloads or overload pa
 
 - views and metadata ops (``OpOverload.is_view``, and the ops torch's own runtime estimator
   treats as free) move no bytes and launch nothing;
-- every other op reads all its input tensors and writes all its outputs once;
+- every other op reads all its input tensors and writes all its outputs once (``embedding``
+  has its own rule: it reads only the rows it gathers);
 - FLOPs come from ``torch.utils.flop_counter``'s registry when it has a formula (matmul, conv,
   attention, ...); otherwise one FLOP per output element (elementwise ops), which keeps
   bandwidth-bound ops bandwidth-bound in the roofline.
@@ -135,3 +136,10 @@ class CostRecorder(TorchDispatchMode):
         out = func(*args, **kwargs)
         self.ops.append(aten_op_cost(func, args, kwargs, out))
         return out
+
+
+@register_cost(aten.embedding)
+def _embedding_cost(func, args, kwargs, out) -> OpCost:
+    """A lookup reads the indices and only the rows it gathers, not the whole table."""
+    rows = tensor_bytes(out)
+    return OpCost(0, tensor_bytes(args[1]) + rows, rows, 1, _dtype_of(args, out))

@@ -1,0 +1,245 @@
+"""The ``autopart`` command: ``demo``, ``topology`` and ``plan``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Sequence
+
+from .topology import Topology, presets
+
+MODELS = ("gpt2", "bert", "llama", "vit", "resnet")
+
+
+def build_model(name: str, size: str = "base"):
+    """A transformers model with random weights from a config (no download), and example inputs.
+
+    ``size="base"``: the published architecture's config (GPT-2 124M, BERT-base, ...);
+    ``"tiny"``: a 2-layer, 64-wide version of the same architecture.
+
+    Returns:
+        (model in eval mode, dict of example keyword inputs, batch 1).
+
+    Raises:
+        ValueError: an unknown model name or size.
+    """
+    import torch
+    import transformers as tf
+
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {list(MODELS)}")
+    if size not in ("base", "tiny"):
+        raise ValueError(f"unknown size {size!r}; choose 'base' or 'tiny'")
+    tiny = size == "tiny"
+    small = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
+    gen = torch.Generator().manual_seed(0)
+    if name == "gpt2":
+        cfg = tf.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=1000) if tiny else tf.GPT2Config()
+        model = tf.GPT2LMHeadModel(cfg)
+        inputs = {"input_ids": torch.randint(0, cfg.vocab_size, (1, 128), generator=gen)}
+    elif name == "bert":
+        cfg = tf.BertConfig(vocab_size=1000, **small) if tiny else tf.BertConfig()
+        model = tf.BertForMaskedLM(cfg)
+        inputs = {"input_ids": torch.randint(0, cfg.vocab_size, (1, 128), generator=gen)}
+    elif name == "llama":
+        cfg = (
+            tf.LlamaConfig(vocab_size=1000, num_key_value_heads=2, **small)
+            if tiny
+            else tf.LlamaConfig(
+                vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
+                num_attention_heads=32, num_key_value_heads=4,
+            )
+        )
+        model = tf.LlamaForCausalLM(cfg)
+        inputs = {"input_ids": torch.randint(0, cfg.vocab_size, (1, 128), generator=gen)}
+    elif name == "vit":
+        cfg = tf.ViTConfig(image_size=32, patch_size=8, **small) if tiny else tf.ViTConfig()
+        model = tf.ViTForImageClassification(cfg)
+        inputs = {"pixel_values": torch.randn(1, 3, cfg.image_size, cfg.image_size, generator=gen)}
+    else:
+        cfg = (
+            tf.ResNetConfig(embedding_size=16, hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1])
+            if tiny
+            else tf.ResNetConfig()
+        )
+        model = tf.ResNetForImageClassification(cfg)
+        inputs = {"pixel_values": torch.randn(1, 3, 224, 224, generator=gen)}
+    return model.eval(), inputs
+
+
+def _parse_pairs(pairs: Sequence[str] | None, what: str) -> dict[str, str] | None:
+    if not pairs:
+        return None
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key or not value:
+            raise SystemExit(f"autopart: {what} expects DEVICE=VALUE, got {pair!r}")
+        out[key] = value
+    return out
+
+
+def _load_topology(spec: str | None) -> Topology:
+    from .config import Config
+
+    return Config(topology=spec).resolve_topology()
+
+
+def cmd_topology(args: argparse.Namespace) -> int:
+    if args.list:
+        for name in presets():
+            topo = Topology.preset(name)
+            print(f"{name:24s} {len(topo.devices):3d} devices  {topo.description}")
+        return 0
+    topo = _load_topology(args.load or args.preset)
+    print(topo.table())
+    if args.save:
+        topo.save(args.save)
+        print(f"saved {args.save}")
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from . import plan_model
+
+    model, inputs = build_model(args.model, args.size)
+    options = dict(
+        topology=args.topology,
+        max_memory=_parse_pairs(args.max_memory, "--max-memory"),
+        device_map=args.device_map,
+        solver=args.solver,
+        time_limit_s=args.time_limit,
+        max_groups=args.max_groups,
+    )
+    plans = plan_model(model, inputs, **options)
+    for i, plan in enumerate(plans):
+        print(plan.summary())
+        print()
+        if args.out:
+            path = args.out if len(plans) == 1 else f"{args.out.removesuffix('.json')}.{i}.json"
+            plan.save(path)
+            print(f"saved {path}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import torch
+
+    from . import backend
+
+    def timed(label: str, fn):
+        start = time.perf_counter()
+        out = fn()
+        print(f"{label}: {time.perf_counter() - start:.2f} s")
+        return out
+
+    print(f"building {args.model} ({args.size}) with random weights ...")
+    model, inputs = build_model(args.model, args.size)
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    weight_bytes += sum(b.numel() * b.element_size() for b in model.buffers())
+    with torch.no_grad():
+        reference = timed("eager forward", lambda: _main_output(model(**inputs)))
+
+    preset = Topology.preset(args.preset)
+    gpus = [d.name for d in preset.devices if d.kind == "cuda"][: args.devices]
+    # Each GPU may hold 40% of the weights: the plan cannot fit on fewer than three.
+    cap = int(weight_bytes * 0.4)
+    runs = [
+        ("this machine", dict(topology=None)),
+        (
+            f"{args.preset} mapped onto this machine's CPU, max_memory {cap / 2**20:.0f} MiB per GPU",
+            dict(topology=args.preset, device_map="cpu", max_memory={g: cap for g in gpus}),
+        ),
+    ]
+    for label, options in runs:
+        print(f"\n=== {label} ===")
+        torch._dynamo.reset()
+        be = backend(strict=True, **options)
+        compiled = torch.compile(model, backend=be)
+        with torch.no_grad():
+            out = timed("compile + first call", lambda: _main_output(compiled(**inputs)))
+            timed("second call", lambda: compiled(**inputs))
+        diff = (out - reference).abs().max().item()
+        print(f"largest absolute difference from eager: {diff:.3e}")
+        for plan in be.plans:
+            print()
+            print(plan.summary(max_rows=args.rows))
+    return 0
+
+
+def _main_output(out):
+    return out.logits if hasattr(out, "logits") else out[0]
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="autopart",
+        description="Plan and run PyTorch models over several devices (a torch.compile backend).",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what autopart does")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser(
+        "demo",
+        help="compile a transformers model on this machine and on a mapped multi-GPU preset",
+        description="Compile a model (GPT-2 124M by default, random weights) with autopart twice: "
+        "on this machine's topology, and on a multi-GPU preset whose devices run on the local CPU, "
+        "with max_memory so small that the plan must split the model. Prints the largest absolute "
+        "difference from eager and both plans.",
+    )
+    demo.add_argument("--model", choices=MODELS, default="gpt2", help="architecture (default gpt2)")
+    demo.add_argument("--size", choices=("base", "tiny"), default="base", help="config size")
+    demo.add_argument("--preset", default="4xa100-pcie-cpu", help="multi-GPU preset to plan for")
+    demo.add_argument("--devices", type=int, default=4, help="GPUs of the preset given memory")
+    demo.add_argument("--rows", type=int, default=8, help="rows per table in plan summaries")
+    demo.set_defaults(func=cmd_demo)
+
+    topo = sub.add_parser(
+        "topology",
+        help="print a topology (this machine, a preset, or a file)",
+        description="Print devices and links of this machine (default), a preset or a file.",
+    )
+    src = topo.add_mutually_exclusive_group()
+    src.add_argument("--preset", metavar="NAME", help=f"a bundled preset: {', '.join(presets())}")
+    src.add_argument("--load", metavar="FILE", help="a topology JSON file")
+    src.add_argument("--list", action="store_true", help="list the bundled presets")
+    topo.add_argument("--save", metavar="FILE", help="write the topology as JSON")
+    topo.set_defaults(func=cmd_topology)
+
+    plan = sub.add_parser(
+        "plan",
+        help="plan a transformers model without running the plan",
+        description="Build a transformers model from its config (random weights), plan it for a "
+        "topology, print each graph's plan and optionally save it as JSON.",
+    )
+    plan.add_argument("--model", choices=MODELS, default="gpt2", help="architecture (default gpt2)")
+    plan.add_argument("--size", choices=("base", "tiny"), default="base", help="config size")
+    plan.add_argument("--topology", metavar="PRESET|FILE", help="default: this machine")
+    plan.add_argument(
+        "--max-memory", nargs="+", metavar="DEV=SIZE", help="e.g. cuda:0=10GiB cpu=30GB"
+    )
+    plan.add_argument(
+        "--device-map", metavar="DEVICE", help="run every topology device on this local device"
+    )
+    plan.add_argument("--solver", choices=("auto", "highs", "cbc"), default="auto")
+    plan.add_argument("--time-limit", type=float, default=10.0, help="solver seconds (default 10)")
+    plan.add_argument("--max-groups", type=int, default=48, help="coarsening target (default 48)")
+    plan.add_argument("--out", metavar="FILE", help="save the plan as JSON")
+    plan.set_defaults(func=cmd_plan)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        print(f"autopart: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -49,6 +49,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 
 import pulp
@@ -173,11 +174,16 @@ class _Model:
         self.prob = pulp.LpProblem("autopart_placement", pulp.LpMinimize)
         self.allowed = allowed_devices(problem)
         self.x = {
-            (t, d): pulp.LpVariable(f"x_{t}_{k}", cat=pulp.LpBinary)
+            (t, d): self.variable(f"x_{t}_{k}", 0, 1, pulp.LpBinary)
             for t, devs in enumerate(self.allowed)
             for k, d in enumerate(devs)
         }
         self.y: dict[tuple[int, str, str], pulp.LpVariable] = {}
+
+    def variable(self, name: str, low: float, up: float, cat: str = pulp.LpContinuous):
+        if hasattr(self.prob, "add_variable"):  # PuLP >= 3.3; LpVariable(...) is deprecated
+            return self.prob.add_variable(name, low, up, cat=cat)
+        return pulp.LpVariable(name, low, up, cat=cat)
 
 
 def add_assignment(m: _Model) -> None:
@@ -194,7 +200,7 @@ def add_transfers(m: _Model) -> None:
                         continue
                     key = (vi, s, d)
                     if key not in m.y:
-                        m.y[key] = pulp.LpVariable(f"y_{vi}_{len(m.y)}", lowBound=0, upBound=1)
+                        m.y[key] = m.variable(f"y_{vi}_{len(m.y)}", 0, 1)
                     m.prob += m.y[key] >= m.x[v.producer, s] + m.x[c, d] - 1
 
 
@@ -229,7 +235,8 @@ def _sum_terms(terms: list[tuple[pulp.LpVariable, float]]) -> dict:
 
 def interchangeable_devices(problem: PlacementProblem) -> list[list[str]]:
     """Classes (of two or more) of devices that can swap places without changing any cost:
-    same specs and capacity, and equal links to every other device and to each other."""
+    same specs, capacity and task times, and equal links to every other device and to each
+    other."""
     topo = problem.topology
     involved = set(problem.devices) | {t.fixed_device for t in problem.tasks if t.fixed_device}
 
@@ -243,6 +250,8 @@ def interchangeable_devices(problem: PlacementProblem) -> list[list[str]]:
 
     def same(a: str, b: str) -> bool:
         if spec(a) != spec(b) or problem.capacity_bytes[a] != problem.capacity_bytes[b]:
+            return False
+        if any(t.time_s.get(a) != t.time_s.get(b) for t in problem.tasks):
             return False
         if cost(a, b) != cost(b, a):
             return False
@@ -309,9 +318,17 @@ def _make_solver(name: str, time_limit_s: float, gap: float):
         )
     if name == "highs":
         log.warning("HiGHS (highspy) is not installed; falling back to CBC")
-    return "cbc", pulp.PULP_CBC_CMD(
-        msg=False, timeLimit=time_limit_s, gapRel=gap, threads=1
-    )
+    return "cbc", _cbc(timeLimit=time_limit_s, gapRel=gap, threads=1)
+
+
+def _cbc(**options):
+    """CBC: a ``cbc`` on PATH (``COIN_CMD``, e.g. from ``pulp[cbc]``), else the binary bundled
+    with PuLP (``PULP_CBC_CMD``, deprecated for PuLP 4)."""
+    if pulp.COIN_CMD().available():
+        return pulp.COIN_CMD(msg=False, **options)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return pulp.PULP_CBC_CMD(msg=False, **options)
 
 
 def solve(
@@ -389,8 +406,8 @@ def solve(
         gap=gap,
         solve_time_s=time.perf_counter() - start,
         solver=solver_name,
-        num_variables=len(m.prob.variables()),
-        num_constraints=len(m.prob.constraints),
+        num_variables=m.prob.numVariables(),
+        num_constraints=m.prob.numConstraints(),
     )
 
 
@@ -417,7 +434,7 @@ def _bound_s(m: _Model, solver_name: str, objective_s: float, optimal: bool, tim
     if optimal:
         return objective_s
     # The LP relaxation's optimum bounds every integer solution (variables already read).
-    m.prob.solve(pulp.PULP_CBC_CMD(mip=False, msg=False, timeLimit=time_limit_s))
+    m.prob.solve(_cbc(mip=False, timeLimit=time_limit_s))
     if m.prob.sol_status == pulp.LpSolutionOptimal:
         return min(objective_s, pulp.value(m.prob.objective) / _MS)
     return None

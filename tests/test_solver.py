@@ -1,0 +1,193 @@
+"""The placement ILP against brute force, known optima and bad inputs."""
+
+from __future__ import annotations
+
+import itertools
+
+import pulp
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from _util import make_device, make_topology
+from autopart.coarsen import LiveRange, PlacementProblem, Task, Value
+from autopart.solver import evaluate, interchangeable_devices, solve
+
+MB = 10**6
+
+
+def brute_force(problem: PlacementProblem) -> tuple[float, tuple[str, ...]] | None:
+    """Minimum predicted time over every placement that fits, by enumeration."""
+    choices = [[t.fixed_device] if t.fixed_device else problem.devices for t in problem.tasks]
+    best = None
+    for assignment in itertools.product(*choices):
+        ev = evaluate(problem, assignment)
+        if any(ev.peak_bytes.get(d, 0) > problem.capacity_bytes[d] for d in problem.devices):
+            continue
+        if best is None or ev.time_s < best[0]:
+            best = (ev.time_s, assignment)
+    return best
+
+
+@st.composite
+def problems(draw, max_tasks: int = 6, identical: bool = False) -> PlacementProblem:
+    names = ["cpu", "cuda:0", "cuda:1"]
+    if identical:
+        devices = [make_device(n, tflops=5, gbps=300) for n in names]
+    else:
+        devices = [
+            make_device(n, tflops=draw(st.floats(0.5, 20)), gbps=draw(st.floats(20, 1000)))
+            for n in names
+        ]
+    topo = make_topology(devices, link_gbps=draw(st.floats(1, 50)), latency_s=draw(st.floats(0, 1e-4)))
+    n = draw(st.integers(2, max_tasks))
+    tasks = [Task(name="in", nodes=("x",), time_s={}, fixed_device="cpu")]
+    for i in range(n):
+        if identical:
+            t = draw(st.floats(1e-5, 1e-2))
+            time_s = {d: t for d in names}
+        else:
+            time_s = {d: draw(st.floats(1e-5, 1e-2)) for d in names}
+        tasks.append(
+            Task(
+                name=f"t{i}",
+                nodes=(f"n{i}",),
+                time_s=time_s,
+                resident_bytes=draw(st.integers(0, 40)) * MB,
+                peak_bytes=draw(st.integers(0, 10)) * MB,
+            )
+        )
+    values, ranges = [], []
+    for p in range(len(tasks)):
+        later = list(range(p + 1, len(tasks)))
+        if not later:
+            continue
+        consumers = draw(st.lists(st.sampled_from(later), min_size=1, max_size=2, unique=True))
+        nbytes = draw(st.integers(1, 20)) * MB
+        values.append(Value(producer=p, consumers=tuple(sorted(consumers)), nbytes=nbytes, count=1, nodes=(f"v{p}",)))
+        if p > 0:
+            ranges.append(LiveRange(producer=p, last=max(consumers), nbytes=nbytes))
+    caps = {d: draw(st.integers(30, 150)) * MB for d in names}
+    if identical:
+        caps["cuda:1"] = caps["cuda:0"]
+    return PlacementProblem(
+        tasks=tuple(tasks), values=tuple(values), live_ranges=tuple(ranges),
+        capacity_bytes=caps, topology=topo,
+    )
+
+
+def _solve_or_none(problem: PlacementProblem, **kw):
+    try:
+        return solve(problem, mip_rel_gap=0.0, **kw)
+    except ValueError as exc:
+        assert "bytes" in str(exc)
+        return None
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(problems())
+def test_ilp_matches_brute_force(problem):
+    best = brute_force(problem)
+    sol = _solve_or_none(problem)
+    if best is None:
+        assert sol is None, "solver placed a problem that has no feasible placement"
+        return
+    assert sol is not None, f"solver found nothing, brute force found {best}"
+    assert sol.objective_s == pytest.approx(best[0], rel=1e-6, abs=1e-9)
+    ev = evaluate(problem, sol.assignment)
+    for d in problem.devices:
+        assert ev.peak_bytes.get(d, 0) <= problem.capacity_bytes[d]
+    assert sol.bound_s is not None and sol.bound_s <= sol.objective_s * (1 + 1e-6)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(problems(identical=True))
+def test_symmetry_breaking_keeps_the_optimum(problem):
+    assert interchangeable_devices(problem) == [["cuda:0", "cuda:1"]]
+    best = brute_force(problem)
+    sol = _solve_or_none(problem)
+    assert (best is None) == (sol is None)
+    if sol is not None:
+        assert sol.objective_s == pytest.approx(best[0], rel=1e-6, abs=1e-9)
+
+
+def _chain(times: list[dict[str, float]], resident: list[int], caps: dict[str, int], edge_bytes: int,
+           topo=None) -> PlacementProblem:
+    topo = topo or make_topology([make_device(d) for d in caps])
+    tasks = [Task(name=f"t{i}", nodes=(f"n{i}",), time_s=t, resident_bytes=r) for i, (t, r) in enumerate(zip(times, resident))]
+    values = [Value(producer=i, consumers=(i + 1,), nbytes=edge_bytes, count=1, nodes=(f"n{i}",)) for i in range(len(tasks) - 1)]
+    return PlacementProblem(tasks=tuple(tasks), values=tuple(values), live_ranges=(), capacity_bytes=caps, topology=topo)
+
+
+def test_known_optimum_memory_forces_a_split():
+    # Two equal tasks of 60 MB each; each device holds 100 MB: one per device, one transfer.
+    topo = make_topology([make_device("cuda:0"), make_device("cuda:1")], link_gbps=1.0, latency_s=1e-4)
+    p = _chain([{"cuda:0": 1e-3, "cuda:1": 1e-3}] * 2, [60 * MB] * 2, {"cuda:0": 100 * MB, "cuda:1": 100 * MB}, 10 * MB, topo)
+    sol = solve(p)
+    assert sol.status == "optimal"
+    assert set(sol.assignment) == {"cuda:0", "cuda:1"}
+    assert sol.objective_s == pytest.approx(2e-3 + 1e-4 + 10 * MB / 1e9)
+    assert sol.gap == pytest.approx(0.0, abs=1e-6)
+
+
+def test_known_optimum_prefers_the_fast_device_when_transfers_are_cheap():
+    p = _chain([{"slow": 1.0, "cuda:0": 0.1}] * 3, [0] * 3, {"slow": 10**9, "cuda:0": 10**9}, 1,
+               make_topology([make_device("slow"), make_device("cuda:0")]))
+    sol = solve(p)
+    assert sol.assignment == ("cuda:0",) * 3
+    assert sol.objective_s == pytest.approx(0.3)
+
+
+def test_too_little_memory_names_needed_and_available_bytes():
+    p = _chain([{"cuda:0": 1e-3}] * 2, [60 * MB] * 2, {"cuda:0": 100 * MB}, 1,
+               make_topology([make_device("cuda:0")]))
+    with pytest.raises(ValueError, match=r"needs 120000000 bytes .* allow only 100000000 bytes"):
+        solve(p)
+
+
+def test_single_task_larger_than_every_device_is_named():
+    topo = make_topology([make_device("cuda:0"), make_device("cuda:1")])
+    p = _chain([{"cuda:0": 1e-3, "cuda:1": 1e-3}] * 2, [150 * MB, 10 * MB], {"cuda:0": 100 * MB, "cuda:1": 100 * MB}, 1, topo)
+    with pytest.raises(ValueError, match=r"task 't0' needs 150000000 bytes .* largest device allows 100000000"):
+        solve(p)
+
+
+def test_fragmentation_infeasible_is_reported():
+    # 3 tasks of 60 MB on two 100 MB devices: the sum fits (180 <= 200) but no placement does.
+    topo = make_topology([make_device("cuda:0"), make_device("cuda:1")])
+    p = _chain([{"cuda:0": 1e-3, "cuda:1": 1e-3}] * 3, [60 * MB] * 3, {"cuda:0": 100 * MB, "cuda:1": 100 * MB}, 1, topo)
+    with pytest.raises(ValueError, match=r"no placement fits in memory: the model needs 180000000 bytes"):
+        solve(p)
+
+
+@pytest.mark.parametrize("solver", ["highs", "cbc"])
+def test_each_solver_reaches_the_optimum(solver):
+    topo = make_topology([make_device("cuda:0"), make_device("cuda:1"), make_device("cpu")])
+    times = [{"cuda:0": 1e-3 * (i % 3 + 1), "cuda:1": 2e-3, "cpu": 5e-3} for i in range(8)]
+    caps = {"cuda:0": 100 * MB, "cuda:1": 100 * MB, "cpu": 400 * MB}
+    p = _chain(times, [30 * MB] * 8, caps, MB, topo)
+    sol = solve(p, solver=solver, mip_rel_gap=0.0)
+    assert sol.solver == solver
+    assert sol.objective_s == pytest.approx(brute_force(p)[0], rel=1e-6)
+
+
+def test_missing_highs_falls_back_to_cbc(monkeypatch):
+    monkeypatch.setattr(pulp.HiGHS, "available", lambda self: False)
+    p = _chain([{"cuda:0": 1e-3, "cuda:1": 2e-3}] * 2, [0, 0], {"cuda:0": MB, "cuda:1": MB}, 1,
+               make_topology([make_device("cuda:0"), make_device("cuda:1")]))
+    assert solve(p, solver="auto").solver == "cbc"
+
+
+def test_same_inputs_give_the_same_plan():
+    topo = make_topology([make_device("cuda:0"), make_device("cuda:1"), make_device("cuda:2")])
+    times = [{d: 1e-3 for d in topo.device_names}] * 10
+    p = _chain(times, [35 * MB] * 10, {d: 150 * MB for d in topo.device_names}, MB, topo)
+    first = solve(p)
+    assert all(solve(p).assignment == first.assignment for _ in range(3))
+
+
+def test_single_device_is_trivial():
+    p = _chain([{"cpu": 1e-3}] * 3, [MB] * 3, {"cpu": 100 * MB}, 1, make_topology([make_device("cpu")]))
+    sol = solve(p)
+    assert sol.status == "trivial" and sol.assignment == ("cpu",) * 3
+    assert sol.objective_s == pytest.approx(3e-3)

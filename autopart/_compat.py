@@ -7,6 +7,7 @@ has a fallback, so a moved symbol degrades an estimate instead of breaking a com
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import torch
@@ -72,3 +73,24 @@ def is_static_input(node: torch.fx.Node) -> bool:
     """
     tensor_dict = node.meta.get("tensor_dict") or {}
     return "_dynamo_static_input_type" in tensor_dict
+
+
+_SOURCE_TOKEN = re.compile(r"_(?:modules|parameters|buffers)_")
+
+
+def parameter_fqn(gm: torch.fx.GraphModule, node: torch.fx.Node) -> str:
+    """The name a lifted parameter or buffer has in the user's model (``"fc1.weight"``).
+
+    Dynamo names the placeholder after its source, ``L['self']._modules['fc1']._parameters
+    ['weight']`` becoming ``l_self_modules_fc1_parameters_weight_``; graphs that keep modules
+    record names in ``gm.meta["dynamo_flat_name_to_original_fqn"]``. Falls back to the node name.
+    """
+    fqns = getattr(gm, "meta", {}).get("dynamo_flat_name_to_original_fqn", {})
+    if node.name in fqns:
+        return fqns[node.name]
+    if node.op == "get_attr":
+        return str(node.target)
+    parts = _SOURCE_TOKEN.split(node.name)
+    if len(parts) < 2:
+        return node.name
+    return ".".join(parts[1:]).rstrip("_")

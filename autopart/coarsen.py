@@ -228,11 +228,13 @@ def build_problem(
         return sum(t.get(d, 0.0) for d in candidates) / max(1, len(candidates))
 
     total_time = sum(ref_time(n) for n in compute) or 1.0
-    total_resident = sum(record(p).resident_bytes for ps in attached.values() for p in ps) or 1
+    def resident(n: torch.fx.Node) -> int:
+        return record(n).resident_bytes + sum(record(p).resident_bytes for p in attached.get(n, ()))
+
+    total_resident = sum(resident(n) for n in compute) or 1
 
     def weight(n: torch.fx.Node) -> float:
-        resident = sum(record(p).resident_bytes for p in attached.get(n, ()))
-        return ref_time(n) / total_time + resident / total_resident
+        return ref_time(n) / total_time + resident(n) / total_resident
 
     groups = group_nodes(compute, weight, max_groups)
 

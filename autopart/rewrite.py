@@ -9,11 +9,14 @@
    partition graph is acyclic), with ``torch.fx.passes.split_module``.
 
 Parameters and buffers (placeholders Dynamo lifted) are not moved here: the runtime moves them
-once and reuses the copies. Constants reached by ``get_attr`` are moved here, once.
+once and reuses the copies. Constants reached by ``get_attr`` and modules kept whole
+(``call_module``, when Dynamo does not inline modules) are copied to their device here, once:
+later updates to the originals do not reach those copies (recompile after changing them).
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -145,6 +148,8 @@ def rewrite(gm: torch.fx.GraphModule, plan: Plan, mapping: dict[str, str]) -> Re
             if node.name not in placement:
                 raise ValueError(f"plan {plan.graph_name!r} does not place node {node.name!r}")
             _retarget_devices(node, local[placement[node.name]])
+            if node.op == "call_module":
+                _move_submodule(module, node, local[placement[node.name]])
         elif node.op == "get_attr" and node.name in placement:
             _move_attr(module, str(node.target), local[placement[node.name]])
 
@@ -237,6 +242,19 @@ def _is_device_string(value: str) -> bool:
     except (RuntimeError, ValueError):
         return False
     return True
+
+
+def _move_submodule(module: torch.fx.GraphModule, node: torch.fx.Node, device: torch.device) -> None:
+    """Point a ``call_module`` node at a copy of its module on ``device`` (the user's module is
+    left where it is). The copy is made once, at compile time."""
+    sub = module.get_submodule(str(node.target))
+    state = [*sub.parameters(), *sub.buffers()]
+    if all(t.device == device for t in state):
+        return
+    name = f"_autopart_{str(node.target).replace('.', '_')}_{device.type}{device.index or 0}"
+    if not hasattr(module, name):
+        module.add_submodule(name, copy.deepcopy(sub).to(device))
+    node.target = name
 
 
 def _move_attr(module: torch.nn.Module, target: str, device: torch.device) -> None:

@@ -3,8 +3,8 @@
 A rule is registered with :func:`register_cost` on aten overloads or overload packets
 (DESIGN.md convention 5). Ops with no rule get :func:`default_cost`:
 
-- views and metadata ops (``OpOverload.is_view``, and the ops torch's own runtime estimator
-  treats as free) move no bytes and launch nothing;
+- views (``OpOverload.is_view``), ``prim`` ops and ops that return no tensor (metadata
+  queries such as ``prim.device``) move no bytes and launch nothing;
 - every other op reads all its input tensors and writes all its outputs once (``embedding``
   has its own rule: it reads only the rows it gathers);
 - FLOPs come from ``torch.utils.flop_counter``'s registry when it has a formula (matmul, conv,
@@ -91,8 +91,10 @@ register_cost(
 
 def default_cost(func, args, kwargs, out) -> OpCost:
     """Cost of an op with no registered rule (see the module docstring)."""
-    if getattr(func, "is_view", False):
+    if getattr(func, "is_view", False) or getattr(func, "namespace", "") == "prim":
         return _free(func, args, kwargs, out)
+    if not any(isinstance(t, torch.Tensor) for t in tree_leaves(out)):
+        return _free(func, args, kwargs, out)  # metadata queries (sizes, devices, scalars)
     registry = flop_registry()
     packet = getattr(func, "overloadpacket", func)
     if packet in registry:
@@ -143,3 +145,18 @@ def _embedding_cost(func, args, kwargs, out) -> OpCost:
     """A lookup reads the indices and only the rows it gathers, not the whole table."""
     rows = tensor_bytes(out)
     return OpCost(0, tensor_bytes(args[1]) + rows, rows, 1, _dtype_of(args, out))
+
+
+@register_cost(aten._scaled_dot_product_flash_attention_for_cpu)
+def _sdpa_cpu_cost(func, args, kwargs, out) -> OpCost:
+    """The CPU flash-attention kernel, which torch.utils.flop_counter has no formula for.
+
+    FLOPs of Q K^T plus P V: 2 b h s_q s_k d + 2 b h s_q s_k d_v, as
+    ``torch.utils.flop_counter.sdpa_flop_count`` counts them for the GPU kernels.
+    """
+    q, k, v = args[:3]
+    b, h, s_q, d = (concrete_int(x) for x in q.shape)
+    s_k, d_v = concrete_int(k.shape[-2]), concrete_int(v.shape[-1])
+    flops = 2 * b * h * s_q * s_k * d + 2 * b * h * s_q * s_k * d_v
+    read = tensor_bytes((args, kwargs))
+    return OpCost(flops, read, tensor_bytes(out), 1, _dtype_of(args, out))

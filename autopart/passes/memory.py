@@ -93,6 +93,14 @@ def node_storages(node: torch.fx.Node) -> list[tuple[Any, int]]:
     return list(seen.items())
 
 
+def module_state(module: torch.nn.Module) -> list[tuple[Any, int]]:
+    """(storage key, bytes) of each parameter and buffer storage of ``module``."""
+    seen: dict[Any, int] = {}
+    for t in [*module.parameters(), *module.buffers()]:
+        seen.setdefault(_storage_key(t), _storage_nbytes(t))
+    return list(seen.items())
+
+
 def memory_pass(gm: torch.fx.GraphModule, example_inputs: Sequence[Any] = ()) -> MemoryReport:
     """Liveness and peak memory of ``gm`` (after ``propagate_shapes_pass``).
 
@@ -106,9 +114,15 @@ def memory_pass(gm: torch.fx.GraphModule, example_inputs: Sequence[Any] = ()) ->
     index = {n: i for i, n in enumerate(nodes)}
     lives: dict[Any, list] = {}  # key -> [producer, nbytes, first, last, kind]
     keys_of: dict[torch.fx.Node, list[Any]] = {}
+    module_state_seen: set[Any] = set()
     for i, node in enumerate(nodes):
         rec = record(node)
         rec.resident_bytes = rec.alloc_bytes = 0
+        if node.op == "call_module":  # a module kept whole: its weights live with the node
+            for key, nbytes in module_state(gm.get_submodule(str(node.target))):
+                if key not in module_state_seen:
+                    module_state_seen.add(key)
+                    rec.resident_bytes += nbytes
         if node.op == "output":
             keys_of[node] = []
             continue
@@ -150,7 +164,7 @@ def memory_pass(gm: torch.fx.GraphModule, example_inputs: Sequence[Any] = ()) ->
     return MemoryReport(
         order=tuple(n.name for n in nodes),
         storages=storages,
-        resident_bytes=sum(s.nbytes for s in storages if s.kind == "resident"),
+        resident_bytes=sum(record(n).resident_bytes for n in nodes),
         input_bytes=sum(s.nbytes for s in storages if s.kind == "input"),
         live_activation_bytes=tuple(live),
     )

@@ -15,7 +15,7 @@ import torch.fx
 from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 from torch.utils._pytree import tree_leaves
 
-from .._compat import concrete_int, detect_fake_mode, is_static_input
+from .._compat import concrete_int, detect_fake_mode, is_static_input, parameter_fqn
 from .records import NodeRole, TensorInfo, record
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,6 @@ def propagate_shapes_pass(
         if "val" not in node.meta and "example_value" in node.meta:
             node.meta["val"] = node.meta["example_value"]
 
-    fqns = getattr(gm, "meta", {}).get("dynamo_flat_name_to_original_fqn", {})
     examples = dict(zip(placeholders, example_inputs))
     for node in gm.graph.nodes:
         rec = record(node)
@@ -85,7 +84,7 @@ def propagate_shapes_pass(
         else:
             rec.tensors = tensor_infos(node_value(node))
         if rec.role in ("parameter", "buffer", "constant"):
-            rec.fqn = fqns.get(node.name) or (node.target if node.op == "get_attr" else node.name)
+            rec.fqn = parameter_fqn(gm, node)
     return gm
 
 

@@ -37,8 +37,10 @@ Objective (:func:`add_objective`)
 Not modelled (yet): overlap of independent tasks on different devices, overlap of transfers with
 compute, copies held on the receiving device, and pipelining across calls.
 
-Rows are scaled to milliseconds and GiB so that coefficients stay near 1 (HiGHS warns of
-badly scaled models when memory rows are in bytes; see shared/notes/solver-facts.md).
+Rows are scaled so that coefficients stay near 1 whatever the model's size: each memory row is
+divided by its device's capacity, and the objective by the sum over tasks of their fastest
+compute time (HiGHS misjudges badly scaled rows: memory in bytes overran time limits, and memory
+in GiB fell below its feasibility tolerance on small models; see shared/notes/solver-facts.md).
 """
 
 from __future__ import annotations
@@ -58,8 +60,6 @@ from .coarsen import PlacementProblem
 
 log = logging.getLogger(__name__)
 
-_MS = 1e3  # objective unit: milliseconds
-_GIB = float(2**30)  # memory row unit: GiB
 
 
 @dataclass(frozen=True)
@@ -179,6 +179,10 @@ class _Model:
             for k, d in enumerate(devs)
         }
         self.y: dict[tuple[int, str, str], pulp.LpVariable] = {}
+        fastest = sum(
+            min(task.time_s.get(d, 0.0) for d in devs) for task, devs in zip(problem.tasks, self.allowed)
+        )
+        self.time_unit_s = fastest if fastest > 0 else 1e-3
 
     def variable(self, name: str, low: float, up: float, cat: str = pulp.LpContinuous):
         if hasattr(self.prob, "add_variable"):  # PuLP >= 3.3; LpVariable(...) is deprecated
@@ -207,23 +211,21 @@ def add_transfers(m: _Model) -> None:
 def add_memory(m: _Model) -> None:
     p = m.problem
     for d in p.devices:
-        cap = p.capacity_bytes[d] / _GIB
+        cap = float(p.capacity_bytes[d])
         resident = [
-            (m.x[t, d], task.resident_bytes / _GIB)
+            (m.x[t, d], task.resident_bytes / cap)
             for t, task in enumerate(p.tasks)
             if task.resident_bytes and (t, d) in m.x
         ]
         for i, task in enumerate(p.tasks):
-            if (i, d) not in m.x:
-                continue
             terms = list(resident)
-            if task.peak_bytes:
-                terms.append((m.x[i, d], task.peak_bytes / _GIB))
+            if task.peak_bytes and (i, d) in m.x:
+                terms.append((m.x[i, d], task.peak_bytes / cap))
             for r in p.live_ranges:
                 if r.producer <= i <= r.last and (r.producer, d) in m.x:
-                    terms.append((m.x[r.producer, d], r.nbytes / _GIB))
+                    terms.append((m.x[r.producer, d], r.nbytes / cap))
             if terms:
-                m.prob += pulp.LpAffineExpression(_sum_terms(terms)) <= cap, f"mem_{d}_{i}"
+                m.prob += pulp.LpAffineExpression(_sum_terms(terms)) <= 1.0, f"mem_{d}_{i}"
 
 
 def _sum_terms(terms: list[tuple[pulp.LpVariable, float]]) -> dict:
@@ -281,7 +283,7 @@ def add_symmetry_breaking(m: _Model) -> None:
 def add_objective(m: _Model) -> None:
     p = m.problem
     compute = [
-        (m.x[t, d], task.time_s.get(d, 0.0) * _MS)
+        (m.x[t, d], task.time_s.get(d, 0.0) / m.time_unit_s)
         for t, task in enumerate(p.tasks)
         for d in m.allowed[t]
     ]
@@ -289,7 +291,8 @@ def add_objective(m: _Model) -> None:
     for (vi, s, d), var in m.y.items():
         v = p.values[vi]
         link = p.topology.link(s, d)
-        transfer.append((var, (v.count * link.latency_s + v.nbytes / link.bandwidth_Bps) * _MS))
+        seconds = v.count * link.latency_s + v.nbytes / link.bandwidth_Bps
+        transfer.append((var, seconds / m.time_unit_s))
     m.prob += pulp.LpAffineExpression(_sum_terms(compute + transfer))
 
 
@@ -426,9 +429,9 @@ def _bound_s(m: _Model, solver_name: str, objective_s: float, optimal: bool, tim
     if solver_name == "highs":
         try:
             info = m.prob.solverModel.getInfo()
-            bound_ms = float(info.mip_dual_bound)
-            if bound_ms == bound_ms and abs(bound_ms) != float("inf"):
-                return min(objective_s, bound_ms / _MS)
+            bound = float(info.mip_dual_bound)
+            if bound == bound and abs(bound) != float("inf"):
+                return min(objective_s, bound * m.time_unit_s)
         except Exception:  # noqa: BLE001 - fall through to the generic bound
             log.debug("HiGHS info unavailable; using the LP relaxation bound")
     if optimal:
@@ -436,5 +439,5 @@ def _bound_s(m: _Model, solver_name: str, objective_s: float, optimal: bool, tim
     # The LP relaxation's optimum bounds every integer solution (variables already read).
     m.prob.solve(_cbc(mip=False, timeLimit=time_limit_s))
     if m.prob.sol_status == pulp.LpSolutionOptimal:
-        return min(objective_s, pulp.value(m.prob.objective) / _MS)
+        return min(objective_s, pulp.value(m.prob.objective) * m.time_unit_s)
     return None

@@ -1,0 +1,173 @@
+"""Coarsening, rewrite and runtime on random DAGs: every node placed once, capacities held,
+same values as the original graph."""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.fx
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from _util import RandomDag, make_device, make_topology
+from autopart import Backend, Config
+from autopart.coarsen import group_nodes
+from autopart.passes import memory_pass, propagate_shapes_pass
+from autopart.plan import plan_transfers
+from autopart.rewrite import _retarget_devices, rewrite
+
+WIDTH = 8
+
+
+@st.composite
+def dags(draw, max_steps: int = 14):
+    n = draw(st.integers(1, max_steps))
+    steps = []
+    for k in range(n):
+        op = draw(st.sampled_from(RandomDag.OPS))
+        i = draw(st.integers(0, k))
+        j = draw(st.integers(0, k))
+        steps.append((op, i, j))
+    outputs = sorted(set(draw(st.lists(st.integers(1, n), min_size=1, max_size=3))))
+    return RandomDag(steps, WIDTH, outputs)
+
+
+@st.composite
+def topologies(draw):
+    n_gpus = draw(st.integers(1, 3))
+    devices = [make_device("cpu", tflops=draw(st.floats(0.1, 2)), gbps=draw(st.floats(10, 100)))]
+    devices += [
+        make_device(f"cuda:{i}", tflops=draw(st.floats(1, 50)), gbps=draw(st.floats(100, 2000)))
+        for i in range(n_gpus)
+    ]
+    return make_topology(devices, link_gbps=draw(st.floats(1, 100)), latency_s=draw(st.floats(0, 2e-5)))
+
+
+def traced(model: torch.nn.Module, x: torch.Tensor) -> torch.fx.GraphModule:
+    gm = torch.fx.symbolic_trace(model)
+    propagate_shapes_pass(gm, [x])
+    return gm
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(dags(), topologies(), st.data())
+def test_random_dags_run_placed_and_match(model, topo, data):
+    torch.manual_seed(0)
+    x = torch.randn(4, WIDTH)
+    gm = traced(model, x)
+    report = memory_pass(gm)
+    # The CPU can hold everything (so a placement exists); GPUs get random, often small, shares.
+    caps = {"cpu": 2 * report.peak_bytes + 2**20}
+    for name in topo.device_names[1:]:
+        caps[name] = int(report.peak_bytes * data.draw(st.floats(0.0, 1.2)))
+    backend = Backend(
+        Config(
+            topology=topo,
+            device_map="cpu",
+            max_memory=caps,
+            max_groups=data.draw(st.integers(1, 8)),
+            strict=True,
+        )
+    )
+    runner = backend(gm, [x])
+    plan = backend.plans[0]
+
+    compute = [n.name for n in gm.graph.nodes if n.op in ("call_function", "call_method", "call_module")]
+    assert set(compute) <= set(plan.placement)
+    placed = [name for task in backend.compilations[0].plan.tasks for name in [task.name]]
+    assert len(placed) == len(set(placed))
+    assert sum(t.num_nodes for t in plan.tasks) == len(plan.placement)
+    for dev, cap in plan.capacity_bytes.items():
+        if dev in plan.devices_used:
+            assert plan.predicted_peak_bytes[dev] <= cap
+    for t in plan.transfers:
+        assert t.src_device != t.dst_device
+
+    with torch.no_grad():
+        expected = model(x)
+        for _ in range(2):  # second call: steady state with cached static copies
+            got = runner(x)
+            assert len(got) == len(expected)
+            for a, b in zip(got, expected):
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@settings(max_examples=30, deadline=None)
+@given(dags(max_steps=20), st.integers(1, 10))
+def test_groups_are_contiguous_bounded_and_keep_getitem_with_its_tuple(model, max_groups):
+    gm = traced(model, torch.randn(4, WIDTH))
+    compute = [n for n in gm.graph.nodes if n.op in ("call_function", "call_method", "call_module")]
+    groups = group_nodes(compute, lambda n: 1.0, max_groups)
+    assert [n for g in groups for n in g] == compute
+    assert len(groups) <= max(1, max_groups)
+    for g in groups:
+        assert not (g[0].op == "call_function" and g[0].target is operator.getitem)
+
+
+def test_plan_transfers_one_copy_per_tensor_and_destination():
+    def f(x):
+        a = x + 1  # cuda:0
+        b = a * 2  # cuda:1 reads a
+        c = a - 1  # cuda:1 reads a again: no second copy
+        return b + c  # cuda:1; output back to cpu
+
+    gm = traced(torch.fx.symbolic_trace(f), torch.randn(3))
+    placement = {"x": "cpu", "add": "cuda:0", "mul": "cuda:1", "sub": "cuda:1", "add_1": "cuda:1", "output": "cpu"}
+    transfers = plan_transfers(gm, placement)
+    assert [(t.source_node, t.src_device, t.dst_device) for t in transfers] == [
+        ("x", "cpu", "cuda:0"),
+        ("add", "cuda:0", "cuda:1"),
+        ("add_1", "cuda:1", "cpu"),
+    ]
+    assert transfers[1].reason == "read by mul" and transfers[2].reason == "graph output"
+    assert all(t.nbytes == 12 for t in transfers)
+
+
+def test_partitions_are_runs_of_one_device_and_transfers_sit_before_first_reader():
+    torch.manual_seed(0)
+    model = RandomDag([("linear", 0, 0), ("relu", 1, 1), ("linear", 2, 2), ("add", 3, 1)], WIDTH, [4])
+    x = torch.randn(4, WIDTH)
+    # A CPU with a 1 ms dispatch overhead: both GPUs must be used, as neither holds both weights.
+    topo = make_topology(
+        [make_device("cpu", overhead_s=1e-3), make_device("cuda:0"), make_device("cuda:1")], latency_s=0.0
+    )
+    backend = Backend(Config(topology=topo, device_map="cpu", max_groups=4, strict=True,
+                             max_memory={"cpu": 10**6, "cuda:0": 700, "cuda:1": 700}))
+    gm = traced(model, x)
+    backend(gm, [x])
+    plan = backend.plans[0]
+    rewritten = rewrite(gm, plan, {d: "cpu" for d in topo.device_names})
+    devices = list(rewritten.partition_devices.values())
+    assert all(a != b for a, b in zip(devices, devices[1:]))
+    assert len(set(devices) - {"cpu"}) == 2  # 256-byte weights + activations: one per 700-byte GPU
+    inserted = [n for n in rewritten.module.graph.nodes if n.op == "call_module"]
+    assert [n.target for n in inserted] == list(rewritten.partition_devices)
+    n_transfer_nodes = sum(
+        1
+        for name in rewritten.partition_devices
+        for n in getattr(rewritten.module, name).graph.nodes
+        if n.op == "call_function" and n.target.__name__ == "transfer"
+    )
+    assert n_transfer_nodes == len(plan.transfers)
+    torch.testing.assert_close(rewritten.module(x)[0], model(x)[0])
+
+
+def test_device_constants_follow_the_placement():
+    class M(torch.nn.Module):
+        def forward(self, x):
+            idx = torch.arange(x.shape[0], device="cpu")
+            return x.cpu() + idx.to("cpu") + x.to(device=torch.device("cpu"))
+
+    gm = torch.fx.symbolic_trace(M())
+    meta = torch.device("meta")
+    for node in gm.graph.nodes:
+        if node.op in ("call_function", "call_method"):
+            _retarget_devices(node, meta)
+    arange = next(n for n in gm.graph.nodes if n.target is torch.arange)
+    assert arange.kwargs["device"] == meta
+    tos = [n for n in gm.graph.nodes if n.op == "call_method" and n.target == "to"]
+    assert len(tos) == 3  # x.cpu() became x.to(meta)
+    for n in tos:
+        assert meta in (*n.args, *n.kwargs.values())
+    assert not any(n.op == "call_method" and n.target == "cpu" for n in gm.graph.nodes)

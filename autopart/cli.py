@@ -36,7 +36,11 @@ def build_model(name: str, size: str = "base"):
     small = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
     gen = torch.Generator().manual_seed(0)
     if name == "gpt2":
-        cfg = tf.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=1000) if tiny else tf.GPT2Config()
+        cfg = (
+            tf.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=1000, bos_token_id=0, eos_token_id=0)
+            if tiny
+            else tf.GPT2Config()
+        )
         model = tf.GPT2LMHeadModel(cfg)
         inputs = {"input_ids": torch.randint(0, cfg.vocab_size, (1, 128), generator=gen)}
     elif name == "bert":

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+from decimal import Decimal
 from dataclasses import dataclass
 from typing import Literal, Union
 
@@ -62,7 +63,7 @@ def parse_bytes(value: MemorySize, *, what: str = "size") -> int:
                 f"number with one of the units {sorted(u for u in _SIZE_UNITS if u)} "
                 "(e.g. '10GiB', '500MB')"
             )
-        nbytes = int(float(match.group(1)) * _SIZE_UNITS[unit])
+        nbytes = int(Decimal(match.group(1)) * _SIZE_UNITS[unit])
     if nbytes < 0:
         raise ValueError(f"{what}: memory size must be >= 0 bytes, got {value!r}")
     return nbytes

@@ -162,6 +162,17 @@ def check_fits(problem: PlacementProblem) -> None:
             )
 
 
+def _activation_peak(problem: PlacementProblem) -> int:
+    """Most activation bytes live at one step, wherever they are placed."""
+    return max(
+        (
+            t.peak_bytes + sum(r.nbytes for r in problem.live_ranges if r.producer <= i <= r.last)
+            for i, t in enumerate(problem.tasks)
+        ),
+        default=0,
+    )
+
+
 def _fmt_caps(caps: dict[str, int]) -> str:
     return ", ".join(f"{d}: {c} bytes" for d, c in caps.items())
 
@@ -387,8 +398,9 @@ def solve(
         if status == "Infeasible":
             raise ValueError(
                 f"no placement fits in memory: the model needs {needed} bytes of parameters and "
-                f"buffers plus activations, and the devices allow {_fmt_caps(caps)}; raise "
-                "max_memory or raise max_groups to cut the graph finer"
+                f"buffers plus up to {_activation_peak(problem)} bytes of activations at once, "
+                f"and the devices allow {_fmt_caps(caps)}; raise max_memory or raise max_groups "
+                "to cut the graph finer"
             )
         raise ValueError(
             f"the {solver_name} solver found no placement within time_limit_s={time_limit_s} "

@@ -1,0 +1,60 @@
+"""The autopart command line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from autopart import Plan, Topology
+from autopart.cli import build_model, main
+
+
+def test_help_for_every_subcommand(capsys):
+    for argv in (["--help"], ["demo", "--help"], ["topology", "--help"], ["plan", "--help"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "demo" in out and "--max-memory" in out and "--preset" in out and "--save" in out
+
+
+def test_console_script_is_installed():
+    out = subprocess.run(
+        [sys.executable, "-m", "autopart.cli", "topology", "--list"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "8xh100-nvlink" in out and "4xa100-pcie-cpu" in out
+
+
+def test_topology_table_and_save(tmp_path, capsys):
+    path = tmp_path / "t.json"
+    assert main(["topology", "--preset", "hetero-a100-t4-cpu", "--save", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "cuda:0" in out and "cuda:1" in out
+    assert Topology.load(path) == Topology.preset("hetero-a100-t4-cpu")
+    assert main(["topology", "--load", str(path)]) == 0
+
+
+def test_plan_saves_a_loadable_plan(tmp_path, capsys):
+    import torch
+
+    torch._dynamo.reset()
+    path = tmp_path / "plan.json"
+    argv = ["plan", "--model", "gpt2", "--size", "tiny", "--topology", "4xa100-pcie-cpu",
+            "--max-memory", "cuda:0=700KB", "cuda:1=700KB", "cuda:2=700KB", "cuda:3=700KB",
+            "--out", str(path)]
+    assert main(argv) == 0
+    plan = Plan.load(path)
+    assert len(plan.devices_used) >= 2
+    assert "predicted time" in capsys.readouterr().out
+
+
+def test_bad_input_is_an_error_message_not_a_traceback(capsys):
+    assert main(["plan", "--model", "gpt2", "--size", "tiny", "--topology", "no-such-preset"]) == 2
+    assert "neither a preset" in capsys.readouterr().err
+
+
+def test_build_model_rejects_unknown_names():
+    with pytest.raises(ValueError, match="unknown model 'bloom'"):
+        build_model("bloom")

@@ -1,0 +1,90 @@
+"""Config: option checking, accelerate-style max_memory, topology resolution."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from autopart import Config, Topology, parse_bytes
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("10GiB", 10 * 2**30),
+        ("30GB", 30 * 10**9),
+        ("500MB", 500 * 10**6),
+        ("1.5gib", int(1.5 * 2**30)),
+        ("64KiB", 64 * 1024),
+        ("123", 123),
+        (4096, 4096),
+    ],
+)
+def test_parse_bytes_reads_accelerate_sizes(text, expected):
+    assert parse_bytes(text) == expected
+
+
+@given(st.integers(0, 2**50), st.sampled_from(["B", "KB", "MB", "GB", "KiB", "MiB", "GiB"]))
+def test_parse_bytes_of_integer_strings(n, unit):
+    factor = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}[unit]
+    assert parse_bytes(f"{n}{unit}") == n * factor
+
+
+@pytest.mark.parametrize("bad", ["ten GB", "10 XB", "", "GB"])
+def test_parse_bytes_rejects_unreadable_strings(bad):
+    with pytest.raises(ValueError, match=r"cannot read .* as a memory size"):
+        parse_bytes(bad, what="max_memory['cuda:0']")
+
+
+def test_parse_bytes_rejects_negative_and_wrong_types():
+    with pytest.raises(ValueError, match="must be >= 0 bytes, got -1"):
+        parse_bytes(-1)
+    with pytest.raises(TypeError, match="expected bytes as an int or a string"):
+        parse_bytes(1.5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        parse_bytes(True)  # type: ignore[arg-type]
+
+
+def test_config_rejects_bad_values_with_their_name():
+    with pytest.raises(ValueError, match=r"objective='fastest' is not one of \['latency'\]"):
+        Config(objective="fastest")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="solver='gurobi'"):
+        Config(solver="gurobi")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="time_limit_s must be > 0"):
+        Config(time_limit_s=0)
+    with pytest.raises(ValueError, match="memory_fraction must be in"):
+        Config(memory_fraction=1.5)
+    with pytest.raises(ValueError, match="max_groups must be a positive int"):
+        Config(max_groups=0)
+    with pytest.raises(ValueError, match=r"max_memory\['cuda:0'\]: cannot read 'lots'"):
+        Config(max_memory={"cuda:0": "lots"})
+    with pytest.raises(TypeError, match="device_map must be a dict"):
+        Config(device_map=3)  # type: ignore[arg-type]
+
+
+def test_unknown_option_is_named():
+    with pytest.raises(TypeError, match=r"unknown autopart option\(s\) \['max_mem'\]"):
+        Config.from_options(max_mem={"cpu": "1GB"})
+
+
+def test_capacities_follow_accelerate_semantics():
+    topo = Topology.preset("4xa100-pcie-cpu")
+    caps = Config(max_memory={0: "1GiB", "cuda:1": 1000}).capacities_bytes(topo)
+    assert caps == {"cpu": 0, "cuda:0": 2**30, "cuda:1": 1000, "cuda:2": 0, "cuda:3": 0}
+    default = Config(memory_fraction=0.5).capacities_bytes(topo)
+    assert default == {d.name: d.memory_bytes // 2 for d in topo.devices}
+    with pytest.raises(ValueError, match=r"max_memory names device 'cuda:7'.* its devices are"):
+        Config(max_memory={"cuda:7": "1GB"}).capacities_bytes(topo)
+
+
+def test_topology_resolution(tmp_path):
+    assert Config(topology="8xh100-nvlink").resolve_topology().name == "8xh100-nvlink"
+    topo = Topology.preset("1x4090-cpu")
+    path = tmp_path / "t.json"
+    topo.save(path)
+    assert Config(topology=str(path)).resolve_topology() == topo
+    assert Config(topology=topo).resolve_topology() is topo
+    assert "cpu" in Config().resolve_topology().device_names
+    with pytest.raises(ValueError, match=r"topology='nope' is neither a preset .* nor an existing file"):
+        Config(topology="nope").resolve_topology()

@@ -23,7 +23,7 @@ from __future__ import annotations
 import heapq
 import operator
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch.fx
@@ -202,14 +202,20 @@ def build_problem(
     *,
     origin_device: Callable[[str], str],
     max_groups: int = 48,
+    pinned: Mapping[str, str] | None = None,
 ) -> PlacementProblem:
     """Contract ``gm`` (after the shape, memory and cost passes) into a :class:`PlacementProblem`.
 
     Args:
+        capacity_bytes: bytes each device may still take (what earlier graphs hold subtracted).
         origin_device: maps a device string of the captured graph (``"cpu"``) to the topology
             device that holds user inputs and receives outputs there.
         max_groups: coarsening target (number of compute tasks).
+        pinned: node name -> device for parameters/buffers an earlier graph already placed: their
+            task is fixed to that device and their bytes are not counted again. (A task holding
+            tensors pinned to two devices stays free and counts them as new copies.)
     """
+    pinned = pinned or {}
     nodes = list(gm.graph.nodes)
     position = {n: i for i, n in enumerate(nodes)}
     compute = [n for n in nodes if n.op in _COMPUTE_OPS]
@@ -260,12 +266,17 @@ def build_problem(
             members += attached.get(n, [])
             members.append(n)
         time_s = {d: sum(record(n).time_s.get(d, 0.0) for n in group) for d in topology.device_names}
+        homes = {pinned[m.name] for m in members if m.name in pinned}
+        fixed = homes.pop() if len(homes) == 1 else None
         add_task(
             Task(
                 name=_group_name(group),
                 nodes=tuple(m.name for m in members),
                 time_s=time_s,
-                resident_bytes=sum(record(m).resident_bytes for m in members),
+                resident_bytes=sum(
+                    record(m).resident_bytes for m in members if not (fixed and m.name in pinned)
+                ),
+                fixed_device=fixed,
             )
         )
 

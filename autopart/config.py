@@ -73,9 +73,10 @@ def parse_bytes(value: MemorySize, *, what: str = "size") -> int:
 class Config:
     """How autopart plans and runs a model. Every field has a default that works on any machine."""
 
-    topology: Topology | str | os.PathLike | None = None
+    topology: Topology | str | os.PathLike | dict | None = None
     """Devices and links to plan for: a :class:`Topology`, a preset name (see
-    ``autopart.presets()``), a path to a topology JSON file, or None to discover this machine."""
+    ``autopart.presets()``), a path to a topology JSON file, a dict in that file's schema, or None
+    to discover this machine."""
 
     objective: ObjectiveName = "latency"
     """What the plan minimizes. ``"latency"``: predicted time of one call."""
@@ -154,13 +155,16 @@ class Config:
         """The Topology this config names (discovering this machine when ``topology`` is None).
 
         Raises:
-            ValueError: a string that is neither a preset name nor an existing file.
+            ValueError: a string that is neither a preset name nor an existing file, or a file
+                or dict that does not follow the topology schema.
         """
         topo = self.topology
         if topo is None:
             return Topology.discover()
         if isinstance(topo, Topology):
             return topo
+        if isinstance(topo, dict):
+            return Topology.from_dict(topo, source="topology option")
         if isinstance(topo, (str, os.PathLike)):
             from .topology import presets
 
@@ -172,7 +176,9 @@ class Config:
                 f"topology={topo!r} is neither a preset ({presets()}) nor an existing file; "
                 "pass a preset name, a path to a topology JSON file, or None to discover this machine"
             )
-        raise TypeError(f"topology must be a Topology, a preset name, a path or None, got {topo!r}")
+        raise TypeError(
+            f"topology must be a Topology, a preset name, a path, a dict or None, got {topo!r}"
+        )
 
     def capacities_bytes(self, topology: Topology) -> dict[str, int]:
         """Bytes each topology device may hold under this config (0 = do not use).

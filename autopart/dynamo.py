@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,10 +29,11 @@ from .passes import (
     dependency_pass,
     memory_pass,
     propagate_shapes_pass,
+    record,
 )
 from .plan import Plan, make_plan
 from .rewrite import origin_resolver, resolve_device_map, rewrite
-from .runtime import PlacedGraph, RuntimeMetrics
+from .runtime import PlacedGraph, RuntimeMetrics, StaticCopyCache
 from .solver import solve
 from .topology import Topology
 
@@ -70,12 +72,15 @@ def plan_graph(
     *,
     graph_name: str = "graph",
     mapping: dict[str, str] | None = None,
+    ledger: ResidentLedger | None = None,
 ) -> tuple[Plan, PlacementProblem, Analysis]:
     """Analyze ``gm``, build and solve its placement problem, and return the Plan.
 
     Args:
         mapping: topology device -> local device (see ``resolve_device_map``); it decides which
             topology device stands for the device the inputs were captured on.
+        ledger: parameters and buffers earlier graphs of the same model placed: their bytes are
+            taken from the devices' capacity, and tasks using them stay where they are.
 
     Raises:
         ValueError: bad options, a model that cannot fit (needed and available bytes), or no
@@ -83,13 +88,23 @@ def plan_graph(
     """
     mapping = mapping if mapping is not None else resolve_device_map(topology, config.device_map)
     analysis = analyze(gm, example_inputs, topology)
+    capacity = config.capacities_bytes(topology)
+    pinned: dict[str, str] = {}
+    if ledger is not None:
+        held = ledger.held_bytes()
+        capacity = {d: max(0, c - held.get(d, 0)) for d, c in capacity.items()}
+        for node, example in _static_inputs(gm, example_inputs):
+            device = ledger.device_of(example)
+            if device is not None:
+                pinned[node.name] = device
     problem = build_problem(
         gm,
         analysis.memory,
         topology,
-        config.capacities_bytes(topology),
+        capacity,
         origin_device=origin_resolver(topology, mapping),
         max_groups=config.max_groups,
+        pinned=pinned,
     )
     solution = solve(
         problem,
@@ -100,6 +115,52 @@ def plan_graph(
     plan = make_plan(gm, problem, solution, graph_name=graph_name, objective_name=config.objective)
     plan = _with_device_map(plan, mapping)
     return plan, problem, analysis
+
+
+def _static_inputs(
+    gm: torch.fx.GraphModule, example_inputs: Sequence[Any]
+) -> list[tuple[torch.fx.Node, torch.Tensor]]:
+    """(placeholder, tensor) for each parameter or buffer Dynamo lifted to a graph input."""
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    return [
+        (node, example)
+        for node, example in zip(placeholders, example_inputs)
+        if record(node).role in ("parameter", "buffer") and isinstance(example, torch.Tensor)
+    ]
+
+
+class ResidentLedger:
+    """Where the parameters and buffers of earlier graphs were placed, and their bytes.
+
+    Every graph of one model (graph breaks, recompiles for new shapes) shares the devices'
+    memory: a tensor placed once stays there for all graphs (the runtime's copies are shared
+    through one ``StaticCopyCache``), so later plans see less free memory.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[int, tuple[weakref.ref, str, int]] = {}
+
+    def device_of(self, tensor: torch.Tensor) -> str | None:
+        entry = self._entries.get(id(tensor))
+        if entry is None or entry[0]() is not tensor:
+            return None
+        return entry[1]
+
+    def held_bytes(self) -> dict[str, int]:
+        """Bytes held per device by tensors still alive."""
+        held: dict[str, int] = {}
+        for ref, device, nbytes in self._entries.values():
+            if ref() is not None:
+                held[device] = held.get(device, 0) + nbytes
+        return held
+
+    def add(self, gm: torch.fx.GraphModule, example_inputs: Sequence[Any], plan: Plan) -> None:
+        """Record the devices ``plan`` gave the graph's parameters and buffers."""
+        for node, tensor in _static_inputs(gm, example_inputs):
+            device = plan.placement.get(node.name)
+            if device is not None and self.device_of(tensor) is None:
+                nbytes = tensor.untyped_storage().nbytes()
+                self._entries[id(tensor)] = (weakref.ref(tensor), device, nbytes)
 
 
 def _with_device_map(plan: Plan, mapping: dict[str, str]) -> Plan:
@@ -139,6 +200,8 @@ class Backend:
         self.compilations: list[Compilation] = []
         self._topology: Topology | None = None
         self._mapping: dict[str, str] | None = None
+        self._ledger = ResidentLedger()
+        self._copies = StaticCopyCache()
 
     @property
     def topology(self) -> Topology:
@@ -168,8 +231,15 @@ class Backend:
             if self._mapping is None:
                 self._mapping = self._resolve_mapping()
             comp.plan, _, _ = plan_graph(
-                gm, example_inputs, self.config, self.topology, graph_name=name, mapping=self._mapping
+                gm,
+                example_inputs,
+                self.config,
+                self.topology,
+                graph_name=name,
+                mapping=self._mapping,
+                ledger=self._ledger,
             )
+            self._ledger.add(gm, example_inputs, comp.plan)
             comp.plan_s = time.perf_counter() - start
             log.info("autopart planned %s:\n%s", name, comp.plan.summary())
             if not self.execute:
@@ -177,7 +247,9 @@ class Backend:
             start = time.perf_counter()
             rewritten = rewrite(gm, comp.plan, self._mapping)
             comp.rewrite_s = time.perf_counter() - start
-            comp.runner = PlacedGraph(rewritten.module, comp.plan, rewritten.static_moves)
+            comp.runner = PlacedGraph(
+                rewritten.module, comp.plan, rewritten.static_moves, cache=self._copies
+            )
         except Exception as exc:
             if self.config.strict:
                 raise
@@ -250,9 +322,13 @@ def backend(**options: Any) -> Backend:
     device_map="cpu", max_memory={"cuda:0": "200MB", "cuda:1": "200MB"}))``.
 
     Raises:
-        TypeError: an unknown option. ValueError: an invalid option value.
+        TypeError: an unknown option. ValueError: an invalid option value (the topology and
+            device map are resolved here, so a bad preset name or device fails now, not at the
+            first compile).
     """
-    return Backend(Config.from_options(**options))
+    b = Backend(Config.from_options(**options))
+    b._mapping = b._resolve_mapping()
+    return b
 
 
 def plan_model(model: torch.nn.Module | Callable, example_inputs: Any, **options: Any) -> list[Plan]:

@@ -78,7 +78,12 @@ def resolve_device_map(topology: Topology, device_map: dict[str, str] | str | No
 
 
 def _canonical(device: str) -> str:
-    d = torch.device(device)
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(
+            f"device_map: {device!r} is not a device string; write devices as 'cpu' or 'cuda:0'"
+        ) from exc
     if d.type == "cuda" and d.index is None:
         return "cuda:0"
     return str(d)

@@ -44,23 +44,72 @@ class _Copy:
     moved_version: int
 
 
-class StaticInputMover:
-    """Keeps device copies of parameters and buffers (placeholders Dynamo lifted).
+class StaticCopyCache:
+    """Device copies of parameters and buffers, shared by every graph of one backend, so that
+    graphs of one model (graph breaks, recompiles) never hold two copies of a tensor on one
+    device. Keyed by (original tensor, device); an entry keeps its original alive."""
 
-    A copy is reused while the original is the same tensor with the same storage and version
-    counter; an in-place update (an optimizer step) or ``param.data = ...`` makes a fresh copy.
-    When autograd needs the parameter's gradient, the copy is made under autograd on every call,
-    so gradients reach the original. Buffers the graph mutates in place on their device copy
-    (e.g. batch-norm running statistics) are copied back into the original after the call.
+    def __init__(self) -> None:
+        self.entries: dict[tuple[int, torch.device], _Copy] = {}
+
+    def get(self, original: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, bool]:
+        """The copy of ``original`` on ``device``, and whether it had to be made now.
+
+        A copy is reused while the original is the same tensor with the same storage and
+        version counter.
+        """
+        key = (id(original), device)
+        entry = self.entries.get(key)
+        if (
+            entry is not None
+            and entry.original is original
+            and entry.version == original._version
+            and entry.data_ptr == original.data_ptr()
+        ):
+            return entry.moved, False
+        with torch.no_grad():
+            moved = original.to(device)
+        self.entries[key] = _Copy(original, original._version, original.data_ptr(), moved, moved._version)
+        return moved, True
+
+    def write_back(self, keys: list[tuple[int, torch.device]]) -> int:
+        """Copy the given entries' mutated copies back into their originals; returns how many."""
+        count = 0
+        for key in keys:
+            entry = self.entries[key]
+            if entry.moved._version != entry.moved_version:
+                with torch.no_grad():
+                    entry.original.copy_(entry.moved)
+                entry.version = entry.original._version
+                entry.moved_version = entry.moved._version
+                count += 1
+        return count
+
+
+class StaticInputMover:
+    """Puts the parameters and buffers (placeholders Dynamo lifted) of one graph on their
+    planned devices, through a :class:`StaticCopyCache`.
+
+    An in-place update of the original (an optimizer step) or ``param.data = ...`` makes a fresh
+    copy. When autograd needs the parameter's gradient, the copy is made under autograd on every
+    call, so gradients reach the original. Buffers the graph mutates in place on their device
+    copy (e.g. batch-norm running statistics) are copied back into the original after the call.
     """
 
-    def __init__(self, targets: dict[int, torch.device], metrics: RuntimeMetrics) -> None:
+    def __init__(
+        self,
+        targets: dict[int, torch.device],
+        metrics: RuntimeMetrics,
+        cache: StaticCopyCache | None = None,
+    ) -> None:
         self.targets = targets
         self.metrics = metrics
-        self._copies: dict[int, _Copy] = {}
+        self.cache = cache if cache is not None else StaticCopyCache()
+        self._used: list[tuple[int, torch.device]] = []
 
     def move(self, args: list[Any]) -> None:
         """Replace, in place, each static input in ``args`` by its copy on its target device."""
+        self._used = []
         for i, device in self.targets.items():
             original = args[i]
             if not isinstance(original, torch.Tensor) or original.device == device:
@@ -69,29 +118,14 @@ class StaticInputMover:
                 args[i] = original.to(device)
                 self._count(original)
                 continue
-            entry = self._copies.get(i)
-            if (
-                entry is None
-                or entry.original is not original
-                or entry.version != original._version
-                or entry.data_ptr != original.data_ptr()
-            ):
-                with torch.no_grad():
-                    moved = original.to(device)
-                entry = _Copy(original, original._version, original.data_ptr(), moved, moved._version)
-                self._copies[i] = entry
+            args[i], made = self.cache.get(original, device)
+            self._used.append((id(original), device))
+            if made:
                 self._count(original)
-            args[i] = entry.moved
 
     def write_back(self) -> None:
         """Copy buffers mutated on their device copy back into the originals."""
-        for entry in self._copies.values():
-            if entry.moved._version != entry.moved_version:
-                with torch.no_grad():
-                    entry.original.copy_(entry.moved)
-                entry.version = entry.original._version
-                entry.moved_version = entry.moved._version
-                self.metrics.num_write_backs += 1
+        self.metrics.num_write_backs += self.cache.write_back(self._used)
 
     def _count(self, tensor: torch.Tensor) -> None:
         self.metrics.num_static_copies += 1
@@ -105,10 +139,11 @@ class PlacedGraph:
     module: torch.fx.GraphModule
     plan: Plan
     static_moves: dict[int, torch.device]
+    cache: StaticCopyCache = field(default_factory=StaticCopyCache)
     metrics: RuntimeMetrics = field(default_factory=RuntimeMetrics)
 
     def __post_init__(self) -> None:
-        self._mover = StaticInputMover(self.static_moves, self.metrics)
+        self._mover = StaticInputMover(self.static_moves, self.metrics, self.cache)
 
     def __call__(self, *args: Any) -> Any:
         start = time.perf_counter()

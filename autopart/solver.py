@@ -248,8 +248,8 @@ def _sum_terms(terms: list[tuple[pulp.LpVariable, float]]) -> dict:
 
 def interchangeable_devices(problem: PlacementProblem) -> list[list[str]]:
     """Classes (of two or more) of devices that can swap places without changing any cost:
-    same specs, capacity and task times, and equal links to every other device and to each
-    other."""
+    same specs, capacity and task times, equal links to every other device and to each other,
+    and no task fixed to them."""
     topo = problem.topology
     involved = set(problem.devices) | {t.fixed_device for t in problem.tasks if t.fixed_device}
 
@@ -271,8 +271,11 @@ def interchangeable_devices(problem: PlacementProblem) -> list[list[str]]:
         others = involved - {a, b}
         return all(cost(a, c) == cost(b, c) and cost(c, a) == cost(c, b) for c in others)
 
+    fixed = {t.fixed_device for t in problem.tasks}
     classes: list[list[str]] = []
     for d in problem.devices:
+        if d in fixed:  # a device some task must use is not interchangeable
+            continue
         for cls in classes:
             if same(cls[0], d):
                 cls.append(d)

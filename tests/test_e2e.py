@@ -7,8 +7,6 @@ copies (and the copy cache itself, ``autopart.runtime.StaticInputMover``); graph
 recompiles; warn-and-fallback and strict mode; bad options; the ``torch_dynamo_backends`` entry
 point; Plan JSON round trip.
 
-Tests marked ``xfail(strict=True)`` reproduce known autopart bugs; they flip to XPASS (and fail
-the run) once the bug is fixed, so the marker can be removed.
 """
 
 from __future__ import annotations
@@ -499,10 +497,12 @@ class TwoStage(nn.Module):
 
 
 def _two_stage_options(model: TwoStage, **extra) -> dict:
+    # Four GPUs of 0.7 of a stage's bytes each: each stage must be split over two GPUs, and as
+    # all weights stay resident, the two stages need all four.
     cap = int(model.stage_bytes() * 0.7)
     options = dict(
         topology=PRESET,
-        max_memory={"cuda:0": cap, "cuda:1": cap, "cuda:2": cap},
+        max_memory={f"cuda:{i}": cap for i in range(4)},
         device_map="cpu",
         strict=True,
     )
@@ -550,12 +550,6 @@ def test_graph_break_dynamic_shapes():
         assert comp.metrics.num_calls == 4
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="autopart bug: each graph of a model is planned against the whole max_memory, so "
-    "the graphs of one model (all resident at once) together exceed a device's budget",
-)
 def test_graph_break_plans_share_the_memory_budget():
     torch.manual_seed(0)
     model = TwoStage().eval()
@@ -651,12 +645,6 @@ def test_device_map_value_not_a_local_device():
         )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=torch._dynamo.exc.BackendCompilerFailed,
-    reason="autopart bug: a device_map value that is not a device string leaks torch.device's "
-    "RuntimeError instead of a ValueError naming the option",
-)
 def test_device_map_value_not_a_device_string():
     with pytest.raises(ValueError, match=r"device_map"):
         autopart.plan_model(
@@ -675,13 +663,14 @@ def test_topology_device_missing_locally_without_device_map():
             if link[end] == "cuda:1":
                 link[end] = missing
     topology = autopart.Topology.from_dict(topo)
-    backend = autopart.backend(topology=topology, strict=True)  # no device_map
+    with pytest.raises(ValueError, match=rf"has device '{missing}', which this machine lacks.*device_map"):
+        autopart.backend(topology=topology, strict=True)  # no device_map
+    # A backend built directly (as the entry point's default one) fails at its first compile.
+    backend = autopart.Backend(autopart.Config(topology=topology, strict=True))
     with pytest.raises(torch._dynamo.exc.BackendCompilerFailed) as info:
         torch.compile(_mlp(), backend=backend)(torch.randn(2, 16))
-    inner = info.value.inner_exception
-    assert isinstance(inner, ValueError)
-    assert re.search(rf"has device '{missing}', which this machine lacks", str(inner))
-    assert "device_map" in str(inner)
+    assert isinstance(info.value.inner_exception, ValueError)
+    assert re.search(rf"has device '{missing}', which this machine lacks", str(info.value.inner_exception))
 
 
 def test_unknown_option_is_a_type_error():
@@ -719,12 +708,6 @@ def test_malformed_topology_dict_rejected_naming_the_field():
         autopart.Topology.from_dict(topo)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="autopart gap: topology= does not take a dict in the JSON schema (Config.topology "
-    "raises TypeError at compile time instead of validating it with Topology.from_dict)",
-)
 def test_malformed_topology_dict_as_option():
     with pytest.raises(ValueError, match=r"topology\.devices\[1\]\.memory_bytes"):
         autopart.plan_model(
@@ -732,13 +715,6 @@ def test_malformed_topology_dict_as_option():
         )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=pytest.fail.Exception,
-    reason="autopart bug: backend() documents ValueError for an invalid option value, but an "
-    "unknown topology name is only resolved at the first compile (and strict=False then "
-    "silently falls back)",
-)
 def test_unknown_topology_name_rejected_by_backend():
     with pytest.raises(ValueError, match=r"topology='no-such-preset'"):
         autopart.backend(topology="no-such-preset", device_map="cpu")
@@ -757,13 +733,6 @@ def test_entry_point_is_listed():
     assert "autopart" in names
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ModuleNotFoundError,
-    reason="autopart bug: pyproject's entry point 'autopart.backend:autopart_backend' names a "
-    "module that does not exist (autopart.backend is a function); it should be "
-    "'autopart.dynamo:autopart_backend' (then reinstall so the metadata updates)",
-)
 def test_entry_point_loads_the_default_backend():
     (ep,) = [
         ep
@@ -773,12 +742,6 @@ def test_entry_point_loads_the_default_backend():
     assert ep.load() is autopart.autopart_backend
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ModuleNotFoundError,
-    reason="autopart bug: torch.compile(backend='autopart') fails with ModuleNotFoundError "
-    "'autopart.backend' (broken torch_dynamo_backends entry point)",
-)
 def test_compile_with_backend_name():
     torch.manual_seed(0)
     model = _mlp().eval()

@@ -229,7 +229,7 @@ def make_parser() -> argparse.ArgumentParser:
     )
     plan.add_argument("--solver", choices=("auto", "highs", "cbc"), default="auto")
     plan.add_argument("--time-limit", type=float, default=10.0, help="solver seconds (default 10)")
-    plan.add_argument("--max-groups", type=int, default=48, help="coarsening target (default 48)")
+    plan.add_argument("--max-groups", type=int, default=32, help="coarsening target (default 32)")
     plan.add_argument("--out", metavar="FILE", help="save the plan as JSON")
     plan.set_defaults(func=cmd_plan)
     return parser

@@ -201,7 +201,7 @@ def build_problem(
     capacity_bytes: dict[str, int],
     *,
     origin_device: Callable[[str], str],
-    max_groups: int = 48,
+    max_groups: int = 32,
     pinned: Mapping[str, str] | None = None,
 ) -> PlacementProblem:
     """Contract ``gm`` (after the shape, memory and cost passes) into a :class:`PlacementProblem`.

@@ -105,7 +105,7 @@ class Config:
     mip_rel_gap: float = 1e-4
     """Relative optimality gap at which the solver stops."""
 
-    max_groups: int = 48
+    max_groups: int = 32
     """Coarsening target: the graph is contracted to at most about this many groups (contiguous
     runs of nodes, cut at module boundaries) before the ILP."""
 

@@ -177,6 +177,63 @@ def _fmt_caps(caps: dict[str, int]) -> str:
     return ", ".join(f"{d}: {c} bytes" for d, c in caps.items())
 
 
+def greedy_placement(problem: PlacementProblem) -> tuple[str, ...] | None:
+    """A quick placement, used as the ILP's starting solution: tasks in order, each on the
+    device where it finishes soonest (compute plus transfers from its producers) among those
+    with room for it, keeping ``headroom`` of each device free for activations placed later.
+
+    Returns None if no fitting placement is found this way.
+    """
+    devices = problem.devices
+    readers: dict[int, list] = {}
+    for v in problem.values:
+        for c in v.consumers:
+            readers.setdefault(c, []).append(v)
+    for headroom in (1.0, 0.9, 0.75, 0.5):
+        assignment: list[str] = []
+        used = {d: 0 for d in devices}
+        for i, task in enumerate(problem.tasks):
+            if task.fixed_device:
+                assignment.append(task.fixed_device)
+                used[task.fixed_device] = used.get(task.fixed_device, 0) + task.resident_bytes
+                continue
+            live = {d: 0 for d in devices}
+            for r in problem.live_ranges:
+                if r.producer < i <= r.last and assignment[r.producer] in live:
+                    live[assignment[r.producer]] += r.nbytes
+            best, best_cost = None, float("inf")
+            for d in devices:
+                need = used[d] + live[d] + task.resident_bytes + task.peak_bytes
+                if need > headroom * problem.capacity_bytes[d]:
+                    continue
+                cost = task.time_s.get(d, 0.0)
+                for v in readers.get(i, ()):
+                    src = assignment[v.producer]
+                    if src != d:
+                        cost += problem.topology.link(src, d).transfer_time_s(v.nbytes)
+                if cost < best_cost:
+                    best, best_cost = d, cost
+            if best is None:
+                break
+            assignment.append(best)
+            used[best] += task.resident_bytes
+        else:
+            ev = evaluate(problem, assignment)
+            if all(ev.peak_bytes.get(d, 0) <= problem.capacity_bytes[d] for d in devices):
+                return tuple(assignment)
+    return None
+
+
+def _canonical_order(problem: PlacementProblem, assignment: tuple[str, ...]) -> tuple[str, ...]:
+    """Relabel interchangeable devices in order of first use (what symmetry breaking demands)."""
+    relabel: dict[str, str] = {}
+    for cls in interchangeable_devices(problem):
+        first_use = [d for d in dict.fromkeys(assignment) if d in cls]
+        unused = [d for d in cls if d not in first_use]
+        relabel.update(zip(first_use + unused, cls))
+    return tuple(relabel.get(d, d) for d in assignment)
+
+
 class _Model:
     """The PuLP model and its variables; one ``add_*`` function per constraint family."""
 
@@ -327,11 +384,53 @@ def _silence_highs_banner() -> None:
         os.close(devnull)
 
 
-def _make_solver(name: str, time_limit_s: float, gap: float):
+class _WarmHiGHS(pulp.HiGHS):
+    """PuLP's HiGHS interface, handing HiGHS a starting solution (``setSolution``) first.
+
+    HiGHS 1.16 can report the optimum's objective yet return the starting solution's columns
+    (seen when presolve solves the model): when the returned columns do not achieve the reported
+    objective, the model is solved again without the start.
+    """
+
+    def __init__(self, start: dict[pulp.LpVariable, float] | None = None, **options) -> None:
+        super().__init__(**options)
+        self.start = start or {}
+
+    def callSolver(self, lp) -> None:
+        highs = lp.solverModel
+        if self.start:
+            index = [var.index for var in self.start]
+            value = [float(v) for v in self.start.values()]
+            highs.setSolution(len(index), index, value)
+        highs.run()
+        if self.start and not _columns_match_objective(highs):
+            log.debug("HiGHS returned columns that miss its objective; solving without the start")
+            highs.clearSolver()
+            highs.run()
+
+
+def _columns_match_objective(highs) -> bool:
+    columns = highs.getSolution().col_value
+    achieved = sum(c * v for c, v in zip(highs.getLp().col_cost_, columns))
+    reported = highs.getInfo().objective_function_value
+    return abs(achieved - reported) <= 1e-6 * max(1.0, abs(reported))
+
+
+def warm_start_values(m: _Model, assignment: tuple[str, ...]) -> dict[pulp.LpVariable, float]:
+    """Values of every variable for a given placement."""
+    values = {var: float(assignment[t] == d) for (t, d), var in m.x.items()}
+    for (vi, s, d), var in m.y.items():
+        v = m.problem.values[vi]
+        sent = assignment[v.producer] == s and any(assignment[c] == d for c in v.consumers)
+        values[var] = float(sent)
+    return values
+
+
+def _make_solver(name: str, time_limit_s: float, gap: float, start=None):
     if name in ("auto", "highs") and pulp.HiGHS().available():
         _silence_highs_banner()
-        return "highs", pulp.HiGHS(
-            msg=False, timeLimit=time_limit_s, gapRel=gap, threads=1, random_seed=0
+        return "highs", _WarmHiGHS(
+            start, msg=False, timeLimit=time_limit_s, gapRel=gap, threads=1, random_seed=0
         )
     if name == "highs":
         log.warning("HiGHS (highspy) is not installed; falling back to CBC")
@@ -391,7 +490,9 @@ def solve(
     add_memory(m)
     add_symmetry_breaking(m)
     add_objective(m)
-    solver_name, backend = _make_solver(solver, time_limit_s, mip_rel_gap)
+    initial = greedy_placement(problem)
+    start_values = warm_start_values(m, _canonical_order(problem, initial)) if initial else None
+    solver_name, backend = _make_solver(solver, time_limit_s, mip_rel_gap, start_values)
     m.prob.solve(backend)
     status = pulp.LpStatus[m.prob.status]
     has_solution = m.prob.sol_status in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible)

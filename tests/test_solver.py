@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from _util import make_device, make_topology
 from autopart.coarsen import LiveRange, PlacementProblem, Task, Value
-from autopart.solver import evaluate, interchangeable_devices, solve
+from autopart.solver import evaluate, greedy_placement, interchangeable_devices, solve
 
 MB = 10**6
 
@@ -191,3 +191,37 @@ def test_single_device_is_trivial():
     sol = solve(p)
     assert sol.status == "trivial" and sol.assignment == ("cpu",) * 3
     assert sol.objective_s == pytest.approx(3e-3)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(problems())
+def test_greedy_start_fits_and_the_ilp_is_never_worse(problem):
+    start = greedy_placement(problem)
+    if start is None:
+        return
+    ev = evaluate(problem, start)
+    for d in problem.devices:
+        assert ev.peak_bytes.get(d, 0) <= problem.capacity_bytes[d]
+    assert solve(problem, mip_rel_gap=0.0).objective_s <= ev.time_s * (1 + 1e-9)
+
+
+def test_warm_start_does_not_hide_a_better_solution():
+    # HiGHS 1.16 returned the starting solution's columns for this model while reporting the
+    # optimum's objective; the solver must return the optimum itself.
+    names = ["cpu", "cuda:0", "cuda:1"]
+    topo = make_topology([make_device(n, tflops=5, gbps=300) for n in names], link_gbps=1, latency_s=0)
+    t = {d: 0.0078125 for d in names}
+    tasks = (
+        Task(name="in", nodes=("x",), time_s={}, fixed_device="cpu"),
+        Task(name="t0", nodes=("n0",), time_s=t),
+        Task(name="t1", nodes=("n1",), time_s=t, resident_bytes=2 * MB, peak_bytes=10 * MB),
+        Task(name="t2", nodes=("n2",), time_s=t),
+    )
+    values = tuple(Value(i, (i + 1,), b * MB, 1, (f"v{i}",)) for i, b in enumerate([1, 7, 12]))
+    ranges = (LiveRange(1, 2, 7 * MB), LiveRange(2, 3, 12 * MB))
+    p = PlacementProblem(tasks=tasks, values=values, live_ranges=ranges, topology=topo,
+                         capacity_bytes={"cpu": 30 * MB, "cuda:0": 31 * MB, "cuda:1": 31 * MB})
+    assert evaluate(p, greedy_placement(p)).time_s > brute_force(p)[0]  # the start is not optimal
+    sol = solve(p, mip_rel_gap=0.0)
+    assert sol.objective_s == pytest.approx(brute_force(p)[0])
+    assert sol.gap == pytest.approx(0.0, abs=1e-9)

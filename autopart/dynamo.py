@@ -174,6 +174,7 @@ class Compilation:
     graph_name: str
     graph: torch.fx.GraphModule
     plan: Plan | None = None
+    analysis: Analysis | None = None
     runner: PlacedGraph | None = None
     fallback_reason: str | None = None
     plan_s: float = 0.0
@@ -230,7 +231,7 @@ class Backend:
             start = time.perf_counter()
             if self._mapping is None:
                 self._mapping = self._resolve_mapping()
-            comp.plan, _, _ = plan_graph(
+            comp.plan, _, comp.analysis = plan_graph(
                 gm,
                 example_inputs,
                 self.config,

@@ -260,3 +260,21 @@ def test_getitem_nodes_are_free():
     cost_pass(gm, topology=three_devices())
     getitems = [n for n in gm.graph.nodes if n.target is operator.getitem]
     assert getitems and all(record(n).bytes_accessed == 0 for n in getitems)
+
+
+def test_every_node_of_a_transformer_is_costed_by_its_aten_ops():
+    transformers = pytest.importorskip("transformers")
+    from autopart import Backend, Config
+
+    cfg = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=500, bos_token_id=0, eos_token_id=0)
+    model = transformers.GPT2LMHeadModel(cfg).eval()
+    backend = Backend(Config(), execute=False)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        torch.compile(model, backend=backend)(torch.randint(0, 500, (1, 8)))
+    analysis = backend.compilations[0].analysis
+    assert analysis.cost.unknown == {}
+    nodes = by_name(backend.compilations[0].graph)
+    # the lookup reads the rows it gathers, not the whole 500 x 64 table
+    assert record(nodes["inputs_embeds"]).bytes_accessed < 500 * 64 * 4
+    assert record(nodes["logits"]).flops == 2 * 8 * 64 * 500

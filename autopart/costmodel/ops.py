@@ -78,8 +78,10 @@ def _free(func, args, kwargs, out) -> OpCost:
     return OpCost(0, 0, 0, 0, _dtype_of(args, out))
 
 
-# Ops that allocate or read metadata only. Views are free too (see default_cost).
+# Ops that allocate or read metadata only, and _unsafe_view (a view whose schema does not say
+# so; torch.utils._runtime_estimation lists it among views). Views are free too (default_cost).
 register_cost(
+    aten._unsafe_view,
     aten.lift_fresh,
     aten.sym_size,
     aten.sym_stride,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import heapq
 import operator
+import re
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -108,12 +109,12 @@ def _module_path(node: torch.fx.Node) -> tuple[str, ...]:
     return tuple(paths)
 
 
+_ROOT = re.compile(r"^(?:L\['[^']*'\]|L__[A-Za-z0-9_]*?__)\.?")
+
+
 def _clean_path(path: str) -> str:
-    # Dynamo writes "L['self'].transformer.h.0"; users know "transformer.h.0".
-    for prefix in ("L['self'].", "L['self']", "L__self__."):
-        if path.startswith(prefix):
-            return path[len(prefix) :]
-    return path
+    """``"L['self'].transformer.h.0"`` (how Dynamo names a module) -> ``"transformer.h.0"``."""
+    return _ROOT.sub("", path)
 
 
 def _common_depth(a: tuple[str, ...], b: tuple[str, ...]) -> int:

@@ -240,10 +240,10 @@ class Backend:
                 mapping=self._mapping,
                 ledger=self._ledger,
             )
-            self._ledger.add(gm, example_inputs, comp.plan)
             comp.plan_s = time.perf_counter() - start
             log.info("autopart planned %s:\n%s", name, comp.plan.summary())
             if not self.execute:
+                self._ledger.add(gm, example_inputs, comp.plan)
                 return gm.forward
             start = time.perf_counter()
             rewritten = rewrite(gm, comp.plan, self._mapping)
@@ -251,6 +251,7 @@ class Backend:
             comp.runner = PlacedGraph(
                 rewritten.module, comp.plan, rewritten.static_moves, cache=self._copies
             )
+            self._ledger.add(gm, example_inputs, comp.plan)
         except Exception as exc:
             if self.config.strict:
                 raise

@@ -40,6 +40,8 @@ A device object (unknown keys are rejected, so a typo cannot pass silently)::
     max_power_W        number|null, opt. power limit / TDP, watts, > 0
     source             str, optional    where the numbers come from (datasheet, "measured",
                                         "nominal")
+    measured           object|null, opt. raw profile data written by the profiler (sweeps,
+                                        fits); see ``autopart.profiler``
 
 A link object (directed: give both directions for a duplex connection)::
 
@@ -48,6 +50,7 @@ A link object (directed: give both directions for a duplex connection)::
     latency_s          number, required seconds per transfer (the alpha term), >= 0
     kind               str, required    "pcie", "nvlink", "host", "network" or "loopback"
     source             str, optional    where the numbers come from
+    measured           object|null, opt. raw profile data written by the profiler
 
 Routing
 -------
@@ -208,6 +211,19 @@ def _optional_power(value: Any, path: str, *, positive: bool) -> float | None:
     return _nonneg_float(value, path, "W")
 
 
+def _measured(value: Any, path: str) -> dict[str, Any] | None:
+    """Raw profile data: None, or a JSON object (kept as is; the profiler defines its keys)."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        _fail(path, "null or an object of profile data", value)
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        _fail(path, "JSON-serialisable profile data", value)
+    return dict(value)
+
+
 def _check_device_values(v: Mapping[str, Any], path: str) -> dict[str, Any]:
     """Validate and normalise the field values of one device; errors name ``path.field``."""
     return {
@@ -226,6 +242,7 @@ def _check_device_values(v: Mapping[str, Any], path: str) -> dict[str, Any]:
         "idle_power_W": _optional_power(v["idle_power_W"], f"{path}.idle_power_W", positive=False),
         "max_power_W": _optional_power(v["max_power_W"], f"{path}.max_power_W", positive=True),
         "source": _string(v["source"], f"{path}.source"),
+        "measured": _measured(v["measured"], f"{path}.measured"),
     }
 
 
@@ -240,6 +257,7 @@ def _check_link_values(v: Mapping[str, Any], path: str, *, allow_inf: bool) -> d
         "latency_s": _nonneg_float(v["latency_s"], f"{path}.latency_s", "seconds"),
         "kind": _choice(v["kind"], f"{path}.kind", _LINK_KINDS),
         "source": _string(v["source"], f"{path}.source"),
+        "measured": _measured(v["measured"], f"{path}.measured"),
     }
 
 
@@ -300,6 +318,7 @@ class Device:
     idle_power_W: float | None = None
     max_power_W: float | None = None
     source: str = ""
+    measured: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -379,12 +398,16 @@ class Link:
     latency_s: float
     kind: LinkKind
     source: str = ""
+    measured: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         clean = _check_link_values(values, f"Link({self.src!r} -> {self.dst!r})", allow_inf=True)
         for key, value in clean.items():
             object.__setattr__(self, key, value)
+
+    def __hash__(self) -> int:  # ``measured`` (a dict) is left out
+        return hash((self.src, self.dst, self.bandwidth_Bps, self.latency_s, self.kind, self.source))
 
     def transfer_time_s(self, nbytes: int) -> float:
         """Seconds to move ``nbytes`` bytes: ``latency_s + nbytes / bandwidth_Bps``.

@@ -16,15 +16,14 @@ from typing import Any
 
 import torch
 import torch.fx
-from torch._subclasses.fake_tensor import FakeTensor
 from torch.utils._pytree import tree_leaves, tree_map
 
-from .._compat import concrete_int, detect_fake_mode
+from .._compat import detect_fake_mode
 from ..costmodel.ops import CostRecorder, OpCost, tensor_bytes
 from ..costmodel.roofline import ops_time_s
 from ..topology import Topology
 from .records import record
-from .shapes import node_value
+from .shapes import fake_inputs, node_value
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +44,7 @@ def _is_inplace(node: torch.fx.Node) -> bool:
 
 
 def _rerun(gm: torch.fx.GraphModule, node: torch.fx.Node, fake_mode) -> list[OpCost]:
-    def fake(arg: Any) -> Any:
-        return node_value(arg) if isinstance(arg, torch.fx.Node) else arg
-
-    args, kwargs = tree_map(fake, (node.args, node.kwargs))
-    args, kwargs = tree_map(lambda t: _into_mode(t, fake_mode), (args, kwargs))
+    args, kwargs = fake_inputs(node, fake_mode)
     if _is_inplace(node):  # keep upstream fake values unmutated
         args, kwargs = tree_map(
             lambda t: t.clone() if isinstance(t, torch.Tensor) else t, (args, kwargs)
@@ -63,20 +58,6 @@ def _rerun(gm: torch.fx.GraphModule, node: torch.fx.Node, fake_mode) -> list[OpC
         else:
             gm.get_submodule(node.target)(*args, **kwargs)
     return recorder.ops
-
-
-def _into_mode(value: Any, fake_mode) -> Any:
-    """A fake tensor of another fake mode (Dynamo may fake a parameter in its own mode) made
-    anew in ``fake_mode``, with the same (hinted) sizes, strides, dtype and device."""
-    if not isinstance(value, FakeTensor) or value.fake_mode is fake_mode:
-        return value
-    with fake_mode:
-        return torch.empty_strided(
-            [concrete_int(s) for s in value.shape],
-            [concrete_int(s) for s in value.stride()],
-            dtype=value.dtype,
-            device=value.device,
-        )
 
 
 def _default_ops(node: torch.fx.Node) -> list[OpCost]:

@@ -66,7 +66,8 @@ class MemoryReport:
         return self.resident_bytes + self.input_bytes + self.peak_activation_bytes
 
 
-def _storage_key(tensor: torch.Tensor) -> Any:
+def storage_key(tensor: torch.Tensor) -> Any:
+    """A hashable identity of the tensor's storage (shared by all its views)."""
     try:
         from torch.multiprocessing.reductions import StorageWeakRef
 
@@ -75,7 +76,8 @@ def _storage_key(tensor: torch.Tensor) -> Any:
         return ("tensor", id(tensor))
 
 
-def _storage_nbytes(tensor: torch.Tensor) -> int:
+def storage_nbytes(tensor: torch.Tensor) -> int:
+    """Bytes of the tensor's whole storage (a view's base included)."""
     try:
         return concrete_int(tensor.untyped_storage().nbytes())
     except Exception:  # noqa: BLE001
@@ -87,9 +89,9 @@ def node_storages(node: torch.fx.Node) -> list[tuple[Any, int]]:
     seen: dict[Any, int] = {}
     for leaf in tree_leaves(node_value(node)):
         if isinstance(leaf, torch.Tensor):
-            key = _storage_key(leaf)
+            key = storage_key(leaf)
             if key not in seen:
-                seen[key] = _storage_nbytes(leaf)
+                seen[key] = storage_nbytes(leaf)
     return list(seen.items())
 
 
@@ -97,7 +99,7 @@ def module_state(module: torch.nn.Module) -> list[tuple[Any, int]]:
     """(storage key, bytes) of each parameter and buffer storage of ``module``."""
     seen: dict[Any, int] = {}
     for t in [*module.parameters(), *module.buffers()]:
-        seen.setdefault(_storage_key(t), _storage_nbytes(t))
+        seen.setdefault(storage_key(t), storage_nbytes(t))
     return list(seen.items())
 
 

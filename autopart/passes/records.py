@@ -48,6 +48,10 @@ class NodeRecord:
     alloc_bytes: int = 0
     """Bytes of new storage this node allocates (views allocate none)."""
 
+    # training_memory_pass
+    saved_bytes: int = 0
+    """Bytes of activations autograd saves for backward at this node (new storages only)."""
+
     # cost_pass
     flops: int = 0
     bytes_accessed: int = 0

@@ -12,8 +12,9 @@ from typing import Any
 
 import torch
 import torch.fx
+from torch._subclasses.fake_tensor import FakeTensor
 from torch.fx.passes.fake_tensor_prop import FakeTensorProp
-from torch.utils._pytree import tree_leaves
+from torch.utils._pytree import tree_leaves, tree_map
 
 from .._compat import concrete_int, detect_fake_mode, is_static_input, parameter_fqn
 from .records import NodeRole, TensorInfo, record
@@ -124,3 +125,29 @@ def _fake_propagate(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> 
         mode = FakeTensorMode(allow_non_fake_inputs=True)
     log.debug("running FakeTensorProp on %s", type(gm).__name__)
     FakeTensorProp(gm, mode).propagate(*example_inputs)
+
+
+def in_fake_mode(value: Any, fake_mode) -> Any:
+    """``value``, or, if it is a fake tensor of another fake mode (Dynamo may fake parameters in
+    a mode of their own), a new fake tensor in ``fake_mode`` with the same hinted sizes,
+    strides, dtype and device."""
+    if not isinstance(value, FakeTensor) or value.fake_mode is fake_mode:
+        return value
+    with fake_mode:
+        return torch.empty_strided(
+            [concrete_int(s) for s in value.shape],
+            [concrete_int(s) for s in value.stride()],
+            dtype=value.dtype,
+            device=value.device,
+        )
+
+
+def fake_inputs(node: torch.fx.Node, fake_mode) -> tuple[tuple, dict]:
+    """The node's args and kwargs with each input node replaced by its fake value, every fake
+    tensor in ``fake_mode`` (see :func:`in_fake_mode`): ready to re-run the node."""
+
+    def fake(arg: Any) -> Any:
+        value = node_value(arg) if isinstance(arg, torch.fx.Node) else arg
+        return in_fake_mode(value, fake_mode)
+
+    return tree_map(fake, (node.args, node.kwargs))

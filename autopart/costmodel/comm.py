@@ -1,0 +1,147 @@
+"""Communication cost: point-to-point transfers and collectives, in the alpha-beta model.
+
+A message of ``n`` bytes over a link costs ``alpha + n / beta`` (``Link.latency_s``,
+``Link.bandwidth_Bps``). Collectives over ``p`` ranks, ``n`` the bytes each rank holds (the full
+tensor for all_reduce and broadcast; the gathered output for all_gather; the unreduced input for
+reduce_scatter; the whole send buffer for all_to_all):
+
+===============  ==========================================  ==============================
+collective       ring                                        tree
+===============  ==========================================  ==============================
+all_reduce       2 (p-1) alpha + 2 (p-1)/p n/beta            2 ceil(log2 p) alpha + 2 n/beta
+all_gather       (p-1) alpha + (p-1)/p n/beta                -
+reduce_scatter   (p-1) alpha + (p-1)/p n/beta                -
+all_to_all       (p-1) alpha + (p-1)/p n/beta  (pairwise)    -
+broadcast        (p-1) alpha + n/beta  (pipelined chain)     ceil(log2 p) alpha + n/beta
+===============  ==========================================  ==============================
+
+Sources: R. Thakur, R. Rabenseifner, W. Gropp, "Optimization of collective communication
+operations in MPICH", IJHPCA 19(1), 2005 (ring/recursive algorithms, their alpha-beta costs);
+P. Sanders, J. Speck, J. L. Träff, "Two-tree algorithms for full bandwidth broadcast, reduction
+and scan", Parallel Computing 35(12), 2009 (pipelined trees reach n/beta per direction, the basis
+of NCCL's double binary trees). ``algorithm="auto"`` takes the cheaper of ring and tree, as
+NCCL's tuner does by message size.
+
+A ring runs at the pace of its slowest hop: alpha is the largest latency and beta the smallest
+bandwidth among consecutive ranks (devices in the order given, wrapping around).
+
+Across hosts the collective is hierarchical (as NCCL does across nodes; Jia et al., "Highly
+scalable deep learning training system with mixed-precision", 2018): all_reduce = reduce_scatter
+inside each host + all_reduce of n/g bytes among the hosts + all_gather inside each host, with
+g the ranks per host; all_gather and reduce_scatter likewise do the inside-host and across-host
+steps in sequence; all_to_all and broadcast use one flat ring over the slowest hop.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+from ..topology import Link, Topology
+
+Collective = Literal["all_reduce", "all_gather", "reduce_scatter", "all_to_all", "broadcast"]
+Algorithm = Literal["auto", "ring", "tree"]
+COLLECTIVES: tuple[str, ...] = Collective.__args__  # type: ignore[attr-defined]
+
+
+def transfer_time_s(topology: Topology, src: str, dst: str, nbytes: int) -> float:
+    """Point-to-point copy time, seconds (alpha-beta over the link or derived route)."""
+    return topology.link(src, dst).transfer_time_s(nbytes)
+
+
+def ring_link(topology: Topology, devices: Sequence[str]) -> tuple[float, float]:
+    """(alpha seconds, beta bytes/s) of the slowest hop of a ring over ``devices``."""
+    hops: list[Link] = [
+        topology.link(a, b) for a, b in zip(devices, [*devices[1:], devices[0]]) if a != b
+    ]
+    if not hops:
+        return 0.0, math.inf
+    return max(h.latency_s for h in hops), min(h.bandwidth_Bps for h in hops)
+
+
+def flat_collective_time_s(
+    kind: Collective, nbytes: float, p: int, alpha_s: float, beta_Bps: float,
+    algorithm: Algorithm = "auto",
+) -> float:
+    """Time of one collective over ``p`` ranks joined by identical links (see module table).
+
+    Raises:
+        ValueError: an unknown collective or algorithm, ``p < 1`` or negative bytes.
+    """
+    if kind not in COLLECTIVES:
+        raise ValueError(f"unknown collective {kind!r}; expected one of {list(COLLECTIVES)}")
+    if algorithm not in ("auto", "ring", "tree"):
+        raise ValueError(f"unknown algorithm {algorithm!r}; expected 'auto', 'ring' or 'tree'")
+    if p < 1 or nbytes < 0:
+        raise ValueError(f"need p >= 1 ranks and nbytes >= 0, got p={p}, nbytes={nbytes}")
+    if p == 1 or nbytes == 0:
+        return 0.0
+    inv = 0.0 if math.isinf(beta_Bps) else 1.0 / beta_Bps
+    steps = math.ceil(math.log2(p))
+    if kind == "all_reduce":
+        ring = 2 * (p - 1) * alpha_s + 2 * (p - 1) / p * nbytes * inv
+        tree = 2 * steps * alpha_s + 2 * nbytes * inv
+    elif kind == "broadcast":
+        ring = (p - 1) * alpha_s + nbytes * inv
+        tree = steps * alpha_s + nbytes * inv
+    else:
+        ring = (p - 1) * alpha_s + (p - 1) / p * nbytes * inv
+        tree = math.inf
+    if algorithm == "ring":
+        return ring
+    if algorithm == "tree":
+        if math.isinf(tree):
+            raise ValueError(f"{kind} has no tree algorithm here; use 'ring' or 'auto'")
+        return tree
+    return min(ring, tree)
+
+
+def collective_time_s(
+    kind: Collective,
+    nbytes: int,
+    devices: Sequence[str],
+    topology: Topology,
+    *,
+    algorithm: Algorithm = "auto",
+) -> float:
+    """Predicted seconds of a collective over ``devices`` of ``topology`` (one rank each).
+
+    Inside one host: a flat collective over the slowest hop. Across hosts: hierarchical (module
+    docstring), inside-host steps over each host's slowest ring and across-host steps over the
+    slowest ring joining one rank per host.
+
+    Raises:
+        ValueError: an unknown collective or algorithm, or a device the topology lacks.
+    """
+    devices = list(devices)
+    for d in devices:
+        topology.device(d)  # raises ValueError naming an unknown device
+    by_host: dict[str, list[str]] = {}
+    for d in devices:
+        by_host.setdefault(topology.device(d).host, []).append(d)
+    p = len(devices)
+    if len(by_host) <= 1 or kind in ("all_to_all", "broadcast"):
+        alpha, beta = ring_link(topology, devices)
+        return flat_collective_time_s(kind, nbytes, p, alpha, beta, algorithm)
+
+    groups = list(by_host.values())
+    g = max(len(grp) for grp in groups)
+    inner = max((ring_link(topology, grp) for grp in groups), key=lambda ab: (ab[0], -ab[1]))
+    leaders = [grp[0] for grp in groups]
+    outer = ring_link(topology, leaders)
+    h = len(groups)
+
+    def inside(step: Collective, size: float) -> float:
+        return flat_collective_time_s(step, size, g, *inner, "ring")
+
+    def across(step: Collective, size: float) -> float:
+        return flat_collective_time_s(step, size, h, *outer, algorithm)
+
+    if kind == "all_reduce":
+        return inside("reduce_scatter", nbytes) + across("all_reduce", nbytes / g) + inside(
+            "all_gather", nbytes
+        )
+    if kind == "all_gather":
+        return across("all_gather", nbytes / g) + inside("all_gather", nbytes)
+    return inside("reduce_scatter", nbytes) + across("reduce_scatter", nbytes / g)

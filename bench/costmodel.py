@@ -1,0 +1,277 @@
+"""Cost-model accuracy: predicted against measured time and memory, per node and per graph.
+
+For each model (transformers architectures with random weights, batch 1): capture the graph
+with Dynamo, predict every node's time on this machine's CPU with autopart's cost model (the
+calibrated topology when a calibration exists), then measure:
+
+- whole graph: median over repeats of running the captured graph (warm);
+- each node: median over repeats of calling its target on the real input values;
+- peak memory: the most bytes of tensors alive at once during a real run (a dispatch mode
+  follows every tensor produced until Python frees it), plus weights and inputs.
+
+Prints, per model, predicted against measured for the whole graph, per op kind, and the median
+absolute relative error of nodes above 50 us; writes the tables and raw numbers to
+bench/results/costmodel-<machine>-<date>.{md,json}.
+
+Targets on CPU (issue 4): whole graph within 15%; median |rel. error| of nodes > 50 us at most
+30%; peak memory within 10%.
+
+    python bench/costmodel.py [--models gpt2 bert llama resnet] [--repeats 5] [--calibration FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import statistics
+import sys
+import time
+import weakref
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+import torch.fx
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves, tree_map
+
+import autopart
+from autopart.passes import record
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def build(name: str):
+    """(model, example kwargs): the issue's models at sizes a 2-core CPU measures in minutes."""
+    import transformers as tf
+
+    gen = torch.Generator().manual_seed(0)
+    if name == "gpt2":
+        model = tf.GPT2LMHeadModel(tf.GPT2Config())
+        inputs = {"input_ids": torch.randint(0, 50257, (1, 128), generator=gen)}
+    elif name == "bert":
+        model = tf.BertModel(tf.BertConfig())
+        inputs = {"input_ids": torch.randint(0, 30522, (1, 128), generator=gen)}
+    elif name == "llama":
+        cfg = tf.LlamaConfig(
+            vocab_size=32000, hidden_size=1024, intermediate_size=2816, num_hidden_layers=8,
+            num_attention_heads=16, num_key_value_heads=4,
+        )
+        model = tf.LlamaForCausalLM(cfg)
+        inputs = {"input_ids": torch.randint(0, 32000, (1, 128), generator=gen)}
+    elif name == "resnet":
+        model = tf.ResNetModel(tf.ResNetConfig())  # ResNet-50 layout
+        inputs = {"pixel_values": torch.randn(1, 3, 224, 224, generator=gen)}
+    else:
+        raise ValueError(f"unknown model {name!r}")
+    return model.eval(), inputs
+
+
+def capture(model, inputs, topology):
+    """The first graph Dynamo captures, its real example inputs, and autopart's analysis."""
+    seen = {}
+
+    def backend(gm, example_inputs):
+        if "gm" not in seen:
+            seen["gm"], seen["inputs"] = gm, list(example_inputs)
+        return gm.forward
+
+    torch._dynamo.reset()
+    with torch.no_grad():
+        torch.compile(model, backend=backend)(**inputs)
+    gm, example_inputs = seen["gm"], seen["inputs"]
+    analysis = autopart.analyze(gm, example_inputs, topology)
+    return gm, example_inputs, analysis
+
+
+def median_time_s(fn, repeats: int, min_time_s: float = 0.02) -> float:
+    """Median over ``repeats`` samples of fn's time; each sample loops enough calls to last
+    ``min_time_s``, so that timer resolution does not matter for tiny ops."""
+    fn()
+    start = time.perf_counter()
+    fn()
+    once = max(time.perf_counter() - start, 1e-7)
+    loops = max(1, int(min_time_s / once))
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(loops):
+            fn()
+        samples.append((time.perf_counter() - start) / loops)
+    return statistics.median(samples)
+
+
+def node_times_s(gm: torch.fx.GraphModule, inputs, repeats: int) -> dict[str, float]:
+    """Measured seconds of each compute node, called on the real values it gets in a run."""
+    env: dict[torch.fx.Node, object] = {}
+    args_iter = iter(inputs)
+    times = {}
+    with torch.no_grad():
+        for node in gm.graph.nodes:
+            if node.op == "placeholder":
+                env[node] = next(args_iter)
+                continue
+            if node.op == "output":
+                break
+            args, kwargs = tree_map(lambda a: env[a] if isinstance(a, torch.fx.Node) else a,
+                                    (node.args, node.kwargs))
+            if node.op == "call_function":
+                fn = lambda: node.target(*args, **kwargs)  # noqa: E731
+            elif node.op == "call_method":
+                fn = lambda: getattr(args[0], node.target)(*args[1:], **kwargs)  # noqa: E731
+            elif node.op == "call_module":
+                mod = gm.get_submodule(node.target)
+                fn = lambda: mod(*args, **kwargs)  # noqa: E731
+            else:  # get_attr
+                env[node] = getattr(gm, node.target)
+                continue
+            if _mutates(node):
+                env[node] = fn()
+                continue  # re-running an in-place op would change what later nodes read
+            env[node] = fn()
+            if record(node).num_kernels:
+                times[node.name] = median_time_s(fn, repeats)
+            else:
+                times[node.name] = 0.0
+    return times
+
+
+def _mutates(node: torch.fx.Node) -> bool:
+    name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
+    return isinstance(name, str) and name.endswith("_") and not name.endswith("__")
+
+
+class LiveTensors(TorchDispatchMode):
+    """Follows every tensor an op returns until Python frees it; ``peak_bytes`` is the most
+    bytes of such storages alive at once (storages counted once however many views)."""
+
+    def __init__(self, held: set[int] = frozenset()):
+        super().__init__()
+        self.held = held  # storages alive before the run (weights, inputs): views of them are free
+        self.refs: dict[int, int] = {}  # storage data_ptr -> live tensors on it
+        self.sizes: dict[int, int] = {}
+        self.live = self.peak_bytes = 0
+
+    def _release(self, ptr: int) -> None:
+        self.refs[ptr] -= 1
+        if self.refs[ptr] == 0:
+            self.live -= self.sizes.pop(ptr)
+            del self.refs[ptr]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.device.type != "meta":
+                storage = t.untyped_storage()
+                ptr = storage.data_ptr()
+                if ptr in self.held:
+                    continue
+                if ptr not in self.refs:
+                    self.refs[ptr] = 0
+                    self.sizes[ptr] = storage.nbytes()
+                    self.live += storage.nbytes()
+                    self.peak_bytes = max(self.peak_bytes, self.live)
+                self.refs[ptr] += 1
+                weakref.finalize(t, self._release, ptr)
+        return out
+
+
+def measured_peak_bytes(gm, inputs) -> int:
+    """Weights + inputs + the most activation bytes alive at once in one real run."""
+    held = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+            for t in inputs if isinstance(t, torch.Tensor)}
+    tracker = LiveTensors(set(held))
+    with torch.no_grad(), tracker:
+        out = gm(*inputs)
+    del out
+    return sum(held.values()) + tracker.peak_bytes
+
+
+def rel(pred: float, meas: float) -> float:
+    return (pred - meas) / meas if meas else float("nan")
+
+
+def run_model(name: str, topology, device: str, repeats: int) -> dict:
+    model, inputs = build(name)
+    gm, example_inputs, analysis = capture(model, inputs, topology)
+    with torch.no_grad():
+        whole = median_time_s(lambda: gm(*example_inputs), repeats, min_time_s=0.0)
+    nodes = node_times_s(gm, example_inputs, repeats)
+    by_name = {n.name: n for n in gm.graph.nodes}
+    pred = {n: record(by_name[n]).time_s[device] for n in nodes}
+    kinds: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0])
+    for n, t in nodes.items():
+        node = by_name[n]
+        kind = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
+        kinds[kind][0] += pred[n]
+        kinds[kind][1] += t
+        kinds[kind][2] += 1
+    big = [abs(rel(pred[n], t)) for n, t in nodes.items() if t > 50e-6]
+    return {
+        "model": name,
+        "nodes": len(nodes),
+        "whole_measured_s": whole,
+        "whole_predicted_s": sum(record(n).time_s[device] for n in gm.graph.nodes),
+        "sum_node_measured_s": sum(nodes.values()),
+        "median_abs_rel_error_nodes_over_50us": statistics.median(big) if big else float("nan"),
+        "nodes_over_50us": len(big),
+        "peak_measured_bytes": measured_peak_bytes(gm, example_inputs),
+        "peak_predicted_bytes": analysis.memory.peak_bytes,
+        "unknown_cost_nodes": len(analysis.cost.unknown),
+        "kinds": {k: {"predicted_s": v[0], "measured_s": v[1], "count": v[2]} for k, v in kinds.items()},
+        "node_times": {n: {"predicted_s": pred[n], "measured_s": t} for n, t in nodes.items()},
+    }
+
+
+def report(results: list[dict], machine: str) -> str:
+    lines = [f"# Cost model against measurement on {machine}", "",
+             f"date {datetime.date.today()}, torch {torch.__version__}, autopart {autopart.__version__}", "",
+             "| model | nodes | graph measured | graph predicted | error | node median abs error (>50us, n) | peak measured | peak predicted | error |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(
+            f"| {r['model']} | {r['nodes']} | {r['whole_measured_s']*1e3:.2f} ms | "
+            f"{r['whole_predicted_s']*1e3:.2f} ms | {rel(r['whole_predicted_s'], r['whole_measured_s']):+.1%} | "
+            f"{r['median_abs_rel_error_nodes_over_50us']:.1%} ({r['nodes_over_50us']}) | "
+            f"{r['peak_measured_bytes']/2**20:.1f} MiB | {r['peak_predicted_bytes']/2**20:.1f} MiB | "
+            f"{rel(r['peak_predicted_bytes'], r['peak_measured_bytes']):+.1%} |"
+        )
+    for r in results:
+        lines += ["", f"## {r['model']}: per op kind", "", "| op | count | measured | predicted | error |", "|---|---|---|---|---|"]
+        for kind, v in sorted(r["kinds"].items(), key=lambda kv: -kv[1]["measured_s"])[:15]:
+            lines.append(f"| {kind} | {v['count']} | {v['measured_s']*1e3:.3f} ms | {v['predicted_s']*1e3:.3f} ms | "
+                         f"{rel(v['predicted_s'], v['measured_s']):+.1%} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", nargs="+", default=["gpt2", "bert", "llama", "resnet"])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--topology", help="topology file (default: this machine, profiled and calibrated)")
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    if args.topology:
+        topology = autopart.Topology.load(args.topology)
+    else:
+        topology = autopart.Topology.discover()
+    device = "cpu"
+    results = []
+    for name in args.models:
+        print(f"measuring {name} ...", file=sys.stderr, flush=True)
+        results.append(run_model(name, topology, device, args.repeats))
+    machine = topology.device(device).model or platform.processor() or "cpu"
+    text = report(results, machine)
+    print(text)
+    RESULTS.mkdir(exist_ok=True)
+    stem = RESULTS / f"costmodel-cpu-{datetime.date.today()}"
+    stem.with_suffix(".md").write_text(text + "\n")
+    stem.with_suffix(".json").write_text(json.dumps({"machine": machine, "results": results}, indent=1))
+    print(f"wrote {stem}.md and .json", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

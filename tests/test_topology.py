@@ -4,6 +4,7 @@ discovery without CUDA/NVML (and with a faked CUDA/NVML), atomic save."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -16,7 +17,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from autopart import topology as topo_mod
-from autopart.topology import Device, Link, Topology, local_devices, presets
+from autopart.topology import Device, Link, Mesh, Topology, local_devices, presets
+
+try:  # DeviceMesh's own rank layout (torch >= 2.9), to check Mesh.axis_groups against
+    from torch.distributed._mesh_layout import _FlatLayout, _MeshLayout
+except ImportError:
+    _FlatLayout = _MeshLayout = None
 
 EXPECTED_PRESETS = {
     "8xh100-nvlink",
@@ -238,6 +244,215 @@ def test_load_schema_error_names_file(tmp_path):
         Topology.load(path)
 
 
+# --------------------------------------------------------------------------- hosts
+
+
+def test_host_queries_on_two_host_preset():
+    t = Topology.preset("2x8xh100-ib")
+    assert t.host_of("node1/cuda:3") == "node1"
+    assert t.devices_on("node0") == ["node0/cpu"] + [f"node0/cuda:{i}" for i in range(8)]
+    assert t.devices_on("node1", kind="cuda") == [f"node1/cuda:{i}" for i in range(8)]
+    assert t.devices_on("node1", kind="cpu") == ["node1/cpu"]
+    assert t.same_host("node0/cuda:0", "node0/cpu")
+    assert not t.same_host("node0/cuda:0", "node1/cuda:0")
+    with pytest.raises(ValueError, match=r"unknown host 'node2' .*hosts: node0, node1"):
+        t.devices_on("node2")
+    with pytest.raises(ValueError, match=r"devices_on: kind: expected one of 'cpu', 'cuda'.*got 'gpu'"):
+        t.devices_on("node0", kind="gpu")
+    with pytest.raises(ValueError, match=r"unknown device 'node0/cuda:8'"):
+        t.host_of("node0/cuda:8")
+    with pytest.raises(ValueError, match=r"unknown device 'x'"):
+        t.same_host("x", "node0/cpu")
+
+
+def test_hops_and_bottleneck_tell_what_limits_a_pair():
+    t = Topology.preset("2x8xh100-ib")
+    # across hosts, different GPU index: one NVLink hop then the InfiniBand rail (or vice versa)
+    hops = t.hops("node0/cuda:0", "node1/cuda:3")
+    assert [h.kind for h in hops].count("network") == 1 and len(hops) == 2
+    assert hops[0].src == "node0/cuda:0" and hops[-1].dst == "node1/cuda:3"
+    assert all(a.dst == b.src for a, b in zip(hops, hops[1:]))
+    worst = t.bottleneck("node0/cuda:0", "node1/cuda:3")
+    assert worst.kind == "network" and worst.bandwidth_Bps == pytest.approx(50e9)
+    assert worst.bandwidth_Bps == t.link("node0/cuda:0", "node1/cuda:3").bandwidth_Bps
+    # inside a host the slowest hop is NVLink; a direct link is its own only hop
+    assert t.hops("node1/cuda:0", "node1/cuda:5") == (t.link("node1/cuda:0", "node1/cuda:5"),)
+    assert t.bottleneck("node1/cuda:0", "node1/cuda:5").kind == "nvlink"
+    # loopback: no hops, the bottleneck is the loopback link
+    assert t.hops("node0/cpu", "node0/cpu") == ()
+    assert t.bottleneck("node0/cpu", "node0/cpu").kind == "loopback"
+    # routed through the host cpu on a PCIe-only machine
+    p = Topology.preset("4xa100-pcie-cpu")
+    assert [(h.src, h.dst) for h in p.hops("cuda:0", "cuda:1")] == [("cuda:0", "cpu"), ("cpu", "cuda:1")]
+    assert p.bottleneck("cuda:0", "cuda:1").kind == "pcie" and p.same_host("cuda:0", "cuda:1")
+
+
+# --------------------------------------------------------------------------- meshes
+
+
+def test_preset_meshes():
+    t = Topology.preset("2x8xh100-ib")
+    m = t.mesh("gpus")
+    assert t.meshes == (m,)
+    assert m.axis_names == ("dp", "tp") and m.shape == (2, 8) and m.ndim == 2
+    assert m.axis_size("tp") == 8 and m.axis_size(0) == 2 and m.axis_size(-1) == 8
+    assert m.axis_groups("tp") == [t.devices_on("node0", kind="cuda"), t.devices_on("node1", kind="cuda")]
+    assert m.axis_groups("dp") == [[f"node0/cuda:{i}", f"node1/cuda:{i}"] for i in range(8)]
+    assert all(not t.same_host(*g) for g in m.axis_groups("dp"))
+    assert all(t.same_host(g[0], d) for g in m.axis_groups("tp") for d in g)
+    assert m.coordinate("node1/cuda:5") == (1, 5)
+    one = Topology.preset("8xh100-nvlink").mesh("gpus")
+    assert one.axis_names == ("tp",) and one.shape == (8,)
+    assert one.axis_groups("tp") == [[f"cuda:{i}" for i in range(8)]]
+    assert Topology.preset("1x4090-cpu").meshes == ()
+
+
+def test_mesh_lookup_and_axis_errors():
+    t = Topology.preset("2x8xh100-ib")
+    m = t.mesh("gpus")
+    with pytest.raises(ValueError, match=r"unknown mesh 'dp' .*meshes: gpus"):
+        t.mesh("dp")
+    with pytest.raises(ValueError, match=r"unknown mesh 'gpus' .*meshes: none"):
+        Topology.preset("1x4090-cpu").mesh("gpus")
+    with pytest.raises(ValueError, match=r"mesh 'gpus' has no axis 'pp'; its axes are \['dp', 'tp'\]"):
+        m.axis_groups("pp")
+    with pytest.raises(ValueError, match=r"has no axis 2;"):
+        m.axis_size(2)
+    with pytest.raises(ValueError, match=r"device 'node0/cpu' is not in mesh 'gpus'"):
+        m.coordinate("node0/cpu")
+
+
+def test_mesh_constructor_normalises_and_hashes():
+    m = Mesh(name="m", axis_names=["a", "b"], devices=[["x", "y", "z"], ["u", "v", "w"]])
+    assert m.axis_names == ("a", "b") and m.devices == (("x", "y", "z"), ("u", "v", "w"))
+    assert m.shape == (2, 3) and m.device_names == ["x", "y", "z", "u", "v", "w"]
+    assert hash(m) == hash(Mesh(name="m", axis_names=("a", "b"), devices=(("x", "y", "z"), ("u", "v", "w"))))
+    assert m.to_dict() == {"name": "m", "axis_names": ["a", "b"], "devices": [["x", "y", "z"], ["u", "v", "w"]]}
+    with pytest.raises(ValueError, match=r"Mesh\(name='m'\)\.devices\[1\]: the mesh is not rectangular"):
+        Mesh(name="m", axis_names=("a", "b"), devices=(("x", "y"), ("z",)))
+
+
+def _gpu_topology(n=4):
+    d = _valid()
+    d["devices"] = [_device()] + [_device(f"cuda:{i}", "cuda") for i in range(n)]
+    d["links"] = [_link("cpu", f"cuda:{i}") for i in range(n)]
+    d["meshes"] = [{"name": "gpus", "axis_names": ["dp", "tp"], "devices": [["cuda:0", "cuda:1"], ["cuda:2", "cuda:3"]]}]
+    return d
+
+
+def _mesh_mutate(fn):
+    d = _gpu_topology()
+    fn(d)
+    return d
+
+
+def _m0(d):
+    return d["meshes"][0]
+
+
+BAD_MESHES = [
+    (lambda d: _m0(d).update(devices=[["cuda:0", "cuda:1"], ["cuda:2", "cuda:9"]]),
+     r"topology\.meshes\[0\]\.devices: unknown device 'cuda:9'; known devices: cpu, cuda:0"),
+    (lambda d: _m0(d).update(devices=[["cuda:0", "cuda:1"], ["cuda:2"]]),
+     r"topology\.meshes\[0\]\.devices\[1\]: the mesh is not rectangular: this entry has shape \(1,\), "
+     r"topology\.meshes\[0\]\.devices\[0\] has shape \(2,\)"),
+    (lambda d: _m0(d).update(devices=["cuda:0", "cuda:1", "cuda:2", "cuda:3"]),
+     r"topology\.meshes\[0\]\.devices\[0\]: expected a non-empty list: devices nests one list level "
+     r"per axis \(2 axes in axis_names, so 2 levels\), got 'cuda:0'"),
+    (lambda d: _m0(d).update(axis_names=["tp"]),
+     r"topology\.meshes\[0\]\.devices\[0\]: expected a device name \(string\): devices nests deeper "
+     r"than the 1 axes in axis_names"),
+    (lambda d: _m0(d).update(devices=[["cuda:0", "cuda:1"], ["cuda:2", "cuda:0"]]),
+     r"topology\.meshes\[0\]\.devices: device 'cuda:0' appears twice in mesh 'gpus'"),
+    (lambda d: d["meshes"].append(dict(_m0(d), devices=[["cuda:3"]])),
+     r"topology\.meshes\[1\]\.name: mesh 'gpus' is named twice"),
+    (lambda d: _m0(d).update(axis_names=["dp", "dp"]),
+     r"topology\.meshes\[0\]\.axis_names\[1\]: axis 'dp' is named twice"),
+    (lambda d: _m0(d).update(axis_names=[]), r"topology\.meshes\[0\]\.axis_names: expected a non-empty list"),
+    (lambda d: _m0(d).update(axis_names=["dp", ""]), r"topology\.meshes\[0\]\.axis_names\[1\]: expected a non-empty string"),
+    (lambda d: _m0(d).update(axis_names="dp"), r"topology\.meshes\[0\]\.axis_names: expected a non-empty list.*got 'dp'"),
+    (lambda d: _m0(d).update(devices=[]), r"topology\.meshes\[0\]\.devices: expected a non-empty list"),
+    (lambda d: _m0(d).update(devices=[[], []]), r"topology\.meshes\[0\]\.devices\[0\]: expected a non-empty list"),
+    (lambda d: _m0(d).update(devices=[["cuda:0", 3], ["cuda:2", "cuda:3"]]),
+     r"topology\.meshes\[0\]\.devices\[0\]\[1\]: expected a non-empty string, got 3"),
+    (lambda d: _m0(d).update(devices=[["cpu", "cuda:1"], ["cuda:2", "cuda:3"]]),
+     r"topology\.meshes\[0\]\.devices: mesh 'gpus' mixes device kinds \['cpu', 'cuda'\]"),
+    (lambda d: _m0(d).update(name=""), r"topology\.meshes\[0\]\.name: expected a non-empty string"),
+    (lambda d: _m0(d).pop("axis_names"), r"topology\.meshes\[0\]\.axis_names: missing"),
+    (lambda d: _m0(d).update(shape=[2, 2]), r"topology\.meshes\[0\]: unknown key 'shape'; allowed keys: name, axis_names, devices"),
+    (lambda d: d.update(meshes={"gpus": []}), r"topology\.meshes: expected a list of mesh objects"),
+    (lambda d: d["meshes"].append("gpus"), r"topology\.meshes\[1\]: expected an object"),
+]
+
+
+@pytest.mark.parametrize("mutation,pattern", BAD_MESHES, ids=[p[:60] for _, p in BAD_MESHES])
+def test_from_dict_rejects_bad_mesh(mutation, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        Topology.from_dict(_mesh_mutate(mutation), source="bad.json")
+
+
+def test_topology_constructor_checks_meshes():
+    t = Topology.from_dict(_gpu_topology())
+    bad = Mesh(name="m", axis_names=("x",), devices=("cuda:0", "cuda:7"))
+    with pytest.raises(ValueError, match=r"Topology\(name='tiny'\)\.meshes\[1\]\.devices: unknown device 'cuda:7'"):
+        dataclasses.replace(t, meshes=(*t.meshes, bad))
+    with pytest.raises(TypeError, match=r"meshes\[0\]: expected a Mesh"):
+        dataclasses.replace(t, meshes=({"name": "m"},))
+
+
+def test_meshes_roundtrip_and_subset(tmp_path):
+    t = Topology.from_dict(_gpu_topology())
+    assert t.mesh("gpus").shape == (2, 2)
+    d = t.to_dict()
+    assert d["meshes"] == [{"name": "gpus", "axis_names": ["dp", "tp"],
+                            "devices": [["cuda:0", "cuda:1"], ["cuda:2", "cuda:3"]]}]
+    assert Topology.from_dict(json.loads(json.dumps(d))) == t
+    t.save(tmp_path / "t.json")
+    assert Topology.load(tmp_path / "t.json").meshes == t.meshes
+    assert t.subset(["cpu", "cuda:0", "cuda:1", "cuda:2", "cuda:3"]).meshes == t.meshes
+    assert t.subset(["cuda:0", "cuda:1"]).meshes == ()  # a mesh loses a device -> dropped
+    without = Topology.from_dict({k: v for k, v in _gpu_topology().items() if k != "meshes"})
+    assert without.meshes == () and without != t
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, 4), min_size=1, max_size=3), st.data())
+def test_mesh_axis_groups_partition_the_devices(shape, data):
+    n = math.prod(shape)
+    names = [f"d{i}" for i in range(n)]
+
+    def nest(flat, dims):
+        if not dims:
+            return flat[0]
+        step = len(flat) // dims[0]
+        return [nest(flat[i * step:(i + 1) * step], dims[1:]) for i in range(dims[0])]
+
+    axes = [f"a{i}" for i in range(len(shape))]
+    m = Mesh(name="m", axis_names=axes, devices=nest(names, shape))
+    assert m.shape == tuple(shape) and m.device_names == names
+    axis = data.draw(st.sampled_from(axes))
+    k = axes.index(axis)
+    groups = m.axis_groups(axis)
+    assert len(groups) == n // shape[k] and all(len(g) == shape[k] for g in groups)
+    assert sorted(d for g in groups for d in g) == sorted(names)  # a partition
+    for g in groups:
+        coords = [m.coordinate(d) for d in g]
+        # along the axis: the axis coordinate runs 0..size-1, all others fixed
+        assert [c[k] for c in coords] == list(range(shape[k]))
+        assert len({c[:k] + c[k + 1:] for c in coords}) == 1
+    # DeviceMesh order: groups sorted by their other coordinates, row-major
+    others = [m.coordinate(g[0])[:k] + m.coordinate(g[0])[k + 1:] for g in groups]
+    assert others == sorted(others)
+    if _MeshLayout is not None:  # the very groups DeviceMesh forms (private API, may move)
+        stride = [math.prod(shape[j + 1:]) for j in range(len(shape))]
+        sub = _FlatLayout((shape[k],), (stride[k],))
+        ranks = _MeshLayout([sub]).remap_to_tensor(torch.arange(n)).reshape(-1, shape[k])
+        assert groups == [[names[r] for r in row] for row in ranks.tolist()]
+    # coordinate is the inverse of row-major flattening
+    assert all(names[int(sum(c * math.prod(shape[j + 1:]) for j, c in enumerate(m.coordinate(d))))] == d
+               for d in names)
+
+
 # --------------------------------------------------------------------------- devices
 
 
@@ -445,6 +660,14 @@ def test_table_lists_devices_and_links():
     for word in ("cuda:0", "cuda:1", "Tesla T4", "float32=19.5", "bfloat16=312", "1555.0", "40.0", "12.5", "10.00"):
         assert word in text, word
     assert "no links" in Topology.from_dict({**_valid(), "links": []}).table()
+    assert "hosts: localhost (1 cpu, 1 cuda)" in Topology.from_dict(_valid()).table()
+
+
+def test_table_shows_hosts_and_meshes():
+    text = Topology.preset("2x8xh100-ib").table()
+    assert "hosts: node0 (1 cpu, 8 cuda); node1 (1 cpu, 8 cuda)" in text
+    assert "mesh 'gpus': dp=2 x tp=8 (16 devices: node0/cuda:0 .. node1/cuda:7)" in text
+    assert "discovered on" not in text and "notes:" not in text  # a preset has no report
 
 
 # --------------------------------------------------------------------------- save
@@ -496,10 +719,78 @@ def test_discover_on_this_machine():
         assert local_devices() == ["cpu"]
 
 
-def test_discover_without_nvml_does_not_raise(monkeypatch):
+def test_discover_without_nvml_module_notes_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "pynvml", None)  # import pynvml -> ImportError
     t = Topology.discover()
     assert t.device_names[0] == "cpu"
+    assert any(n.startswith("NVML not installed") and "pip install nvidia-ml-py" in n
+               for n in t.notes), t.notes
+
+
+def test_discover_cpu_only_notes_what_it_skipped(monkeypatch):
+    """This machine's case, made certain: no CUDA, NVML library missing."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setitem(sys.modules, "pynvml", _FakeNvml([], init_error="NVML Shared Library Not Found").module())
+    t = Topology.discover()
+    assert t.device_names == ["cpu"] and t.links == ()
+    assert any(n.startswith("no CUDA device: torch.cuda.is_available() is False") for n in t.notes)
+    nvml = [n for n in t.notes if n.startswith("NVML not available")]
+    assert len(nvml) == 1 and "NVML Shared Library Not Found" in nvml[0]
+    assert "no GPU power, PCIe, NVLink" in nvml[0]
+    r = t.discovery
+    assert r.gpus == () and r.gpu_pairs == () and r.nvml_driver_version is None
+    assert r.notes == t.notes
+    text = t.table()
+    assert "notes:" in text and "NVML not available" in text and "discovered on" in text
+
+
+def test_discover_host_facts_on_this_machine():
+    t = Topology.discover()
+    h = t.discovery.host
+    assert h.num_logical_cores >= 1 and 1 <= h.num_usable_cores
+    assert h.num_physical_cores is None or 1 <= h.num_physical_cores <= h.num_logical_cores
+    assert h.memory_bytes is not None and h.memory_bytes == t.device("cpu").memory_bytes
+    assert h.cpu_model == t.device("cpu").model
+    assert t.discovery.torch_version == str(torch.__version__)
+    if os.path.isdir("/sys/devices/system/node/node0"):
+        assert h.numa_nodes and h.numa_nodes[0].id == 0
+    else:
+        assert any(n.startswith("NUMA:") for n in t.notes)
+    if not torch.cuda.is_available():
+        assert any(n.startswith("no CUDA device") for n in t.notes)
+        assert any("NVML" in n for n in t.notes) or t.discovery.nvml_driver_version
+
+
+def test_discover_reads_numa_nodes(monkeypatch, tmp_path):
+    for i, (cpus, kb) in enumerate([("0-3,8-11\n", 16318048), ("4-7\n", 8000000), ("\n", 1024)]):
+        node = tmp_path / f"node{i}"
+        node.mkdir()
+        (node / "cpulist").write_text(cpus)
+        (node / "meminfo").write_text(f"Node {i} MemTotal:       {kb} kB\nNode {i} MemFree: 1 kB\n")
+    (tmp_path / "node2" / "meminfo").unlink()  # unreadable meminfo -> memory unknown
+    (tmp_path / "possible").write_text("0-2\n")  # not a node folder
+    monkeypatch.setattr(topo_mod, "NUMA_SYSFS_DIR", tmp_path)
+    notes = []
+    nodes = topo_mod._numa_nodes(notes)
+    assert [n.id for n in nodes] == [0, 1, 2]
+    assert nodes[0].cpus == (0, 1, 2, 3, 8, 9, 10, 11) and nodes[0].memory_bytes == 16318048 * 1024
+    assert nodes[1].cpus == (4, 5, 6, 7)
+    assert nodes[2].cpus == () and nodes[2].memory_bytes is None  # memory-only or unreadable
+    assert notes == []
+
+
+def test_discover_without_numa_folder_notes_it(monkeypatch, tmp_path):
+    monkeypatch.setattr(topo_mod, "NUMA_SYSFS_DIR", tmp_path / "missing")
+    t = Topology.discover()
+    assert t.discovery.host.numa_nodes == ()
+    assert any(n.startswith("NUMA:") and "missing" in n and "not visible" in n for n in t.notes)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sets(st.integers(0, 300), max_size=40))
+def test_cpulist_format_and_parse_roundtrip(cpus):
+    text = topo_mod._format_cpulist(tuple(cpus))
+    assert topo_mod._parse_cpulist("" if text == "-" else text) == tuple(sorted(cpus))
 
 
 def test_discover_cpu_fallbacks(monkeypatch):
@@ -508,9 +799,11 @@ def test_discover_cpu_fallbacks(monkeypatch):
     monkeypatch.setattr(psutil, "cpu_freq", lambda: None)
     monkeypatch.setattr(psutil, "cpu_count", lambda logical=True: 4)
     monkeypatch.setattr(topo_mod.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
-    cpu = topo_mod._discover_cpu()
+    notes = []
+    cpu = topo_mod._discover_cpu("cpu", topo_mod._host_facts(notes))
     assert cpu.peak_flops["float32"] == pytest.approx(4 * 2.5e9 * 32)
     assert cpu.mem_bandwidth_Bps == pytest.approx(40e9)
+    assert any(n.startswith("CPU clock unknown") and "2.5 GHz" in n for n in notes)
 
 
 def _fake_props(name, total_memory, major, minor, sms, **extra):
@@ -549,54 +842,242 @@ def test_discover_fake_cuda_without_nvml(monkeypatch, fake_cuda):
     }
     assert t.link("cuda:0", "cuda:1").kind == "host"  # no NVML -> no NVLink, routed via cpu
     assert local_devices() == ["cpu", "cuda:0", "cuda:1"]
+    gpus = t.discovery.gpus
+    assert [(g.device, g.name, g.num_sms, g.compute_capability) for g in gpus] == [
+        ("cuda:0", "NVIDIA H100 80GB HBM3", 132, (9, 0)),
+        ("cuda:1", "NVIDIA Future GPU", 100, (10, 0)),
+    ]
+    assert gpus[1].memory_bytes == 48 * 2**30
+    assert all(g.power_limit_W is None and g.pcie_max_generation is None and g.nvlinks == ()
+               for g in gpus)
+    assert t.discovery.gpu_pairs == ()
+    assert any(n.startswith("NVML not installed") for n in t.notes)
 
 
 class _NVMLError(Exception):
     pass
 
 
-def _fake_pynvml(*, fail_everything=False):
-    m = types.ModuleType("pynvml")
-    m.NVMLError = _NVMLError
-    m.NVML_P2P_CAPS_INDEX_NVLINK = 3
-    m.NVML_P2P_STATUS_OK = 0
-    m.NVML_NVLINK_MAX_LINKS = 18
-    m.NVML_FEATURE_ENABLED = 1
+class _FakeNvml:
+    """A stand-in for the ``pynvml`` module: GPUs described by dicts, any call made to fail.
 
-    def fail(*a):
-        raise _NVMLError("NVML_ERROR_UNKNOWN")
+    Each GPU: ``bus`` (NVML form), ``links``: list of (state, version, remote bus, remote type)
+    per link index (NVML rejects indices past the list), ``power_mw``, ``limit_mw``, PCIe
+    ``cur``/``max`` (generation, width). ``levels``: {(i, j): NVML topology level}.
+    """
 
-    if fail_everything:
-        for fn in ("nvmlInit", "nvmlShutdown", "nvmlDeviceGetHandleByUUID", "nvmlDeviceGetHandleByIndex"):
-            setattr(m, fn, fail)
+    GPU, SWITCH = 0, 2
+
+    def __init__(self, gpus, *, levels=None, fail=(), missing=(), init_error=None, p2p_ok=True):
+        self.gpus, self.levels = gpus, levels or {}
+        self.fail, self.missing, self.init_error, self.p2p_ok = set(fail), set(missing), init_error, p2p_ok
+        self.calls = []
+
+    def module(self):
+        m = types.ModuleType("pynvml")
+        m.NVMLError = _NVMLError
+        m.NVML_P2P_CAPS_INDEX_NVLINK = 2
+        m.NVML_P2P_STATUS_OK = 0
+        m.NVML_NVLINK_MAX_LINKS = 36
+        m.NVML_FEATURE_ENABLED = 1
+        m.NVML_NVLINK_DEVICE_TYPE_GPU, m.NVML_NVLINK_DEVICE_TYPE_IBMNPU = 0, 1
+        m.NVML_NVLINK_DEVICE_TYPE_SWITCH = 2
+        g = self.gpus
+
+        def link(h, i):
+            if i >= len(g[h]["links"]):
+                raise _NVMLError("Invalid Argument")
+            return g[h]["links"][i]
+
+        fns = {
+            "nvmlInit": lambda: None,
+            "nvmlShutdown": lambda: None,
+            "nvmlSystemGetDriverVersion": lambda: "550.54.15",
+            "nvmlDeviceGetCount": lambda: len(g),
+            "nvmlDeviceGetHandleByIndex": lambda i: i,
+            "nvmlDeviceGetPciInfo": lambda h: types.SimpleNamespace(busId=g[h]["bus"]),
+            "nvmlDeviceGetEnforcedPowerLimit": lambda h: g[h].get("limit_mw", 500_000),
+            "nvmlDeviceGetPowerUsage": lambda h: g[h].get("power_mw", 123_456),
+            "nvmlDeviceGetCurrPcieLinkGeneration": lambda h: g[h].get("cur", (1, 16))[0],
+            "nvmlDeviceGetCurrPcieLinkWidth": lambda h: g[h].get("cur", (1, 16))[1],
+            "nvmlDeviceGetMaxPcieLinkGeneration": lambda h: g[h].get("max", (5, 16))[0],
+            "nvmlDeviceGetMaxPcieLinkWidth": lambda h: g[h].get("max", (5, 16))[1],
+            "nvmlDeviceGetNvLinkState": lambda h, i: link(h, i)[0],
+            "nvmlDeviceGetNvLinkVersion": lambda h, i: link(h, i)[1],
+            "nvmlDeviceGetNvLinkRemotePciInfo": lambda h, i: types.SimpleNamespace(busId=link(h, i)[2]),
+            "nvmlDeviceGetNvLinkRemoteDeviceType": lambda h, i: link(h, i)[3],
+            "nvmlDeviceGetTopologyCommonAncestor": lambda a, b: self.levels.get((min(a, b), max(a, b)), 50),
+            "nvmlDeviceGetP2PStatus": lambda a, b, cap: 0 if self.p2p_ok and cap == 2 else 5,
+        }
+
+        def wrap(name, fn):
+            def call(*args):
+                self.calls.append(name)
+                if name in self.fail:
+                    raise _NVMLError("Not Supported")
+                return fn(*args)
+            return call
+
+        for name, fn in fns.items():
+            if name not in self.missing:
+                setattr(m, name, wrap(name, fn))
+        m.nvmlDeviceGetHandleByUUID = wrap("nvmlDeviceGetHandleByUUID", lambda u: (_ for _ in ()).throw(_NVMLError("Not Found")))
+        if self.init_error is not None:
+            m.nvmlInit = wrap("nvmlInit", lambda: (_ for _ in ()).throw(_NVMLError(self.init_error)))
         return m
-    m.nvmlInit = lambda: None
-    m.nvmlShutdown = lambda: None
-    m.nvmlDeviceGetHandleByUUID = fail  # exercises the index fallback
-    m.nvmlDeviceGetHandleByIndex = lambda i: f"h{i}"
-    m.nvmlDeviceGetEnforcedPowerLimit = lambda h: 500_000  # milliwatts
-    m.nvmlDeviceGetMaxPcieLinkGeneration = lambda h: 5
-    m.nvmlDeviceGetMaxPcieLinkWidth = lambda h: 16
-    m.nvmlDeviceGetP2PStatus = lambda a, b, cap: 0
-    m.nvmlDeviceGetNvLinkState = lambda h, link: 1 if link < 4 else 0
-    return m
 
 
-def test_discover_fake_cuda_with_failing_nvml(monkeypatch, fake_cuda):
-    monkeypatch.setitem(sys.modules, "pynvml", _fake_pynvml(fail_everything=True))
+BUS0, BUS1 = "00000000:07:00.0", "00000000:0A:00.0"
+
+
+def _two_gpus_joined_by_nvlink(num_links=4, version=6):
+    """GPU0 and GPU1 with ``num_links`` NVLink 4.0 links to each other, 2 inactive links each."""
+    def links(peer):
+        return [(1, version, peer, _FakeNvml.GPU)] * num_links + [(0, None, None, None)] * 2
+    return [{"bus": BUS0, "links": links(BUS1)}, {"bus": BUS1, "links": links(BUS0), "max": (4, 8)}]
+
+
+def test_discover_fake_nvml_two_gpus_joined_by_nvlink(monkeypatch, fake_cuda):
+    nvml = _FakeNvml(_two_gpus_joined_by_nvlink(), levels={(0, 1): 10})
+    monkeypatch.setitem(sys.modules, "pynvml", nvml.module())
+    t = Topology.discover()
+    assert t.device_names == ["cpu", "cuda:0", "cuda:1"]
+    for a, b in (("cuda:0", "cuda:1"), ("cuda:1", "cuda:0")):
+        nv = t.link(a, b)
+        assert nv.kind == "nvlink" and t.route(a, b) == (a, b)
+        assert nv.bandwidth_Bps == pytest.approx(4 * 25e9)  # 4 links x NVLink 4.0 per-link rate
+        assert nv.latency_s == topo_mod.NVLINK_LATENCY_S
+        assert "4 NVLink links" in nv.source and "H100 datasheet" in nv.source
+    assert t.device("cuda:0").max_power_W == 500.0  # NVML enforced limit over the datasheet
+    assert t.link("cpu", "cuda:0").bandwidth_Bps == pytest.approx(50e9)  # Gen5 x16 effective
+    assert t.link("cuda:1", "cpu").bandwidth_Bps == pytest.approx(25e9 * 8 / 16)  # Gen4 x8
+    r = t.discovery
+    assert r.nvml_driver_version == "550.54.15"
+    g0, g1 = r.gpus
+    assert g0.pci_bus_id == "0000:07:00.0" and g1.pci_bus_id == "0000:0a:00.0"
+    assert g0.power_limit_W == 500.0 and g0.power_draw_W == pytest.approx(123.456)
+    assert (g0.pcie_generation, g0.pcie_width, g0.pcie_max_generation, g0.pcie_max_width) == (1, 16, 5, 16)
+    assert [(lk.link, lk.active) for lk in g0.nvlinks] == [(i, i < 4) for i in range(6)]
+    active = g0.nvlinks[0]
+    assert (active.version, active.remote_pci_bus_id, active.remote_kind, active.peer) == (
+        6, "0000:0a:00.0", "gpu", "cuda:1")
+    (pair,) = r.gpu_pairs
+    assert (pair.a, pair.b, pair.level, pair.level_name, pair.num_nvlinks, pair.nvswitch) == (
+        "cuda:0", "cuda:1", 10, "PIX", 4, False)
+    assert not [n for n in t.notes if n.startswith("NVML")], t.notes  # every call answered
+    # the UUID lookup fails quietly and the index is used; NVML is shut down
+    assert "nvmlDeviceGetHandleByIndex" in nvml.calls and nvml.calls[-1] == "nvmlShutdown"
+    text = t.table()
+    assert "NV4" in text and "Gen1x16/Gen5x16" in text and "123/500" in text
+
+
+def test_discover_fake_nvml_nvswitch(monkeypatch, fake_cuda):
+    switch = [(1, 6, f"00000000:{0xc0 + i:02X}:00.0", _FakeNvml.SWITCH) for i in range(4)]
+    gpus = [{"bus": BUS0, "links": switch * 4 + switch[:2]}, {"bus": BUS1, "links": switch * 4 + switch[:2]}]
+    monkeypatch.setitem(sys.modules, "pynvml", _FakeNvml(gpus).module())
+    t = Topology.discover()
+    nv = t.link("cuda:0", "cuda:1")
+    assert nv.kind == "nvlink" and nv.bandwidth_Bps == pytest.approx(18 * 25e9)  # = H100's 450 GB/s
+    assert "NVSwitch" in nv.source
+    (pair,) = t.discovery.gpu_pairs
+    assert pair.nvswitch and pair.num_nvlinks == 0 and pair.level_name == "SYS"
+    assert {lk.remote_kind for lk in t.discovery.gpus[0].nvlinks} == {"switch"}
+
+
+def test_discover_fake_nvml_without_nvlink_routes_via_host(monkeypatch, fake_cuda):
+    gpus = [{"bus": BUS0, "links": []}, {"bus": BUS1, "links": []}]  # NvLinkState rejects link 0
+    monkeypatch.setitem(sys.modules, "pynvml", _FakeNvml(gpus, levels={(0, 1): 30}).module())
+    t = Topology.discover()
+    assert t.link("cuda:0", "cuda:1").kind == "host"
+    assert t.discovery.gpu_pairs[0].level_name == "PHB"
+    assert any(n.startswith("NVML nvmlDeviceGetNvLinkState failed for cuda:0, cuda:1") for n in t.notes)
+
+
+def test_discover_fake_nvml_raising_on_some_calls(monkeypatch, fake_cuda):
+    fail = {"nvmlDeviceGetPowerUsage", "nvmlDeviceGetTopologyCommonAncestor",
+            "nvmlDeviceGetNvLinkRemotePciInfo", "nvmlDeviceGetMaxPcieLinkGeneration",
+            "nvmlSystemGetDriverVersion"}
+    nvml = _FakeNvml(_two_gpus_joined_by_nvlink(), fail=fail,
+                     missing={"nvmlDeviceGetNvLinkRemoteDeviceType"})  # an older nvidia-ml-py
+    monkeypatch.setitem(sys.modules, "pynvml", nvml.module())
+    t = Topology.discover()
+    assert t.device_names == ["cpu", "cuda:0", "cuda:1"]
+    # far ends unknown -> NVML P2P status decides; 4 active links each
+    nv = t.link("cuda:0", "cuda:1")
+    assert nv.kind == "nvlink" and nv.bandwidth_Bps == pytest.approx(4 * 25e9)
+    assert "P2P status" in nv.source
+    # PCIe generation unread -> the datasheet host link (H100) or Gen4 x16 (unknown GPU)
+    assert t.link("cpu", "cuda:0").bandwidth_Bps == pytest.approx(50e9)
+    assert t.link("cpu", "cuda:1").bandwidth_Bps == pytest.approx(25e9)
+    g0 = t.discovery.gpus[0]
+    assert g0.power_draw_W is None and g0.power_limit_W == 500.0 and g0.pcie_max_generation is None
+    assert g0.nvlinks[0].remote_kind == "unknown" and g0.nvlinks[0].peer is None
+    assert t.discovery.gpu_pairs[0].level is None and t.discovery.nvml_driver_version is None
+    for fn in fail | {"nvmlDeviceGetNvLinkRemoteDeviceType"}:
+        assert any(n.startswith(f"NVML {fn} failed") for n in t.notes), (fn, t.notes)
+    power = next(n for n in t.notes if n.startswith("NVML nvmlDeviceGetPowerUsage"))
+    assert "cuda:0, cuda:1" in power and "Not Supported" in power and "power draw unknown" in power
+    assert "AttributeError" in next(n for n in t.notes if "RemoteDeviceType" in n)
+
+
+def test_discover_fake_nvml_failing_init(monkeypatch, fake_cuda):
+    monkeypatch.setitem(sys.modules, "pynvml", _FakeNvml([], init_error="Driver Not Loaded").module())
     t = Topology.discover()
     assert len(t.devices) == 3
     assert t.device("cuda:0").max_power_W == 700  # datasheet, NVML failed
+    assert t.link("cuda:0", "cuda:1").kind == "host"
+    assert any("nvmlInit failed" in n and "Driver Not Loaded" in n for n in t.notes)
 
 
-def test_discover_fake_cuda_with_nvml(monkeypatch, fake_cuda):
-    monkeypatch.setitem(sys.modules, "pynvml", _fake_pynvml())
+def test_discover_fake_nvml_get_properties_raising(monkeypatch, fake_cuda):
+    def boom(i):
+        raise RuntimeError("CUDA error: unknown error")
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", boom)
+    monkeypatch.setitem(sys.modules, "pynvml", _FakeNvml(_two_gpus_joined_by_nvlink()).module())
     t = Topology.discover()
-    assert t.device("cuda:0").max_power_W == 500.0
-    assert t.link("cpu", "cuda:0").bandwidth_Bps == pytest.approx(50e9)  # Gen5 x16 effective
-    nv = t.link("cuda:0", "cuda:1")
-    assert nv.kind == "nvlink" and nv.bandwidth_Bps == pytest.approx(450e9)  # H100 table value
-    assert t.link("cuda:1", "cuda:0").bandwidth_Bps == pytest.approx(4 * 25e9)  # 4 active links
+    assert t.device_names == ["cpu"]
+    assert any(n.startswith("CUDA discovery failed (RuntimeError: CUDA error") for n in t.notes)
+
+
+def test_discover_notes_gpus_torch_cannot_use(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setitem(sys.modules, "pynvml", _FakeNvml(_two_gpus_joined_by_nvlink()).module())
+    t = Topology.discover()
+    assert t.device_names == ["cpu"]
+    assert any(n.startswith("NVML sees 2 GPU(s) that torch cannot use") for n in t.notes)
+
+
+def test_discovered_topology_roundtrips_with_its_report(monkeypatch, fake_cuda, tmp_path):
+    monkeypatch.setitem(sys.modules, "pynvml", _FakeNvml(_two_gpus_joined_by_nvlink(), fail={"nvmlDeviceGetPowerUsage"}).module())
+    t = Topology.discover()
+    d = json.loads(json.dumps(t.to_dict()))
+    assert d["discovery"]["gpus"][0]["compute_capability"] == [9, 0]
+    again = Topology.from_dict(d)
+    assert again == t and again.discovery == t.discovery and again.notes == t.notes
+    t.save(tmp_path / "t.json")
+    assert Topology.load(tmp_path / "t.json").discovery == t.discovery
+    # the report is not part of equality: a topology without it equals one with it
+    assert dataclasses.replace(t, discovery=None) == t
+
+
+@pytest.mark.parametrize(
+    "mutation,pattern",
+    [
+        (lambda r: r["gpus"][0].update(num_sms="many"), r"topology\.discovery\.gpus\[0\]\.num_sms: expected an integer, got 'many'"),
+        (lambda r: r["gpus"][0].update(compute_capability=[9]), r"discovery\.gpus\[0\]\.compute_capability: expected a list of 2 items"),
+        (lambda r: r["host"].update(cores=2), r"discovery\.host: unknown key 'cores'"),
+        (lambda r: r.pop("host"), r"discovery\.host: missing"),
+        (lambda r: r["gpus"][0]["nvlinks"][0].update(active="yes"), r"nvlinks\[0\]\.active: expected true or false"),
+        (lambda r: r.update(notes="x"), r"discovery\.notes: expected a list, got 'x'"),
+    ],
+)
+def test_from_dict_rejects_bad_discovery(monkeypatch, fake_cuda, mutation, pattern):
+    monkeypatch.setitem(sys.modules, "pynvml", _FakeNvml(_two_gpus_joined_by_nvlink()).module())
+    d = Topology.discover().to_dict()
+    mutation(d["discovery"])
+    with pytest.raises(ValueError, match=pattern):
+        Topology.from_dict(d)
 
 
 @pytest.mark.parametrize(

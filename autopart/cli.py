@@ -97,12 +97,51 @@ def cmd_topology(args: argparse.Namespace) -> int:
             topo = Topology.preset(name)
             print(f"{name:24s} {len(topo.devices):3d} devices  {topo.description}")
         return 0
-    topo = _load_topology(args.load or args.preset)
-    print(topo.table())
+    if args.budget is not None and not args.budget > 0:
+        raise ValueError(f"--budget must be seconds > 0, got {args.budget!r}")
+    if args.refresh and args.profile is False:
+        raise ValueError("--refresh re-profiles this machine; drop --no-profile")
+    profile = True if args.refresh else args.profile
+    if args.load or args.preset:
+        if profile:
+            raise ValueError(
+                "--profile measures this machine; it cannot be combined with --preset or --load "
+                "(drop one of them)"
+            )
+        topo = _load_topology(args.load or args.preset)
+        print(topo.table())
+    else:
+        from . import cache
+
+        if profile:
+            budget_s = 60.0 if args.budget is None else args.budget
+            topo = cache.cached_profile(cache_dir=args.cache_dir, refresh=args.refresh,
+                                        budget_s=budget_s)
+            note = f"numbers: measured (cache folder {_cache_folder(args.cache_dir)})"
+        elif profile is None:
+            discovered = Topology.discover()
+            cached, path = cache.load_cached_profile(cache_dir=args.cache_dir, topology=discovered)
+            if cached is not None:
+                topo, note = cached, f"numbers: measured, from {path}"
+            else:
+                topo = discovered
+                note = ("numbers: nominal (no cached profile of this machine); "
+                        "`autopart topology --profile` measures it in under a minute")
+        else:
+            topo, note = Topology.discover(), "numbers: nominal (--no-profile)"
+        print(topo.table())
+        print()
+        print(note)
     if args.save:
         topo.save(args.save)
         print(f"saved {args.save}")
     return 0
+
+
+def _cache_folder(cache_dir: str | None) -> str:
+    from .cache import default_cache_dir
+
+    return str(cache_dir or default_cache_dir())
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -202,14 +241,35 @@ def make_parser() -> argparse.ArgumentParser:
 
     topo = sub.add_parser(
         "topology",
-        help="print a topology (this machine, a preset, or a file)",
-        description="Print devices and links of this machine (default), a preset or a file.",
+        help="print a topology (this machine, a preset, or a file); profile this machine",
+        description="Print devices and links of this machine (default), a preset or a file. "
+        "With --profile, this machine is measured (microbenchmarks, under a minute) and the "
+        "result cached per machine fingerprint; later runs print the cached profile.",
     )
     src = topo.add_mutually_exclusive_group()
     src.add_argument("--preset", metavar="NAME", help=f"a bundled preset: {', '.join(presets())}")
     src.add_argument("--load", metavar="FILE", help="a topology JSON file")
     src.add_argument("--list", action="store_true", help="list the bundled presets")
     topo.add_argument("--save", metavar="FILE", help="write the topology as JSON")
+    topo.add_argument(
+        "--profile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="--profile: measure this machine (matmul FLOP/s per dtype, memory bandwidth, "
+        "launch overhead, links), or reuse its cached profile; --no-profile: nominal numbers "
+        "from discovery. Default: the cached profile if there is one, else nominal numbers",
+    )
+    topo.add_argument(
+        "--refresh", action="store_true", help="profile again even if a cached profile exists"
+    )
+    topo.add_argument(
+        "--cache-dir", metavar="DIR",
+        help="folder of cached profiles (default: the per-user cache folder, ~/.cache/autopart)",
+    )
+    topo.add_argument(
+        "--budget", type=float, metavar="SECONDS", default=None,
+        help="time for a profile, seconds (default 60)",
+    )
     topo.set_defaults(func=cmd_topology)
 
     plan = sub.add_parser(

@@ -18,6 +18,7 @@ from .topology import Topology
 ObjectiveName = Literal["latency"]
 SolverName = Literal["auto", "highs", "cbc"]
 InnerName = Literal["eager"]
+ProfileMode = Literal["cached", "always", "never"]
 
 MemorySize = Union[int, str]
 
@@ -76,7 +77,19 @@ class Config:
     topology: Topology | str | os.PathLike | dict | None = None
     """Devices and links to plan for: a :class:`Topology`, a preset name (see
     ``autopart.presets()``), a path to a topology JSON file, a dict in that file's schema, or None
-    to discover this machine."""
+    for this machine (see ``profile``)."""
+
+    profile: ProfileMode = "cached"
+    """With ``topology=None``, which numbers describe this machine: ``"cached"`` its profile from
+    the cache when one exists (``autopart topology --profile`` makes it), else nominal numbers;
+    ``"always"`` the cached profile, profiling now (up to ``profile_budget_s``) if there is none;
+    ``"never"`` nominal numbers only."""
+
+    profile_budget_s: float = 60.0
+    """Seconds a profile may take when ``profile="always"`` has to make one."""
+
+    cache_dir: str | os.PathLike | None = None
+    """Folder of cached profiles; None: the per-user cache folder (platformdirs)."""
 
     objective: ObjectiveName = "latency"
     """What the plan minimizes. ``"latency"``: predicted time of one call."""
@@ -120,6 +133,9 @@ class Config:
         _check_choice("objective", self.objective, ObjectiveName)
         _check_choice("solver", self.solver, SolverName)
         _check_choice("inner", self.inner, InnerName)
+        _check_choice("profile", self.profile, ProfileMode)
+        if not self.profile_budget_s > 0:
+            raise ValueError(f"profile_budget_s must be > 0 seconds, got {self.profile_budget_s!r}")
         if not 0.0 < self.memory_fraction <= 1.0:
             raise ValueError(f"memory_fraction must be in (0, 1], got {self.memory_fraction!r}")
         if not self.time_limit_s > 0:
@@ -160,7 +176,7 @@ class Config:
         """
         topo = self.topology
         if topo is None:
-            return Topology.discover()
+            return self._this_machine()
         if isinstance(topo, Topology):
             return topo
         if isinstance(topo, dict):
@@ -179,6 +195,16 @@ class Config:
         raise TypeError(
             f"topology must be a Topology, a preset name, a path, a dict or None, got {topo!r}"
         )
+
+    def _this_machine(self) -> Topology:
+        from . import cache
+
+        if self.profile == "never":
+            return Topology.discover()
+        if self.profile == "always":
+            return cache.cached_profile(cache_dir=self.cache_dir, budget_s=self.profile_budget_s)
+        profiled, _ = cache.load_cached_profile(cache_dir=self.cache_dir)
+        return profiled if profiled is not None else Topology.discover()
 
     def capacities_bytes(self, topology: Topology) -> dict[str, int]:
         """Bytes each topology device may hold under this config (0 = do not use).

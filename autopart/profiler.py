@@ -18,6 +18,8 @@ Per device (:func:`profile_device`):
   last-level cache of current CPUs and GPUs, so it is the DRAM/HBM rate).
 * **launch overhead**: the median time per call of ``x.add_(1)`` on a 1-element tensor,
   issued back to back (eager dispatch plus, on CUDA, the kernel launch).
+* **calibration**: representative ops of each op class timed and fitted
+  (:func:`autopart.costmodel.calibration.calibrate_device`), for the cost model.
 
 Per link (:func:`profile_link`): ``dst.copy_(src)`` from 4 KiB up to 64 MiB (4x steps), fitted
 by :func:`fit_alpha_beta` to the alpha-beta (Hockney) model ``time_s = latency_s + nbytes /
@@ -41,7 +43,7 @@ The ``measured`` dict
 ---------------------
 :func:`profile_device` returns (and :func:`profile_topology` stores in ``Device.measured``)::
 
-    format            1 (PROFILE_FORMAT_VERSION)
+    format            2 (PROFILE_FORMAT_VERSION)
     profiler          "autopart.profiler"
     date              ISO 8601 UTC time of the profile
     torch             torch.__version__
@@ -55,6 +57,7 @@ The ``measured`` dict
     mem_bandwidth_Bps the rate of the largest copy
     copy_bytes        the size of that copy
     launch_overhead_s median seconds per x.add_(1)
+    calibration       per-class fits of representative ops (autopart.costmodel.calibration)
     elapsed_s         wall time of this profile
 
 :func:`profile_link` returns (stored in ``Link.measured``)::
@@ -97,11 +100,12 @@ __all__ = [
     "profile_link",
     "profile_topology",
     "default_dtypes",
+    "median_time_s",
 ]
 
 #: Version of the ``measured`` dicts written here (bump when their keys change: cached
 #: profiles of another version are re-measured, see :mod:`autopart.cache`).
-PROFILE_FORMAT_VERSION = 1
+PROFILE_FORMAT_VERSION = 2
 
 #: Square matmul sizes tried, ascending (n for an n x n x n product).
 MATMUL_SIZES = (64, 128, 256, 512, 1024, 2048, 4096, 8192)
@@ -126,7 +130,7 @@ POINT_TIME_S = 0.25
 #: Only this fraction of the free memory of a device is used by one benchmark's tensors.
 MEMORY_FRACTION = 0.25
 #: Task weights for splitting a budget (see the module docstring).
-_WEIGHT_MATMUL, _WEIGHT_COPY, _WEIGHT_LAUNCH, _WEIGHT_LINK = 3.0, 1.0, 0.5, 1.0
+_WEIGHT_MATMUL, _WEIGHT_COPY, _WEIGHT_LAUNCH, _WEIGHT_LINK, _WEIGHT_CALIBRATE = 3.0, 1.0, 0.5, 1.0, 3.0
 
 _PROFILER = "autopart.profiler"
 
@@ -251,7 +255,7 @@ def _time_block_s(fn: Callable[[], Any], cuda_devices: Sequence[torch.device], i
     return (time.perf_counter() - t0) / inner
 
 
-def _median_time_s(
+def median_time_s(
     fn: Callable[[], Any],
     cuda_devices: Sequence[torch.device],
     *,
@@ -429,7 +433,7 @@ def _matmul_sweep(
                 break
             left = max(budget.left_s(), 0.0)
             point_s = min(POINT_TIME_S, left / max(1, len(sizes) - i))
-            t, _, _ = _median_time_s(lambda: torch.mm(a, b, out=c), cuda, time_s=point_s)
+            t, _, _ = median_time_s(lambda: torch.mm(a, b, out=c), cuda, time_s=point_s)
             del a, b, c
             rate = 2.0 * n**3 / t
             out.append([n, rate])
@@ -467,7 +471,7 @@ def _copy_sweep(dev: torch.device, budget: _Budget, max_bytes: int) -> list[list
                     raise
                 break
             point_s = min(POINT_TIME_S, max(budget.left_s(), 0.0) / max(1, len(sizes) - i))
-            t, _, _ = _median_time_s(lambda: dst.copy_(src), cuda, time_s=point_s)
+            t, _, _ = median_time_s(lambda: dst.copy_(src), cuda, time_s=point_s)
             del src, dst
             out.append([nbytes, 2.0 * nbytes / t])
             last = (nbytes, t)
@@ -478,7 +482,7 @@ def _launch_overhead_s(dev: torch.device, budget: _Budget) -> float:
     """Median seconds per ``x.add_(1)`` on a 1-element tensor, issued back to back."""
     x = torch.zeros(1, device=dev)
     with torch.no_grad():
-        t, _, _ = _median_time_s(
+        t, _, _ = median_time_s(
             lambda: x.add_(1), _cuda_of(dev), time_s=min(0.5, max(budget.left_s(), 0.0))
         )
     return t
@@ -527,8 +531,14 @@ def _device_tasks(
     def launch(budget: _Budget) -> None:
         result["launch_overhead_s"] = _launch_overhead_s(dev, budget)
 
+    def calibrate(budget: _Budget) -> None:
+        from .costmodel.calibration import calibrate_device
+
+        result["calibration"] = calibrate_device(dev, budget_s=max(budget.left_s(), 0.5))
+
     tasks.append((f"{dev} copy", _WEIGHT_COPY, copy))
     tasks.append((f"{dev} launch", _WEIGHT_LAUNCH, launch))
+    tasks.append((f"{dev} calibrate", _WEIGHT_CALIBRATE, calibrate))
     return tasks
 
 
@@ -683,7 +693,7 @@ def _link_sweep(
                     raise
                 break
             point_s = min(POINT_TIME_S, max(budget.left_s(), 0.0) / max(1, len(sizes) - i))
-            t, _, _ = _median_time_s(
+            t, _, _ = median_time_s(
                 lambda: d.copy_(s, non_blocking=pin or kind == "device"), cuda, time_s=point_s
             )
             del s, d

@@ -88,3 +88,25 @@ def test_topology_resolution(tmp_path):
     assert "cpu" in Config().resolve_topology().device_names
     with pytest.raises(ValueError, match=r"topology='nope' is neither a preset .* nor an existing file"):
         Config(topology="nope").resolve_topology()
+
+
+def test_this_machine_uses_a_cached_profile_when_there_is_one(tmp_path, monkeypatch):
+    import dataclasses
+
+    from autopart import cache
+
+    nominal = Config(profile="cached", cache_dir=tmp_path).resolve_topology()
+    assert nominal.device("cpu").source.startswith("nominal")
+    measured_cpu = dataclasses.replace(nominal.device("cpu"), source="measured in this test")
+    profiled = dataclasses.replace(nominal, devices=(measured_cpu, *nominal.devices[1:]))
+    fp = cache.fingerprint(nominal)
+    cache.write_profile(cache.cache_path(fp, tmp_path), profiled, fp)
+    assert Config(cache_dir=tmp_path).resolve_topology().device("cpu").source == "measured in this test"
+    assert Config(profile="never", cache_dir=tmp_path).resolve_topology().device("cpu").source.startswith("nominal")
+
+    calls = []
+    monkeypatch.setattr(cache, "cached_profile", lambda **kw: calls.append(kw) or profiled)
+    assert Config(profile="always", cache_dir=tmp_path, profile_budget_s=5).resolve_topology() is profiled
+    assert calls == [{"cache_dir": tmp_path, "budget_s": 5}]
+    with pytest.raises(ValueError, match="profile='sometimes' is not one of"):
+        Config(profile="sometimes")  # type: ignore[arg-type]

@@ -104,7 +104,7 @@ def test_median_time_is_per_call_and_not_below_a_sleep():
         calls.append(1)
         time.sleep(0.002)
 
-    t, inner, repeats = profiler._median_time_s(fn, [], time_s=0.01)
+    t, inner, repeats = profiler.median_time_s(fn, [], time_s=0.01)
     assert t >= 0.002  # sleep never returns early; t is per call, not per block
     assert inner == 1 and profiler.MIN_REPEATS <= repeats <= 5
     assert len(calls) == 1 + 1 + repeats  # warm-up, calibration block, timed blocks
@@ -112,7 +112,7 @@ def test_median_time_is_per_call_and_not_below_a_sleep():
 
 def test_median_time_batches_tiny_calls_into_blocks():
     x = torch.zeros(1)
-    t, inner, _ = profiler._median_time_s(lambda: x.add_(1), [], time_s=0.01)
+    t, inner, _ = profiler.median_time_s(lambda: x.add_(1), [], time_s=0.01)
     assert inner > 1  # a µs-scale op is timed in blocks of >= 1 ms
     assert 0 < t < 1e-3
 

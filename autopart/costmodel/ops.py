@@ -15,6 +15,7 @@ A rule is registered with :func:`register_cost` on aten overloads or overload pa
 from __future__ import annotations
 
 from collections.abc import Callable
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,18 +30,64 @@ aten = torch.ops.aten
 
 @dataclass(frozen=True)
 class OpCost:
-    """Work of one aten op: FLOPs, bytes moved to/from memory, kernel launches, and the dtype
-    that selects the device's peak FLOP rate."""
+    """Work of one aten op: FLOPs, bytes moved to/from memory, kernel launches, the dtype that
+    selects the device's peak FLOP rate, and the op's class (:func:`op_class`)."""
 
     flops: int
     bytes_read: int
     bytes_written: int
     launches: int
     dtype: str
+    kind: str = "elementwise"
 
     @property
     def bytes_accessed(self) -> int:
         return self.bytes_read + self.bytes_written
+
+
+_MATMUL = {
+    "mm", "addmm", "bmm", "baddbmm", "convolution", "_convolution", "mkldnn_convolution",
+    "cudnn_convolution", "_scaled_dot_product_flash_attention_for_cpu",
+    "_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
+    "_scaled_dot_product_cudnn_attention", "_flash_attention_forward",
+    "_efficient_attention_forward", "_int_mm",
+}
+_TRANSCENDENTAL = {
+    "tanh", "exp", "exp2", "log", "log2", "log1p", "expm1", "sigmoid", "gelu", "erf", "erfc",
+    "silu", "mish", "elu", "softplus", "pow", "rsqrt", "sqrt", "sin", "cos", "tan", "atan",
+    "reciprocal",
+}
+_REDUCTION = {
+    "_softmax", "_log_softmax", "native_layer_norm", "native_batch_norm",
+    "_native_batch_norm_legit", "_native_batch_norm_legit_no_training", "native_group_norm",
+    "sum", "mean", "amax", "amin", "max", "min", "var", "var_mean", "std", "std_mean", "prod",
+    "cumsum", "cumprod", "norm", "linalg_vector_norm", "argmax", "argmin", "logsumexp",
+    "_fused_rms_norm", "avg_pool2d", "max_pool2d_with_indices", "adaptive_avg_pool2d",
+    "_adaptive_avg_pool2d",
+}
+_COPY = {
+    "clone", "_to_copy", "copy_", "cat", "stack", "index_select", "embedding", "gather",
+    "index", "_unsafe_index", "index_put", "index_put_", "scatter", "scatter_add",
+    "slice_scatter", "select_scatter", "constant_pad_nd", "repeat", "roll", "flip",
+    "tril", "triu", "masked_select",
+}
+OP_CLASSES = ("matmul", "transcendental", "reduction", "copy", "elementwise")
+
+
+def op_class(func: Any) -> str:
+    """The class of an aten op, for calibration (:mod:`autopart.costmodel.calibration`):
+    ``"matmul"``, ``"transcendental"``, ``"reduction"``, ``"copy"``, else ``"elementwise"``."""
+    packet = getattr(func, "overloadpacket", func)
+    name = getattr(packet, "__name__", str(packet)).split(".")[-1]
+    if name in _MATMUL:
+        return "matmul"
+    if name in _TRANSCENDENTAL:
+        return "transcendental"
+    if name in _REDUCTION:
+        return "reduction"
+    if name in _COPY:
+        return "copy"
+    return "elementwise"
 
 
 CostRule = Callable[[Any, tuple, dict, Any], OpCost]
@@ -122,7 +169,7 @@ def _itemsize(value: Any) -> int:
 def aten_op_cost(func, args: tuple, kwargs: dict, out: Any) -> OpCost:
     """Cost of one aten op call: its registered rule, else :func:`default_cost`."""
     rule = _RULES.get(func) or _RULES.get(getattr(func, "overloadpacket", None)) or default_cost
-    return rule(func, args, kwargs, out)
+    return dataclasses.replace(rule(func, args, kwargs, out), kind=op_class(func))
 
 
 class CostRecorder(TorchDispatchMode):

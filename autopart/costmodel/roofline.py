@@ -1,27 +1,56 @@
 """Roofline time of an op on a device.
 
-time = max(flops / peak_flops(dtype), bytes / mem_bandwidth) + launches * launch_overhead
+Plain roofline (a device with no calibration, e.g. a preset's datasheet numbers):
+
+    time = max(flops / peak_flops(dtype), bytes / mem_bandwidth) + launches * launch_overhead
 
 (Williams, Waterman, Patterson, "Roofline: an insightful visual performance model for multicore
-architectures", CACM 2009), with a per-kernel launch/dispatch overhead added. Peak rates are the
-device's nominal or profiled numbers from the topology; efficiency curves come later.
+architectures", CACM 2009), with a per-kernel launch/dispatch overhead added.
+
+Calibrated (``Device.measured["calibration"]`` has a fit for the op's class, see
+:mod:`autopart.costmodel.calibration`):
+
+    time = launches * overhead_c + max(x / rate_c, other roofline bound)
+
+with ``x`` the op's FLOPs for the matmul class (its rate scaled by ``peak_flops(dtype) /
+peak_flops("float32")`` for other dtypes) and its bytes for the other classes; the other bound
+is the plain roofline's memory (matmul) or compute (others) time.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from ..topology import Device
 from .ops import OpCost
 
 
-def roofline_time_s(op: OpCost, device: Device) -> float:
-    """Predicted seconds for ``op`` on ``device`` (see module docstring)."""
+def calibration_of(device: Device) -> dict[str, Any]:
+    """The device's per-class fits (empty when it was never calibrated)."""
+    measured = device.measured or {}
+    return (measured.get("calibration") or {}).get("classes") or {}
+
+
+def roofline_time_s(op: OpCost, device: Device, calibration: dict[str, Any] | None = None) -> float:
+    """Predicted seconds for ``op`` on ``device`` (see module docstring).
+
+    ``calibration``: the device's fits, if already looked up (:func:`calibration_of`).
+    """
+    if op.launches == 0:
+        return 0.0
     compute_s = op.flops / device.peak_flops_for(op.dtype)
     memory_s = op.bytes_accessed / device.mem_bandwidth_Bps
-    return max(compute_s, memory_s) + op.launches * device.launch_overhead_s
+    fit = (calibration if calibration is not None else calibration_of(device)).get(op.kind)
+    if fit is None:
+        return max(compute_s, memory_s) + op.launches * device.launch_overhead_s
+    if fit["unit"] == "FLOP":
+        rate = fit["rate"] * device.peak_flops_for(op.dtype) / device.peak_flops_for("float32")
+        return op.launches * fit["overhead_s"] + max(op.flops / rate, memory_s)
+    return op.launches * fit["overhead_s"] + max(op.bytes_accessed / fit["rate"], compute_s)
 
 
 def ops_time_s(ops: Iterable[OpCost], device: Device) -> float:
     """Sum of :func:`roofline_time_s` over ``ops`` (ops of one node run back to back)."""
-    return sum(roofline_time_s(op, device) for op in ops)
+    calibration = calibration_of(device)
+    return sum(roofline_time_s(op, device, calibration) for op in ops)

@@ -1,0 +1,134 @@
+"""Calibration: fit, per device and per class of op, the rate ops really reach and their
+fixed cost, from timed representative ops.
+
+Classes (:func:`autopart.costmodel.ops.op_class`, by aten op): ``matmul`` (mm, addmm, bmm, convolution, attention
+kernels), ``transcendental`` (tanh, exp, gelu, ...: elementwise but compute-heavy),
+``reduction`` (softmax, layer/batch norm, sum, mean, ...), ``copy`` (clone, cat, index/gather,
+embedding, dtype casts) and ``elementwise`` (everything else that launches work).
+
+For each class, representative ops at several sizes are timed (median of repeated blocks,
+``autopart.profiler.median_time_s``) and costed by the same rules the cost pass uses
+(:class:`autopart.costmodel.ops.CostRecorder`); then ``time = overhead_s + x / rate`` is fitted
+by relative least squares (:func:`autopart.profiler.fit_alpha_beta`), with ``x`` the op's FLOPs
+for ``matmul`` and its bytes read + written for the other classes. A saturating efficiency
+``rate(x) = peak * x / (x + x_half)`` gives exactly this line (``time = x_half / peak + x /
+peak``), so the fitted ``overhead_s`` holds both the dispatch cost and the small-op
+inefficiency (small matmuls run far below peak), and ``rate`` the large-op rate.
+
+:func:`autopart.costmodel.roofline.roofline_time_s` uses a device's fit when
+``Device.measured["calibration"]`` has one for the op's class, else the plain roofline.
+
+The ``calibration`` dict (JSON)::
+
+    format   1
+    dtype    "float32" (rates of matmul for other dtypes scale with the device's peak_flops)
+    classes  {class: {"unit": "FLOP" | "byte", "overhead_s": s, "rate": per second,
+                      "r2": R^2, "samples": [[x, seconds], ...]}}
+    failed   {class: reason}  classes whose fit failed (they use the plain roofline)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .ops import CostRecorder, OpCost
+
+log = logging.getLogger(__name__)
+
+CALIBRATION_FORMAT_VERSION = 1
+
+def _samples(device: torch.device) -> dict[str, list[Callable[[], Any]]]:
+    """Representative ops per class, sized like transformer and CNN layers (float32)."""
+    def t(*shape):
+        return torch.randn(*shape, device=device)
+
+    mm_shapes = [(16, 256, 256), (64, 768, 768), (128, 768, 2304), (128, 3072, 768),
+                 (256, 1024, 1024), (512, 1024, 4096)]
+    matmul = [(lambda a=t(m, k), b=t(k, n): torch.mm(a, b)) for m, k, n in mm_shapes]
+    matmul += [(lambda a=t(12, 128, 64), b=t(12, 64, 128): torch.bmm(a, b))]
+    matmul += [(lambda x=t(1, 64, 56, 56), w=t(64, 64, 3, 3): F.conv2d(x, w, padding=1))]
+    sizes = [2**12, 2**15, 2**18, 2**20, 2**22]
+    elementwise = [(lambda a=t(n), b=t(n): torch.add(a, b)) for n in sizes]
+    elementwise += [(lambda a=t(n), b=t(n): torch.mul(a, b)) for n in sizes[1::2]]
+    transcendental = [(lambda a=t(n): torch.tanh(a)) for n in sizes]
+    transcendental += [(lambda a=t(n): F.gelu(a)) for n in sizes[1::2]]
+    rows = [4, 32, 128, 512, 2048]
+    reduction = [(lambda a=t(r, 768): torch.softmax(a, -1)) for r in rows]
+    reduction += [(lambda a=t(r, 768): F.layer_norm(a, (768,))) for r in rows[1::2]]
+    copy = [(lambda a=t(n): a.clone()) for n in sizes]
+    copy += [(lambda a=t(n // 2), b=t(n // 2): torch.cat([a, b])) for n in sizes[1::2]]
+    return {
+        "matmul": matmul,
+        "transcendental": transcendental,
+        "reduction": reduction,
+        "copy": copy,
+        "elementwise": elementwise,
+    }
+
+
+def _work(fn: Callable[[], Any], cls: str) -> float:
+    """FLOPs (matmul) or bytes (others) of the ops of class ``cls`` that ``fn`` runs."""
+    recorder = CostRecorder()
+    with torch.no_grad(), recorder:
+        fn()
+    ops: list[OpCost] = [op for op in recorder.ops if op.kind == cls and op.launches]
+    if cls == "matmul":
+        return float(sum(op.flops for op in ops))
+    return float(sum(op.bytes_accessed for op in ops))
+
+
+def calibrate_device(device: str | torch.device, *, budget_s: float = 10.0) -> dict[str, Any]:
+    """Time representative ops on a local device and fit each class (module docstring).
+
+    Args:
+        device: a local torch device.
+        budget_s: seconds to spend (> 0), shared evenly by the samples (each gets at least
+            10 ms of repeats).
+
+    Returns:
+        The ``calibration`` dict (module docstring).
+
+    Raises:
+        ValueError: ``budget_s`` is not > 0.
+    """
+    from ..profiler import fit_alpha_beta, median_time_s
+
+    if not budget_s > 0:
+        raise ValueError(f"calibrate_device: budget_s must be > 0 seconds, got {budget_s!r}")
+    dev = torch.device(device)
+    cuda = [dev] if dev.type == "cuda" else []
+    samples = _samples(dev)
+    per_sample_s = max(0.01, budget_s / sum(len(v) for v in samples.values()))
+    classes: dict[str, Any] = {}
+    failed: dict[str, str] = {}
+    with torch.no_grad():
+        for cls, fns in samples.items():
+            points = []
+            for fn in fns:
+                x = _work(fn, cls)
+                seconds, _, _ = median_time_s(fn, cuda, time_s=per_sample_s)
+                points.append([x, seconds])
+            try:
+                overhead_s, rate, r2 = fit_alpha_beta([p[0] for p in points], [p[1] for p in points])
+            except ValueError as exc:
+                failed[cls] = str(exc)
+                log.warning("calibration of %s on %s failed: %s", cls, dev, exc)
+                continue
+            classes[cls] = {
+                "unit": "FLOP" if cls == "matmul" else "byte",
+                "overhead_s": overhead_s,
+                "rate": rate,
+                "r2": r2,
+                "samples": points,
+            }
+    return {
+        "format": CALIBRATION_FORMAT_VERSION,
+        "dtype": "float32",
+        "classes": classes,
+        "failed": failed,
+    }

@@ -16,7 +16,7 @@ bench/results/costmodel-<machine>-<date>.{md,json}.
 Targets on CPU (issue 4): whole graph within 15%; median |rel. error| of nodes > 50 us at most
 30%; peak memory within 10%.
 
-    python bench/costmodel.py [--models gpt2 bert llama resnet] [--repeats 5] [--calibration FILE]
+    python bench/costmodel.py [--models gpt2 bert llama resnet] [--repeats 5] [--topology FILE]
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from torch.utils._pytree import tree_leaves, tree_map
 
 import autopart
 from autopart.passes import record
+from autopart.profiler import profile_topology
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -197,8 +198,11 @@ def run_model(name: str, topology, device: str, repeats: int) -> dict:
     model, inputs = build(name)
     gm, example_inputs, analysis = capture(model, inputs, topology)
     with torch.no_grad():
-        whole = median_time_s(lambda: gm(*example_inputs), repeats, min_time_s=0.0)
+        whole = [median_time_s(lambda: gm(*example_inputs), repeats, min_time_s=0.0)]
     nodes = node_times_s(gm, example_inputs, repeats)
+    with torch.no_grad():  # again after the nodes: the machine's speed drifts
+        whole.append(median_time_s(lambda: gm(*example_inputs), repeats, min_time_s=0.0))
+    whole = statistics.mean(whole)
     by_name = {n.name: n for n in gm.graph.nodes}
     pred = {n: record(by_name[n]).time_s[device] for n in nodes}
     kinds: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0])
@@ -250,16 +254,19 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", default=["gpt2", "bert", "llama", "resnet"])
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--topology", help="topology file (default: this machine, profiled and calibrated)")
+    parser.add_argument("--topology", help="a profiled topology file (default: profile and "
+                        "calibrate this machine just before each model, in the same run)")
+    parser.add_argument("--budget", type=float, default=30.0, help="seconds per profile")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
-    if args.topology:
-        topology = autopart.Topology.load(args.topology)
-    else:
-        topology = autopart.Topology.discover()
     device = "cpu"
     results = []
     for name in args.models:
+        if args.topology:
+            topology = autopart.Topology.load(args.topology)
+        else:
+            print(f"profiling this machine ({args.budget:.0f} s) ...", file=sys.stderr, flush=True)
+            topology = profile_topology(autopart.Topology.discover(), budget_s=args.budget, progress=False)
         print(f"measuring {name} ...", file=sys.stderr, flush=True)
         results.append(run_model(name, topology, device, args.repeats))
     machine = topology.device(device).model or platform.processor() or "cpu"

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from _util import make_device, make_topology
-from autopart import Topology
+from autopart import Device, Topology
 from autopart.costmodel.comm import collective_time_s, flat_collective_time_s
 from autopart.costmodel.energy import energy_J
 from autopart.passes import memory_pass, propagate_shapes_pass
@@ -163,3 +163,61 @@ def test_training_memory_rejects_unknown_optimizer():
     propagate_shapes_pass(gm, [torch.randn(2, 16)])
     with pytest.raises(ValueError, match="unknown optimizer 'lamb'"):
         training_memory_pass(gm, memory=memory_pass(gm), optimizer="lamb")  # type: ignore[arg-type]
+
+
+# --- calibration ----------------------------------------------------------------------------
+
+from autopart.costmodel.calibration import calibrate_device  # noqa: E402
+from autopart.costmodel.ops import OpCost, op_class  # noqa: E402
+from autopart.costmodel.roofline import roofline_time_s  # noqa: E402
+
+aten = torch.ops.aten
+
+
+def test_op_classes():
+    assert op_class(aten.mm.default) == op_class(aten.convolution.default) == "matmul"
+    assert op_class(aten.tanh.default) == "transcendental:tanh"
+    assert op_class(aten.sin.default) == "transcendental"
+    assert op_class(aten._softmax.default) == op_class(aten.native_layer_norm.default) == "reduction"
+    assert op_class(aten.cat.default) == op_class(aten.embedding.default) == "copy"
+    assert op_class(aten.add.Tensor) == op_class(aten.pow.Tensor_Scalar) == "elementwise"
+
+
+def _calibrated_device():
+    dev = make_device("cpu", tflops=1.0, gbps=10.0, overhead_s=5e-6).to_dict()
+    dev["peak_flops"] = {"float32": 1e12, "bfloat16": 4e12}
+    classes = {
+        "matmul": {"unit": "FLOP", "overhead_s": 2e-5, "rate": 5e11},
+        "transcendental": {"unit": "byte", "overhead_s": 3e-6, "rate": 2e9},
+        "elementwise": {"unit": "byte", "overhead_s": 1e-6, "rate": 5e10},
+    }
+    return Device(**{**dev, "measured": {"calibration": {"classes": classes}}})
+
+
+def test_roofline_uses_the_calibrated_fit_of_the_op_class():
+    dev = _calibrated_device()
+    mm = OpCost(flops=10**9, bytes_read=10**6, bytes_written=10**6, launches=1, dtype="float32", kind="matmul")
+    assert roofline_time_s(mm, dev) == pytest.approx(2e-5 + 1e9 / 5e11)
+    bf16 = OpCost(10**9, 10**6, 10**6, 1, "bfloat16", "matmul")  # rate scales with peak: 4x
+    assert roofline_time_s(bf16, dev) == pytest.approx(2e-5 + 1e9 / 2e12)
+    tanh = OpCost(10**6, 4 * 10**6, 4 * 10**6, 1, "float32", "transcendental:tanh")  # class fit
+    assert roofline_time_s(tanh, dev) == pytest.approx(3e-6 + 8e6 / 2e9)
+    add = OpCost(10**6, 8 * 10**6, 4 * 10**6, 1, "float32", "elementwise")
+    assert roofline_time_s(add, dev) == pytest.approx(1e-6 + 12e6 / 5e10)
+    norm = OpCost(10**6, 4 * 10**6, 4 * 10**6, 1, "float32", "reduction")  # not calibrated
+    assert roofline_time_s(norm, dev) == pytest.approx(5e-6 + 8e6 / 10e9)
+    view = OpCost(0, 0, 0, 0, "float32", "elementwise")
+    assert roofline_time_s(view, dev) == 0.0
+
+
+def test_calibrating_this_cpu_fits_every_class():
+    cal = calibrate_device("cpu", budget_s=1.0)
+    assert set(cal["classes"]) | set(cal["failed"]) == {
+        "matmul", "transcendental", "reduction", "copy", "elementwise",
+        "transcendental:tanh", "transcendental:gelu", "transcendental:silu", "transcendental:exp",
+    }
+    for fit in cal["classes"].values():
+        assert fit["rate"] > 0 and fit["overhead_s"] >= 0 and len(fit["samples"]) >= 3
+    assert cal["classes"]["matmul"]["unit"] == "FLOP"
+    with pytest.raises(ValueError, match="budget_s must be > 0"):
+        calibrate_device("cpu", budget_s=0)

@@ -1,8 +1,9 @@
 """Calibration: fit, per device and per class of op, the rate ops really reach and their
 fixed cost, from timed representative ops.
 
-Classes (:func:`autopart.costmodel.ops.op_class`, by aten op): ``matmul`` (mm, addmm, bmm, convolution, attention
-kernels), ``transcendental`` (tanh, exp, gelu, ...: elementwise but compute-heavy),
+Classes (:func:`autopart.costmodel.ops.op_class`, by aten op): ``matmul`` (mm, addmm, bmm,
+convolution, attention kernels), ``transcendental`` (tanh, exp, gelu, ...: elementwise but compute-heavy; tanh, gelu,
+silu and exp are fitted one by one as ``transcendental:<op>``),
 ``reduction`` (softmax, layer/batch norm, sum, mean, ...), ``copy`` (clone, cat, index/gather,
 embedding, dtype casts) and ``elementwise`` (everything else that launches work).
 
@@ -50,13 +51,20 @@ def _samples(device: torch.device) -> dict[str, list[Callable[[], Any]]]:
     mm_shapes = [(16, 256, 256), (64, 768, 768), (128, 768, 2304), (128, 3072, 768),
                  (256, 1024, 1024), (512, 1024, 4096)]
     matmul = [(lambda a=t(m, k), b=t(k, n): torch.mm(a, b)) for m, k, n in mm_shapes]
+    # nn.Linear multiplies by the transposed weight (out_features, in_features)
+    linear_shapes = [(64, 768, 768), (128, 1024, 4096), (128, 768, 8192)]
+    matmul += [(lambda a=t(m, k), w=t(n, k): F.linear(a, w)) for m, k, n in linear_shapes]
     matmul += [(lambda a=t(12, 128, 64), b=t(12, 64, 128): torch.bmm(a, b))]
     matmul += [(lambda x=t(1, 64, 56, 56), w=t(64, 64, 3, 3): F.conv2d(x, w, padding=1))]
     sizes = [2**12, 2**15, 2**18, 2**20, 2**22]
     elementwise = [(lambda a=t(n), b=t(n): torch.add(a, b)) for n in sizes]
     elementwise += [(lambda a=t(n), b=t(n): torch.mul(a, b)) for n in sizes[1::2]]
-    transcendental = [(lambda a=t(n): torch.tanh(a)) for n in sizes]
-    transcendental += [(lambda a=t(n): F.gelu(a)) for n in sizes[1::2]]
+    transcendental = [(lambda a=t(n): torch.sin(a)) for n in sizes[::2]]
+    transcendental += [(lambda a=t(n): torch.sigmoid(a)) for n in sizes[1::2]]
+    one_by_one = {
+        f"transcendental:{name}": [(lambda a=t(n), f=fn: f(a)) for n in sizes[::2]]
+        for name, fn in (("tanh", torch.tanh), ("gelu", F.gelu), ("silu", F.silu), ("exp", torch.exp))
+    }
     rows = [4, 32, 128, 512, 2048]
     reduction = [(lambda a=t(r, 768): torch.softmax(a, -1)) for r in rows]
     reduction += [(lambda a=t(r, 768): F.layer_norm(a, (768,))) for r in rows[1::2]]
@@ -68,6 +76,7 @@ def _samples(device: torch.device) -> dict[str, list[Callable[[], Any]]]:
         "reduction": reduction,
         "copy": copy,
         "elementwise": elementwise,
+        **one_by_one,
     }
 
 

@@ -54,9 +54,11 @@ _MATMUL = {
 }
 _TRANSCENDENTAL = {
     "tanh", "exp", "exp2", "log", "log2", "log1p", "expm1", "sigmoid", "gelu", "erf", "erfc",
-    "silu", "mish", "elu", "softplus", "pow", "rsqrt", "sqrt", "sin", "cos", "tan", "atan",
-    "reciprocal",
+    "silu", "mish", "elu", "softplus", "rsqrt", "sqrt", "sin", "cos", "tan", "atan",
 }
+#: Transcendental ops calibrated one by one (their cost per element differs several-fold);
+#: their class is "transcendental:<name>", falling back to the class fit.
+CALIBRATED_ONE_BY_ONE = ("tanh", "gelu", "silu", "exp")
 _REDUCTION = {
     "_softmax", "_log_softmax", "native_layer_norm", "native_batch_norm",
     "_native_batch_norm_legit", "_native_batch_norm_legit_no_training", "native_group_norm",
@@ -76,13 +78,14 @@ OP_CLASSES = ("matmul", "transcendental", "reduction", "copy", "elementwise")
 
 def op_class(func: Any) -> str:
     """The class of an aten op, for calibration (:mod:`autopart.costmodel.calibration`):
-    ``"matmul"``, ``"transcendental"``, ``"reduction"``, ``"copy"``, else ``"elementwise"``."""
+    ``"matmul"``, ``"transcendental"`` (``"transcendental:<op>"`` for the ops in
+    :data:`CALIBRATED_ONE_BY_ONE`), ``"reduction"``, ``"copy"``, else ``"elementwise"``."""
     packet = getattr(func, "overloadpacket", func)
     name = getattr(packet, "__name__", str(packet)).split(".")[-1]
     if name in _MATMUL:
         return "matmul"
     if name in _TRANSCENDENTAL:
-        return "transcendental"
+        return f"transcendental:{name}" if name in CALIBRATED_ONE_BY_ONE else "transcendental"
     if name in _REDUCTION:
         return "reduction"
     if name in _COPY:

@@ -7,7 +7,8 @@ Plain roofline (a device with no calibration, e.g. a preset's datasheet numbers)
 (Williams, Waterman, Patterson, "Roofline: an insightful visual performance model for multicore
 architectures", CACM 2009), with a per-kernel launch/dispatch overhead added.
 
-Calibrated (``Device.measured["calibration"]`` has a fit for the op's class, see
+Calibrated (``Device.measured["calibration"]`` has a fit for the op's class -- for
+``"transcendental:tanh"`` that class, else ``"transcendental"`` -- see
 :mod:`autopart.costmodel.calibration`):
 
     time = launches * overhead_c + max(x / rate_c, other roofline bound)
@@ -41,7 +42,8 @@ def roofline_time_s(op: OpCost, device: Device, calibration: dict[str, Any] | No
         return 0.0
     compute_s = op.flops / device.peak_flops_for(op.dtype)
     memory_s = op.bytes_accessed / device.mem_bandwidth_Bps
-    fit = (calibration if calibration is not None else calibration_of(device)).get(op.kind)
+    fits = calibration if calibration is not None else calibration_of(device)
+    fit = fits.get(op.kind) or fits.get(op.kind.split(":")[0])
     if fit is None:
         return max(compute_s, memory_s) + op.launches * device.launch_overhead_s
     if fit["unit"] == "FLOP":

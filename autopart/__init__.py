@@ -19,7 +19,9 @@ from .dynamo import (
     plan_graph,
     plan_model,
     reset,
+    solve_graph,
 )
+from .graph import AnnotatedGraph
 from .plan import Plan, Transfer
 from .solver import Solution, solve
 from .topology import Device, Link, Topology, presets
@@ -27,6 +29,7 @@ from .topology import Device, Link, Topology, presets
 __version__ = "0.1.0"
 
 __all__ = [
+    "AnnotatedGraph",
     "AutopartWarning",
     "Backend",
     "Compilation",
@@ -49,4 +52,5 @@ __all__ = [
     "presets",
     "reset",
     "solve",
+    "solve_graph",
 ]

@@ -144,26 +144,47 @@ def _cache_folder(cache_dir: str | None) -> str:
     return str(cache_dir or default_cache_dir())
 
 
-def cmd_plan(args: argparse.Namespace) -> int:
-    from . import plan_model
-
-    model, inputs = build_model(args.model, args.size)
-    options = dict(
+def _plan_options(args: argparse.Namespace) -> dict:
+    return dict(
         topology=args.topology,
         max_memory=_parse_pairs(args.max_memory, "--max-memory"),
-        device_map=args.device_map,
         solver=args.solver,
         time_limit_s=args.time_limit,
         max_groups=args.max_groups,
+        objective=args.objective,
     )
-    plans = plan_model(model, inputs, **options)
+
+
+def _print_and_save(plans: list, out: str | None) -> None:
     for i, plan in enumerate(plans):
         print(plan.summary())
         print()
-        if args.out:
-            path = args.out if len(plans) == 1 else f"{args.out.removesuffix('.json')}.{i}.json"
+        if out:
+            path = out if len(plans) == 1 else f"{out.removesuffix('.json')}.{i}.json"
             plan.save(path)
             print(f"saved {path}")
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from .dynamo import plan_model_backend
+
+    model, inputs = build_model(args.model, args.size)
+    planner = plan_model_backend(model, inputs, device_map=args.device_map, **_plan_options(args))
+    _print_and_save(planner.plans, args.out)
+    if args.export_graph:
+        graphs = [c.analysis.graph for c in planner.compilations if c.analysis is not None]
+        for i, graph in enumerate(graphs):
+            stem = args.export_graph.removesuffix(".json")
+            path = args.export_graph if len(graphs) == 1 else f"{stem}.{i}.json"
+            graph.save(path)
+            print(f"exported {graph.name} ({len(graph.nodes)} nodes) to {path}")
+    return 0
+
+
+def cmd_solve(args: argparse.Namespace) -> int:
+    from . import solve_graph
+
+    _print_and_save([solve_graph(args.graph, **_plan_options(args))], args.out)
     return 0
 
 
@@ -214,6 +235,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _main_output(out):
     return out.logits if hasattr(out, "logits") else out[0]
+
+
+def _add_plan_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--topology", metavar="PRESET|FILE", help="default: this machine")
+    p.add_argument(
+        "--max-memory", nargs="+", metavar="DEV=SIZE", help="e.g. cuda:0=10GiB cpu=30GB"
+    )
+    p.add_argument("--objective", choices=("latency",), default="latency", help="what to minimize")
+    p.add_argument("--solver", choices=("auto", "highs", "cbc"), default="auto")
+    p.add_argument("--time-limit", type=float, default=10.0, help="solver seconds (default 10)")
+    p.add_argument("--max-groups", type=int, default=32, help="coarsening target (default 32)")
+    p.add_argument("--out", metavar="FILE", help="save the plan as JSON")
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -276,22 +309,30 @@ def make_parser() -> argparse.ArgumentParser:
         "plan",
         help="plan a transformers model without running the plan",
         description="Build a transformers model from its config (random weights), plan it for a "
-        "topology, print each graph's plan and optionally save it as JSON.",
+        "topology, print each graph's plan and optionally save it, and the annotated graph, as "
+        "JSON.",
     )
     plan.add_argument("--model", choices=MODELS, default="gpt2", help="architecture (default gpt2)")
     plan.add_argument("--size", choices=("base", "tiny"), default="base", help="config size")
-    plan.add_argument("--topology", metavar="PRESET|FILE", help="default: this machine")
-    plan.add_argument(
-        "--max-memory", nargs="+", metavar="DEV=SIZE", help="e.g. cuda:0=10GiB cpu=30GB"
-    )
     plan.add_argument(
         "--device-map", metavar="DEVICE", help="run every topology device on this local device"
     )
-    plan.add_argument("--solver", choices=("auto", "highs", "cbc"), default="auto")
-    plan.add_argument("--time-limit", type=float, default=10.0, help="solver seconds (default 10)")
-    plan.add_argument("--max-groups", type=int, default=32, help="coarsening target (default 32)")
-    plan.add_argument("--out", metavar="FILE", help="save the plan as JSON")
+    plan.add_argument(
+        "--export-graph", metavar="FILE", help="save the annotated graph as JSON (for solve)"
+    )
+    _add_plan_options(plan)
     plan.set_defaults(func=cmd_plan)
+
+    solve = sub.add_parser(
+        "solve",
+        help="plan a saved annotated graph for a topology (no model needed)",
+        description="Solve the placement of an annotated graph (exported with `autopart plan "
+        "--export-graph`, or shipped in bench/graphs/) for a topology, print the plan and "
+        "optionally save it (load it with autopart.Plan.load).",
+    )
+    solve.add_argument("--graph", required=True, metavar="FILE", help="annotated graph JSON")
+    _add_plan_options(solve)
+    solve.set_defaults(func=cmd_solve)
     return parser
 
 

@@ -1,4 +1,4 @@
-"""Coarsening: contract an FX graph into a placement problem of a few dozen tasks.
+"""Coarsening: contract an annotated graph into a placement problem of a few dozen tasks.
 
 A **task** is a contiguous run of compute nodes in graph order. Because every task is a
 contiguous run of a topological order, every edge between tasks goes forward, so the graph of
@@ -20,20 +20,15 @@ their first user; user inputs and the graph output become tasks fixed to their d
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
-import operator
-import re
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-import torch.fx
-
-from .passes.memory import MemoryReport
-from .passes.records import record
+from .graph import AnnotatedGraph, GraphNode
 from .topology import Topology
 
-_COMPUTE_OPS = ("call_function", "call_method", "call_module")
 _RESIDENT_ROLES = ("parameter", "buffer", "constant")
 
 
@@ -96,25 +91,8 @@ class PlacementProblem:
         return [d for d in self.topology.device_names if self.capacity_bytes.get(d, 0) > 0]
 
     def task_index(self) -> dict[str, int]:
-        """FX node name -> index of its task."""
+        """Node name -> index of its task."""
         return {n: i for i, t in enumerate(self.tasks) for n in t.nodes}
-
-
-def _module_path(node: torch.fx.Node) -> tuple[str, ...]:
-    stack = node.meta.get("nn_module_stack") or {}
-    paths = []
-    for value in stack.values():
-        path = value[0] if isinstance(value, tuple) else str(value)
-        paths.append(_clean_path(path))
-    return tuple(paths)
-
-
-_ROOT = re.compile(r"^(?:L\['[^']*'\]|L__[A-Za-z0-9_]*?__)\.?")
-
-
-def _clean_path(path: str) -> str:
-    """``"L['self'].transformer.h.0"`` (how Dynamo names a module) -> ``"transformer.h.0"``."""
-    return _ROOT.sub("", path)
 
 
 def _common_depth(a: tuple[str, ...], b: tuple[str, ...]) -> int:
@@ -126,13 +104,9 @@ def _common_depth(a: tuple[str, ...], b: tuple[str, ...]) -> int:
     return depth
 
 
-def _sticks_to_previous(node: torch.fx.Node) -> bool:
-    return node.op == "call_function" and node.target is operator.getitem
-
-
 @dataclass
 class _Run:
-    nodes: list[torch.fx.Node]
+    nodes: list[GraphNode]
     weight: float
     path: tuple[str, ...]
     alive: bool = True
@@ -141,8 +115,8 @@ class _Run:
 
 
 def group_nodes(
-    compute: list[torch.fx.Node], weight: Callable[[torch.fx.Node], float], max_groups: int
-) -> list[list[torch.fx.Node]]:
+    compute: list[GraphNode], weight: Callable[[GraphNode], float], max_groups: int
+) -> list[list[GraphNode]]:
     """Split ``compute`` (in graph order) into at most ``max_groups`` contiguous runs.
 
     See the module docstring for the three steps. Returns the runs in order.
@@ -154,10 +128,10 @@ def group_nodes(
 
     runs: list[_Run] = []
     for node in compute:
-        path = _module_path(node)
+        path = node.module_path
         w = weight(node)
         if runs and (
-            _sticks_to_previous(node)
+            node.sticky
             or (path == runs[-1].path and runs[-1].weight + w <= limit)
             or (path == runs[-1].path and runs[-1].weight == 0)
         ):
@@ -196,8 +170,7 @@ def group_nodes(
 
 
 def build_problem(
-    gm: torch.fx.GraphModule,
-    memory: MemoryReport,
+    graph: AnnotatedGraph,
     topology: Topology,
     capacity_bytes: dict[str, int],
     *,
@@ -205,7 +178,7 @@ def build_problem(
     max_groups: int = 32,
     pinned: Mapping[str, str] | None = None,
 ) -> PlacementProblem:
-    """Contract ``gm`` (after the shape, memory and cost passes) into a :class:`PlacementProblem`.
+    """Contract ``graph`` into a :class:`PlacementProblem` for ``topology``.
 
     Args:
         capacity_bytes: bytes each device may still take (what earlier graphs hold subtracted).
@@ -217,30 +190,31 @@ def build_problem(
             tensors pinned to two devices stays free and counts them as new copies.)
     """
     pinned = pinned or {}
-    nodes = list(gm.graph.nodes)
-    position = {n: i for i, n in enumerate(nodes)}
-    compute = [n for n in nodes if n.op in _COMPUTE_OPS]
+    nodes = graph.nodes
+    users = graph.users
+    position = graph.index
+    times = graph.node_times(topology)
+    compute = [n for n in nodes if n.is_compute]
     candidates = [d for d in topology.device_names if capacity_bytes.get(d, 0) > 0]
 
     # Resident tensors join their first user.
-    attached: dict[torch.fx.Node, list[torch.fx.Node]] = defaultdict(list)
+    attached: dict[str, list[GraphNode]] = defaultdict(list)
     for n in nodes:
-        if record(n).role in _RESIDENT_ROLES and n.users:
-            first_user = min(n.users, key=position.__getitem__)
-            if first_user.op in _COMPUTE_OPS:
-                attached[first_user].append(n)
+        if n.role in _RESIDENT_ROLES and users[n.name]:
+            first_user = graph.node(min(users[n.name], key=position.__getitem__))
+            if first_user.is_compute:
+                attached[first_user.name].append(n)
 
-    def ref_time(n: torch.fx.Node) -> float:
-        t = record(n).time_s
-        return sum(t.get(d, 0.0) for d in candidates) / max(1, len(candidates))
+    def ref_time(n: GraphNode) -> float:
+        return sum(times[n.name].get(d, 0.0) for d in candidates) / max(1, len(candidates))
+
+    def resident(n: GraphNode) -> int:
+        return n.resident_bytes + sum(p.resident_bytes for p in attached.get(n.name, ()))
 
     total_time = sum(ref_time(n) for n in compute) or 1.0
-    def resident(n: torch.fx.Node) -> int:
-        return record(n).resident_bytes + sum(record(p).resident_bytes for p in attached.get(n, ()))
-
     total_resident = sum(resident(n) for n in compute) or 1
 
-    def weight(n: torch.fx.Node) -> float:
+    def weight(n: GraphNode) -> float:
         return ref_time(n) / total_time + resident(n) / total_resident
 
     groups = group_nodes(compute, weight, max_groups)
@@ -248,25 +222,25 @@ def build_problem(
     tasks: list[Task] = []
     task_of: dict[str, int] = {}
 
-    def add_task(task: Task) -> int:
+    def add_task(task: Task) -> None:
         tasks.append(task)
         for name in task.nodes:
             task_of[name] = len(tasks) - 1
-        return len(tasks) - 1
 
     inputs_by_device: dict[str, list[str]] = defaultdict(list)
     for n in nodes:
-        if n.op == "placeholder" and record(n).role == "input" and n.users:
-            inputs_by_device[_origin(n, origin_device)].append(n.name)
+        if n.op == "placeholder" and n.role == "input" and users[n.name]:
+            origin = origin_device(n.tensors[0].device if n.tensors else "cpu")
+            inputs_by_device[origin].append(n.name)
     for dev, names in inputs_by_device.items():
         add_task(Task(name=f"inputs@{dev}", nodes=tuple(names), time_s={}, fixed_device=dev))
 
     for group in groups:
-        members: list[torch.fx.Node] = []
+        members: list[GraphNode] = []
         for n in group:
-            members += attached.get(n, [])
+            members += attached.get(n.name, [])
             members.append(n)
-        time_s = {d: sum(record(n).time_s.get(d, 0.0) for n in group) for d in topology.device_names}
+        time_s = {d: sum(times[n.name][d] for n in group) for d in topology.device_names}
         homes = {pinned[m.name] for m in members if m.name in pinned}
         fixed = homes.pop() if len(homes) == 1 else None
         add_task(
@@ -275,22 +249,23 @@ def build_problem(
                 nodes=tuple(m.name for m in members),
                 time_s=time_s,
                 resident_bytes=sum(
-                    record(m).resident_bytes for m in members if not (fixed and m.name in pinned)
+                    m.resident_bytes for m in members if not (fixed and m.name in pinned)
                 ),
                 fixed_device=fixed,
             )
         )
 
-    output = next(n for n in nodes if n.op == "output")
-    out_devices = [t.device for t in record(output).tensors]
-    out_dev = origin_device(max(set(out_devices), key=out_devices.count)) if out_devices else None
-    if out_dev is None:
+    output = graph.output
+    out_devices = [t.device for t in output.tensors]
+    if out_devices:
+        out_dev = origin_device(max(set(out_devices), key=out_devices.count))
+    else:
         out_dev = next(iter(inputs_by_device), candidates[0] if candidates else topology.device_names[0])
     add_task(Task(name=f"output@{out_dev}", nodes=(output.name,), time_s={}, fixed_device=out_dev))
 
     # Unused resident tensors and unused inputs belong to no task: they are not moved.
-    values = _values(nodes, task_of)
-    tasks, live_ranges = _liveness(tasks, memory, task_of)
+    values = _values(graph, task_of)
+    tasks, live_ranges = _liveness(tasks, graph, task_of)
     return PlacementProblem(
         tasks=tuple(tasks),
         values=values,
@@ -300,32 +275,28 @@ def build_problem(
     )
 
 
-def _origin(node: torch.fx.Node, origin_device: Callable[[str], str]) -> str:
-    tensors = record(node).tensors
-    return origin_device(tensors[0].device if tensors else "cpu")
-
-
-def _group_name(group: list[torch.fx.Node]) -> str:
-    paths = [_module_path(n) for n in group]
-    common = paths[0]
-    for p in paths[1:]:
-        common = common[: _common_depth(common, p)]
+def _group_name(group: list[GraphNode]) -> str:
+    common = group[0].module_path
+    for n in group[1:]:
+        common = common[: _common_depth(common, n.module_path)]
     label = common[-1] if common else "<root>"
-    return f"{label} [{group[0].name}..{group[-1].name}]" if len(group) > 1 else f"{label} [{group[0].name}]"
+    if len(group) == 1:
+        return f"{label} [{group[0].name}]"
+    return f"{label} [{group[0].name}..{group[-1].name}]"
 
 
-def _values(nodes: list[torch.fx.Node], task_of: dict[str, int]) -> tuple[Value, ...]:
+def _values(graph: AnnotatedGraph, task_of: dict[str, int]) -> tuple[Value, ...]:
     merged: dict[tuple[int, tuple[int, ...]], list] = {}
-    for n in nodes:
-        nbytes = record(n).output_bytes
-        if n.name not in task_of or nbytes == 0:
+    users = graph.users
+    for n in graph.nodes:
+        if n.name not in task_of or n.output_bytes == 0:
             continue
         producer = task_of[n.name]
-        consumers = tuple(sorted({task_of[u.name] for u in n.users if u.name in task_of} - {producer}))
+        consumers = tuple(sorted({task_of[u] for u in users[n.name] if u in task_of} - {producer}))
         if not consumers:
             continue
         entry = merged.setdefault((producer, consumers), [0, 0, []])
-        entry[0] += nbytes
+        entry[0] += n.output_bytes
         entry[1] += 1
         entry[2].append(n.name)
     return tuple(
@@ -335,14 +306,13 @@ def _values(nodes: list[torch.fx.Node], task_of: dict[str, int]) -> tuple[Value,
 
 
 def _liveness(
-    tasks: list[Task], memory: MemoryReport, task_of: dict[str, int]
+    tasks: list[Task], graph: AnnotatedGraph, task_of: dict[str, int]
 ) -> tuple[list[Task], tuple[LiveRange, ...]]:
     """Split storages into those inside one task (its peak) and those crossing tasks."""
-    step_task = [task_of.get(name, -1) for name in memory.order]
-    # For a storage read last by the output node, its last task is the output task.
+    step_task = [task_of.get(n.name, -1) for n in graph.nodes]
     local = [defaultdict(int) for _ in tasks]  # task -> fine step -> live bytes
     ranges = []
-    for s in memory.storages:
+    for s in graph.storages:
         if s.kind != "activation":
             continue
         first_task = task_of.get(s.producer, -1)
@@ -355,14 +325,6 @@ def _liveness(
         else:
             ranges.append(LiveRange(first_task, max(first_task, last_task), s.nbytes))
     tasks = [
-        Task(
-            name=t.name,
-            nodes=t.nodes,
-            time_s=t.time_s,
-            resident_bytes=t.resident_bytes,
-            peak_bytes=max(local[i].values(), default=0),
-            fixed_device=t.fixed_device,
-        )
-        for i, t in enumerate(tasks)
+        dataclasses.replace(t, peak_bytes=max(local[i].values(), default=0)) for i, t in enumerate(tasks)
     ]
     return tasks, tuple(ranges)

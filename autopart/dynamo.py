@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 import warnings
 import weakref
@@ -20,6 +21,7 @@ import torch
 import torch.fx
 
 from .coarsen import PlacementProblem, build_problem
+from .graph import AnnotatedGraph
 from .config import Config
 from .passes import (
     CostReport,
@@ -46,22 +48,25 @@ class AutopartWarning(UserWarning):
 
 @dataclass(frozen=True)
 class Analysis:
-    """What the analysis passes found in one graph."""
+    """What the analysis passes found in one graph; ``graph`` is the same as plain data
+    (saveable, plannable offline)."""
 
     memory: MemoryReport
     dependencies: DependencyGraph
     cost: CostReport
+    graph: AnnotatedGraph
 
 
 def analyze(
-    gm: torch.fx.GraphModule, example_inputs: Sequence[Any], topology: Topology
+    gm: torch.fx.GraphModule, example_inputs: Sequence[Any], topology: Topology, name: str = "graph"
 ) -> Analysis:
     """Run the analysis passes (shapes, memory, dependencies, cost) over ``gm``, in place."""
     propagate_shapes_pass(gm, example_inputs)
     memory = memory_pass(gm, example_inputs)
     dependencies = dependency_pass(gm, example_inputs)
     cost = cost_pass(gm, example_inputs, topology=topology)
-    return Analysis(memory=memory, dependencies=dependencies, cost=cost)
+    graph = AnnotatedGraph.from_fx(gm, memory, name=name)
+    return Analysis(memory=memory, dependencies=dependencies, cost=cost, graph=graph)
 
 
 def plan_graph(
@@ -87,7 +92,7 @@ def plan_graph(
             placement found.
     """
     mapping = mapping if mapping is not None else resolve_device_map(topology, config.device_map)
-    analysis = analyze(gm, example_inputs, topology)
+    analysis = analyze(gm, example_inputs, topology, name=graph_name)
     capacity = config.capacities_bytes(topology)
     pinned: dict[str, str] = {}
     if ledger is not None:
@@ -97,11 +102,34 @@ def plan_graph(
             device = ledger.device_of(example)
             if device is not None:
                 pinned[node.name] = device
+    plan, problem = solve_annotated(
+        analysis.graph, config, topology, mapping=mapping, capacity=capacity, pinned=pinned
+    )
+    return plan, problem, analysis
+
+
+def solve_annotated(
+    graph: AnnotatedGraph,
+    config: Config,
+    topology: Topology,
+    *,
+    mapping: dict[str, str] | None = None,
+    capacity: dict[str, int] | None = None,
+    pinned: dict[str, str] | None = None,
+) -> tuple[Plan, PlacementProblem]:
+    """Coarsen, solve and make the Plan of an annotated graph: the part of planning that needs
+    no model (used online by :func:`plan_graph` and offline by :func:`solve_graph`).
+
+    Args:
+        mapping: topology device -> local device; {} when only planning.
+        capacity: bytes per device (default: ``config.capacities_bytes(topology)``).
+        pinned: see :func:`autopart.coarsen.build_problem`.
+    """
+    mapping = {} if mapping is None else mapping
     problem = build_problem(
-        gm,
-        analysis.memory,
+        graph,
         topology,
-        capacity,
+        config.capacities_bytes(topology) if capacity is None else capacity,
         origin_device=origin_resolver(topology, mapping),
         max_groups=config.max_groups,
         pinned=pinned,
@@ -112,9 +140,26 @@ def plan_graph(
         time_limit_s=config.time_limit_s,
         mip_rel_gap=config.mip_rel_gap,
     )
-    plan = make_plan(gm, problem, solution, graph_name=graph_name, objective_name=config.objective)
-    plan = _with_device_map(plan, mapping)
-    return plan, problem, analysis
+    plan = make_plan(graph, problem, solution, objective_name=config.objective)
+    return dataclasses.replace(plan, device_map=dict(mapping)), problem
+
+
+def solve_graph(graph: AnnotatedGraph | str | os.PathLike, **options: Any) -> Plan:
+    """Plan a saved annotated graph offline (no model needed), for any topology.
+
+    Args:
+        graph: an :class:`AnnotatedGraph` or the path of one saved as JSON.
+        options: fields of :class:`autopart.Config` (``topology``, ``max_memory``, ``solver``,
+            ``time_limit_s``, ``max_groups``, ...); ``device_map`` is ignored (nothing runs).
+
+    Raises:
+        ValueError / TypeError: a bad file or option, or a model that cannot fit.
+    """
+    if not isinstance(graph, AnnotatedGraph):
+        graph = AnnotatedGraph.load(graph)
+    config = Config.from_options(**options)
+    plan, _ = solve_annotated(graph, config, config.resolve_topology())
+    return plan
 
 
 def _static_inputs(
@@ -161,10 +206,6 @@ class ResidentLedger:
             if device is not None and self.device_of(tensor) is None:
                 nbytes = tensor.untyped_storage().nbytes()
                 self._entries[id(tensor)] = (weakref.ref(tensor), device, nbytes)
-
-
-def _with_device_map(plan: Plan, mapping: dict[str, str]) -> Plan:
-    return dataclasses.replace(plan, device_map=dict(mapping))
 
 
 @dataclass
@@ -337,12 +378,20 @@ def plan_model(model: torch.nn.Module | Callable, example_inputs: Any, **options
     """Plan ``model`` without running the plans: one Plan per graph Dynamo captures.
 
     The model runs once, eagerly, on ``example_inputs`` (a tuple of positional arguments, a dict
-    of keyword arguments, or a single tensor) so that Dynamo can capture it.
+    of keyword arguments, or a single tensor) so that Dynamo can capture it. A model built on
+    the ``meta`` device (no memory, e.g. an 8B model on a laptop) can be planned too. The
+    annotated graphs are in ``autopart.last_plans``' backend: see :func:`plan_model_backend`.
 
     Raises:
         ValueError / TypeError: bad options, or a model that cannot be planned (e.g. too large
             for ``max_memory``: the message gives needed and available bytes).
     """
+    return plan_model_backend(model, example_inputs, **options).plans
+
+
+def plan_model_backend(model: torch.nn.Module | Callable, example_inputs: Any, **options: Any) -> Backend:
+    """As :func:`plan_model`, returning the planning :class:`Backend`, whose ``compilations``
+    hold each graph's plan and analysis (``compilation.analysis.graph`` can be saved)."""
     options.setdefault("strict", True)
     planner = Backend(Config.from_options(**options), execute=False)
     compiled = torch.compile(model, backend=planner)
@@ -355,7 +404,7 @@ def plan_model(model: torch.nn.Module | Callable, example_inputs: Any, **options
         if isinstance(inner, (ValueError, TypeError)):
             raise inner from None
         raise
-    return planner.plans
+    return planner
 
 
 def _split_inputs(example_inputs: Any) -> tuple[tuple, dict]:

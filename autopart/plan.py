@@ -13,11 +13,8 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch.fx
-from torch.utils._pytree import tree_leaves
-
 from .coarsen import PlacementProblem
-from .passes.records import record
+from .graph import AnnotatedGraph
 from .solver import Solution, evaluate
 
 PLAN_FORMAT_VERSION = 1
@@ -223,59 +220,40 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     ]
 
 
-def plan_transfers(gm: torch.fx.GraphModule, placement: dict[str, str]) -> tuple[Transfer, ...]:
+def plan_transfers(graph: AnnotatedGraph, placement: dict[str, str]) -> tuple[Transfer, ...]:
     """The copies a placement implies: one per (tensor, destination device), in graph order.
 
     A tensor read on a device other than its producer's is copied there once, before its first
-    reader on that device; a graph output is copied back to the device of the output task (where
-    the captured graph returned it).
+    reader on that device; a graph output is copied to the device of the output task (where the
+    captured graph returned it).
     """
     transfers: list[Transfer] = []
     seen: set[tuple[str, str]] = set()
-    for node in gm.graph.nodes:
-        if node.op == "output":
-            for arg, origin in output_origins(node, placement):
-                src = placement[arg.name]
-                if src != origin and (arg.name, origin) not in seen:
-                    seen.add((arg.name, origin))
-                    transfers.append(
-                        Transfer(arg.name, src, origin, record(arg).output_bytes, "graph output")
-                    )
-            continue
+    output = graph.output.name
+    for node in graph.nodes:
         dst = placement.get(node.name)
         if dst is None:
             continue
-        for arg in node.all_input_nodes:
-            src = placement.get(arg.name)
-            if src is None or src == dst or not record(arg).tensors:
+        for name in node.inputs:
+            src = placement.get(name)
+            producer = graph.node(name)
+            if src is None or src == dst or not producer.tensors or (name, dst) in seen:
                 continue
-            if (arg.name, dst) not in seen:
-                seen.add((arg.name, dst))
-                transfers.append(
-                    Transfer(arg.name, src, dst, record(arg).output_bytes, f"read by {node.name}")
-                )
+            seen.add((name, dst))
+            reason = "graph output" if node.name == output else f"read by {node.name}"
+            transfers.append(Transfer(name, src, dst, producer.output_bytes, reason))
     return tuple(transfers)
 
 
-def output_origins(output: torch.fx.Node, placement: dict[str, str]) -> list[tuple[torch.fx.Node, str]]:
-    """(node, device the output must be returned on) for each tensor node the graph returns."""
-    origin = placement.get(output.name)
-    pairs = []
-    for arg in tree_leaves(output.args[0]):
-        if isinstance(arg, torch.fx.Node) and arg.name in placement and record(arg).tensors:
-            pairs.append((arg, origin or placement[arg.name]))
-    return pairs
-
-
 def make_plan(
-    gm: torch.fx.GraphModule,
+    graph: AnnotatedGraph,
     problem: PlacementProblem,
     solution: Solution,
     *,
-    graph_name: str,
+    graph_name: str | None = None,
     objective_name: str = "latency",
 ) -> Plan:
-    """Turn a solved problem into a :class:`Plan` for ``gm`` (node names must match)."""
+    """Turn a solved problem into a :class:`Plan` for ``graph`` (node names must match)."""
     placement = {
         name: solution.assignment[i] for i, task in enumerate(problem.tasks) for name in task.nodes
     }
@@ -291,12 +269,12 @@ def make_plan(
         for i, t in enumerate(problem.tasks)
     )
     return Plan(
-        graph_name=graph_name,
+        graph_name=graph_name or graph.name,
         topology_name=problem.topology.name,
         objective_name=objective_name,
         placement=placement,
         tasks=tasks,
-        transfers=plan_transfers(gm, placement),
+        transfers=plan_transfers(graph, placement),
         predicted_time_s=ev.time_s,
         predicted_compute_s=ev.compute_s,
         predicted_transfer_s=ev.transfer_s,
@@ -310,5 +288,5 @@ def make_plan(
         solve_time_s=solution.solve_time_s,
         num_variables=solution.num_variables,
         num_constraints=solution.num_constraints,
-        num_nodes=len(gm.graph.nodes),
+        num_nodes=len(graph.nodes),
     )

@@ -93,11 +93,14 @@ def origin_resolver(topology: Topology, mapping: dict[str, str]) -> Callable[[st
     """Map a device of the captured graph (``"cpu"``) to the topology device standing for it:
     the topology device of that name if it runs there, else the first one mapped there, else
     (when only planning, with no local devices involved) the first device of the same kind.
+    Tensors on ``meta`` (a model built without memory, to be planned) stand for host tensors.
 
     The returned function raises ValueError when no topology device can stand for it.
     """
 
     def origin(local: str) -> str:
+        if torch.device(local).type == "meta":  # a model built on meta to be planned only
+            local = "cpu"
         local = _canonical(local)
         if mapping.get(local) == local:
             return local

@@ -3,8 +3,6 @@ same values as the original graph."""
 
 from __future__ import annotations
 
-import operator
-
 import torch
 import torch.fx
 from hypothesis import HealthCheck, given, settings
@@ -13,7 +11,8 @@ from hypothesis import strategies as st
 from _util import RandomDag, make_device, make_topology
 from autopart import Backend, Config
 from autopart.coarsen import group_nodes
-from autopart.passes import memory_pass, propagate_shapes_pass
+from autopart.graph import AnnotatedGraph
+from autopart.passes import cost_pass, memory_pass, propagate_shapes_pass
 from autopart.plan import plan_transfers
 from autopart.rewrite import _retarget_devices, rewrite
 
@@ -48,6 +47,12 @@ def traced(model: torch.nn.Module, x: torch.Tensor) -> torch.fx.GraphModule:
     gm = torch.fx.symbolic_trace(model)
     propagate_shapes_pass(gm, [x])
     return gm
+
+
+def annotated(model: torch.nn.Module, x: torch.Tensor) -> AnnotatedGraph:
+    gm = traced(model, x)
+    cost_pass(gm, topology=make_topology([make_device("cpu")]))
+    return AnnotatedGraph.from_fx(gm, memory_pass(gm))
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -96,13 +101,16 @@ def test_random_dags_run_placed_and_match(model, topo, data):
 @settings(max_examples=30, deadline=None)
 @given(dags(max_steps=20), st.integers(1, 10))
 def test_groups_are_contiguous_bounded_and_keep_getitem_with_its_tuple(model, max_groups):
-    gm = traced(model, torch.randn(4, WIDTH))
-    compute = [n for n in gm.graph.nodes if n.op in ("call_function", "call_method", "call_module")]
+    graph = annotated(model, torch.randn(4, WIDTH))
+    compute = [n for n in graph.nodes if n.is_compute]
     groups = group_nodes(compute, lambda n: 1.0, max_groups)
     assert [n for g in groups for n in g] == compute
     assert len(groups) <= max(1, max_groups)
     for g in groups:
-        assert not (g[0].op == "call_function" and g[0].target is operator.getitem)
+        assert not g[0].sticky
+    assert any(n.sticky and n.target == "getitem" for n in compute) == any(
+        op == "cat_split" for op, _, _ in model.steps
+    )
 
 
 def test_plan_transfers_one_copy_per_tensor_and_destination():
@@ -112,9 +120,9 @@ def test_plan_transfers_one_copy_per_tensor_and_destination():
         c = a - 1  # cuda:1 reads a again: no second copy
         return b + c  # cuda:1; output back to cpu
 
-    gm = traced(torch.fx.symbolic_trace(f), torch.randn(3))
+    graph = annotated(torch.fx.symbolic_trace(f), torch.randn(3))
     placement = {"x": "cpu", "add": "cuda:0", "mul": "cuda:1", "sub": "cuda:1", "add_1": "cuda:1", "output": "cpu"}
-    transfers = plan_transfers(gm, placement)
+    transfers = plan_transfers(graph, placement)
     assert [(t.source_node, t.src_device, t.dst_device) for t in transfers] == [
         ("x", "cpu", "cuda:0"),
         ("add", "cuda:0", "cuda:1"),

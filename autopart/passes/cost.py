@@ -107,6 +107,7 @@ def cost_pass(
                 log.debug("cost of %s: %s", node.name, rec.cost_rule)
         else:
             rec.cost_rule = "free"
+        rec.ops = tuple(ops)
         rec.flops = sum(op.flops for op in ops)
         rec.bytes_accessed = sum(op.bytes_accessed for op in ops)
         rec.num_kernels = sum(op.launches for op in ops)

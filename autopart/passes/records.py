@@ -53,6 +53,8 @@ class NodeRecord:
     """Bytes of activations autograd saves for backward at this node (new storages only)."""
 
     # cost_pass
+    ops: tuple = ()
+    """The aten ops the node runs, as :class:`autopart.costmodel.ops.OpCost` (topology-free)."""
     flops: int = 0
     bytes_accessed: int = 0
     """Bytes read plus bytes written by the node's kernels (views move none)."""

@@ -1,0 +1,229 @@
+"""The annotated graph: what the passes learned about an FX graph, as plain data.
+
+An :class:`AnnotatedGraph` holds, per node in graph order, its data inputs, role, module path,
+output tensors, resident bytes and the aten ops it runs (FLOPs, bytes, launches, dtype, class),
+plus the liveness of every storage. Nothing in it depends on a topology, so it can be saved as
+JSON, shipped, and planned later for any hardware (``autopart solve --graph G.json``): node
+times are derived per topology with the roofline of :mod:`autopart.costmodel.roofline`.
+
+JSON (``format_version`` 1)::
+
+    format        "autopart-graph"
+    format_version 1
+    name          str
+    nodes         [{"name", "op", "target", "role", "inputs": [names], "module_path": [str],
+                    "tensors": [{"shape", "dtype", "device", "nbytes"}], "resident_bytes",
+                    "ops": [{"flops", "bytes_read", "bytes_written", "launches", "dtype",
+                    "kind"}], "sticky": bool}]
+    storages      [{"producer", "nbytes", "first", "last", "kind"}]   (indices into nodes)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import operator
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import torch.fx
+from torch.utils._pytree import tree_leaves
+
+from .costmodel.ops import OpCost
+from .costmodel.roofline import calibration_of, roofline_time_s
+from .passes.memory import MemoryReport, StorageLife
+from .passes.records import TensorInfo, record
+from .topology import Topology
+
+GRAPH_FORMAT = "autopart-graph"
+GRAPH_FORMAT_VERSION = 1
+COMPUTE_OPS = ("call_function", "call_method", "call_module")
+
+
+@dataclass(frozen=True)
+class GraphNode:
+    """One node: FX opcode and printable target, data inputs (node names), role, the module
+    path it was called from, output tensors, resident bytes (weights it holds) and aten ops.
+
+    ``sticky``: it must run with the node before it (``operator.getitem`` of a tuple output).
+    """
+
+    name: str
+    op: str
+    target: str
+    role: str
+    inputs: tuple[str, ...]
+    module_path: tuple[str, ...]
+    tensors: tuple[TensorInfo, ...]
+    resident_bytes: int
+    ops: tuple[OpCost, ...]
+    sticky: bool = False
+
+    @property
+    def output_bytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors)
+
+    @property
+    def is_compute(self) -> bool:
+        return self.op in COMPUTE_OPS
+
+
+@dataclass(frozen=True)
+class AnnotatedGraph:
+    """Nodes in graph (execution) order and the liveness of their storages."""
+
+    name: str
+    nodes: tuple[GraphNode, ...]
+    storages: tuple[StorageLife, ...]
+
+    @cached_property
+    def index(self) -> dict[str, int]:
+        return {n.name: i for i, n in enumerate(self.nodes)}
+
+    @cached_property
+    def users(self) -> dict[str, tuple[str, ...]]:
+        """Node name -> names of the nodes that read it, in graph order."""
+        out: dict[str, list[str]] = {n.name: [] for n in self.nodes}
+        for n in self.nodes:
+            for i in n.inputs:
+                out[i].append(n.name)
+        return {k: tuple(v) for k, v in out.items()}
+
+    @property
+    def output(self) -> GraphNode:
+        return next(n for n in self.nodes if n.op == "output")
+
+    def node(self, name: str) -> GraphNode:
+        return self.nodes[self.index[name]]
+
+    def node_times(self, topology: Topology) -> dict[str, dict[str, float]]:
+        """Predicted seconds of every node on every device of ``topology``."""
+        devices = [(d.name, d, calibration_of(d)) for d in topology.devices]
+        return {
+            n.name: {name: sum(roofline_time_s(op, dev, cal) for op in n.ops) for name, dev, cal in devices}
+            for n in self.nodes
+        }
+
+    # --- conversion ----------------------------------------------------------------------
+    @classmethod
+    def from_fx(cls, gm: torch.fx.GraphModule, memory: MemoryReport, name: str = "graph") -> AnnotatedGraph:
+        """The annotated graph of ``gm`` after the shape, memory and cost passes."""
+        nodes = []
+        for node in gm.graph.nodes:
+            rec = record(node)
+            if node.op == "output":
+                inputs = [a for a in tree_leaves(node.args[0]) if isinstance(a, torch.fx.Node)]
+            else:
+                inputs = node.all_input_nodes
+            nodes.append(
+                GraphNode(
+                    name=node.name,
+                    op=node.op,
+                    target=_target_name(node),
+                    role=rec.role,
+                    inputs=tuple(dict.fromkeys(a.name for a in inputs)),
+                    module_path=module_path(node),
+                    tensors=rec.tensors,
+                    resident_bytes=rec.resident_bytes,
+                    ops=tuple(rec.ops),
+                    sticky=node.op == "call_function" and node.target is operator.getitem,
+                )
+            )
+        return cls(name=name, nodes=tuple(nodes), storages=memory.storages)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": GRAPH_FORMAT,
+            "format_version": GRAPH_FORMAT_VERSION,
+            "name": self.name,
+            "nodes": [dataclasses.asdict(n) for n in self.nodes],
+            "storages": [dataclasses.asdict(s) for s in self.storages],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], *, source: str = "<dict>") -> AnnotatedGraph:
+        """Rebuild a graph from :meth:`to_dict` output.
+
+        Raises:
+            ValueError: not an autopart graph, another format version, or a malformed node
+                (the message names the source and the node).
+        """
+        if not isinstance(d, dict) or d.get("format") != GRAPH_FORMAT:
+            raise ValueError(f"{source}: not an autopart graph (expected format {GRAPH_FORMAT!r})")
+        if d.get("format_version") != GRAPH_FORMAT_VERSION:
+            raise ValueError(
+                f"{source}: graph format_version {d.get('format_version')!r} is not "
+                f"{GRAPH_FORMAT_VERSION}; export the graph again with this autopart"
+            )
+        nodes = []
+        for i, raw in enumerate(d.get("nodes", [])):
+            try:
+                nodes.append(
+                    GraphNode(
+                        **{
+                            **raw,
+                            "inputs": tuple(raw["inputs"]),
+                            "module_path": tuple(raw["module_path"]),
+                            "tensors": tuple(TensorInfo(**{**t, "shape": tuple(t["shape"])}) for t in raw["tensors"]),
+                            "ops": tuple(OpCost(**op) for op in raw["ops"]),
+                        }
+                    )
+                )
+            except (KeyError, TypeError) as exc:
+                raise ValueError(f"{source}: nodes[{i}] is malformed: {exc}") from exc
+        names = {n.name for n in nodes}
+        for n in nodes:
+            missing = [i for i in n.inputs if i not in names]
+            if missing:
+                raise ValueError(f"{source}: node {n.name!r} reads unknown nodes {missing}")
+        storages = tuple(StorageLife(**s) for s in d.get("storages", []))
+        return cls(name=str(d.get("name", "graph")), nodes=tuple(nodes), storages=storages)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the graph as JSON, atomically (a temporary file, then a rename)."""
+        path = os.fspath(path)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".json")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(self.to_dict(), f)
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> AnnotatedGraph:
+        """Read a graph written by :meth:`save`.
+
+        Raises:
+            FileNotFoundError: no such file. ValueError: not JSON or not an autopart graph.
+        """
+        with open(path) as f:
+            try:
+                data = json.load(f)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{os.fspath(path)} is not JSON: {exc}") from exc
+        return cls.from_dict(data, source=os.fspath(path))
+
+
+_DYNAMO_ROOT = re.compile(r"^(?:L\['[^']*'\]|L__[A-Za-z0-9_]*?__)\.?")
+
+
+def module_path(node: torch.fx.Node) -> tuple[str, ...]:
+    """The module call path of a node, outermost first (``("transformer", "transformer.h.0")``),
+    from Dynamo's ``nn_module_stack``, with Dynamo's root name (``L['self']``) removed."""
+    paths = []
+    for value in (node.meta.get("nn_module_stack") or {}).values():
+        path = value[0] if isinstance(value, tuple) else str(value)
+        paths.append(_DYNAMO_ROOT.sub("", path))
+    return tuple(paths)
+
+
+def _target_name(node: torch.fx.Node) -> str:
+    if isinstance(node.target, str):
+        return node.target
+    return getattr(node.target, "__qualname__", None) or getattr(node.target, "__name__", None) or str(node.target)

@@ -1,0 +1,95 @@
+"""The annotated graph: JSON round trip, offline planning equal to online planning."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import transformers
+
+import autopart
+from autopart import AnnotatedGraph, Plan
+from autopart.cli import main
+from autopart.dynamo import plan_model_backend
+
+OPTIONS = dict(
+    topology="4xa100-pcie-cpu",
+    max_memory={"cuda:0": "700KB", "cuda:1": "700KB", "cuda:2": "700KB"},
+    solver="highs",
+)
+
+
+@pytest.fixture(scope="module")
+def planned():
+    cfg = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=1000, bos_token_id=0, eos_token_id=0)
+    model = transformers.GPT2LMHeadModel(cfg).eval()
+    torch._dynamo.reset()
+    planner = plan_model_backend(model, {"input_ids": torch.randint(0, 1000, (1, 32))}, **OPTIONS)
+    (comp,) = planner.compilations
+    return comp
+
+
+def test_round_trip_keeps_every_node(planned, tmp_path):
+    graph = planned.analysis.graph
+    path = tmp_path / "g.json"
+    graph.save(path)
+    loaded = AnnotatedGraph.load(path)
+    assert loaded == graph
+    assert [n.name for n in loaded.nodes] == [n.name for n in planned.graph.graph.nodes]
+    assert sum(n.resident_bytes for n in loaded.nodes) == planned.analysis.memory.resident_bytes
+
+
+def test_offline_plan_equals_the_online_plan(planned, tmp_path):
+    path = tmp_path / "g.json"
+    planned.analysis.graph.save(path)
+    offline = autopart.solve_graph(path, **OPTIONS)
+    online = planned.plan
+    assert offline.placement == online.placement
+    assert offline.transfers == online.transfers
+    assert offline.predicted_time_s == pytest.approx(online.predicted_time_s)
+
+
+def test_the_same_graph_plans_for_other_hardware(planned):
+    gpus = {f"cuda:{i}": "80GB" for i in range(8)}
+    big = autopart.solve_graph(planned.analysis.graph, topology="8xh100-nvlink", max_memory=gpus)
+    assert big.devices_used == ["cuda:0"]  # fits one H100: splitting would only add transfers
+    assert big.topology_name == "8xh100-nvlink"
+
+
+def test_cli_solve_writes_a_loadable_plan(planned, tmp_path, capsys):
+    graph_path, plan_path = tmp_path / "g.json", tmp_path / "p.json"
+    planned.analysis.graph.save(graph_path)
+    argv = ["solve", "--graph", str(graph_path), "--topology", "4xa100-pcie-cpu", "--max-memory",
+            "cuda:0=700KB", "cuda:1=700KB", "cuda:2=700KB", "--out", str(plan_path)]
+    assert main(argv) == 0
+    assert Plan.load(plan_path).placement == planned.plan.placement
+    assert "predicted time" in capsys.readouterr().out
+
+
+def test_bad_graph_files_are_named(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(ValueError, match="not an autopart graph"):
+        AnnotatedGraph.load(path)
+    path.write_text(json.dumps({"format": "autopart-graph", "format_version": 1, "name": "g",
+                                "nodes": [{"name": "a", "inputs": ["b"]}], "storages": []}))
+    with pytest.raises(ValueError, match=r"nodes\[0\] is malformed"):
+        AnnotatedGraph.load(path)
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="is not JSON"):
+        AnnotatedGraph.load(path)
+
+
+def test_a_model_on_the_meta_device_is_planned():
+    cfg = transformers.LlamaConfig(vocab_size=1000, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2)
+    with torch.device("meta"):
+        model = transformers.LlamaForCausalLM(cfg).eval()
+    torch._dynamo.reset()
+    ids = torch.randint(0, 1000, (1, 16), device="meta")
+    (plan,) = autopart.plan_model(model, {"input_ids": ids, "use_cache": False}, topology="8xh100-nvlink")
+    # every parameter and the one buffer forward reads (rotary inv_freq; original_inv_freq is unused)
+    used = [*model.parameters(), model.model.rotary_emb.inv_freq]
+    weights = sum(t.numel() * t.element_size() for t in used)
+    assert sum(t.resident_bytes for t in plan.tasks) == weights

@@ -38,12 +38,12 @@ import json
 import logging
 import os
 import socket
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ._io import atomic_write_text
 from .topology import Topology, local_devices
 
 log = logging.getLogger(__name__)
@@ -194,23 +194,6 @@ def read_profile(path: str | os.PathLike[str], expected_fp: str | None = None) -
     return Topology.from_dict(data.get("topology"), source=str(path))
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a cache file is not secret
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 def write_profile(
     path: str | os.PathLike[str],
     topology: Topology,
@@ -233,7 +216,7 @@ def write_profile(
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "topology": topology.to_dict(),
     }
-    _atomic_write_text(path, json.dumps(payload, indent=2, allow_nan=False) + "\n")
+    atomic_write_text(path, json.dumps(payload, indent=2, allow_nan=False) + "\n")
 
 
 def _stat_key(path: Path) -> tuple[int, int, int] | None:

@@ -25,7 +25,6 @@ import json
 import operator
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -33,6 +32,7 @@ from typing import Any
 import torch.fx
 from torch.utils._pytree import tree_leaves
 
+from ._io import atomic_write_text
 from .costmodel.ops import OpCost
 from .costmodel.roofline import calibration_of, roofline_time_s
 from .passes.memory import MemoryReport, StorageLife
@@ -184,16 +184,8 @@ class AnnotatedGraph:
         return cls(name=str(d.get("name", "graph")), nodes=tuple(nodes), storages=storages)
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the graph as JSON, atomically (a temporary file, then a rename)."""
-        path = os.fspath(path)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".json")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.to_dict(), f)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        """Write the graph as JSON, atomically."""
+        atomic_write_text(path, json.dumps(self.to_dict()))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> AnnotatedGraph:

@@ -9,10 +9,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._io import atomic_write_text
 from .coarsen import PlacementProblem
 from .graph import AnnotatedGraph
 from .solver import Solution, evaluate
@@ -173,17 +173,8 @@ class Plan:
         return cls(**d)
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the plan as JSON (atomically: a temporary file, then a rename)."""
-        path = os.fspath(path)
-        folder = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".plan-", suffix=".json")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.to_dict(), f, indent=1)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        """Write the plan as JSON, atomically."""
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Plan:

@@ -120,7 +120,6 @@ import math
 import os
 import platform
 import re
-import tempfile
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -129,6 +128,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+
+from ._io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -1363,20 +1364,7 @@ class Topology:
             raise FileNotFoundError(
                 f"cannot save topology to {str(path)!r}: folder {str(folder)!r} does not exist"
             )
-        text = json.dumps(self.to_dict(), indent=2) + "\n"
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Topology:

@@ -452,7 +452,7 @@ def solve(
     *,
     solver: str = "auto",
     time_limit_s: float = 10.0,
-    mip_rel_gap: float = 1e-4,
+    mip_rel_gap: float = 1e-2,
 ) -> Solution:
     """Solve the placement ILP of ``problem`` (see the module docstring).
 

@@ -138,7 +138,10 @@ def check_fits(problem: PlacementProblem) -> None:
             f"no device may hold memory (capacities {problem.capacity_bytes}); give at least one "
             "device a positive max_memory"
         )
-    resident = sum(t.resident_bytes for t in problem.tasks)
+    # Tasks fixed to a device that is not a candidate (no capacity) hold nothing we place.
+    resident = sum(
+        t.resident_bytes for t in problem.tasks if t.fixed_device is None or t.fixed_device in caps
+    )
     total = sum(caps.values())
     if resident > total:
         raise ValueError(
@@ -201,16 +204,18 @@ def greedy_placement(problem: PlacementProblem) -> tuple[str, ...] | None:
             for r in problem.live_ranges:
                 if r.producer < i <= r.last and assignment[r.producer] in live:
                     live[assignment[r.producer]] += r.nbytes
+            own = sum(r.nbytes for r in problem.live_ranges if r.producer == i)
             best, best_cost = None, float("inf")
             for d in devices:
-                need = used[d] + live[d] + task.resident_bytes + task.peak_bytes
+                need = used[d] + live[d] + own + task.resident_bytes + task.peak_bytes
                 if need > headroom * problem.capacity_bytes[d]:
                     continue
                 cost = task.time_s.get(d, 0.0)
                 for v in readers.get(i, ()):
                     src = assignment[v.producer]
                     if src != d:
-                        cost += problem.topology.link(src, d).transfer_time_s(v.nbytes)
+                        link = problem.topology.link(src, d)
+                        cost += v.count * link.latency_s + v.nbytes / link.bandwidth_Bps
                 if cost < best_cost:
                     best, best_cost = d, cost
             if best is None:

@@ -242,7 +242,10 @@ def _add_plan_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-memory", nargs="+", metavar="DEV=SIZE", help="e.g. cuda:0=10GiB cpu=30GB"
     )
-    p.add_argument("--objective", choices=("latency",), default="latency", help="what to minimize")
+    p.add_argument(
+        "--objective", choices=("latency", "throughput", "energy"), default="latency",
+        help="what to minimize (default latency)",
+    )
     p.add_argument("--solver", choices=("auto", "highs", "cbc"), default="auto")
     p.add_argument("--time-limit", type=float, default=10.0, help="solver seconds (default 10)")
     p.add_argument("--max-groups", type=int, default=32, help="coarsening target (default 32)")

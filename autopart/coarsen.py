@@ -84,6 +84,9 @@ class PlacementProblem:
     live_ranges: tuple[LiveRange, ...]
     capacity_bytes: dict[str, int]
     topology: Topology = field(repr=False)
+    activation_copies: int = 1
+    """Copies of every activation a device holds at once: 1 for one call at a time; the number of
+    micro-batches in flight for a pipelined (throughput) plan."""
 
     @property
     def devices(self) -> list[str]:

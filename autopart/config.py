@@ -15,7 +15,7 @@ from typing import Literal, Union
 
 from .topology import Topology
 
-ObjectiveName = Literal["latency"]
+ObjectiveName = Literal["latency", "throughput", "energy"]
 SolverName = Literal["auto", "highs", "cbc"]
 InnerName = Literal["eager"]
 ProfileMode = Literal["cached", "always", "never"]
@@ -92,7 +92,13 @@ class Config:
     """Folder of cached profiles; None: the per-user cache folder (platformdirs)."""
 
     objective: ObjectiveName = "latency"
-    """What the plan minimizes. ``"latency"``: predicted time of one call."""
+    """What the plan minimizes: ``"latency"``, the predicted time of one call; ``"throughput"``,
+    the busiest device's time per micro-batch when micro-batches are pipelined through the
+    devices (memory then holds one micro-batch in flight per device); ``"energy"``, the joules of
+    one call, with the time allowed to exceed the best by ``energy_slack``."""
+
+    energy_slack: float = 0.1
+    """For ``objective="energy"``: how much slower than the fastest plan (a fraction, >= 0)."""
 
     max_memory: dict[str | int, MemorySize] | None = None
     """Memory each device may use, in accelerate's format: ``{"cuda:0": "10GiB", "cpu": "30GB"}``
@@ -140,6 +146,8 @@ class Config:
             raise ValueError(f"profile_budget_s must be > 0 seconds, got {self.profile_budget_s!r}")
         if not 0.0 < self.memory_fraction <= 1.0:
             raise ValueError(f"memory_fraction must be in (0, 1], got {self.memory_fraction!r}")
+        if not self.energy_slack >= 0:
+            raise ValueError(f"energy_slack must be >= 0 (a fraction of the best time), got {self.energy_slack!r}")
         if not self.time_limit_s > 0:
             raise ValueError(f"time_limit_s must be > 0 seconds, got {self.time_limit_s!r}")
         if not 0 <= self.mip_rel_gap < 1:

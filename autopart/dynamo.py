@@ -134,8 +134,12 @@ def solve_annotated(
         max_groups=config.max_groups,
         pinned=pinned,
     )
+    if config.objective == "throughput":  # one micro-batch in flight per pipeline stage
+        problem = dataclasses.replace(problem, activation_copies=max(1, len(problem.devices)))
     solution = solve(
         problem,
+        objective=config.objective,
+        energy_slack=config.energy_slack,
         solver=config.solver,
         time_limit_s=config.time_limit_s,
         mip_rel_gap=config.mip_rel_gap,

@@ -17,7 +17,7 @@ from .coarsen import PlacementProblem
 from .graph import AnnotatedGraph
 from .solver import Solution, evaluate
 
-PLAN_FORMAT_VERSION = 1
+PLAN_FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -60,12 +60,17 @@ class Plan:
     predicted_time_s: float
     predicted_compute_s: float
     predicted_transfer_s: float
+    predicted_bottleneck_s: float
+    """Time of the busiest device per call (per micro-batch when pipelined)."""
+    predicted_energy_J: float
+    """Energy of one call (devices without power figures count 0 W)."""
     predicted_peak_bytes: dict[str, int]
     capacity_bytes: dict[str, int]
     solver: str
     solver_status: str
     objective: float
-    """Objective value of the chosen placement (predicted seconds for ``"latency"``)."""
+    """Objective value of the chosen placement: seconds for ``"latency"`` and ``"throughput"``,
+    joules for ``"energy"``."""
     bound: float | None
     """Proven lower bound on the objective over all placements (None: unknown)."""
     gap: float | None
@@ -92,11 +97,13 @@ class Plan:
         lines = [
             f"autopart plan for {self.graph_name} on {self.topology_name} "
             f"(objective: {self.objective_name})",
-            f"solver {self.solver}: {self.solver_status}, objective {_ms(self.objective)}, "
-            f"bound {_ms(self.bound)}, gap {_pct(self.gap)}, {self.solve_time_s:.2f} s, "
+            f"solver {self.solver}: {self.solver_status}, objective {self._value(self.objective)}, "
+            f"bound {self._value(self.bound)}, gap {_pct(self.gap)}, {self.solve_time_s:.2f} s, "
             f"{self.num_variables} variables, {self.num_constraints} constraints",
             f"predicted time {_ms(self.predicted_time_s)} = compute "
             f"{_ms(self.predicted_compute_s)} + transfers {_ms(self.predicted_transfer_s)}; "
+            f"busiest device {_ms(self.predicted_bottleneck_s)}; energy "
+            f"{self.predicted_energy_J:.3g} J; "
             f"{self.num_nodes} nodes in {len(self.tasks)} tasks on {len(self.devices_used)} "
             f"device(s): {', '.join(self.devices_used) or '-'}",
             "",
@@ -139,6 +146,11 @@ class Plan:
             rows = rows[:max_rows] + [["...", "", "", "", "", ""]] + rows[-max_rows:]
         lines += _table(["#", "device", "task", "nodes", "time", "resident"], rows)
         return "\n".join(lines)
+
+    def _value(self, value: float | None) -> str:
+        if value is None:
+            return "-"
+        return f"{value:.4g} J" if self.objective_name == "energy" else _ms(value)
 
     def __str__(self) -> str:
         return self.summary()
@@ -269,12 +281,14 @@ def make_plan(
         predicted_time_s=ev.time_s,
         predicted_compute_s=ev.compute_s,
         predicted_transfer_s=ev.transfer_s,
+        predicted_bottleneck_s=ev.bottleneck_s,
+        predicted_energy_J=ev.energy_J,
         predicted_peak_bytes={d: ev.peak_bytes.get(d, 0) for d in problem.capacity_bytes},
         capacity_bytes=dict(problem.capacity_bytes),
         solver=solution.solver,
         solver_status=solution.status,
-        objective=solution.objective_s,
-        bound=solution.bound_s,
+        objective=solution.objective,
+        bound=solution.bound,
         gap=solution.gap,
         solve_time_s=solution.solve_time_s,
         num_variables=solution.num_variables,

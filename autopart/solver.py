@@ -1,6 +1,6 @@
-r"""Placement ILP: which device runs each task, minimizing the predicted time of one call.
+r"""Placement ILP: which device runs each task, minimizing predicted time, or energy.
 
-Model (latency objective; tasks run one at a time in their order, as the runtime runs them):
+Model (tasks run one at a time in their order, as the runtime runs them):
 
 Sets
     :math:`T` tasks in execution order (``PlacementProblem.tasks``); :math:`D_t` devices task
@@ -23,23 +23,43 @@ Constraints
     :math:`\sum_t R_t x_{t,d} + P_i x_{i,d} + \sum_{l:\,p(l) \le i \le e(l)} b_l x_{p(l),d} \le M_d`
     with :math:`R_t` resident bytes (weights held all call long) and :math:`P_i` the peak of
     activations born and dead inside task :math:`i`. This is an upper bound on the true peak.
+    Activation terms are multiplied by ``PlacementProblem.activation_copies`` (the micro-batches
+    in flight at once in a pipelined plan; 1 otherwise).
 
     symmetry (:func:`add_symmetry_breaking`): devices that are interchangeable (same specs,
     capacity and links) are used in order of first use: for such a class
     :math:`d_0, d_1, \dots`, :math:`x_{t,d_j} \le \sum_{t' < t} x_{t',d_{j-1}}`. Any placement
     can be relabelled to satisfy this, so the optimum is unchanged and the search is smaller.
 
-Objective (:func:`add_objective`)
-    :math:`\min \sum_{t,d} \tau_{t,d} x_{t,d} + \sum_{v,s,d} y_{v,s,d}
-    (k_v \alpha_{s,d} + b_v / \beta_{s,d})`, compute time :math:`\tau` from the cost pass and
-    alpha-beta transfer time over the topology's link (or route) from :math:`s` to :math:`d`.
+Objectives (:func:`add_objective`). With compute time :math:`\tau_{t,d}` from the cost pass
+and alpha-beta transfer cost :math:`c_{v,s,d} = k_v \alpha_{s,d} + b_v / \beta_{s,d}` over the
+topology's link (or route), device :math:`d` is busy
+:math:`B_d = \sum_t \tau_{t,d} x_{t,d} + \sum_{v,s} c_{v,s,d} y_{v,s,d}` (its compute plus the
+copies it receives), and one call lasts :math:`L = \sum_d B_d`.
+
+    ``latency``: :math:`\min L`, the time of one call.
+    ``throughput``: :math:`\min \beta` with :math:`\beta \ge B_d` for every device: the
+    bottleneck of a pipeline that streams micro-batches through the devices (each device does its
+    share of every micro-batch; pipeline fill and drain are not counted; PipeDream, Narayanan et
+    al., SOSP 2019). Stages need not be contiguous; ``activation_copies`` is the number of
+    devices (one micro-batch in flight per stage).
+    ``energy``: :math:`\min \sum_d (P^{act}_d - P^{idle}_d) B_d + L \sum_d P^{idle}_d` (see
+    :mod:`autopart.costmodel.energy`: busy devices draw their active power, all powered devices
+    their idle power for the whole call) subject to :math:`L \le (1 + s) L^*` (:func:`add_latency_cap`),
+    :math:`L^*` the best latency (solved first) and :math:`s` the allowed slack. Devices with no
+    power figures count 0 W.
 
 Not modelled (yet): overlap of independent tasks on different devices, overlap of transfers with
 compute, copies held on the receiving device, and pipelining across calls.
 
+Starting points: the best of a greedy placement and the cheap baselines (sequential fill,
+balanced fill, m-ETF; :mod:`autopart.baselines`) is handed to HiGHS as its first incumbent, and
+returned if the solver finds nothing better in its time limit, so the ILP is never worse than
+them.
+
 Rows are scaled so that coefficients stay near 1 whatever the model's size: each memory row is
 divided by its device's capacity, and the objective by the sum over tasks of their fastest
-compute time (HiGHS misjudges badly scaled rows: memory in bytes overran time limits, and memory
+compute time (times the devices' mean active power for energy) (HiGHS misjudges badly scaled rows: memory in bytes overran time limits, and memory
 in GiB fell below its feasibility tolerance on small models; see shared/notes/solver-facts.md).
 """
 
@@ -53,6 +73,7 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass
+from typing import Literal
 
 import pulp
 
@@ -62,20 +83,27 @@ log = logging.getLogger(__name__)
 
 
 
+ObjectiveName = Literal["latency", "throughput", "energy"]
+OBJECTIVE_UNITS = {"latency": "s", "throughput": "s", "energy": "J"}
+
+
 @dataclass(frozen=True)
 class Solution:
     """A placement of every task, with how it was found.
 
-    ``objective_s`` is the predicted time of the placement; ``bound_s`` a proven lower bound on
-    any placement's predicted time (None if unknown); ``gap = (objective - bound) / objective``.
+    ``objective`` is the placement's value of ``objective_name`` (seconds for latency and
+    throughput, joules for energy); ``bound`` a proven lower bound on any placement's value (None
+    if unknown); ``gap = (objective - bound) / objective``.
     """
 
     assignment: tuple[str, ...]
     status: str
-    """``"optimal"``, ``"feasible"`` (stopped at the time limit with a solution), or ``"trivial"``
+    """``"optimal"``, ``"feasible"`` (stopped at the time limit with a solution), ``"heuristic"``
+    (the solver found nothing better than the best starting point in time), or ``"trivial"``
     (one device: nothing to decide)."""
-    objective_s: float
-    bound_s: float | None
+    objective_name: str
+    objective: float
+    bound: float | None
     gap: float | None
     solve_time_s: float
     solver: str
@@ -85,39 +113,86 @@ class Solution:
 
 @dataclass(frozen=True)
 class Evaluation:
-    """Predicted time and memory of one placement under the same model the ILP uses."""
+    """Predicted time, energy and memory of one placement under the model the ILP uses.
+
+    ``time_s``: one call (latency); ``busy_s``: per device, its compute plus the copies it
+    receives; ``bottleneck_s``: the busiest device (the throughput objective); ``energy_J``: one
+    call's energy (devices without power figures count 0 W); ``peak_bytes`` per device.
+    """
 
     time_s: float
     compute_s: float
     transfer_s: float
     peak_bytes: dict[str, int]
+    busy_s: dict[str, float]
+    energy_J: float
+
+    @property
+    def bottleneck_s(self) -> float:
+        return max(self.busy_s.values(), default=0.0)
+
+    def value(self, objective: str) -> float:
+        """The value of ``objective`` (``"latency"``, ``"throughput"`` or ``"energy"``)."""
+        if objective == "latency":
+            return self.time_s
+        if objective == "throughput":
+            return self.bottleneck_s
+        if objective == "energy":
+            return self.energy_J
+        raise ValueError(f"unknown objective {objective!r}; expected one of {list(OBJECTIVE_UNITS)}")
+
+
+def power_W(problem: PlacementProblem, device: str) -> tuple[float, float]:
+    """(active, idle) watts of a device; 0 where the topology gives no figure."""
+    dev = problem.topology.device(device)
+    return dev.max_power_W or 0.0, dev.idle_power_W or 0.0
+
+
+def powered_devices(problem: PlacementProblem) -> list[str]:
+    """Devices that draw power during a call: those that may compute, and fixed ones."""
+    fixed = [t.fixed_device for t in problem.tasks if t.fixed_device]
+    return list(dict.fromkeys([*problem.devices, *fixed]))
 
 
 def evaluate(problem: PlacementProblem, assignment: tuple[str, ...] | list[str]) -> Evaluation:
-    """Predicted time (seconds) and per-device peak memory (bytes) of ``assignment``."""
+    """Predicted time (seconds), energy (joules) and per-device peak memory (bytes) of
+    ``assignment``, exactly as the ILP models them (module docstring)."""
     topo = problem.topology
     tasks = problem.tasks
-    compute = sum(t.time_s.get(d, 0.0) for t, d in zip(tasks, assignment))
+    busy: dict[str, float] = {d: 0.0 for d in powered_devices(problem)}
+    compute = 0.0
+    for t, d in zip(tasks, assignment):
+        seconds = t.time_s.get(d, 0.0)
+        compute += seconds
+        busy[d] = busy.get(d, 0.0) + seconds
     transfer = 0.0
     for v in problem.values:
         src = assignment[v.producer]
         for dst in {assignment[c] for c in v.consumers} - {src}:
             link = topo.link(src, dst)
-            transfer += v.count * link.latency_s + v.nbytes / link.bandwidth_Bps
+            seconds = v.count * link.latency_s + v.nbytes / link.bandwidth_Bps
+            transfer += seconds
+            busy[dst] = busy.get(dst, 0.0) + seconds
+    latency = compute + transfer
+    energy = 0.0
+    for d, b in busy.items():
+        active, idle = power_W(problem, d)
+        energy += (active - idle) * b + idle * latency
+    copies = problem.activation_copies
     peak: dict[str, int] = {}
     resident: dict[str, int] = {}
     for t, d in zip(tasks, assignment):
         resident[d] = resident.get(d, 0) + t.resident_bytes
     for i, (t, d) in enumerate(zip(tasks, assignment)):
         live = dict(resident)
-        live[d] = live.get(d, 0) + t.peak_bytes
+        live[d] = live.get(d, 0) + copies * t.peak_bytes
         for r in problem.live_ranges:
             if r.producer <= i <= r.last:
                 owner = assignment[r.producer]
-                live[owner] = live.get(owner, 0) + r.nbytes
+                live[owner] = live.get(owner, 0) + copies * r.nbytes
         for dev, nbytes in live.items():
             peak[dev] = max(peak.get(dev, 0), nbytes)
-    return Evaluation(compute + transfer, compute, transfer, peak)
+    return Evaluation(latency, compute, transfer, peak, busy, energy)
 
 
 def allowed_devices(problem: PlacementProblem) -> list[list[str]]:
@@ -256,6 +331,7 @@ class _Model:
             min(task.time_s.get(d, 0.0) for d in devs) for task, devs in zip(problem.tasks, self.allowed)
         )
         self.time_unit_s = fastest if fastest > 0 else 1e-3
+        self.unit = self.time_unit_s  # the objective's unit (set by add_objective)
 
     def variable(self, name: str, low: float, up: float, cat: str = pulp.LpContinuous):
         if hasattr(self.prob, "add_variable"):  # PuLP >= 3.3; LpVariable(...) is deprecated
@@ -290,13 +366,14 @@ def add_memory(m: _Model) -> None:
             for t, task in enumerate(p.tasks)
             if task.resident_bytes and (t, d) in m.x
         ]
+        copies = p.activation_copies
         for i, task in enumerate(p.tasks):
             terms = list(resident)
             if task.peak_bytes and (i, d) in m.x:
-                terms.append((m.x[i, d], task.peak_bytes / cap))
+                terms.append((m.x[i, d], copies * task.peak_bytes / cap))
             for r in p.live_ranges:
                 if r.producer <= i <= r.last and (r.producer, d) in m.x:
-                    terms.append((m.x[r.producer, d], r.nbytes / cap))
+                    terms.append((m.x[r.producer, d], copies * r.nbytes / cap))
             if terms:
                 m.prob += pulp.LpAffineExpression(_sum_terms(terms)) <= 1.0, f"mem_{d}_{i}"
 
@@ -356,20 +433,60 @@ def add_symmetry_breaking(m: _Model) -> None:
                 m.prob += m.x[t, dev] <= pulp.lpSum(earlier), f"sym_{dev}_{t}"
 
 
-def add_objective(m: _Model) -> None:
+def _busy_terms(m: _Model) -> dict[str, list[tuple[pulp.LpVariable, float]]]:
+    """Per device, the terms of its busy time B_d in seconds (compute + copies it receives)."""
     p = m.problem
-    compute = [
-        (m.x[t, d], task.time_s.get(d, 0.0) / m.time_unit_s)
-        for t, task in enumerate(p.tasks)
-        for d in m.allowed[t]
-    ]
-    transfer = []
+    busy: dict[str, list] = {d: [] for d in powered_devices(p)}
+    for t, task in enumerate(p.tasks):
+        for d in m.allowed[t]:
+            busy.setdefault(d, []).append((m.x[t, d], task.time_s.get(d, 0.0)))
     for (vi, s, d), var in m.y.items():
         v = p.values[vi]
         link = p.topology.link(s, d)
-        seconds = v.count * link.latency_s + v.nbytes / link.bandwidth_Bps
-        transfer.append((var, seconds / m.time_unit_s))
-    m.prob += pulp.LpAffineExpression(_sum_terms(compute + transfer))
+        busy.setdefault(d, []).append((var, v.count * link.latency_s + v.nbytes / link.bandwidth_Bps))
+    return busy
+
+
+def latency_expression(m: _Model) -> pulp.LpAffineExpression:
+    """L = sum of every device's busy time, in seconds."""
+    return pulp.LpAffineExpression(_sum_terms([t for terms in _busy_terms(m).values() for t in terms]))
+
+
+def add_objective(m: _Model, objective: str) -> None:
+    """Set the objective (module docstring), divided by ``m.unit`` so that it is near 1."""
+    p = m.problem
+    busy = _busy_terms(m)
+    if objective == "latency":
+        m.unit = m.time_unit_s
+        terms = [t for ts in busy.values() for t in ts]
+        m.prob += pulp.LpAffineExpression(_sum_terms([(v, c / m.unit) for v, c in terms]))
+    elif objective == "throughput":
+        m.unit = m.time_unit_s / max(1, len(p.devices))
+        bottleneck = m.variable("bottleneck", 0, None)
+        for d, ts in busy.items():
+            if ts:
+                expr = pulp.LpAffineExpression(_sum_terms([(v, c / m.unit) for v, c in ts]))
+                m.prob += expr <= bottleneck, f"busy_{d}"
+        m.prob += pulp.LpAffineExpression({bottleneck: 1.0})
+    elif objective == "energy":
+        idle_total = sum(power_W(p, d)[1] for d in busy)
+        mean_power = sum(power_W(p, d)[0] for d in busy) / max(1, len(busy))
+        m.unit = m.time_unit_s * max(1.0, mean_power)
+        terms = []
+        for d, ts in busy.items():
+            active, idle = power_W(p, d)
+            terms += [(v, c * (active - idle + idle_total) / m.unit) for v, c in ts]
+        m.prob += pulp.LpAffineExpression(_sum_terms(terms))
+    else:
+        raise ValueError(f"unknown objective {objective!r}; expected one of {list(OBJECTIVE_UNITS)}")
+
+
+def add_latency_cap(m: _Model, cap_s: float) -> None:
+    """L <= cap_s (the energy objective's time budget), scaled by the time unit."""
+    expr = latency_expression(m)
+    m.prob += pulp.LpAffineExpression(
+        _sum_terms([(v, c / m.time_unit_s) for v, c in expr.items()])
+    ) <= cap_s / m.time_unit_s, "latency_cap"
 
 
 @functools.cache
@@ -452,24 +569,49 @@ def _cbc(**options):
         return pulp.PULP_CBC_CMD(msg=False, **options)
 
 
+def starting_points(problem: PlacementProblem) -> dict[str, tuple[str, ...]]:
+    """Quick placements that fit: the greedy one and the cheap baselines (sequential fill,
+    balanced fill, m-ETF), by name. They seed and back up the ILP."""
+    from .baselines import run_baselines
+
+    starts = {}
+    greedy = greedy_placement(problem)
+    if greedy is not None:
+        starts["greedy"] = greedy
+    for name, result in run_baselines(problem, names=("sequential_fill", "balanced", "m_etf")).items():
+        if result.assignment is not None:
+            starts[name] = result.assignment
+    return starts
+
+
 def solve(
     problem: PlacementProblem,
     *,
+    objective: ObjectiveName = "latency",
+    energy_slack: float = 0.1,
     solver: str = "auto",
     time_limit_s: float = 10.0,
     mip_rel_gap: float = 1e-2,
 ) -> Solution:
-    """Solve the placement ILP of ``problem`` (see the module docstring).
+    """Place every task of ``problem`` (see the module docstring for the model).
 
     Args:
+        objective: ``"latency"`` (one call), ``"throughput"`` (bottleneck device of a pipeline)
+            or ``"energy"`` (joules of one call, within ``energy_slack`` of the best latency).
+        energy_slack: for ``"energy"``: the latency may exceed the best by this fraction (>= 0).
         solver: ``"highs"``, ``"cbc"`` or ``"auto"`` (HiGHS if installed, else CBC).
-        time_limit_s: solver wall-clock budget, seconds; the incumbent is returned at the limit.
+        time_limit_s: wall-clock budget per MILP, seconds; the incumbent is returned at the limit
+            (the energy objective solves two).
         mip_rel_gap: relative gap at which the solver stops.
 
     Raises:
-        ValueError: the model cannot fit (message gives needed and available bytes), or the
-            solver found no feasible placement.
+        ValueError: an unknown objective or negative slack, a model that cannot fit (the message
+            gives needed and available bytes), or no placement found.
     """
+    if objective not in OBJECTIVE_UNITS:
+        raise ValueError(f"unknown objective {objective!r}; expected one of {list(OBJECTIVE_UNITS)}")
+    if not energy_slack >= 0:
+        raise ValueError(f"energy_slack must be >= 0, got {energy_slack!r}")
     check_fits(problem)
     start = time.perf_counter()
     allowed = allowed_devices(problem)
@@ -477,31 +619,56 @@ def solve(
         assignment = tuple(devs[0] for devs in allowed)
         ev = evaluate(problem, assignment)
         _check_memory(problem, ev)
-        return Solution(
-            assignment=assignment,
-            status="trivial",
-            objective_s=ev.time_s,
-            bound_s=ev.time_s,
-            gap=0.0,
-            solve_time_s=time.perf_counter() - start,
-            solver="none",
-            num_variables=0,
-            num_constraints=0,
-        )
+        value = ev.value(objective)
+        return Solution(assignment, "trivial", objective, value, value, 0.0,
+                        time.perf_counter() - start, "none", 0, 0)
 
+    starts = starting_points(problem)
+    latency_cap = None
+    if objective == "energy":
+        fastest = _solve_milp(problem, "latency", starts, None, solver, time_limit_s, mip_rel_gap)
+        latency_cap = (1 + energy_slack) * fastest.objective
+        starts["fastest"] = fastest.assignment
+    solution = _solve_milp(problem, objective, starts, latency_cap, solver, time_limit_s, mip_rel_gap)
+    return dataclasses.replace(solution, solve_time_s=time.perf_counter() - start)
+
+
+def _solve_milp(
+    problem: PlacementProblem,
+    objective: str,
+    starts: dict[str, tuple[str, ...]],
+    latency_cap: float | None,
+    solver: str,
+    time_limit_s: float,
+    mip_rel_gap: float,
+) -> Solution:
+    start = time.perf_counter()
     m = _Model(problem)
     add_assignment(m)
     add_transfers(m)
     add_memory(m)
     add_symmetry_breaking(m)
-    add_objective(m)
-    initial = greedy_placement(problem)
-    start_values = warm_start_values(m, _canonical_order(problem, initial)) if initial else None
+    add_objective(m, objective)
+    if latency_cap is not None:
+        add_latency_cap(m, latency_cap)
+
+    def admissible(a: tuple[str, ...]) -> bool:
+        return latency_cap is None or evaluate(problem, a).time_s <= latency_cap * (1 + 1e-9)
+
+    candidates = {k: a for k, a in starts.items() if admissible(a)}
+    best_start = min(candidates.values(), key=lambda a: evaluate(problem, a).value(objective), default=None)
+    start_values = None
+    if best_start is not None:
+        start_values = warm_start_values(m, _canonical_order(problem, best_start))
+        if objective == "throughput":
+            bottleneck = next(v for v in m.prob.variables() if v.name == "bottleneck")
+            start_values[bottleneck] = evaluate(problem, best_start).bottleneck_s / m.unit
     solver_name, backend = _make_solver(solver, time_limit_s, mip_rel_gap, start_values)
     m.prob.solve(backend)
     status = pulp.LpStatus[m.prob.status]
     has_solution = m.prob.sol_status in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible)
-    if not has_solution:
+    counts = dict(num_variables=m.prob.numVariables(), num_constraints=m.prob.numConstraints())
+    if not has_solution and best_start is None:
         needed = sum(t.resident_bytes for t in problem.tasks)
         caps = {d: problem.capacity_bytes[d] for d in problem.devices}
         if status == "Infeasible":
@@ -515,23 +682,33 @@ def solve(
             f"the {solver_name} solver found no placement within time_limit_s={time_limit_s} "
             f"(status {status}); raise time_limit_s"
         )
-    assignment = tuple(
-        max(devs, key=lambda d: m.x[t, d].value() or 0.0) for t, devs in enumerate(allowed)
-    )
-    ev = evaluate(problem, assignment)
+    if has_solution:
+        allowed = m.allowed
+        assignment = tuple(
+            max(devs, key=lambda d: m.x[t, d].value() or 0.0) for t, devs in enumerate(allowed)
+        )
+        value = evaluate(problem, assignment).value(objective)
+        if best_start is not None and evaluate(problem, best_start).value(objective) < value:
+            assignment, value, has_solution = best_start, evaluate(problem, best_start).value(objective), False
+    if not has_solution:  # the starting point stands: nothing better was found in time
+        assert best_start is not None
+        assignment = best_start
+        value = evaluate(problem, assignment).value(objective)
+        return Solution(assignment, "heuristic", objective, value, None, None,
+                        time.perf_counter() - start, solver_name, **counts)
     optimal = m.prob.sol_status == pulp.LpSolutionOptimal
-    bound = _bound_s(m, solver_name, ev.time_s, optimal, time_limit_s)
-    gap = None if bound is None else max(0.0, (ev.time_s - bound) / ev.time_s) if ev.time_s else 0.0
+    bound = _bound(m, solver_name, value, optimal, time_limit_s)
+    gap = None if bound is None else (max(0.0, (value - bound) / value) if value else 0.0)
     return Solution(
         assignment=assignment,
         status="optimal" if optimal else "feasible",
-        objective_s=ev.time_s,
-        bound_s=bound,
+        objective_name=objective,
+        objective=value,
+        bound=bound,
         gap=gap,
         solve_time_s=time.perf_counter() - start,
         solver=solver_name,
-        num_variables=m.prob.numVariables(),
-        num_constraints=m.prob.numConstraints(),
+        **counts,
     )
 
 
@@ -545,20 +722,20 @@ def _check_memory(problem: PlacementProblem, ev: Evaluation) -> None:
             )
 
 
-def _bound_s(m: _Model, solver_name: str, objective_s: float, optimal: bool, time_limit_s: float):
-    """A proven lower bound on the predicted time, in seconds."""
+def _bound(m: _Model, solver_name: str, value: float, optimal: bool, time_limit_s: float):
+    """A proven lower bound on the objective, in its unit (seconds or joules)."""
     if solver_name == "highs":
         try:
             info = m.prob.solverModel.getInfo()
             bound = float(info.mip_dual_bound)
             if bound == bound and abs(bound) != float("inf"):
-                return min(objective_s, bound * m.time_unit_s)
+                return min(value, bound * m.unit)
         except Exception:  # noqa: BLE001 - fall through to the generic bound
             log.debug("HiGHS info unavailable; using the LP relaxation bound")
     if optimal:
-        return objective_s
+        return value
     # The LP relaxation's optimum bounds every integer solution (variables already read).
     m.prob.solve(_cbc(mip=False, timeLimit=time_limit_s))
     if m.prob.sol_status == pulp.LpSolutionOptimal:
-        return min(objective_s, pulp.value(m.prob.objective) * m.time_unit_s)
+        return min(value, pulp.value(m.prob.objective) * m.unit)
     return None

@@ -9,7 +9,8 @@ from autopart.topology import Device, Link, Topology
 
 
 def make_device(name: str, *, tflops: float = 1.0, gbps: float = 100.0, memory: int = 2**34,
-                overhead_s: float = 5e-6) -> Device:
+                overhead_s: float = 5e-6, max_power_W: float | None = None,
+                idle_power_W: float | None = None) -> Device:
     kind = "cpu" if name == "cpu" or name.endswith("/cpu") else "cuda"
     return Device(
         name=name,
@@ -18,6 +19,8 @@ def make_device(name: str, *, tflops: float = 1.0, gbps: float = 100.0, memory: 
         peak_flops={"float32": tflops * 1e12},
         mem_bandwidth_Bps=gbps * 1e9,
         launch_overhead_s=overhead_s,
+        max_power_W=max_power_W,
+        idle_power_W=idle_power_W,
     )
 
 

@@ -195,7 +195,7 @@ def test_chain_dp_is_never_better_than_the_ilp(problem):
         return
     # The ILP searches every assignment, contiguous splits included.
     sol = solve(problem, mip_rel_gap=0.0)
-    assert sol.objective_s <= evaluate(problem, got).time_s * (1 + 1e-6) + 1e-12
+    assert sol.objective <= evaluate(problem, got).time_s * (1 + 1e-6) + 1e-12
 
 
 # ---------------------------------------------------------------- chain DP, by hand

@@ -47,7 +47,7 @@ def test_parse_bytes_rejects_negative_and_wrong_types():
 
 
 def test_config_rejects_bad_values_with_their_name():
-    with pytest.raises(ValueError, match=r"objective='fastest' is not one of \['latency'\]"):
+    with pytest.raises(ValueError, match=r"objective='fastest' is not one of \['latency', 'throughput', 'energy'\]"):
         Config(objective="fastest")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="solver='gurobi'"):
         Config(solver="gurobi")  # type: ignore[arg-type]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import pulp
@@ -16,16 +17,21 @@ from autopart.solver import evaluate, greedy_placement, interchangeable_devices,
 MB = 10**6
 
 
-def brute_force(problem: PlacementProblem) -> tuple[float, tuple[str, ...]] | None:
-    """Minimum predicted time over every placement that fits, by enumeration."""
+def brute_force(
+    problem: PlacementProblem, objective: str = "latency", latency_cap: float | None = None
+) -> tuple[float, tuple[str, ...]] | None:
+    """Minimum of ``objective`` over every placement that fits (and meets the latency cap),
+    by enumeration."""
     choices = [[t.fixed_device] if t.fixed_device else problem.devices for t in problem.tasks]
     best = None
     for assignment in itertools.product(*choices):
         ev = evaluate(problem, assignment)
         if any(ev.peak_bytes.get(d, 0) > problem.capacity_bytes[d] for d in problem.devices):
             continue
-        if best is None or ev.time_s < best[0]:
-            best = (ev.time_s, assignment)
+        if latency_cap is not None and ev.time_s > latency_cap * (1 + 1e-9):
+            continue
+        if best is None or ev.value(objective) < best[0]:
+            best = (ev.value(objective), assignment)
     return best
 
 
@@ -36,7 +42,13 @@ def problems(draw, max_tasks: int = 6, identical: bool = False) -> PlacementProb
         devices = [make_device(n, tflops=5, gbps=300) for n in names]
     else:
         devices = [
-            make_device(n, tflops=draw(st.floats(0.5, 20)), gbps=draw(st.floats(20, 1000)))
+            make_device(
+                n,
+                tflops=draw(st.floats(0.5, 20)),
+                gbps=draw(st.floats(20, 1000)),
+                max_power_W=draw(st.floats(50, 700)),
+                idle_power_W=draw(st.floats(5, 50)),
+            )
             for n in names
         ]
     topo = make_topology(devices, link_gbps=draw(st.floats(1, 50)), latency_s=draw(st.floats(0, 1e-4)))
@@ -93,11 +105,11 @@ def test_ilp_matches_brute_force(problem):
         assert sol is None, "solver placed a problem that has no feasible placement"
         return
     assert sol is not None, f"solver found nothing, brute force found {best}"
-    assert sol.objective_s == pytest.approx(best[0], rel=1e-6, abs=1e-9)
+    assert sol.objective == pytest.approx(best[0], rel=1e-6, abs=1e-9)
     ev = evaluate(problem, sol.assignment)
     for d in problem.devices:
         assert ev.peak_bytes.get(d, 0) <= problem.capacity_bytes[d]
-    assert sol.bound_s is not None and sol.bound_s <= sol.objective_s * (1 + 1e-6)
+    assert sol.bound is not None and sol.bound <= sol.objective * (1 + 1e-6)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -108,7 +120,7 @@ def test_symmetry_breaking_keeps_the_optimum(problem):
     sol = _solve_or_none(problem)
     assert (best is None) == (sol is None)
     if sol is not None:
-        assert sol.objective_s == pytest.approx(best[0], rel=1e-6, abs=1e-9)
+        assert sol.objective == pytest.approx(best[0], rel=1e-6, abs=1e-9)
 
 
 def _chain(times: list[dict[str, float]], resident: list[int], caps: dict[str, int], edge_bytes: int,
@@ -126,7 +138,7 @@ def test_known_optimum_memory_forces_a_split():
     sol = solve(p)
     assert sol.status == "optimal"
     assert set(sol.assignment) == {"cuda:0", "cuda:1"}
-    assert sol.objective_s == pytest.approx(2e-3 + 1e-4 + 10 * MB / 1e9)
+    assert sol.objective == pytest.approx(2e-3 + 1e-4 + 10 * MB / 1e9)
     assert sol.gap == pytest.approx(0.0, abs=1e-6)
 
 
@@ -135,7 +147,7 @@ def test_known_optimum_prefers_the_fast_device_when_transfers_are_cheap():
                make_topology([make_device("slow"), make_device("cuda:0")]))
     sol = solve(p)
     assert sol.assignment == ("cuda:0",) * 3
-    assert sol.objective_s == pytest.approx(0.3)
+    assert sol.objective == pytest.approx(0.3)
 
 
 def test_too_little_memory_names_needed_and_available_bytes():
@@ -168,7 +180,7 @@ def test_each_solver_reaches_the_optimum(solver):
     p = _chain(times, [30 * MB] * 8, caps, MB, topo)
     sol = solve(p, solver=solver, mip_rel_gap=0.0)
     assert sol.solver == solver
-    assert sol.objective_s == pytest.approx(brute_force(p)[0], rel=1e-6)
+    assert sol.objective == pytest.approx(brute_force(p)[0], rel=1e-6)
 
 
 def test_missing_highs_falls_back_to_cbc(monkeypatch):
@@ -190,7 +202,7 @@ def test_single_device_is_trivial():
     p = _chain([{"cpu": 1e-3}] * 3, [MB] * 3, {"cpu": 100 * MB}, 1, make_topology([make_device("cpu")]))
     sol = solve(p)
     assert sol.status == "trivial" and sol.assignment == ("cpu",) * 3
-    assert sol.objective_s == pytest.approx(3e-3)
+    assert sol.objective == pytest.approx(3e-3)
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -202,7 +214,7 @@ def test_greedy_start_fits_and_the_ilp_is_never_worse(problem):
     ev = evaluate(problem, start)
     for d in problem.devices:
         assert ev.peak_bytes.get(d, 0) <= problem.capacity_bytes[d]
-    assert solve(problem, mip_rel_gap=0.0).objective_s <= ev.time_s * (1 + 1e-9)
+    assert solve(problem, mip_rel_gap=0.0).objective <= ev.time_s * (1 + 1e-9)
 
 
 def test_warm_start_does_not_hide_a_better_solution():
@@ -223,5 +235,58 @@ def test_warm_start_does_not_hide_a_better_solution():
                          capacity_bytes={"cpu": 30 * MB, "cuda:0": 31 * MB, "cuda:1": 31 * MB})
     assert evaluate(p, greedy_placement(p)).time_s > brute_force(p)[0]  # the start is not optimal
     sol = solve(p, mip_rel_gap=0.0)
-    assert sol.objective_s == pytest.approx(brute_force(p)[0])
+    assert sol.objective == pytest.approx(brute_force(p)[0])
     assert sol.gap == pytest.approx(0.0, abs=1e-9)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(problems(), st.integers(1, 3))
+def test_throughput_ilp_matches_brute_force(problem, copies):
+    problem = dataclasses.replace(problem, activation_copies=copies)
+    best = brute_force(problem, "throughput")
+    sol = _solve_or_none(problem, objective="throughput")
+    assert (best is None) == (sol is None)
+    if sol is not None:
+        assert sol.objective == pytest.approx(best[0], rel=1e-6, abs=1e-9)
+        assert sol.objective == pytest.approx(evaluate(problem, sol.assignment).bottleneck_s)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(problems(), st.sampled_from([0.0, 0.1, 0.5]))
+def test_energy_ilp_matches_brute_force_within_the_time_budget(problem, slack):
+    fastest = brute_force(problem)
+    sol = _solve_or_none(problem, objective="energy", energy_slack=slack)
+    assert (fastest is None) == (sol is None)
+    if sol is None:
+        return
+    best = brute_force(problem, "energy", latency_cap=(1 + slack) * fastest[0])
+    assert sol.objective == pytest.approx(best[0], rel=1e-6, abs=1e-9)
+    assert evaluate(problem, sol.assignment).time_s <= (1 + slack) * fastest[0] * (1 + 1e-6)
+
+
+def test_unknown_objective_and_bad_slack_are_rejected():
+    p = _chain([{"cpu": 1e-3, "cuda:0": 1e-3}] * 2, [0, 0], {"cpu": MB, "cuda:0": MB}, 1,
+               make_topology([make_device("cpu"), make_device("cuda:0")]))
+    with pytest.raises(ValueError, match="unknown objective 'speed'"):
+        solve(p, objective="speed")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="energy_slack must be >= 0"):
+        solve(p, objective="energy", energy_slack=-1)
+
+
+def test_a_starting_point_is_returned_when_the_solver_finds_nothing_better(monkeypatch):
+    import autopart.solver as solver_module
+
+    topo = make_topology([make_device("cuda:0"), make_device("cuda:1")])
+    p = _chain([{"cuda:0": 1e-3, "cuda:1": 2e-3}] * 4, [30 * MB] * 4, {"cuda:0": 100 * MB, "cuda:1": 100 * MB}, MB, topo)
+
+    class Nothing(solver_module._WarmHiGHS):
+        def callSolver(self, lp):  # a solver that is out of time before it starts
+            pass
+
+    monkeypatch.setattr(solver_module, "_WarmHiGHS", Nothing)
+    sol = solve(p)
+    starts = solver_module.starting_points(p)
+    best = min(starts.values(), key=lambda a: evaluate(p, a).time_s)
+    assert sol.status == "heuristic" and sol.bound is None and sol.gap is None
+    assert sol.assignment == best
+    assert sol.objective == pytest.approx(evaluate(p, best).time_s)

@@ -15,7 +15,7 @@ from typing import Any
 from ._io import atomic_write_text
 from .coarsen import PlacementProblem
 from .graph import AnnotatedGraph
-from .solver import Solution, evaluate
+from .solver import Solution, evaluate, stream_host
 
 PLAN_FORMAT_VERSION = 2
 
@@ -44,6 +44,9 @@ class TaskPlacement:
     num_nodes: int
     time_s: float
     resident_bytes: int
+    streamed_from: str | None = None
+    """The host device holding this task's weights, copied to ``device`` on every call (None:
+    the weights live on ``device``)."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,8 @@ class Plan:
         for t in self.tasks:
             if t.num_nodes and (t.time_s > 0 or t.resident_bytes > 0):
                 seen.setdefault(t.device, None)
+                if t.streamed_from:
+                    seen.setdefault(t.streamed_from, None)
         return list(seen)
 
     # --- text ---------------------------------------------------------------------------
@@ -121,7 +126,7 @@ class Plan:
                     str(len(mine)),
                     str(sum(t.num_nodes for t in mine)),
                     _ms(sum(t.time_s for t in mine)),
-                    _mib(sum(t.resident_bytes for t in mine)),
+                    _mib(sum(t.resident_bytes for t in self.tasks if (t.streamed_from or t.device) == dev)),
                     _mib(self.predicted_peak_bytes.get(dev, 0)),
                     _mib(self.capacity_bytes[dev]),
                 ]
@@ -139,7 +144,14 @@ class Plan:
                 lines.append(f"... {len(self.transfers) - max_rows} more")
         lines += ["", "tasks in execution order:"]
         rows = [
-            [str(i), t.device, t.name[:60], str(t.num_nodes), _ms(t.time_s), _mib(t.resident_bytes)]
+            [
+                str(i),
+                t.device + (f" <- {t.streamed_from}" if t.streamed_from else ""),
+                t.name[:60],
+                str(t.num_nodes),
+                _ms(t.time_s),
+                _mib(t.resident_bytes),
+            ]
             for i, t in enumerate(self.tasks)
         ]
         if len(rows) > 2 * max_rows:
@@ -243,7 +255,12 @@ def plan_transfers(graph: AnnotatedGraph, placement: dict[str, str]) -> tuple[Tr
             if src is None or src == dst or not producer.tensors or (name, dst) in seen:
                 continue
             seen.add((name, dst))
-            reason = "graph output" if node.name == output else f"read by {node.name}"
+            if node.name == output:
+                reason = "graph output"
+            elif producer.role in ("parameter", "buffer", "constant"):
+                reason = f"weights streamed for {node.name}"
+            else:
+                reason = f"read by {node.name}"
             transfers.append(Transfer(name, src, dst, producer.output_bytes, reason))
     return tuple(transfers)
 
@@ -260,7 +277,12 @@ def make_plan(
     placement = {
         name: solution.assignment[i] for i, task in enumerate(problem.tasks) for name in task.nodes
     }
-    ev = evaluate(problem, solution.assignment)
+    hosts = {i: stream_host(problem, solution.assignment[i]) for i in solution.streamed}
+    for i, host in hosts.items():  # streamed weights live on the host; transfers follow
+        for name in problem.tasks[i].nodes:
+            if graph.node(name).role in ("parameter", "buffer", "constant"):
+                placement[name] = host
+    ev = evaluate(problem, solution.assignment, solution.streamed)
     tasks = tuple(
         TaskPlacement(
             name=t.name,
@@ -268,6 +290,7 @@ def make_plan(
             num_nodes=len(t.nodes),
             time_s=t.time_s.get(solution.assignment[i], 0.0),
             resident_bytes=t.resident_bytes,
+            streamed_from=hosts.get(i),
         )
         for i, t in enumerate(problem.tasks)
     )

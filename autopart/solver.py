@@ -25,6 +25,14 @@ Constraints
     activations born and dead inside task :math:`i`. This is an upper bound on the true peak.
     Activation terms are multiplied by ``PlacementProblem.activation_copies`` (the micro-batches
     in flight at once in a pipelined plan; 1 otherwise).
+    streaming (:func:`add_streaming`): :math:`z_{t,d} \le x_{t,d}`, binary, for a task with
+    weights on an accelerator :math:`d` whose host has a CPU device :math:`h(d)` with capacity:
+    the task's weights live in host memory and are copied to :math:`d` on every call (as
+    DeepSpeed's and accelerate's offloading do). Memory moves from :math:`d`
+    (:math:`R_t (x_{t,d} - z_{t,d})`, plus :math:`R_t z_{t,d}` only while task :math:`t` runs)
+    to :math:`h(d)` (:math:`R_t z_{t,d}` all call long), and :math:`d` is busy
+    :math:`z_{t,d}(\alpha_{h,d} + R_t/\beta_{h,d})` more per call (no prefetch overlap assumed).
+    So the ILP chooses, per task, between computing on the CPU and streaming to a GPU.
 
     symmetry (:func:`add_symmetry_breaking`): devices that are interchangeable (same specs,
     capacity and links) are used in order of first use: for such a class
@@ -109,6 +117,8 @@ class Solution:
     solver: str
     num_variables: int
     num_constraints: int
+    streamed: frozenset[int] = frozenset()
+    """Tasks whose weights stay in host memory and are copied to their device on each call."""
 
 
 @dataclass(frozen=True)
@@ -154,9 +164,36 @@ def powered_devices(problem: PlacementProblem) -> list[str]:
     return list(dict.fromkeys([*problem.devices, *fixed]))
 
 
-def evaluate(problem: PlacementProblem, assignment: tuple[str, ...] | list[str]) -> Evaluation:
+def stream_host(problem: PlacementProblem, device: str) -> str | None:
+    """The CPU device that can hold weights streamed to ``device``: a CPU with capacity on the
+    same host; None for a CPU device itself or a host without one."""
+    topo = problem.topology
+    if topo.device(device).kind == "cpu":
+        return None
+    host = topo.device(device).host
+    for name in problem.devices:
+        d = topo.device(name)
+        if d.kind == "cpu" and d.host == host:
+            return name
+    return None
+
+
+def stream_time_s(problem: PlacementProblem, task: int, device: str) -> float:
+    """Seconds to copy task ``task``'s weights from its stream host to ``device``."""
+    host = stream_host(problem, device)
+    assert host is not None
+    link = problem.topology.link(host, device)
+    return link.latency_s + problem.tasks[task].resident_bytes / link.bandwidth_Bps
+
+
+def evaluate(
+    problem: PlacementProblem,
+    assignment: tuple[str, ...] | list[str],
+    streamed: frozenset[int] | set[int] = frozenset(),
+) -> Evaluation:
     """Predicted time (seconds), energy (joules) and per-device peak memory (bytes) of
-    ``assignment``, exactly as the ILP models them (module docstring)."""
+    ``assignment`` (with the weights of tasks in ``streamed`` held in host memory and copied
+    each call), exactly as the ILP models them (module docstring)."""
     topo = problem.topology
     tasks = problem.tasks
     busy: dict[str, float] = {d: 0.0 for d in powered_devices(problem)}
@@ -166,6 +203,10 @@ def evaluate(problem: PlacementProblem, assignment: tuple[str, ...] | list[str])
         compute += seconds
         busy[d] = busy.get(d, 0.0) + seconds
     transfer = 0.0
+    for t in streamed:
+        seconds = stream_time_s(problem, t, assignment[t])
+        transfer += seconds
+        busy[assignment[t]] += seconds
     for v in problem.values:
         src = assignment[v.producer]
         for dst in {assignment[c] for c in v.consumers} - {src}:
@@ -181,11 +222,12 @@ def evaluate(problem: PlacementProblem, assignment: tuple[str, ...] | list[str])
     copies = problem.activation_copies
     peak: dict[str, int] = {}
     resident: dict[str, int] = {}
-    for t, d in zip(tasks, assignment):
-        resident[d] = resident.get(d, 0) + t.resident_bytes
+    for i, (t, d) in enumerate(zip(tasks, assignment)):
+        home = stream_host(problem, d) if i in streamed else d
+        resident[home] = resident.get(home, 0) + t.resident_bytes
     for i, (t, d) in enumerate(zip(tasks, assignment)):
         live = dict(resident)
-        live[d] = live.get(d, 0) + copies * t.peak_bytes
+        live[d] = live.get(d, 0) + copies * t.peak_bytes + (t.resident_bytes if i in streamed else 0)
         for r in problem.live_ranges:
             if r.producer <= i <= r.last:
                 owner = assignment[r.producer]
@@ -332,6 +374,7 @@ class _Model:
         )
         self.time_unit_s = fastest if fastest > 0 else 1e-3
         self.unit = self.time_unit_s  # the objective's unit (set by add_objective)
+        self.z: dict[tuple[int, str], pulp.LpVariable] = {}  # streamed weights (add_streaming)
 
     def variable(self, name: str, low: float, up: float, cat: str = pulp.LpContinuous):
         if hasattr(self.prob, "add_variable"):  # PuLP >= 3.3; LpVariable(...) is deprecated
@@ -357,6 +400,18 @@ def add_transfers(m: _Model) -> None:
                     m.prob += m.y[key] >= m.x[v.producer, s] + m.x[c, d] - 1
 
 
+def add_streaming(m: _Model) -> None:
+    """Variables z[t, d] (module docstring): stream the weights of free task t to device d."""
+    p = m.problem
+    for t, task in enumerate(p.tasks):
+        if task.fixed_device or not task.resident_bytes:
+            continue
+        for d in m.allowed[t]:
+            if stream_host(p, d) is not None:
+                z = m.z[t, d] = m.variable(f"z_{t}_{len(m.z)}", 0, 1, pulp.LpBinary)
+                m.prob += z <= m.x[t, d], f"stream_{t}_{len(m.z)}"
+
+
 def add_memory(m: _Model) -> None:
     p = m.problem
     for d in p.devices:
@@ -366,9 +421,18 @@ def add_memory(m: _Model) -> None:
             for t, task in enumerate(p.tasks)
             if task.resident_bytes and (t, d) in m.x
         ]
+        # weights streamed to d live in host memory; those streamed from d (a host) live here
+        resident += [(z, -p.tasks[t].resident_bytes / cap) for (t, dev), z in m.z.items() if dev == d]
+        resident += [
+            (z, p.tasks[t].resident_bytes / cap)
+            for (t, dev), z in m.z.items()
+            if stream_host(p, dev) == d
+        ]
         copies = p.activation_copies
         for i, task in enumerate(p.tasks):
             terms = list(resident)
+            if (i, d) in m.z:  # the streamed copy, while the task runs
+                terms.append((m.z[i, d], task.resident_bytes / cap))
             if task.peak_bytes and (i, d) in m.x:
                 terms.append((m.x[i, d], copies * task.peak_bytes / cap))
             for r in p.live_ranges:
@@ -444,6 +508,8 @@ def _busy_terms(m: _Model) -> dict[str, list[tuple[pulp.LpVariable, float]]]:
         v = p.values[vi]
         link = p.topology.link(s, d)
         busy.setdefault(d, []).append((var, v.count * link.latency_s + v.nbytes / link.bandwidth_Bps))
+    for (t, d), z in m.z.items():
+        busy[d].append((z, stream_time_s(p, t, d)))
     return busy
 
 
@@ -541,6 +607,7 @@ def _columns_match_objective(highs) -> bool:
 def warm_start_values(m: _Model, assignment: tuple[str, ...]) -> dict[pulp.LpVariable, float]:
     """Values of every variable for a given placement."""
     values = {var: float(assignment[t] == d) for (t, d), var in m.x.items()}
+    values.update({z: 0.0 for z in m.z.values()})
     for (vi, s, d), var in m.y.items():
         v = m.problem.values[vi]
         sent = assignment[v.producer] == s and any(assignment[c] == d for c in v.consumers)
@@ -569,18 +636,21 @@ def _cbc(**options):
         return pulp.PULP_CBC_CMD(msg=False, **options)
 
 
-def starting_points(problem: PlacementProblem) -> dict[str, tuple[str, ...]]:
-    """Quick placements that fit: the greedy one and the cheap baselines (sequential fill,
-    balanced fill, m-ETF), by name. They seed and back up the ILP."""
+Start = tuple[tuple[str, ...], frozenset[int]]  # (assignment, streamed tasks)
+
+
+def starting_points(problem: PlacementProblem) -> dict[str, Start]:
+    """Quick placements that fit, none streaming: the greedy one and the cheap baselines
+    (sequential fill, balanced fill, m-ETF), by name. They seed and back up the ILP."""
     from .baselines import run_baselines
 
-    starts = {}
+    starts: dict[str, Start] = {}
     greedy = greedy_placement(problem)
     if greedy is not None:
-        starts["greedy"] = greedy
+        starts["greedy"] = (greedy, frozenset())
     for name, result in run_baselines(problem, names=("sequential_fill", "balanced", "m_etf")).items():
         if result.assignment is not None:
-            starts[name] = result.assignment
+            starts[name] = (result.assignment, frozenset())
     return starts
 
 
@@ -628,7 +698,7 @@ def solve(
     if objective == "energy":
         fastest = _solve_milp(problem, "latency", starts, None, solver, time_limit_s, mip_rel_gap)
         latency_cap = (1 + energy_slack) * fastest.objective
-        starts["fastest"] = fastest.assignment
+        starts["fastest"] = (fastest.assignment, fastest.streamed)
     solution = _solve_milp(problem, objective, starts, latency_cap, solver, time_limit_s, mip_rel_gap)
     return dataclasses.replace(solution, solve_time_s=time.perf_counter() - start)
 
@@ -636,7 +706,7 @@ def solve(
 def _solve_milp(
     problem: PlacementProblem,
     objective: str,
-    starts: dict[str, tuple[str, ...]],
+    starts: dict[str, Start],
     latency_cap: float | None,
     solver: str,
     time_limit_s: float,
@@ -646,23 +716,26 @@ def _solve_milp(
     m = _Model(problem)
     add_assignment(m)
     add_transfers(m)
+    add_streaming(m)
     add_memory(m)
     add_symmetry_breaking(m)
     add_objective(m, objective)
     if latency_cap is not None:
         add_latency_cap(m, latency_cap)
 
-    def admissible(a: tuple[str, ...]) -> bool:
-        return latency_cap is None or evaluate(problem, a).time_s <= latency_cap * (1 + 1e-9)
+    def admissible(start: Start) -> bool:
+        ev = evaluate(problem, *start)
+        fits = all(ev.peak_bytes.get(d, 0) <= problem.capacity_bytes[d] for d in problem.devices)
+        return fits and (latency_cap is None or ev.time_s <= latency_cap * (1 + 1e-9))
 
-    candidates = {k: a for k, a in starts.items() if admissible(a)}
-    best_start = min(candidates.values(), key=lambda a: evaluate(problem, a).value(objective), default=None)
+    candidates = [st for st in starts.values() if admissible(st)]
+    best_start = min(candidates, key=lambda st: evaluate(problem, *st).value(objective), default=None)
     start_values = None
-    if best_start is not None:
-        start_values = warm_start_values(m, _canonical_order(problem, best_start))
+    if best_start is not None and not best_start[1]:  # streaming starts are not canonicalized
+        start_values = warm_start_values(m, _canonical_order(problem, best_start[0]))
         if objective == "throughput":
             bottleneck = next(v for v in m.prob.variables() if v.name == "bottleneck")
-            start_values[bottleneck] = evaluate(problem, best_start).bottleneck_s / m.unit
+            start_values[bottleneck] = evaluate(problem, best_start[0]).bottleneck_s / m.unit
     solver_name, backend = _make_solver(solver, time_limit_s, mip_rel_gap, start_values)
     m.prob.solve(backend)
     status = pulp.LpStatus[m.prob.status]
@@ -682,20 +755,24 @@ def _solve_milp(
             f"the {solver_name} solver found no placement within time_limit_s={time_limit_s} "
             f"(status {status}); raise time_limit_s"
         )
+    streamed: frozenset[int] = frozenset()
     if has_solution:
         allowed = m.allowed
         assignment = tuple(
             max(devs, key=lambda d: m.x[t, d].value() or 0.0) for t, devs in enumerate(allowed)
         )
-        value = evaluate(problem, assignment).value(objective)
-        if best_start is not None and evaluate(problem, best_start).value(objective) < value:
-            assignment, value, has_solution = best_start, evaluate(problem, best_start).value(objective), False
+        streamed = frozenset(
+            t for (t, d), z in m.z.items() if assignment[t] == d and (z.value() or 0.0) > 0.5
+        )
+        value = evaluate(problem, assignment, streamed).value(objective)
+        if best_start is not None and evaluate(problem, *best_start).value(objective) < value:
+            has_solution = False
     if not has_solution:  # the starting point stands: nothing better was found in time
         assert best_start is not None
-        assignment = best_start
-        value = evaluate(problem, assignment).value(objective)
+        assignment, streamed = best_start
+        value = evaluate(problem, assignment, streamed).value(objective)
         return Solution(assignment, "heuristic", objective, value, None, None,
-                        time.perf_counter() - start, solver_name, **counts)
+                        time.perf_counter() - start, solver_name, streamed=streamed, **counts)
     optimal = m.prob.sol_status == pulp.LpSolutionOptimal
     bound = _bound(m, solver_name, value, optimal, time_limit_s)
     gap = None if bound is None else (max(0.0, (value - bound) / value) if value else 0.0)
@@ -708,6 +785,7 @@ def _solve_milp(
         gap=gap,
         solve_time_s=time.perf_counter() - start,
         solver=solver_name,
+        streamed=streamed,
         **counts,
     )
 

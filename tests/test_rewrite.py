@@ -179,3 +179,27 @@ def test_device_constants_follow_the_placement():
     for n in tos:
         assert meta in (*n.args, *n.kwargs.values())
     assert not any(n.op == "call_method" and n.target == "cpu" for n in gm.graph.nodes)
+
+
+def test_weights_streamed_from_the_host_run_and_match():
+    # A fast GPU too small for all the weights and a slow CPU: the plan computes everything on
+    # the GPU and streams the weights that do not fit from host memory on each call.
+    torch.manual_seed(0)
+    model = RandomDag([("linear", i, i) for i in range(6)], 64, [6])
+    x = torch.randn(8, 64)
+    topo = make_topology(
+        [make_device("cpu", overhead_s=1e-3), make_device("cuda:0", overhead_s=1e-6)], latency_s=1e-6
+    )
+    weights = 6 * 64 * 64 * 4
+    backend = Backend(Config(topology=topo, device_map="cpu", strict=True, max_groups=8,
+                             max_memory={"cpu": 10**7, "cuda:0": weights // 2}))
+    gm = traced(model, x)
+    runner = backend(gm, [x])
+    plan = backend.plans[0]
+    streamed = [t for t in plan.tasks if t.streamed_from]
+    assert streamed and all(t.device == "cuda:0" and t.streamed_from == "cpu" for t in streamed)
+    assert all(t.device == "cuda:0" for t in plan.tasks if t.num_nodes and t.time_s > 0)
+    assert any(t.reason.startswith("weights streamed") for t in plan.transfers)
+    assert plan.predicted_peak_bytes["cuda:0"] <= plan.capacity_bytes["cuda:0"]
+    with torch.no_grad():
+        torch.testing.assert_close(runner(x)[0], model(x)[0])

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from _util import make_device, make_topology
 from autopart.coarsen import LiveRange, PlacementProblem, Task, Value
-from autopart.solver import evaluate, greedy_placement, interchangeable_devices, solve
+from autopart.solver import evaluate, greedy_placement, interchangeable_devices, solve, stream_host
 
 MB = 10**6
 
@@ -25,18 +25,24 @@ def brute_force(
     choices = [[t.fixed_device] if t.fixed_device else problem.devices for t in problem.tasks]
     best = None
     for assignment in itertools.product(*choices):
-        ev = evaluate(problem, assignment)
-        if any(ev.peak_bytes.get(d, 0) > problem.capacity_bytes[d] for d in problem.devices):
-            continue
-        if latency_cap is not None and ev.time_s > latency_cap * (1 + 1e-9):
-            continue
-        if best is None or ev.value(objective) < best[0]:
-            best = (ev.value(objective), assignment)
+        streamable = [
+            i for i, (t, d) in enumerate(zip(problem.tasks, assignment))
+            if not t.fixed_device and t.resident_bytes and stream_host(problem, d) is not None
+        ]
+        for k in range(len(streamable) + 1):
+            for streamed in itertools.combinations(streamable, k):
+                ev = evaluate(problem, assignment, frozenset(streamed))
+                if any(ev.peak_bytes.get(d, 0) > problem.capacity_bytes[d] for d in problem.devices):
+                    continue
+                if latency_cap is not None and ev.time_s > latency_cap * (1 + 1e-9):
+                    continue
+                if best is None or ev.value(objective) < best[0]:
+                    best = (ev.value(objective), assignment, frozenset(streamed))
     return best
 
 
 @st.composite
-def problems(draw, max_tasks: int = 6, identical: bool = False) -> PlacementProblem:
+def problems(draw, max_tasks: int = 5, identical: bool = False) -> PlacementProblem:
     names = ["cpu", "cuda:0", "cuda:1"]
     if identical:
         devices = [make_device(n, tflops=5, gbps=300) for n in names]
@@ -106,7 +112,7 @@ def test_ilp_matches_brute_force(problem):
         return
     assert sol is not None, f"solver found nothing, brute force found {best}"
     assert sol.objective == pytest.approx(best[0], rel=1e-6, abs=1e-9)
-    ev = evaluate(problem, sol.assignment)
+    ev = evaluate(problem, sol.assignment, sol.streamed)
     for d in problem.devices:
         assert ev.peak_bytes.get(d, 0) <= problem.capacity_bytes[d]
     assert sol.bound is not None and sol.bound <= sol.objective * (1 + 1e-6)
@@ -174,9 +180,9 @@ def test_fragmentation_infeasible_is_reported():
 
 @pytest.mark.parametrize("solver", ["highs", "cbc"])
 def test_each_solver_reaches_the_optimum(solver):
-    topo = make_topology([make_device("cuda:0"), make_device("cuda:1"), make_device("cpu")])
-    times = [{"cuda:0": 1e-3 * (i % 3 + 1), "cuda:1": 2e-3, "cpu": 5e-3} for i in range(8)]
-    caps = {"cuda:0": 100 * MB, "cuda:1": 100 * MB, "cpu": 400 * MB}
+    topo = make_topology([make_device("cuda:0"), make_device("cuda:1"), make_device("cuda:2")])
+    times = [{"cuda:0": 1e-3 * (i % 3 + 1), "cuda:1": 2e-3, "cuda:2": 5e-3} for i in range(8)]
+    caps = {"cuda:0": 100 * MB, "cuda:1": 100 * MB, "cuda:2": 400 * MB}
     p = _chain(times, [30 * MB] * 8, caps, MB, topo)
     sol = solve(p, solver=solver, mip_rel_gap=0.0)
     assert sol.solver == solver
@@ -248,7 +254,7 @@ def test_throughput_ilp_matches_brute_force(problem, copies):
     assert (best is None) == (sol is None)
     if sol is not None:
         assert sol.objective == pytest.approx(best[0], rel=1e-6, abs=1e-9)
-        assert sol.objective == pytest.approx(evaluate(problem, sol.assignment).bottleneck_s)
+        assert sol.objective == pytest.approx(evaluate(problem, sol.assignment, sol.streamed).bottleneck_s)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -261,7 +267,7 @@ def test_energy_ilp_matches_brute_force_within_the_time_budget(problem, slack):
         return
     best = brute_force(problem, "energy", latency_cap=(1 + slack) * fastest[0])
     assert sol.objective == pytest.approx(best[0], rel=1e-6, abs=1e-9)
-    assert evaluate(problem, sol.assignment).time_s <= (1 + slack) * fastest[0] * (1 + 1e-6)
+    assert evaluate(problem, sol.assignment, sol.streamed).time_s <= (1 + slack) * fastest[0] * (1 + 1e-6)
 
 
 def test_unknown_objective_and_bad_slack_are_rejected():
@@ -286,7 +292,7 @@ def test_a_starting_point_is_returned_when_the_solver_finds_nothing_better(monke
     monkeypatch.setattr(solver_module, "_WarmHiGHS", Nothing)
     sol = solve(p)
     starts = solver_module.starting_points(p)
-    best = min(starts.values(), key=lambda a: evaluate(p, a).time_s)
+    best = min((a for a, _ in starts.values()), key=lambda a: evaluate(p, a).time_s)
     assert sol.status == "heuristic" and sol.bound is None and sol.gap is None
     assert sol.assignment == best
     assert sol.objective == pytest.approx(evaluate(p, best).time_s)

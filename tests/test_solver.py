@@ -296,3 +296,18 @@ def test_a_starting_point_is_returned_when_the_solver_finds_nothing_better(monke
     assert sol.status == "heuristic" and sol.bound is None and sol.gap is None
     assert sol.assignment == best
     assert sol.objective == pytest.approx(evaluate(p, best).time_s)
+
+
+def test_a_time_limit_returns_the_incumbent_with_its_gap():
+    topo = make_topology([make_device(f"cuda:{i}", tflops=1 + i) for i in range(4)] + [make_device("cpu")])
+    names = topo.device_names
+    times = [{d: 1e-3 * (1 + (i * 7 + j * 3) % 5) for j, d in enumerate(names)} for i in range(40)]
+    p = _chain(times, [20 * MB] * 40, {d: 250 * MB for d in names}, 4 * MB, topo)
+    sol = solve(p, time_limit_s=0.05, mip_rel_gap=0.0)
+    ev = evaluate(p, sol.assignment, sol.streamed)
+    assert all(ev.peak_bytes.get(d, 0) <= p.capacity_bytes[d] for d in p.devices)
+    assert sol.objective == pytest.approx(ev.time_s)
+    assert sol.status in ("feasible", "heuristic"), "a 40-task, 5-device ILP is not proven in 50 ms"
+    if sol.status == "feasible":
+        assert sol.bound is not None and 0 <= sol.bound <= sol.objective
+        assert sol.gap == pytest.approx((sol.objective - sol.bound) / sol.objective)

@@ -136,13 +136,14 @@ class _Ledger:
         for r in problem.live_ranges:
             ranges[r.producer].append(r)
         self.increments: list[list[tuple[int, int]]] = []
+        copies = problem.activation_copies  # micro-batches in flight, as evaluate counts them
         for i, task in enumerate(problem.tasks):
             inc: dict[int, int] = defaultdict(int)
             if task.peak_bytes:
-                inc[i] += task.peak_bytes
+                inc[i] += copies * task.peak_bytes
             for r in ranges[i]:
                 for step in range(r.producer, r.last + 1):
-                    inc[step] += r.nbytes
+                    inc[step] += copies * r.nbytes
             self.increments.append(sorted(inc.items()))
 
     def need_bytes(self, i: int, device: str) -> int:

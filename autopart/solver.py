@@ -60,10 +60,10 @@ copies it receives), and one call lasts :math:`L = \sum_d B_d`.
 Not modelled (yet): overlap of independent tasks on different devices, overlap of transfers with
 compute, copies held on the receiving device, and pipelining across calls.
 
-Starting points: the best of a greedy placement and the cheap baselines (sequential fill,
-balanced fill, m-ETF; :mod:`autopart.baselines`) is handed to HiGHS as its first incumbent, and
-returned if the solver finds nothing better in its time limit, so the ILP is never worse than
-them.
+Starting points: the best of a greedy placement and the baselines (sequential fill, balanced
+fill, m-ETF, contiguous-stage dynamic programs; :mod:`autopart.baselines`) is handed to HiGHS as
+its first incumbent, and returned if the solver finds nothing better in its time limit, so the
+ILP is never worse than them.
 
 Rows are scaled so that coefficients stay near 1 whatever the model's size: each memory row is
 divided by its device's capacity, and the objective by the sum over tasks of their fastest
@@ -106,7 +106,8 @@ class Solution:
 
     assignment: tuple[str, ...]
     status: str
-    """``"optimal"``, ``"feasible"`` (stopped at the time limit with a solution), ``"heuristic"``
+    """``"optimal"`` (proven: gap 0), ``"feasible"`` (a solution with a proven ``gap``: the
+    solver stopped at ``mip_rel_gap`` or at the time limit), ``"heuristic"``
     (the solver found nothing better than the best starting point in time), or ``"trivial"``
     (one device: nothing to decide)."""
     objective_name: str
@@ -640,15 +641,17 @@ Start = tuple[tuple[str, ...], frozenset[int]]  # (assignment, streamed tasks)
 
 
 def starting_points(problem: PlacementProblem) -> dict[str, Start]:
-    """Quick placements that fit, none streaming: the greedy one and the cheap baselines
-    (sequential fill, balanced fill, m-ETF), by name. They seed and back up the ILP."""
+    """Quick placements that fit, none streaming: the greedy one and the baselines (sequential
+    fill, balanced fill, m-ETF, and the exact contiguous-stage dynamic programs), by name. They
+    seed and back up the ILP, so its result is never worse than any of them."""
     from .baselines import run_baselines
 
     starts: dict[str, Start] = {}
     greedy = greedy_placement(problem)
     if greedy is not None:
         starts["greedy"] = (greedy, frozenset())
-    for name, result in run_baselines(problem, names=("sequential_fill", "balanced", "m_etf")).items():
+    names = ("sequential_fill", "balanced", "m_etf", "chain_dp", "chain_dp_bottleneck")
+    for name, result in run_baselines(problem, names=names).items():
         if result.assignment is not None:
             starts[name] = (result.assignment, frozenset())
     return starts
@@ -670,8 +673,8 @@ def solve(
             or ``"energy"`` (joules of one call, within ``energy_slack`` of the best latency).
         energy_slack: for ``"energy"``: the latency may exceed the best by this fraction (>= 0).
         solver: ``"highs"``, ``"cbc"`` or ``"auto"`` (HiGHS if installed, else CBC).
-        time_limit_s: wall-clock budget per MILP, seconds; the incumbent is returned at the limit
-            (the energy objective solves two).
+        time_limit_s: wall-clock budget of the solver, seconds; the incumbent is returned at
+            the limit (the energy objective's two MILPs get half each).
         mip_rel_gap: relative gap at which the solver stops.
 
     Raises:
@@ -695,7 +698,8 @@ def solve(
 
     starts = starting_points(problem)
     latency_cap = None
-    if objective == "energy":
+    if objective == "energy":  # two MILPs share the time budget
+        time_limit_s /= 2
         fastest = _solve_milp(problem, "latency", starts, None, solver, time_limit_s, mip_rel_gap)
         latency_cap = (1 + energy_slack) * fastest.objective
         starts["fastest"] = (fastest.assignment, fastest.streamed)
@@ -776,9 +780,10 @@ def _solve_milp(
     optimal = m.prob.sol_status == pulp.LpSolutionOptimal
     bound = _bound(m, solver_name, value, optimal, time_limit_s)
     gap = None if bound is None else (max(0.0, (value - bound) / value) if value else 0.0)
+    proven = optimal and gap is not None and gap <= 1e-6
     return Solution(
         assignment=assignment,
-        status="optimal" if optimal else "feasible",
+        status="optimal" if proven else "feasible",
         objective_name=objective,
         objective=value,
         bound=bound,

@@ -64,6 +64,17 @@ class Value:
 
 
 @dataclass(frozen=True)
+class SharedWeight:
+    """Weights held by task ``home`` and read by other tasks too (e.g. a tied embedding):
+    a reader on another device gets its own copy, made once and kept (``nbytes`` more there)."""
+
+    node: str
+    home: int
+    readers: tuple[int, ...]
+    nbytes: int
+
+
+@dataclass(frozen=True)
 class LiveRange:
     """An activation storage live from task ``producer`` to task ``last`` on the producer's device."""
 
@@ -84,6 +95,7 @@ class PlacementProblem:
     live_ranges: tuple[LiveRange, ...]
     capacity_bytes: dict[str, int]
     topology: Topology = field(repr=False)
+    shared: tuple[SharedWeight, ...] = ()
     activation_copies: int = 1
     """Copies of every activation a device holds at once: 1 for one call at a time; the number of
     micro-batches in flight for a pipelined (throughput) plan."""
@@ -267,7 +279,7 @@ def build_problem(
     add_task(Task(name=f"output@{out_dev}", nodes=(output.name,), time_s={}, fixed_device=out_dev))
 
     # Unused resident tensors and unused inputs belong to no task: they are not moved.
-    values = _values(graph, task_of)
+    values, shared = _values(graph, task_of)
     tasks, live_ranges = _liveness(tasks, graph, task_of)
     return PlacementProblem(
         tasks=tuple(tasks),
@@ -275,6 +287,7 @@ def build_problem(
         live_ranges=live_ranges,
         capacity_bytes=dict(capacity_bytes),
         topology=topology,
+        shared=shared,
     )
 
 
@@ -288,8 +301,12 @@ def _group_name(group: list[GraphNode]) -> str:
     return f"{label} [{group[0].name}..{group[-1].name}]"
 
 
-def _values(graph: AnnotatedGraph, task_of: dict[str, int]) -> tuple[Value, ...]:
+def _values(
+    graph: AnnotatedGraph, task_of: dict[str, int]
+) -> tuple[tuple[Value, ...], tuple[SharedWeight, ...]]:
+    """Tensors read across tasks: activations (copied on each call) and weights (copied once)."""
     merged: dict[tuple[int, tuple[int, ...]], list] = {}
+    shared: list[SharedWeight] = []
     users = graph.users
     for n in graph.nodes:
         if n.name not in task_of or n.output_bytes == 0:
@@ -298,14 +315,18 @@ def _values(graph: AnnotatedGraph, task_of: dict[str, int]) -> tuple[Value, ...]
         consumers = tuple(sorted({task_of[u] for u in users[n.name] if u in task_of} - {producer}))
         if not consumers:
             continue
+        if n.role in _RESIDENT_ROLES:
+            shared.append(SharedWeight(n.name, producer, consumers, n.output_bytes))
+            continue
         entry = merged.setdefault((producer, consumers), [0, 0, []])
         entry[0] += n.output_bytes
         entry[1] += 1
         entry[2].append(n.name)
-    return tuple(
+    values = tuple(
         Value(producer=p, consumers=c, nbytes=b, count=k, nodes=tuple(ns))
         for (p, c), (b, k, ns) in merged.items()
     )
+    return values, tuple(shared)
 
 
 def _liveness(

@@ -294,7 +294,11 @@ class Backend:
             rewritten = rewrite(gm, comp.plan, self._mapping)
             comp.rewrite_s = time.perf_counter() - start
             comp.runner = PlacedGraph(
-                rewritten.module, comp.plan, rewritten.static_moves, cache=self._copies
+                rewritten.module,
+                comp.plan,
+                rewritten.static_moves,
+                cache=self._copies,
+                replica_sources=rewritten.replica_sources,
             )
             self._ledger.add(gm, example_inputs, comp.plan)
         except Exception as exc:

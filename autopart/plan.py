@@ -17,7 +17,7 @@ from .coarsen import PlacementProblem
 from .graph import AnnotatedGraph
 from .solver import Solution, evaluate, stream_host
 
-PLAN_FORMAT_VERSION = 2
+PLAN_FORMAT_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,9 @@ class Plan:
     """FX node name -> topology device (compute nodes, parameters, buffers, inputs)."""
     tasks: tuple[TaskPlacement, ...]
     transfers: tuple[Transfer, ...]
+    """Copies made on every call (activations; weights streamed from host memory)."""
+    replicas: tuple[Transfer, ...]
+    """Weights read on a second device (e.g. a tied embedding), copied there once and kept."""
     predicted_time_s: float
     predicted_compute_s: float
     predicted_transfer_s: float
@@ -133,6 +136,13 @@ class Plan:
             )
         lines += _table(header, rows)
         total = sum(t.nbytes for t in self.transfers)
+        if self.replicas:
+            copied = sum(t.nbytes for t in self.replicas)
+            lines += ["", f"weights copied once to a second device: {len(self.replicas)} ({_mib(copied)})"]
+            lines += _table(
+                ["from", "to", "size", "tensor", "why"],
+                [[t.src_device, t.dst_device, _mib(t.nbytes), t.source_node, t.reason] for t in self.replicas],
+            )
         lines += ["", f"transfers per call: {len(self.transfers)} ({_mib(total)})"]
         if self.transfers:
             rows = [
@@ -194,6 +204,7 @@ class Plan:
             raise ValueError(f"plan JSON: missing fields {missing}, unknown fields {unknown}")
         d["tasks"] = tuple(TaskPlacement(**t) for t in d["tasks"])
         d["transfers"] = tuple(Transfer(**t) for t in d["transfers"])
+        d["replicas"] = tuple(Transfer(**t) for t in d["replicas"])
         return cls(**d)
 
     def save(self, path: str | os.PathLike) -> None:
@@ -235,14 +246,19 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     ]
 
 
-def plan_transfers(graph: AnnotatedGraph, placement: dict[str, str]) -> tuple[Transfer, ...]:
-    """The copies a placement implies: one per (tensor, destination device), in graph order.
+def plan_transfers(
+    graph: AnnotatedGraph, placement: dict[str, str], streamed: frozenset[str] = frozenset()
+) -> tuple[tuple[Transfer, ...], tuple[Transfer, ...]]:
+    """The copies a placement implies, one per (tensor, destination device), in graph order:
+    ``(transfers, replicas)``.
 
-    A tensor read on a device other than its producer's is copied there once, before its first
-    reader on that device; a graph output is copied to the device of the output task (where the
-    captured graph returned it).
+    A tensor read on a device other than its producer's is copied there before its first reader
+    on that device: on every call (``transfers``) for activations and for weights in
+    ``streamed`` (held in host memory); once (``replicas``) for other weights. A graph output is
+    copied to the device of the output task (where the captured graph returned it).
     """
     transfers: list[Transfer] = []
+    replicas: list[Transfer] = []
     seen: set[tuple[str, str]] = set()
     output = graph.output.name
     for node in graph.nodes:
@@ -255,14 +271,18 @@ def plan_transfers(graph: AnnotatedGraph, placement: dict[str, str]) -> tuple[Tr
             if src is None or src == dst or not producer.tensors or (name, dst) in seen:
                 continue
             seen.add((name, dst))
+            weight = producer.role in ("parameter", "buffer", "constant")
             if node.name == output:
                 reason = "graph output"
-            elif producer.role in ("parameter", "buffer", "constant"):
+            elif weight and name in streamed:
                 reason = f"weights streamed for {node.name}"
+            elif weight:
+                replicas.append(Transfer(name, src, dst, producer.output_bytes, f"shared with {node.name}"))
+                continue
             else:
                 reason = f"read by {node.name}"
             transfers.append(Transfer(name, src, dst, producer.output_bytes, reason))
-    return tuple(transfers)
+    return tuple(transfers), tuple(replicas)
 
 
 def make_plan(
@@ -278,10 +298,13 @@ def make_plan(
         name: solution.assignment[i] for i, task in enumerate(problem.tasks) for name in task.nodes
     }
     hosts = {i: stream_host(problem, solution.assignment[i]) for i in solution.streamed}
+    streamed = set()
     for i, host in hosts.items():  # streamed weights live on the host; transfers follow
         for name in problem.tasks[i].nodes:
             if graph.node(name).role in ("parameter", "buffer", "constant"):
                 placement[name] = host
+                streamed.add(name)
+    transfers, replicas = plan_transfers(graph, placement, frozenset(streamed))
     ev = evaluate(problem, solution.assignment, solution.streamed)
     tasks = tuple(
         TaskPlacement(
@@ -300,7 +323,8 @@ def make_plan(
         objective_name=objective_name,
         placement=placement,
         tasks=tasks,
-        transfers=plan_transfers(graph, placement),
+        transfers=transfers,
+        replicas=replicas,
         predicted_time_s=ev.time_s,
         predicted_compute_s=ev.compute_s,
         predicted_transfer_s=ev.transfer_s,

@@ -17,6 +17,7 @@ later updates to the originals do not reach those copies (recompile after changi
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -130,6 +131,9 @@ class Rewritten:
     """Partition submodule name -> topology device."""
     static_moves: dict[int, torch.device]
     """Placeholder index of a parameter/buffer -> local device it must be on."""
+    replica_sources: list[int]
+    """For each placeholder added for a weight copy (after the graph's own ones, in order), the
+    index of the graph input it copies: the runner passes that input again."""
 
 
 def rewrite(gm: torch.fx.GraphModule, plan: Plan, mapping: dict[str, str]) -> Rewritten:
@@ -162,6 +166,7 @@ def rewrite(gm: torch.fx.GraphModule, plan: Plan, mapping: dict[str, str]) -> Re
             _move_attr(module, str(node.target), local[placement[node.name]])
 
     _insert_transfers(graph, plan, placement, local, by_name)
+    replica_sources = _insert_replicas(module, graph, plan, placement, local, by_name)
 
     static_moves = {}
     for i, node in enumerate(n for n in graph.nodes if n.op == "placeholder"):
@@ -188,6 +193,7 @@ def rewrite(gm: torch.fx.GraphModule, plan: Plan, mapping: dict[str, str]) -> Re
         module=split,
         partition_devices={f"submod_{i}": d for i, d in partition_devices.items()},
         static_moves=static_moves,
+        replica_sources=replica_sources,
     )
 
 
@@ -216,6 +222,48 @@ def _insert_transfers(
         placement[copy.name] = t.dst_device
         for reader in readers:
             reader.replace_input_with(src, copy)
+
+
+def _insert_replicas(
+    module: torch.fx.GraphModule,
+    graph: torch.fx.Graph,
+    plan: Plan,
+    placement: dict[str, str],
+    local: dict[str, torch.device],
+    by_name: dict[str, torch.fx.Node],
+) -> list[int]:
+    """Give the readers of a weight on a second device their own copy of it (kept, not copied
+    per call): a new placeholder the runner fills with the same input (moved once by the static
+    copy cache), or a moved copy of a constant. Returns the source index of each new
+    placeholder."""
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    index = {n: i for i, n in enumerate(placeholders)}
+    sources: list[int] = []
+    for rep in plan.replicas:
+        src = by_name[rep.source_node]
+        readers = [u for u in src.users if placement.get(u.name) == rep.dst_device]
+        if not readers:
+            raise ValueError(f"plan copies {rep.source_node!r} to {rep.dst_device}, which has no reader of it")
+        tag = f"{src.name}_on_{rep.dst_device.replace(':', '_').replace('/', '_')}"
+        if src.op == "placeholder":
+            with graph.inserting_after(placeholders[-1]):
+                copy_node = graph.placeholder(tag)
+            placeholders.append(copy_node)
+            sources.append(index[src])
+        else:
+            value = functools.reduce(getattr, str(src.target).split("."), module)
+            moved = value.to(local[rep.dst_device])
+            if isinstance(value, torch.nn.Parameter):
+                moved = torch.nn.Parameter(moved, requires_grad=value.requires_grad)
+            setattr(module, tag, moved)
+            with graph.inserting_before(min(readers, key=_position(graph))):
+                copy_node = graph.get_attr(tag)
+        copy_node.meta = {k: v for k, v in src.meta.items() if k in ("val", "example_value", "tensor_dict")}
+        copy_node.meta[META_KEY] = NodeRecord(role=record(src).role, tensors=record(src).tensors)
+        placement[copy_node.name] = rep.dst_device
+        for reader in readers:
+            reader.replace_input_with(src, copy_node)
+    return sources
 
 
 def _position(graph: torch.fx.Graph) -> Callable[[torch.fx.Node], int]:

@@ -141,13 +141,15 @@ class PlacedGraph:
     static_moves: dict[int, torch.device]
     cache: StaticCopyCache = field(default_factory=StaticCopyCache)
     metrics: RuntimeMetrics = field(default_factory=RuntimeMetrics)
+    replica_sources: list[int] = field(default_factory=list)
+    """Inputs passed again, as extra arguments, for the weight copies the rewrite added."""
 
     def __post_init__(self) -> None:
         self._mover = StaticInputMover(self.static_moves, self.metrics, self.cache)
 
     def __call__(self, *args: Any) -> Any:
         start = time.perf_counter()
-        args_list = list(args)
+        args_list = [*args, *(args[i] for i in self.replica_sources)]
         self._mover.move(args_list)
         out = self.module(*args_list)
         self._mover.write_back()

@@ -33,6 +33,10 @@ Constraints
     to :math:`h(d)` (:math:`R_t z_{t,d}` all call long), and :math:`d` is busy
     :math:`z_{t,d}(\alpha_{h,d} + R_t/\beta_{h,d})` more per call (no prefetch overlap assumed).
     So the ILP chooses, per task, between computing on the CPU and streaming to a GPU.
+    shared weights (:func:`add_shared_weights`): a weight held by task :math:`h` and read by task
+    :math:`c` on another device (a tied embedding) is copied there once and kept:
+    :math:`r_{w,d} \ge x_{c,d} - x_{h,d}`, and :math:`d` holds :math:`b_w r_{w,d}` more bytes all
+    call long; no time is charged per call.
 
     symmetry (:func:`add_symmetry_breaking`): devices that are interchangeable (same specs,
     capacity and links) are used in order of first use: for such a class
@@ -226,6 +230,9 @@ def evaluate(
     for i, (t, d) in enumerate(zip(tasks, assignment)):
         home = stream_host(problem, d) if i in streamed else d
         resident[home] = resident.get(home, 0) + t.resident_bytes
+    for w in problem.shared:  # a copy of the weight on each other device that reads it
+        for d in {assignment[c] for c in w.readers} - {assignment[w.home]}:
+            resident[d] = resident.get(d, 0) + w.nbytes
     for i, (t, d) in enumerate(zip(tasks, assignment)):
         live = dict(resident)
         live[d] = live.get(d, 0) + copies * t.peak_bytes + (t.resident_bytes if i in streamed else 0)
@@ -376,6 +383,7 @@ class _Model:
         self.time_unit_s = fastest if fastest > 0 else 1e-3
         self.unit = self.time_unit_s  # the objective's unit (set by add_objective)
         self.z: dict[tuple[int, str], pulp.LpVariable] = {}  # streamed weights (add_streaming)
+        self.r: dict[tuple[int, str], pulp.LpVariable] = {}  # weight copies (add_shared_weights)
 
     def variable(self, name: str, low: float, up: float, cat: str = pulp.LpContinuous):
         if hasattr(self.prob, "add_variable"):  # PuLP >= 3.3; LpVariable(...) is deprecated
@@ -401,11 +409,28 @@ def add_transfers(m: _Model) -> None:
                     m.prob += m.y[key] >= m.x[v.producer, s] + m.x[c, d] - 1
 
 
-def add_streaming(m: _Model) -> None:
-    """Variables z[t, d] (module docstring): stream the weights of free task t to device d."""
+def add_shared_weights(m: _Model) -> None:
+    """Variables r[w, d] (module docstring): device d keeps a copy of shared weight w."""
     p = m.problem
+    for wi, w in enumerate(p.shared):
+        for c in w.readers:
+            for d in m.allowed[c]:
+                if (c, d) not in m.x:
+                    continue
+                key = (wi, d)
+                if key not in m.r:
+                    m.r[key] = m.variable(f"r_{wi}_{len(m.r)}", 0, 1)
+                home = m.x.get((w.home, d), 0)
+                m.prob += m.r[key] >= m.x[c, d] - home
+
+
+def add_streaming(m: _Model) -> None:
+    """Variables z[t, d] (module docstring): stream the weights of free task t to device d.
+    Tasks holding weights that other tasks read too are not streamed."""
+    p = m.problem
+    homes = {w.home for w in p.shared}
     for t, task in enumerate(p.tasks):
-        if task.fixed_device or not task.resident_bytes:
+        if task.fixed_device or not task.resident_bytes or t in homes:
             continue
         for d in m.allowed[t]:
             if stream_host(p, d) is not None:
@@ -429,6 +454,7 @@ def add_memory(m: _Model) -> None:
             for (t, dev), z in m.z.items()
             if stream_host(p, dev) == d
         ]
+        resident += [(r, p.shared[wi].nbytes / cap) for (wi, dev), r in m.r.items() if dev == d]
         copies = p.activation_copies
         for i, task in enumerate(p.tasks):
             terms = list(resident)
@@ -609,6 +635,9 @@ def warm_start_values(m: _Model, assignment: tuple[str, ...]) -> dict[pulp.LpVar
     """Values of every variable for a given placement."""
     values = {var: float(assignment[t] == d) for (t, d), var in m.x.items()}
     values.update({z: 0.0 for z in m.z.values()})
+    for (wi, d), r in m.r.items():
+        w = m.problem.shared[wi]
+        values[r] = float(assignment[w.home] != d and any(assignment[c] == d for c in w.readers))
     for (vi, s, d), var in m.y.items():
         v = m.problem.values[vi]
         sent = assignment[v.producer] == s and any(assignment[c] == d for c in v.consumers)
@@ -720,6 +749,7 @@ def _solve_milp(
     m = _Model(problem)
     add_assignment(m)
     add_transfers(m)
+    add_shared_weights(m)
     add_streaming(m)
     add_memory(m)
     add_symmetry_breaking(m)

@@ -42,7 +42,7 @@ def test_plan_saves_a_loadable_plan(tmp_path, capsys):
     torch._dynamo.reset()
     path = tmp_path / "plan.json"
     argv = ["plan", "--model", "gpt2", "--size", "tiny", "--topology", "4xa100-pcie-cpu",
-            "--max-memory", "cuda:0=700KB", "cuda:1=700KB", "cuda:2=700KB", "cuda:3=700KB",
+            "--max-memory", "cuda:0=900KB", "cuda:1=900KB", "cuda:2=900KB", "cuda:3=900KB",
             "--out", str(path)]
     assert main(argv) == 0
     plan = Plan.load(path)

@@ -15,7 +15,7 @@ from autopart.dynamo import plan_model_backend
 
 OPTIONS = dict(
     topology="4xa100-pcie-cpu",
-    max_memory={"cuda:0": "700KB", "cuda:1": "700KB", "cuda:2": "700KB"},
+    max_memory={"cuda:0": "900KB", "cuda:1": "900KB", "cuda:2": "900KB"},
     solver="highs",
 )
 
@@ -61,7 +61,7 @@ def test_cli_solve_writes_a_loadable_plan(planned, tmp_path, capsys):
     graph_path, plan_path = tmp_path / "g.json", tmp_path / "p.json"
     planned.analysis.graph.save(graph_path)
     argv = ["solve", "--graph", str(graph_path), "--topology", "4xa100-pcie-cpu", "--max-memory",
-            "cuda:0=700KB", "cuda:1=700KB", "cuda:2=700KB", "--out", str(plan_path)]
+            "cuda:0=900KB", "cuda:1=900KB", "cuda:2=900KB", "--out", str(plan_path)]
     assert main(argv) == 0
     assert Plan.load(plan_path).placement == planned.plan.placement
     assert "predicted time" in capsys.readouterr().out

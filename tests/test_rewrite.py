@@ -3,6 +3,7 @@ same values as the original graph."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.fx
 from hypothesis import HealthCheck, given, settings
@@ -122,7 +123,8 @@ def test_plan_transfers_one_copy_per_tensor_and_destination():
 
     graph = annotated(torch.fx.symbolic_trace(f), torch.randn(3))
     placement = {"x": "cpu", "add": "cuda:0", "mul": "cuda:1", "sub": "cuda:1", "add_1": "cuda:1", "output": "cpu"}
-    transfers = plan_transfers(graph, placement)
+    transfers, replicas = plan_transfers(graph, placement)
+    assert replicas == ()
     assert [(t.source_node, t.src_device, t.dst_device) for t in transfers] == [
         ("x", "cpu", "cuda:0"),
         ("add", "cuda:0", "cuda:1"),
@@ -203,3 +205,48 @@ def test_weights_streamed_from_the_host_run_and_match():
     assert plan.predicted_peak_bytes["cuda:0"] <= plan.capacity_bytes["cuda:0"]
     with torch.no_grad():
         torch.testing.assert_close(runner(x)[0], model(x)[0])
+
+
+class _TiedLM(torch.nn.Module):
+    """An embedding whose weight the output layer reuses, as GPT-2 ties them."""
+
+    def __init__(self, vocab=64, dim=64, layers=4):
+        super().__init__()
+        self.emb = torch.nn.Embedding(vocab, dim)
+        self.layers = torch.nn.ModuleList(torch.nn.Linear(dim, dim) for _ in range(layers))
+
+    def forward(self, ids):
+        h = torch.nn.functional.embedding(ids, self.emb.weight)  # one weight, two readers
+        for layer in self.layers:
+            h = torch.tanh(layer(h))
+        return torch.nn.functional.linear(h, self.emb.weight)
+
+
+@pytest.mark.parametrize("capture", ["dynamo", "symbolic_trace"])
+def test_a_tied_weight_read_on_two_devices_is_copied_once(capture):
+    torch.manual_seed(0)
+    model = _TiedLM().eval()
+    ids = torch.randint(0, 64, (1, 4))  # activations far smaller than the weights
+    topo = make_topology([make_device("cpu", overhead_s=1e-3), make_device("cuda:0"), make_device("cuda:1")])
+    weights = sum(p.numel() * 4 for p in model.parameters())
+    # cuda:0 holds the embedding and one layer; the head, on cuda:1, needs the embedding's weight:
+    # a copy kept there beats sending activations back to cuda:0 on every call.
+    caps = {"cuda:0": int(weights * 0.45), "cuda:1": int(weights * 0.9)}
+    backend = Backend(Config(topology=topo, device_map="cpu", max_memory=caps, max_groups=8, strict=True))
+    with torch.no_grad():
+        if capture == "dynamo":
+            torch._dynamo.reset()
+            compiled = torch.compile(model, backend=backend)
+            outs = [compiled(ids) for _ in range(3)]
+        else:
+            gm = torch.fx.symbolic_trace(model)
+            propagate_shapes_pass(gm, [ids])
+            runner = backend(gm, [ids])
+            outs = [runner(ids) for _ in range(3)]
+    plan = backend.plans[0]
+    assert len(plan.devices_used) == 2
+    assert [(r.src_device, r.dst_device) for r in plan.replicas] in ([("cuda:0", "cuda:1")], [("cuda:1", "cuda:0")])
+    assert plan.replicas[0].nbytes == 64 * 64 * 4
+    assert not any(t.source_node == plan.replicas[0].source_node for t in plan.transfers)
+    for out in outs:
+        torch.testing.assert_close(out, model(ids))

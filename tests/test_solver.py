@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from _util import make_device, make_topology
-from autopart.coarsen import LiveRange, PlacementProblem, Task, Value
+from autopart.coarsen import LiveRange, PlacementProblem, SharedWeight, Task, Value
 from autopart.solver import evaluate, greedy_placement, interchangeable_devices, solve, stream_host
 
 MB = 10**6
@@ -25,9 +25,11 @@ def brute_force(
     choices = [[t.fixed_device] if t.fixed_device else problem.devices for t in problem.tasks]
     best = None
     for assignment in itertools.product(*choices):
+        homes = {w.home for w in problem.shared}
         streamable = [
             i for i, (t, d) in enumerate(zip(problem.tasks, assignment))
-            if not t.fixed_device and t.resident_bytes and stream_host(problem, d) is not None
+            if not t.fixed_device and t.resident_bytes and i not in homes
+            and stream_host(problem, d) is not None
         ]
         for k in range(len(streamable) + 1):
             for streamed in itertools.combinations(streamable, k):
@@ -88,9 +90,15 @@ def problems(draw, max_tasks: int = 5, identical: bool = False) -> PlacementProb
     caps = {d: draw(st.integers(30, 150)) * MB for d in names}
     if identical:
         caps["cuda:1"] = caps["cuda:0"]
+    shared = []
+    holders = [i for i, t in enumerate(tasks) if t.resident_bytes and i < len(tasks) - 1]
+    if holders and draw(st.booleans()):  # a tied weight: held by one task, read by a later one
+        home = draw(st.sampled_from(holders))
+        reader = draw(st.integers(home + 1, len(tasks) - 1))
+        shared.append(SharedWeight("w", home, (reader,), draw(st.integers(1, tasks[home].resident_bytes // MB)) * MB))
     return PlacementProblem(
         tasks=tuple(tasks), values=tuple(values), live_ranges=tuple(ranges),
-        capacity_bytes=caps, topology=topo,
+        capacity_bytes=caps, topology=topo, shared=tuple(shared),
     )
 
 

@@ -54,7 +54,8 @@ copies it receives), and one call lasts :math:`L = \sum_d B_d`.
     bottleneck of a pipeline that streams micro-batches through the devices (each device does its
     share of every micro-batch; pipeline fill and drain are not counted; PipeDream, Narayanan et
     al., SOSP 2019). Stages need not be contiguous; ``activation_copies`` is the number of
-    devices (one micro-batch in flight per stage).
+    devices (one micro-batch in flight per stage). Two valid cuts tighten the relaxation:
+    :math:`\beta \ge \sum_t \min_d \tau_{t,d} / |D|` and :math:`\beta \ge \max_t \min_d \tau_{t,d}`.
     ``energy``: :math:`\min \sum_d (P^{act}_d - P^{idle}_d) B_d + L \sum_d P^{idle}_d` (see
     :mod:`autopart.costmodel.energy`: busy devices draw their active power, all powered devices
     their idle power for the whole call) subject to :math:`L \le (1 + s) L^*` (:func:`add_latency_cap`),
@@ -560,6 +561,16 @@ def add_objective(m: _Model, objective: str) -> None:
             if ts:
                 expr = pulp.LpAffineExpression(_sum_terms([(v, c / m.unit) for v, c in ts]))
                 m.prob += expr <= bottleneck, f"busy_{d}"
+        # Valid bounds that tighten the relaxation: the busiest device carries at least an even
+        # share of the least total work, and at least the largest task at its fastest.
+        fastest = [
+            min(task.time_s.get(d, 0.0) for d in m.allowed[t])
+            for t, task in enumerate(p.tasks)
+            if task.fixed_device is None
+        ]
+        if fastest:
+            m.prob += bottleneck >= sum(fastest) / max(1, len(p.devices)) / m.unit, "share"
+            m.prob += bottleneck >= max(fastest) / m.unit, "largest"
         m.prob += pulp.LpAffineExpression({bottleneck: 1.0})
     elif objective == "energy":
         idle_total = sum(power_W(p, d)[1] for d in busy)

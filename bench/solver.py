@@ -10,8 +10,7 @@ the ILP solved (``solve_annotated`` returns it), scored by :func:`autopart.solve
 under the same cost model. One row per case: nodes, tasks, ILP variables and constraints, ILP
 solve time, status, objective, bound, gap, the best baseline and its value, ILP / best baseline
 and sequential fill / ILP (the speedup over HF accelerate's ``device_map="sequential"``).
-Combinations the library refuses for the objective (``NotImplementedError``, or a
-``ValueError`` about the objective) are skipped and the reason printed.
+A case the library cannot plan (e.g. no placement fits) is kept as a row with its error.
 
 Memory rule (forces a split; the same in the results header). With ``W`` the model's resident
 bytes (parameters and buffers), ``G`` the number of GPUs of the preset and ``L`` the most bytes
@@ -249,12 +248,7 @@ def value_of(problem: PlacementProblem, assignment, objective: str,
              streamed: frozenset[int] = frozenset()) -> float:
     """The objective's value of ``assignment`` under ``evaluate`` (seconds or joules), with the
     weights of the tasks in ``streamed`` held in host memory and copied each call."""
-    ev = evaluate(problem, tuple(assignment), streamed) if streamed else evaluate(problem, tuple(assignment))
-    if hasattr(ev, "value"):
-        return ev.value(objective)
-    if objective == "latency":
-        return ev.time_s
-    raise NotImplementedError(f"evaluate() cannot score objective {objective!r}")
+    return evaluate(problem, tuple(assignment), streamed).value(objective)
 
 
 def shown(value: float | None, objective: str) -> str:
@@ -278,17 +272,9 @@ def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
 # --------------------------------------------------------------------------- part 1
 
 
-def unsupported(exc: Exception, objective: str) -> bool:
-    """Whether ``exc`` says the objective (not the model or memory) is not supported."""
-    if isinstance(exc, NotImplementedError):
-        return True
-    text = str(exc).lower()
-    return isinstance(exc, ValueError) and "objective" in text and objective.lower() in text
-
-
 def run_case(graph: AnnotatedGraph, preset: str, mode: str, objective: str, time_limit_s: float,
-             log: Callable[[str], None]) -> dict[str, Any] | None:
-    """Plan one case with the ILP and every baseline; None if the objective is unsupported."""
+             log: Callable[[str], None]) -> dict[str, Any]:
+    """Plan one case with the ILP and every baseline (``error`` set when planning fails)."""
     topo = Topology.preset(preset)
     config = Config(topology=preset, objective=objective, time_limit_s=time_limit_s)
     caps, rule = split_capacity(graph, topo, mode, config.max_groups, objective)
@@ -300,21 +286,14 @@ def run_case(graph: AnnotatedGraph, preset: str, mode: str, objective: str, time
     start = time.perf_counter()
     try:
         plan, problem = solve_annotated(graph, config, topo, capacity=caps)
-    except (NotImplementedError, ValueError) as exc:
-        if unsupported(exc, objective):
-            log(f"skip {graph.name} / {preset} / {mode} / {objective}: {type(exc).__name__}: {exc}")
-            return None
+    except ValueError as exc:
         case.update(error=f"{type(exc).__name__}: {exc}", plan_wall_s=time.perf_counter() - start)
         log(f"ILP failed on {graph.name} / {preset} / {mode} / {objective}: {case['error']}")
         return case
     case["plan_wall_s"] = time.perf_counter() - start
     assignment = tuple(t.device for t in plan.tasks)
-    streamed = frozenset(i for i, t in enumerate(plan.tasks) if getattr(t, "streamed_from", None))
-    try:
-        ilp_value = value_of(problem, assignment, objective, streamed)
-    except NotImplementedError as exc:
-        log(f"skip {graph.name} / {preset} / {mode} / {objective}: {exc}")
-        return None
+    streamed = frozenset(i for i, t in enumerate(plan.tasks) if t.streamed_from)
+    ilp_value = value_of(problem, assignment, objective, streamed)
     if abs(ilp_value - plan.objective) > 1e-6 * max(abs(plan.objective), 1e-12):
         log(f"{graph.name} / {preset} / {mode} / {objective}: the plan reports objective "
             f"{plan.objective!r} but evaluate() gives {ilp_value!r} for its placement")
@@ -798,9 +777,6 @@ def main(argv: list[str] | None = None) -> int:
                 for obj in objs:
                     log(f"{g} / {preset} / {mode} / {obj} ...")
                     case = run_case(graph, preset, mode, obj, args.time_limit, log)
-                    if case is None:
-                        skipped.append(f"{g} / {preset} / {mode} / {obj}: objective unsupported")
-                        continue
                     case["targets"] = mark_targets(case)
                     cases.append(case)
                     print("| " + " | ".join(case_row(case)) + " |", flush=True)

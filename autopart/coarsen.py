@@ -105,10 +105,6 @@ class PlacementProblem:
         """Devices the solver may use (capacity > 0), in topology order."""
         return [d for d in self.topology.device_names if self.capacity_bytes.get(d, 0) > 0]
 
-    def task_index(self) -> dict[str, int]:
-        """Node name -> index of its task."""
-        return {n: i for i, t in enumerate(self.tasks) for n in t.nodes}
-
 
 def _common_depth(a: tuple[str, ...], b: tuple[str, ...]) -> int:
     depth = 0

@@ -9,8 +9,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from decimal import Decimal
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Literal, Union
 
 from .topology import Topology

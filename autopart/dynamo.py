@@ -21,8 +21,8 @@ import torch
 import torch.fx
 
 from .coarsen import PlacementProblem, build_problem
-from .graph import AnnotatedGraph
 from .config import Config
+from .graph import AnnotatedGraph
 from .passes import (
     CostReport,
     DependencyGraph,
@@ -33,6 +33,7 @@ from .passes import (
     propagate_shapes_pass,
     record,
 )
+from .passes.cost import is_inplace
 from .plan import Plan, make_plan
 from .rewrite import origin_resolver, resolve_device_map, rewrite
 from .runtime import PlacedGraph, RuntimeMetrics, StaticCopyCache
@@ -353,13 +354,11 @@ def _guard_first_call(comp: Compilation, gm: torch.fx.GraphModule, strict: bool)
 
 
 def _mutates_in_place(gm: torch.fx.GraphModule) -> bool:
-    for node in gm.graph.nodes:
-        name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
-        if isinstance(name, str) and name.endswith("_") and not name.endswith("__"):
-            return True
-        if node.op == "call_function" and node.target is torch.nn.functional.batch_norm:
-            return True
-    return False
+    return any(
+        is_inplace(node)
+        or (node.op == "call_function" and node.target is torch.nn.functional.batch_norm)
+        for node in gm.graph.nodes
+    )
 
 
 #: The backend ``torch.compile(..., backend="autopart")`` uses (default options).

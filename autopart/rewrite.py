@@ -216,9 +216,7 @@ def _insert_transfers(
         with graph.inserting_before(first):
             copy = graph.call_function(transfer, (src, local[t.dst_device]))
         copy.meta = {k: v for k, v in src.meta.items() if k in ("val", "example_value", "nn_module_stack")}
-        copy.meta[META_KEY] = NodeRecord(
-            role="compute", tensors=record(src).tensors, device=t.dst_device
-        )
+        copy.meta[META_KEY] = NodeRecord(role="compute", tensors=record(src).tensors)
         placement[copy.name] = t.dst_device
         for reader in readers:
             reader.replace_input_with(src, copy)

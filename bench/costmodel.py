@@ -39,6 +39,7 @@ from torch.utils._pytree import tree_leaves, tree_map
 
 import autopart
 from autopart.passes import record
+from autopart.passes.cost import is_inplace
 from autopart.profiler import profile_topology
 
 RESULTS = Path(__file__).parent / "results"
@@ -128,7 +129,7 @@ def node_times_s(gm: torch.fx.GraphModule, inputs, repeats: int) -> dict[str, fl
             else:  # get_attr
                 env[node] = getattr(gm, node.target)
                 continue
-            if _mutates(node):
+            if is_inplace(node):
                 env[node] = fn()
                 continue  # re-running an in-place op would change what later nodes read
             env[node] = fn()
@@ -137,11 +138,6 @@ def node_times_s(gm: torch.fx.GraphModule, inputs, repeats: int) -> dict[str, fl
             else:
                 times[node.name] = 0.0
     return times
-
-
-def _mutates(node: torch.fx.Node) -> bool:
-    name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
-    return isinstance(name, str) and name.endswith("_") and not name.endswith("__")
 
 
 class LiveTensors(TorchDispatchMode):

@@ -7,10 +7,10 @@ import itertools
 import time
 
 import pytest
+from _util import make_device, make_topology
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from _util import make_device, make_topology
 from autopart.baselines import (
     BASELINES,
     balanced,

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _util import make_device, make_topology
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from _util import make_device, make_topology
 from autopart import Device, Topology
 from autopart.costmodel.comm import collective_time_s, flat_collective_time_s
 from autopart.costmodel.energy import energy_J

@@ -7,11 +7,11 @@ import operator
 import pytest
 import torch
 import torch.fx
+from _util import make_device, make_topology, three_devices
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from _util import make_device, make_topology, three_devices
 from autopart.passes import (
     cost_pass,
     dependency_pass,

@@ -13,7 +13,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from autopart import profiler
-from autopart.profiler import fit_alpha_beta, profile_device, profile_link, profile_topology
+from autopart.profiler import (
+    fit_alpha_beta,
+    profile_device,
+    profile_link,
+    profile_topology,
+)
 from autopart.topology import Device, Link, Topology
 
 SIZES = [4096 * 4**k for k in range(8)]  # 4 KiB .. 64 MiB, the link sweep

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.fx
+from _util import RandomDag, make_device, make_topology
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from _util import RandomDag, make_device, make_topology
 from autopart import Backend, Config
 from autopart.coarsen import group_nodes
 from autopart.graph import AnnotatedGraph

@@ -7,12 +7,18 @@ import itertools
 
 import pulp
 import pytest
+from _util import make_device, make_topology
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from _util import make_device, make_topology
 from autopart.coarsen import LiveRange, PlacementProblem, SharedWeight, Task, Value
-from autopart.solver import evaluate, greedy_placement, interchangeable_devices, solve, stream_host
+from autopart.solver import (
+    evaluate,
+    greedy_placement,
+    interchangeable_devices,
+    solve,
+    stream_host,
+)
 
 MB = 10**6
 

@@ -45,11 +45,6 @@ Algorithm = Literal["auto", "ring", "tree"]
 COLLECTIVES: tuple[str, ...] = Collective.__args__  # type: ignore[attr-defined]
 
 
-def transfer_time_s(topology: Topology, src: str, dst: str, nbytes: int) -> float:
-    """Point-to-point copy time, seconds (alpha-beta over the link or derived route)."""
-    return topology.link(src, dst).transfer_time_s(nbytes)
-
-
 def ring_link(topology: Topology, devices: Sequence[str]) -> tuple[float, float]:
     """(alpha seconds, beta bytes/s) of the slowest hop of a ring over ``devices``."""
     hops: list[Link] = [

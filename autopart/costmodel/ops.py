@@ -14,8 +14,8 @@ A rule is registered with :func:`register_cost` on aten overloads or overload pa
 
 from __future__ import annotations
 
-from collections.abc import Callable
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,7 +73,6 @@ _COPY = {
     "slice_scatter", "select_scatter", "constant_pad_nd", "repeat", "roll", "flip",
     "tril", "triu", "masked_select",
 }
-OP_CLASSES = ("matmul", "transcendental", "reduction", "copy", "elementwise")
 
 
 def op_class(func: Any) -> str:

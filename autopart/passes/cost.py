@@ -38,14 +38,15 @@ class CostReport:
     """Node name -> why its cost is a default estimate."""
 
 
-def _is_inplace(node: torch.fx.Node) -> bool:
+def is_inplace(node: torch.fx.Node) -> bool:
+    """True for an in-place call (``x.add_(y)``, ``torch.relu_``): a name ending in one ``_``."""
     name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
     return isinstance(name, str) and name.endswith("_") and not name.endswith("__")
 
 
 def _rerun(gm: torch.fx.GraphModule, node: torch.fx.Node, fake_mode) -> list[OpCost]:
     args, kwargs = fake_inputs(node, fake_mode)
-    if _is_inplace(node):  # keep upstream fake values unmutated
+    if is_inplace(node):  # keep upstream fake values unmutated
         args, kwargs = tree_map(
             lambda t: t.clone() if isinstance(t, torch.Tensor) else t, (args, kwargs)
         )

@@ -66,10 +66,6 @@ class NodeRecord:
     time_s: dict[str, float] = field(default_factory=dict)
     """Predicted run time on each topology device, seconds."""
 
-    # placement (rewrite)
-    device: str | None = None
-    """Topology device this node was placed on."""
-
     @property
     def output_bytes(self) -> int:
         """Bytes of all tensors this node outputs (views count their own elements)."""

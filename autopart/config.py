@@ -17,10 +17,15 @@ from .topology import Topology
 
 ObjectiveName = Literal["latency", "throughput", "energy"]
 SolverName = Literal["auto", "highs", "cbc"]
-InnerName = Literal["eager"]
+InnerName = Literal["eager", "inductor"]
 ProfileMode = Literal["cached", "always", "never"]
 
 MemorySize = Union[int, str]
+
+
+class AutopartWarning(UserWarning):
+    """autopart could not do what was asked (plan a graph, split a batch) and does the safe
+    thing instead: runs the graph as captured, or the whole batch at once."""
 
 _SIZE_UNITS = {
     "": 1,
@@ -93,8 +98,8 @@ class Config:
 
     objective: ObjectiveName = "latency"
     """What the plan minimizes: ``"latency"``, the predicted time of one call; ``"throughput"``,
-    the busiest device's time per micro-batch when micro-batches are pipelined through the
-    devices (memory then holds one micro-batch in flight per device); ``"energy"``, the joules of
+    the busiest device's time per call when the call's batch is split into micro-batches that
+    are pipelined through the devices (see ``num_microbatches``); ``"energy"``, the joules of
     one call, with the time allowed to exceed the best by ``energy_slack``."""
 
     energy_slack: float = 0.1
@@ -131,7 +136,17 @@ class Config:
     runs of nodes, cut at module boundaries) before the ILP."""
 
     inner: InnerName = "eager"
-    """How each partition runs: ``"eager"`` runs its FX graph op by op."""
+    """How each partition runs: ``"eager"`` runs its FX graph op by op; ``"inductor"`` compiles
+    it with TorchInductor (``torch._inductor.compile_fx``) on its first call, for the shapes
+    and devices of that call (a new input signature compiles again)."""
+
+    num_microbatches: int | None = None
+    """Split each call's batch (dim 0 of the inputs) into this many micro-batches, pipelined
+    through the plan's devices in fill-drain order (see ``autopart.pipeline``). None: 4 per
+    device used for ``objective="throughput"``, 1 (no split) otherwise. Needs a graph whose batch
+    size is symbolic (``torch.compile(..., dynamic=True)`` or ``torch._dynamo.mark_dynamic``)
+    and samples that do not interact; otherwise autopart runs whole batches (with a warning
+    when this was set explicitly)."""
 
     strict: bool = False
     """If True, a failure to plan or rewrite raises. If False, autopart warns once and runs the
@@ -152,6 +167,15 @@ class Config:
             raise ValueError(f"time_limit_s must be > 0 seconds, got {self.time_limit_s!r}")
         if not 0 <= self.mip_rel_gap < 1:
             raise ValueError(f"mip_rel_gap must be in [0, 1), got {self.mip_rel_gap!r}")
+        if self.num_microbatches is not None and (
+            isinstance(self.num_microbatches, bool)
+            or not isinstance(self.num_microbatches, int)
+            or self.num_microbatches < 1
+        ):
+            raise ValueError(
+                f"num_microbatches must be a positive int or None (autopart chooses), got "
+                f"{self.num_microbatches!r}"
+            )
         if not isinstance(self.max_groups, int) or self.max_groups < 1:
             raise ValueError(f"max_groups must be a positive int, got {self.max_groups!r}")
         if self.max_memory is not None:
@@ -242,4 +266,4 @@ def _check_choice(name: str, value: object, choices) -> None:
         raise ValueError(f"{name}={value!r} is not one of {list(allowed)}")
 
 
-__all__ = ["Config", "parse_bytes"]
+__all__ = ["AutopartWarning", "Config", "parse_bytes"]

@@ -21,7 +21,7 @@ import torch
 import torch.fx
 
 from .coarsen import PlacementProblem, build_problem
-from .config import Config
+from .config import AutopartWarning, Config
 from .graph import AnnotatedGraph
 from .passes import (
     CostReport,
@@ -33,7 +33,8 @@ from .passes import (
     propagate_shapes_pass,
     record,
 )
-from .passes.cost import is_inplace
+from .passes.cost import mutates_in_place
+from .pipeline import BatchSpec, auto_microbatches, batch_spec
 from .plan import Plan, make_plan
 from .rewrite import origin_resolver, resolve_device_map, rewrite
 from .runtime import PlacedGraph, RuntimeMetrics, StaticCopyCache
@@ -41,10 +42,6 @@ from .solver import solve
 from .topology import Topology
 
 log = logging.getLogger(__name__)
-
-
-class AutopartWarning(UserWarning):
-    """autopart could not plan a graph and runs it as captured."""
 
 
 @dataclass(frozen=True)
@@ -135,8 +132,6 @@ def solve_annotated(
         max_groups=config.max_groups,
         pinned=pinned,
     )
-    if config.objective == "throughput":  # one micro-batch in flight per pipeline stage
-        problem = dataclasses.replace(problem, activation_copies=max(1, len(problem.devices)))
     solution = solve(
         problem,
         objective=config.objective,
@@ -294,12 +289,21 @@ class Backend:
             start = time.perf_counter()
             rewritten = rewrite(gm, comp.plan, self._mapping)
             comp.rewrite_s = time.perf_counter() - start
+            num_microbatches, batch = self._microbatches(gm, example_inputs, comp.plan)
             comp.runner = PlacedGraph(
                 rewritten.module,
                 comp.plan,
                 rewritten.static_moves,
                 cache=self._copies,
                 replica_sources=rewritten.replica_sources,
+                host_partitions={
+                    name
+                    for name, device in rewritten.partition_devices.items()
+                    if self.topology.device(device).kind == "cpu"
+                },
+                num_microbatches=num_microbatches,
+                batch=batch,
+                warn_if_unsplit=self.config.num_microbatches is not None,
             )
             self._ledger.add(gm, example_inputs, comp.plan)
         except Exception as exc:
@@ -316,6 +320,21 @@ class Backend:
         return _guard_first_call(comp, gm, self.config.strict)
 
 
+    def _microbatches(
+        self, gm: torch.fx.GraphModule, example_inputs: Sequence[Any], plan: Plan
+    ) -> tuple[int, BatchSpec | str]:
+        """Micro-batches per call (the user's ``num_microbatches``, else 4 per device for a
+        throughput plan on several devices, else 1) and the batch layout (or why none)."""
+        wanted = self.config.num_microbatches
+        if wanted is None and (self.config.objective != "throughput" or len(plan.devices_used) < 2):
+            return 1, "not requested"
+        spec = batch_spec(gm)
+        if wanted is not None or isinstance(spec, str):
+            return wanted or 1, spec
+        batch_size = example_inputs[spec.tensor_inputs[0]].shape[0]
+        return auto_microbatches(len(plan.devices_used), batch_size), spec
+
+
 def _guard_first_call(comp: Compilation, gm: torch.fx.GraphModule, strict: bool) -> Callable:
     """Run the planned graph; if its first call fails (and not strict), fall back for good.
 
@@ -325,7 +344,7 @@ def _guard_first_call(comp: Compilation, gm: torch.fx.GraphModule, strict: bool)
     runner = comp.runner
     assert runner is not None
     state = {"ok": False, "fallback": False}
-    retry_safe = not _mutates_in_place(gm)
+    retry_safe = not mutates_in_place(gm)
 
     def run(*args: Any) -> Any:
         if state["ok"]:
@@ -351,14 +370,6 @@ def _guard_first_call(comp: Compilation, gm: torch.fx.GraphModule, strict: bool)
 
     run.compilation = comp  # type: ignore[attr-defined]
     return run
-
-
-def _mutates_in_place(gm: torch.fx.GraphModule) -> bool:
-    return any(
-        is_inplace(node)
-        or (node.op == "call_function" and node.target is torch.nn.functional.batch_norm)
-        for node in gm.graph.nodes
-    )
 
 
 #: The backend ``torch.compile(..., backend="autopart")`` uses (default options).

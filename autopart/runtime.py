@@ -1,20 +1,24 @@
 """Runtime: the callable handed back to Dynamo for one planned graph.
 
 It moves parameters and buffers to their planned devices once and reuses the copies while the
-originals are unchanged (same storage, same version counter), runs the partitions in order,
-and records what each call cost.
+originals are unchanged (same storage, same version counter), runs the partitions (host ones on
+a worker thread, micro-batches in fill-drain order: :mod:`autopart.pipeline`), and records what
+each call cost.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.fx
 
+from .config import AutopartWarning
+from .pipeline import HOST, BatchSpec, PartitionSchedule, outputs_match
 from .plan import Plan
 
 log = logging.getLogger(__name__)
@@ -33,6 +37,12 @@ class RuntimeMetrics:
     """Buffers the graph mutated on another device, copied back into the original."""
     total_call_s: float = 0.0
     last_call_s: float = 0.0
+    num_microbatches: int = 1
+    """Micro-batches the last call was split into."""
+    num_host_steps: int = 0
+    """Partition runs on the host worker thread, over all calls."""
+    last_schedule: list[tuple[int, str, str]] = field(default_factory=list)
+    """(micro-batch, partition, lane) of the last call, in the order issued."""
 
 
 @dataclass
@@ -134,7 +144,9 @@ class StaticInputMover:
 
 @dataclass
 class PlacedGraph:
-    """Runs one planned graph: ``module`` (partitions in order) with static inputs moved."""
+    """Runs one planned graph: ``module`` (the partitions) with static inputs moved, host
+    partitions on a worker thread and, when asked, the batch split into micro-batches (see
+    :mod:`autopart.pipeline`)."""
 
     module: torch.fx.GraphModule
     plan: Plan
@@ -143,18 +155,71 @@ class PlacedGraph:
     metrics: RuntimeMetrics = field(default_factory=RuntimeMetrics)
     replica_sources: list[int] = field(default_factory=list)
     """Inputs passed again, as extra arguments, for the weight copies the rewrite added."""
+    host_partitions: set[str] = field(default_factory=set)
+    """Partitions of host (CPU) devices, run on the worker thread."""
+    num_microbatches: int = 1
+    batch: BatchSpec | str = "not requested"
+    """How to split the batch, or why it cannot be split."""
+    warn_if_unsplit: bool = False
+    """Warn (once) when ``num_microbatches`` > 1 cannot be honoured: the user asked for it."""
 
     def __post_init__(self) -> None:
         self._mover = StaticInputMover(self.static_moves, self.metrics, self.cache)
+        self.schedule = PartitionSchedule(self.module, self.host_partitions)
+        self._split_checked = False
+        if self.num_microbatches > 1 and isinstance(self.batch, str):
+            self._no_split(self.batch)
 
     def __call__(self, *args: Any) -> Any:
         start = time.perf_counter()
         args_list = [*args, *(args[i] for i in self.replica_sources)]
         self._mover.move(args_list)
-        out = self.module(*args_list)
+        out = self._run(args_list)
         self._mover.write_back()
         elapsed = time.perf_counter() - start
         self.metrics.num_calls += 1
         self.metrics.last_call_s = elapsed
         self.metrics.total_call_s += elapsed
         return out
+
+    def _run(self, args: list[Any]) -> Any:
+        if self.num_microbatches > 1 and not self._split_checked:
+            return self._first_split(args)
+        trace: list[tuple[int, str, str]] = []
+        microbatches = self.batch.split(args, self.num_microbatches) if self.num_microbatches > 1 else [args]
+        outs = self.schedule.run(microbatches, trace)
+        self._record(trace, len(outs))
+        return self.batch.merge(outs) if len(outs) > 1 else outs[0]
+
+    def _first_split(self, args: list[Any]) -> Any:
+        """Run the whole batch, then the micro-batches without autograd: keep splitting only if
+        both give the same outputs (a graph can mix samples in ways its shapes do not show)."""
+        assert isinstance(self.batch, BatchSpec)
+        trace: list[tuple[int, str, str]] = []
+        out = self.schedule.run([args], trace)[0]
+        self._record(trace, 1)
+        with torch.no_grad():
+            split_out = self.batch.merge(self.schedule.run(self.batch.split(args, self.num_microbatches)))
+        self._split_checked = True
+        if not outputs_match(out, split_out):
+            self._no_split("its outputs differ when the batch is split (samples interact, e.g. a "
+                           "reduction over the batch)")
+        return out
+
+    def _no_split(self, reason: str) -> None:
+        if self.warn_if_unsplit:
+            warnings.warn(
+                f"autopart runs {self.plan.graph_name} on whole batches, not "
+                f"num_microbatches={self.num_microbatches}: {reason}",
+                AutopartWarning,
+                stacklevel=3,
+            )
+        else:
+            log.info("%s: no micro-batches: %s", self.plan.graph_name, reason)
+        self.batch = reason
+        self.num_microbatches = 1
+
+    def _record(self, trace: list[tuple[int, str, str]], num_microbatches: int) -> None:
+        self.metrics.last_schedule = trace
+        self.metrics.num_microbatches = num_microbatches
+        self.metrics.num_host_steps += sum(1 for _, _, lane in trace if lane == HOST)

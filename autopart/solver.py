@@ -53,8 +53,9 @@ copies it receives), and one call lasts :math:`L = \sum_d B_d`.
     ``throughput``: :math:`\min \beta` with :math:`\beta \ge B_d` for every device: the
     bottleneck of a pipeline that streams micro-batches through the devices (each device does its
     share of every micro-batch; pipeline fill and drain are not counted; PipeDream, Narayanan et
-    al., SOSP 2019). Stages need not be contiguous; ``activation_copies`` is the number of
-    devices (one micro-batch in flight per stage). Two valid cuts tighten the relaxation:
+    al., SOSP 2019). Stages need not be contiguous. The runtime pipelines the micro-batches of one
+    call (:mod:`autopart.pipeline`), whose activations together are those of the whole batch,
+    so memory is counted as for one call (``activation_copies`` = 1). Two valid cuts tighten the relaxation:
     :math:`\beta \ge \sum_t \min_d \tau_{t,d} / |D|` and :math:`\beta \ge \max_t \min_d \tau_{t,d}`.
     ``energy``: :math:`\min \sum_d (P^{act}_d - P^{idle}_d) B_d + L \sum_d P^{idle}_d` (see
     :mod:`autopart.costmodel.energy`: busy devices draw their active power, all powered devices

@@ -14,9 +14,9 @@ A case the library cannot plan (e.g. no placement fits) is kept as a row with it
 
 Memory rule (forces a split; the same in the results header). With ``W`` the model's resident
 bytes (parameters and buffers), ``G`` the number of GPUs of the preset and ``L`` the most bytes
-one free task of the coarsened problem needs (its resident bytes + ``c`` x (its activation peak
-+ the live ranges it starts), ``c`` = 1, or the number of devices for the throughput objective,
-which holds one micro-batch in flight per device):
+one free task of the coarsened problem needs (its resident bytes + its activation peak + the
+live ranges it starts; the throughput objective's micro-batches of one call together hold the
+activations of one whole call):
 
     each GPU:  min(its memory, max(ceil(W / max(G - 2, 2)), ceil(1.25 * L)))
     each CPU:  its full memory in mode ``gpus+cpu``; 0 (not used) in mode ``gpus``
@@ -104,9 +104,7 @@ MEMORY_RULE = (
     "each GPU: min(its memory, max(ceil(W / max(G - 2, 2)), ceil(1.25 * L))); each CPU: its "
     "full memory in mode gpus+cpu, 0 in mode gpus (run only for single-host presets with "
     "G >= 4). W = the model's resident bytes, G = number of GPUs, L = the most bytes one free "
-    "task of the coarsened problem needs: resident + c x (activation peak + live ranges it "
-    "starts), c = 1, or the number of devices for throughput (one micro-batch in flight per "
-    "device)."
+    "task of the coarsened problem needs: resident + activation peak + live ranges it starts."
 )
 TARGETS = {
     "T1": "GPT-2 on a 4-GPU preset: ILP solve time <= 1 s",
@@ -216,19 +214,16 @@ def coarsen(graph: AnnotatedGraph, topo: Topology, capacity: dict[str, int], max
     )
 
 
-def split_capacity(graph: AnnotatedGraph, topo: Topology, mode: str, max_groups: int,
-                   objective: str = "latency") -> tuple[dict[str, int], dict]:
+def split_capacity(graph: AnnotatedGraph, topo: Topology, mode: str,
+                   max_groups: int) -> tuple[dict[str, int], dict]:
     """Capacities by the memory rule (module docstring), and the numbers behind them."""
     full = mode_capacity(topo, mode)
     problem = coarsen(graph, topo, full, max_groups)
-    # The throughput objective holds one micro-batch in flight per device (solve_annotated
-    # sets activation_copies to the number of devices): a task's activations count that often.
-    copies = len(problem.devices) if objective == "throughput" else 1
     started: dict[int, int] = {}
     for r in problem.live_ranges:
         started[r.producer] = started.get(r.producer, 0) + r.nbytes
     largest = max(
-        (t.resident_bytes + copies * (t.peak_bytes + started.get(i, 0))
+        (t.resident_bytes + t.peak_bytes + started.get(i, 0)
          for i, t in enumerate(problem.tasks) if t.fixed_device is None),
         default=0,
     )
@@ -241,7 +236,7 @@ def split_capacity(graph: AnnotatedGraph, topo: Topology, mode: str, max_groups:
         for d in topo.devices
     }
     return caps, {"weight_bytes": total, "largest_task_bytes": largest, "share_bytes": share,
-                  "per_gpu_bytes": per_gpu, "num_gpus": gpus, "activation_copies": copies}
+                  "per_gpu_bytes": per_gpu, "num_gpus": gpus}
 
 
 def value_of(problem: PlacementProblem, assignment, objective: str,
@@ -277,7 +272,7 @@ def run_case(graph: AnnotatedGraph, preset: str, mode: str, objective: str, time
     """Plan one case with the ILP and every baseline (``error`` set when planning fails)."""
     topo = Topology.preset(preset)
     config = Config(topology=preset, objective=objective, time_limit_s=time_limit_s)
-    caps, rule = split_capacity(graph, topo, mode, config.max_groups, objective)
+    caps, rule = split_capacity(graph, topo, mode, config.max_groups)
     case: dict[str, Any] = {
         "graph": graph.name, "preset": preset, "memory": mode, "objective": objective,
         "nodes": len(graph.nodes), "capacity_bytes": caps, "memory_rule": rule,

@@ -44,6 +44,16 @@ def is_inplace(node: torch.fx.Node) -> bool:
     return isinstance(name, str) and name.endswith("_") and not name.endswith("__")
 
 
+def mutates_in_place(gm: torch.fx.GraphModule) -> bool:
+    """True if a node of ``gm`` updates a tensor in place (an in-place call, or batch norm,
+    which updates its running statistics in training mode)."""
+    return any(
+        is_inplace(node)
+        or (node.op == "call_function" and node.target is torch.nn.functional.batch_norm)
+        for node in gm.graph.nodes
+    )
+
+
 def _rerun(gm: torch.fx.GraphModule, node: torch.fx.Node, fake_mode) -> list[OpCost]:
     args, kwargs = fake_inputs(node, fake_mode)
     if is_inplace(node):  # keep upstream fake values unmutated

@@ -1,0 +1,296 @@
+"""Partition schedule (host lane on a worker thread, fill-drain micro-batches) and micro-batch
+splitting, on the CPU: values compared with eager, order and lanes read from the trace."""
+
+from __future__ import annotations
+
+import threading
+import warnings
+
+import pytest
+import torch
+import torch.fx
+from _util import make_device, make_topology
+from torch import nn
+from torch.fx.passes.split_module import split_module
+
+import autopart
+from autopart.passes import propagate_shapes_pass
+from autopart.pipeline import BatchSpec, PartitionSchedule, auto_microbatches, batch_spec, outputs_match
+
+THREADS: list[str] = []
+
+
+@torch.fx.wrap
+def where_am_i(x: torch.Tensor) -> torch.Tensor:
+    """Identity that records the thread it ran on."""
+    THREADS.append(threading.current_thread().name)
+    return x
+
+
+class Chain(nn.Module):
+    """Linear + tanh layers; ``record`` (for FX tracing only) logs each layer's thread."""
+
+    def __init__(self, width: int = 16, depth: int = 3, record: bool = False) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(width, width) for _ in range(depth))
+        self.record = record
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = torch.tanh(layer(x))
+            if self.record:
+                x = where_am_i(x)
+        return x
+
+
+def split_per_layer(model: nn.Module) -> torch.fx.GraphModule:
+    """One partition per layer of ``Chain`` (the rest goes with its layer)."""
+    gm = torch.fx.symbolic_trace(model)
+    part, current = {}, 0
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and node.target != "layers.0":
+            current += 1
+        part[node] = current
+    return split_module(gm, gm, lambda n: part[n], keep_original_order=True)
+
+
+@pytest.fixture(autouse=True)
+def _fresh():
+    torch._dynamo.reset()
+    autopart.reset()
+    THREADS.clear()
+    yield
+    torch._dynamo.reset()
+
+
+def test_host_partitions_run_on_the_worker_thread_and_match():
+    torch.manual_seed(0)
+    model = Chain(record=True)
+    split = split_per_layer(model)
+    schedule = PartitionSchedule(split, host_partitions={"submod_1"})
+    assert schedule.concurrent
+    x = torch.randn(4, 16)
+    trace = []
+    out = schedule.run([[x]], trace)[0]
+    torch.testing.assert_close(out, model(x))
+    assert [lane for _, _, lane in trace] == ["main", "host", "main"]
+    assert THREADS[0] == THREADS[2] == threading.current_thread().name
+    assert THREADS[1].startswith("autopart-host")
+    schedule.close()
+
+
+def test_one_lane_runs_the_split_graph_directly():
+    model = Chain(record=True)
+    schedule = PartitionSchedule(split_per_layer(model), host_partitions=set())
+    assert not schedule.concurrent
+    x = torch.randn(2, 16)
+    torch.testing.assert_close(schedule.run([[x]])[0], model(x))
+    assert set(THREADS) == {threading.current_thread().name}
+
+
+def test_microbatches_issue_in_fill_drain_order():
+    torch.manual_seed(0)
+    model = Chain(depth=3)
+    schedule = PartitionSchedule(split_per_layer(model), host_partitions={"submod_1"})
+    x = torch.randn(8, 16)
+    trace = []
+    outs = schedule.run([[c] for c in x.chunk(4)], trace)
+    torch.testing.assert_close(torch.cat(outs), model(x))
+    # GPipe: stage s of micro-batch m at step m + s; main-lane steps in that order, host steps
+    # in that order on their own lane.
+    stage = {"submod_0": 0, "submod_1": 1, "submod_2": 2}
+    for lane in ("main", "host"):
+        steps = [(m + stage[p], stage[p]) for m, p, ln in trace if ln == lane]
+        assert steps == sorted(steps)
+    assert sorted((m, p) for m, p, _ in trace) == sorted((m, p) for m in range(4) for p in stage)
+    # micro-batch 1's first stage is issued before micro-batch 0's last stage
+    assert trace.index((1, "submod_0", "main")) < trace.index((0, "submod_2", "main"))
+
+
+def test_grad_mode_reaches_the_worker_and_gradients_match():
+    torch.manual_seed(0)
+    model = Chain()
+    schedule = PartitionSchedule(split_per_layer(model), host_partitions={"submod_0", "submod_2"})
+    x = torch.randn(6, 16, requires_grad=True)
+    with torch.no_grad():
+        assert not schedule.run([[x]])[0].requires_grad
+    out = torch.cat(schedule.run([[c] for c in x.chunk(3)]))
+    out.square().sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()] + [x.grad.clone()]
+    model.zero_grad()
+    x.grad = None
+    model(x).square().sum().backward()
+    for got, want in zip(grads, [*[p.grad for p in model.parameters()], x.grad]):
+        torch.testing.assert_close(got, want)
+
+
+class _Boom(nn.Module):
+    def forward(self, x):
+        raise RuntimeError("boom in a host partition")
+
+
+def test_an_error_on_the_host_lane_reaches_the_caller():
+    model = Chain(depth=2)
+    split = split_per_layer(model)
+    split.submod_1 = _Boom()
+    schedule = PartitionSchedule(split, host_partitions={"submod_1"})
+    with pytest.raises(RuntimeError, match="boom in a host partition"):
+        schedule.run([[torch.randn(2, 16)]])
+
+
+# --------------------------------------------------------------------------- batch spec
+
+
+def _capture(model, *inputs, dynamic_dim0=True):
+    graphs = []
+
+    def grab(gm, example_inputs):
+        propagate_shapes_pass(gm, example_inputs)  # records which inputs are parameters
+        graphs.append(gm)
+        return gm.forward
+
+    if dynamic_dim0:
+        torch._dynamo.mark_dynamic(inputs[0], 0)
+    torch.compile(model, backend=grab)(*inputs)
+    return graphs[0]
+
+
+def test_batch_spec_of_a_dynamic_graph():
+    model = Chain()
+    x, bias = torch.randn(8, 16), torch.randn(16)
+    gm = _capture(lambda x, b: (model(x) + b, model(x).sum(0) * 0 + b), x, bias)
+    spec = batch_spec(gm)
+    assert not isinstance(spec, str), spec
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    assert [placeholders[i].name for i in spec.tensor_inputs] == ["l_x_"]
+    assert spec.outputs == (True, False)
+
+
+def test_batch_spec_refuses_a_static_batch_and_a_reduced_output():
+    model = Chain()
+    assert "static" in batch_spec(_capture(model, torch.randn(4, 16), dynamic_dim0=False))
+    torch._dynamo.reset()
+    reason = batch_spec(_capture(lambda x: model(x).view(-1), torch.randn(4, 16)))
+    assert "not batched on dim 0" in reason
+
+
+def test_batch_spec_split_and_merge_round_trip():
+    spec = BatchSpec(tensor_inputs=(0,), size_inputs=(2,), outputs=(True, False))
+    x, w = torch.arange(10.0).reshape(5, 2), torch.ones(2)
+    parts = spec.split([x, w, 5], 2)
+    assert [p[0].shape[0] for p in parts] == [3, 2] and [p[2] for p in parts] == [3, 2]
+    assert all(p[1] is w for p in parts)
+    merged = spec.merge([(p[0] * 2, "same") for p in parts])
+    torch.testing.assert_close(merged[0], x * 2)
+    assert merged[1] == "same"
+
+
+def test_outputs_match_tolerates_rounding_not_errors():
+    a = torch.randn(4, 8)
+    assert outputs_match((a, 3), (a + 1e-6, 3))
+    assert not outputs_match((a,), (a + 0.1,))
+    assert not outputs_match((a, 3), (a, 4))
+
+
+def test_auto_microbatches():
+    assert auto_microbatches(3, 64) == 12
+    assert auto_microbatches(3, 5) == 5
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def hetero_topology():
+    """A CPU as fast as the GPU, so that a plan splits work between them."""
+    return make_topology([make_device("cpu", tflops=5), make_device("cuda:0", tflops=5),
+                          make_device("cuda:1", tflops=5)], link_gbps=50)
+
+
+def _options(model: nn.Module, **extra) -> dict:
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    options = dict(topology=hetero_topology(), device_map="cpu", strict=True,
+                   max_memory={d: int(weights * 0.6) + 4096 for d in ("cpu", "cuda:0", "cuda:1")})
+    options.update(extra)
+    return options
+
+
+def test_microbatched_plan_matches_eager_with_gradients():
+    torch.manual_seed(0)
+    model = Chain(width=32, depth=6)
+    backend = autopart.backend(**_options(model, num_microbatches=4))
+    compiled = torch.compile(model, backend=backend)
+    x = torch.randn(8, 32)
+    torch._dynamo.mark_dynamic(x, 0)
+    for _ in range(2):
+        out = compiled(x)
+        torch.testing.assert_close(out, model(x), rtol=1e-5, atol=1e-6)
+    comp = backend.compilations[0]
+    assert len(comp.plan.devices_used) >= 2, comp.plan.summary()
+    assert comp.metrics.num_microbatches == 4
+    assert {m for m, _, _ in comp.metrics.last_schedule} == {0, 1, 2, 3}
+    assert "cpu" in comp.plan.devices_used  # the CPU's partitions ran on the host lane
+    assert comp.metrics.num_host_steps > 0
+    out.sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    model(x).sum().backward()
+    for got, p in zip(grads, model.parameters()):
+        torch.testing.assert_close(got, p.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_microbatches_refused_for_a_static_batch_with_a_warning():
+    model = Chain()
+    backend = autopart.backend(**_options(model, num_microbatches=2))
+    x = torch.randn(4, 16)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = torch.compile(model, backend=backend)(x)
+    torch.testing.assert_close(out, model(x))
+    messages = [str(w.message) for w in caught if issubclass(w.category, autopart.AutopartWarning)]
+    assert any("static" in m and "num_microbatches=2" in m for m in messages), messages
+    assert backend.compilations[0].metrics.num_microbatches == 1
+
+
+class MixesSamples(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(16, 16), nn.Linear(16, 16)
+
+    def forward(self, x):
+        h = self.a(x)
+        return self.b(h - h.mean(0))  # every sample depends on the whole batch
+
+
+def test_microbatches_dropped_when_samples_interact():
+    torch.manual_seed(0)
+    model = MixesSamples()
+    backend = autopart.backend(**_options(model, num_microbatches=2))
+    compiled = torch.compile(model, backend=backend)
+    x = torch.randn(8, 16)
+    torch._dynamo.mark_dynamic(x, 0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first = compiled(x)
+    assert any("outputs differ" in str(w.message) for w in caught)
+    torch.testing.assert_close(first, model(x))
+    torch.testing.assert_close(compiled(x), model(x))
+    assert backend.compilations[0].metrics.num_microbatches == 1
+
+
+def test_throughput_plans_pick_microbatches_themselves():
+    torch.manual_seed(0)
+    model = Chain(width=32, depth=6)
+    backend = autopart.backend(**_options(model, objective="throughput"))
+    compiled = torch.compile(model, backend=backend)
+    x = torch.randn(32, 32)
+    torch._dynamo.mark_dynamic(x, 0)
+    with torch.no_grad():
+        for _ in range(2):
+            torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-6)
+    comp = backend.compilations[0]
+    assert comp.metrics.num_microbatches == auto_microbatches(len(comp.plan.devices_used), 32)
+
+
+def test_num_microbatches_must_be_positive():
+    with pytest.raises(ValueError, match="num_microbatches must be a positive int"):
+        autopart.Config(num_microbatches=0)

@@ -296,6 +296,7 @@ class Backend:
                 rewritten.static_moves,
                 cache=self._copies,
                 replica_sources=rewritten.replica_sources,
+                pinned_inputs=rewritten.pinned_inputs,
                 host_partitions={
                     name
                     for name, device in rewritten.partition_devices.items()

@@ -4,7 +4,9 @@
    ``x.cuda()``) at the local device of the node's placement.
 2. Insert one ``autopart.kernels.transfer`` node per Plan transfer, before the first reader on
    the destination device, and let every reader there use it; outputs go back where the captured
-   graph returned them.
+   graph returned them. Weights streamed from host memory are copied in two steps
+   (``start_transfer`` one layer ahead, ``wait_transfer`` before the reader); small activations
+   entering one partition from one device are coalesced (``transfer_coalesced``).
 3. Cut the graph into partitions: maximal runs of nodes on one device in graph order (so the
    partition graph is acyclic), with ``torch.fx.passes.split_module``.
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 import copy
 import functools
 import logging
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -28,9 +31,9 @@ import torch.fx
 from torch.fx.passes.split_module import split_module
 from torch.utils._pytree import tree_map
 
-from .kernels.transfer import transfer
+from .kernels.transfer import COALESCE_MAX_BYTES, start_transfer, transfer, transfer_coalesced, wait_transfer
 from .passes.records import META_KEY, NodeRecord, record
-from .plan import Plan
+from .plan import Plan, Transfer
 from .topology import Topology, local_devices
 
 log = logging.getLogger(__name__)
@@ -131,6 +134,8 @@ class Rewritten:
     """Partition submodule name -> topology device."""
     static_moves: dict[int, torch.device]
     """Placeholder index of a parameter/buffer -> local device it must be on."""
+    pinned_inputs: list[int]
+    """Placeholder indices of weights streamed from host memory to a GPU: page-lock them."""
     replica_sources: list[int]
     """For each placeholder added for a weight copy (after the graph's own ones, in order), the
     index of the graph input it copies: the runner passes that input again."""
@@ -165,33 +170,29 @@ def rewrite(gm: torch.fx.GraphModule, plan: Plan, mapping: dict[str, str]) -> Re
         elif node.op == "get_attr" and node.name in placement:
             _move_attr(module, str(node.target), local[placement[node.name]])
 
-    _insert_transfers(graph, plan, placement, local, by_name)
+    inserted = _insert_transfers(graph, plan, placement, local, by_name)
     replica_sources = _insert_replicas(module, graph, plan, placement, local, by_name)
+    _prefetch_streamed(graph, inserted, placement)
+    _coalesce(graph, inserted, placement, local)
 
     static_moves = {}
     for i, node in enumerate(n for n in graph.nodes if n.op == "placeholder"):
         if record(node).role in ("parameter", "buffer") and node.name in placement:
             static_moves[i] = local[placement[node.name]]
 
-    partition_of: dict[torch.fx.Node, int] = {}
-    partition_devices: dict[int, str] = {}
-    current, last_device = -1, None
-    for node in graph.nodes:
-        if node.op in ("placeholder", "get_attr", "output"):
-            continue
-        device = placement[node.name]
-        if device != last_device:
-            current += 1
-            partition_devices[current] = device
-            last_device = device
-        partition_of[node] = current
+    pinned = sorted(
+        i for i, node in enumerate(n for n in graph.nodes if n.op == "placeholder")
+        if any(u.target is start_transfer and local[placement[u.name]].type == "cuda" for u in node.users)
+    )
+    partition_of, starts = _runs(graph, placement)
     module.recompile()
     split = split_module(
         module, module, lambda n: partition_of[n], keep_original_order=True
     )
     return Rewritten(
         module=split,
-        partition_devices={f"submod_{i}": d for i, d in partition_devices.items()},
+        partition_devices={f"submod_{i}": placement[n.name] for i, n in enumerate(starts)},
+        pinned_inputs=pinned,
         static_moves=static_moves,
         replica_sources=replica_sources,
     )
@@ -203,7 +204,9 @@ def _insert_transfers(
     placement: dict[str, str],
     local: dict[str, torch.device],
     by_name: dict[str, torch.fx.Node],
-) -> None:
+) -> list[tuple[torch.fx.Node, Transfer, torch.fx.Node]]:
+    """Insert the plan's transfers; returns (copy node, transfer, first reader) for each."""
+    inserted = []
     for t in plan.transfers:
         src = by_name[t.source_node]
         if t.reason == "graph output":
@@ -220,6 +223,85 @@ def _insert_transfers(
         placement[copy.name] = t.dst_device
         for reader in readers:
             reader.replace_input_with(src, copy)
+        inserted.append((copy, t, first))
+    return inserted
+
+
+def _prefetch_streamed(
+    graph: torch.fx.Graph, inserted: list[tuple[torch.fx.Node, Transfer, torch.fx.Node]], placement: dict[str, str]
+) -> None:
+    """Split each copy of a streamed weight into ``start_transfer`` and ``wait_transfer``, and
+    issue the start one layer ahead: before the wait of the previous reader's weights on the same
+    device (readers in graph order; a reader is a layer's op, e.g. one linear)."""
+    groups: dict[str, dict[torch.fx.Node, list[torch.fx.Node]]] = {}
+    for copy, t, first in inserted:
+        if t.reason.startswith("weights streamed"):
+            groups.setdefault(t.dst_device, {}).setdefault(first, []).append(copy)
+    for device, by_reader in groups.items():
+        previous: torch.fx.Node | None = None
+        for copies in by_reader.values():
+            anchor = previous if previous is not None else copies[0]
+            for copy in copies:
+                with graph.inserting_before(anchor):
+                    start = graph.call_function(start_transfer, copy.args)
+                start.meta = dict(copy.meta)
+                placement[start.name] = device
+                copy.target = wait_transfer
+                copy.args = (start,)
+            previous = copies[0]
+
+
+def _coalesce(
+    graph: torch.fx.Graph, inserted: list[tuple[torch.fx.Node, Transfer, torch.fx.Node]], placement: dict[str, str],
+    local: dict[str, torch.device],
+) -> None:
+    """Send the small activations that cross from one device into one partition (a run of
+    nodes on one device) as one buffer per dtype, at the start of the partition: their producers
+    all run before it, on other devices."""
+    run_of, run_start = _runs(graph, placement)
+    groups: dict[tuple[int, str], list[tuple[torch.fx.Node, Transfer]]] = {}
+    for copy, t, _ in inserted:
+        value = copy.meta.get("val", copy.meta.get("example_value"))
+        if t.reason.startswith("weights streamed") or not isinstance(value, torch.Tensor):
+            continue
+        if t.nbytes <= COALESCE_MAX_BYTES:
+            groups.setdefault((run_of[copy], t.src_device), []).append((copy, t))
+    replaced: list[torch.fx.Node] = []
+    for (run, _), members in groups.items():
+        if len(members) < 2:
+            continue
+        dst = members[0][1].dst_device
+        with graph.inserting_before(run_start[run]):
+            packed = graph.call_function(
+                transfer_coalesced, (tuple(c.args[0] for c, _ in members), local[dst])
+            )
+            placement[packed.name] = dst
+            packed.meta[META_KEY] = NodeRecord(role="compute")
+            for k, (copy, _) in enumerate(members):
+                part = graph.call_function(operator.getitem, (packed, k))
+                part.meta = dict(copy.meta)
+                placement[part.name] = dst
+                copy.replace_all_uses_with(part)
+                replaced.append(copy)
+    for copy in replaced:  # after every insertion: a copy may be a partition's first node
+        graph.erase_node(copy)
+
+
+def _runs(graph: torch.fx.Graph, placement: dict[str, str]) -> tuple[dict[torch.fx.Node, int], list[torch.fx.Node]]:
+    """Partition of each placed node: maximal runs of one device in graph order (so the
+    partition graph is acyclic); and the first node of each run."""
+    run_of: dict[torch.fx.Node, int] = {}
+    starts: list[torch.fx.Node] = []
+    last_device = None
+    for node in graph.nodes:
+        if node.op in ("placeholder", "get_attr", "output"):
+            continue
+        device = placement[node.name]
+        if device != last_device:
+            starts.append(node)
+            last_device = device
+        run_of[node] = len(starts) - 1
+    return run_of, starts
 
 
 def _insert_replicas(

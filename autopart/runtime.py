@@ -18,6 +18,7 @@ import torch
 import torch.fx
 
 from .config import AutopartWarning
+from .kernels.transfer import pin_in_place
 from .pipeline import HOST, BatchSpec, PartitionSchedule, outputs_match
 from .plan import Plan
 
@@ -162,6 +163,8 @@ class PlacedGraph:
     """How to split the batch, or why it cannot be split."""
     warn_if_unsplit: bool = False
     """Warn (once) when ``num_microbatches`` > 1 cannot be honoured: the user asked for it."""
+    pinned_inputs: list[int] = field(default_factory=list)
+    """Inputs (weights streamed to a GPU) whose host memory is page-locked on the first call."""
 
     def __post_init__(self) -> None:
         self._mover = StaticInputMover(self.static_moves, self.metrics, self.cache)
@@ -173,6 +176,10 @@ class PlacedGraph:
     def __call__(self, *args: Any) -> Any:
         start = time.perf_counter()
         args_list = [*args, *(args[i] for i in self.replica_sources)]
+        if self.pinned_inputs:
+            for i in self.pinned_inputs:
+                pin_in_place(args_list[i])
+            self.pinned_inputs = []
         self._mover.move(args_list)
         out = self._run(args_list)
         self._mover.write_back()

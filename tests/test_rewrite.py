@@ -3,6 +3,8 @@ same values as the original graph."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torch.fx
@@ -15,6 +17,7 @@ from autopart.coarsen import group_nodes
 from autopart.graph import AnnotatedGraph
 from autopart.passes import cost_pass, memory_pass, propagate_shapes_pass
 from autopart.plan import plan_transfers
+from autopart.kernels.transfer import start_transfer, transfer, transfer_coalesced, wait_transfer
 from autopart.rewrite import _retarget_devices, rewrite
 
 WIDTH = 8
@@ -48,6 +51,11 @@ def traced(model: torch.nn.Module, x: torch.Tensor) -> torch.fx.GraphModule:
     gm = torch.fx.symbolic_trace(model)
     propagate_shapes_pass(gm, [x])
     return gm
+
+
+def partition_nodes(rewritten) -> list[torch.fx.Node]:
+    """The nodes of every partition, in the order they run."""
+    return [n for name in rewritten.partition_devices for n in getattr(rewritten.module, name).graph.nodes]
 
 
 def annotated(model: torch.nn.Module, x: torch.Tensor) -> AnnotatedGraph:
@@ -153,13 +161,12 @@ def test_partitions_are_runs_of_one_device_and_transfers_sit_before_first_reader
     assert len(set(devices) - {"cpu"}) == 2  # 256-byte weights + activations: one per 700-byte GPU
     inserted = [n for n in rewritten.module.graph.nodes if n.op == "call_module"]
     assert [n.target for n in inserted] == list(rewritten.partition_devices)
-    n_transfer_nodes = sum(
-        1
-        for name in rewritten.partition_devices
-        for n in getattr(rewritten.module, name).graph.nodes
-        if n.op == "call_function" and n.target.__name__ == "transfer"
+    n_copied = sum(
+        len(n.args[0]) if n.target is transfer_coalesced else 1
+        for n in partition_nodes(rewritten)
+        if n.op == "call_function" and n.target in (transfer, transfer_coalesced)
     )
-    assert n_transfer_nodes == len(plan.transfers)
+    assert n_copied == len(plan.transfers)
     torch.testing.assert_close(rewritten.module(x)[0], model(x)[0])
 
 
@@ -205,6 +212,40 @@ def test_weights_streamed_from_the_host_run_and_match():
     assert plan.predicted_peak_bytes["cuda:0"] <= plan.capacity_bytes["cuda:0"]
     with torch.no_grad():
         torch.testing.assert_close(runner(x)[0], model(x)[0])
+
+    # Each streamed weight is copied in two steps; the copies of the next reader's weights start
+    # before the current reader's are awaited (one layer ahead).
+    nodes = partition_nodes(rewrite(gm, plan, {d: "cpu" for d in topo.device_names}))
+    starts = [n for n in nodes if n.target is start_transfer]
+    waits = [n for n in nodes if n.target is wait_transfer]
+    assert len(starts) == len(waits) == sum(t.reason.startswith("weights streamed") for t in plan.transfers)
+    position = {n.name: i for i, n in enumerate(nodes)}
+    wait_of = {w.args[0].name: w for w in waits}  # start name (kept across the split) -> its wait
+    ordered = sorted(starts, key=lambda n: position[wait_of[n.name].name])
+    assert len({wait_of[n.name].next.name for n in ordered}) >= 2  # several readers to prefetch for
+    for previous, start in zip(ordered, ordered[1:]):
+        assert position[start.name] < position[wait_of[previous.name].name]
+
+
+def test_small_activations_entering_a_partition_are_coalesced():
+    def f(x):
+        a = x + 1  # cuda:0
+        b = x * 2  # cuda:0
+        return a - b  # cuda:1 reads a and b: one coalesced copy
+
+    x = torch.randn(5)
+    gm = traced(torch.fx.symbolic_trace(f), x)
+    topo = make_topology([make_device("cpu"), make_device("cuda:0"), make_device("cuda:1")])
+    backend = Backend(Config(topology=topo, device_map="cpu", strict=True))
+    backend(gm, [x])
+    placement = {"x": "cpu", "add": "cuda:0", "mul": "cuda:0", "sub": "cuda:1", "output": "cpu"}
+    transfers, _ = plan_transfers(annotated(torch.fx.symbolic_trace(f), x), placement)
+    plan = dataclasses.replace(backend.plans[0], placement=placement, transfers=transfers, replicas=())
+    rewritten = rewrite(gm, plan, {d: "cpu" for d in topo.device_names})
+    coalesced = [n for n in partition_nodes(rewritten) if n.target is transfer_coalesced]
+    assert len(coalesced) == 1
+    assert [a.name for a in coalesced[0].args[0]] == ["add", "mul"]
+    torch.testing.assert_close(rewritten.module(x), f(x))
 
 
 class _TiedLM(torch.nn.Module):

@@ -37,7 +37,7 @@ from .passes.cost import mutates_in_place
 from .pipeline import BatchSpec, auto_microbatches, batch_spec
 from .plan import Plan, make_plan
 from .rewrite import origin_resolver, resolve_device_map, rewrite
-from .runtime import PlacedGraph, RuntimeMetrics, StaticCopyCache
+from .runtime import PlacedGraph, RuntimeMetrics, StaticCopyCache, use_inductor
 from .solver import solve
 from .topology import Topology
 
@@ -289,6 +289,8 @@ class Backend:
             start = time.perf_counter()
             rewritten = rewrite(gm, comp.plan, self._mapping)
             comp.rewrite_s = time.perf_counter() - start
+            if self.config.inner == "inductor":
+                use_inductor(rewritten.module)
             num_microbatches, batch = self._microbatches(gm, example_inputs, comp.plan)
             comp.runner = PlacedGraph(
                 rewritten.module,

@@ -8,9 +8,11 @@ each call cost.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +20,15 @@ import torch
 import torch.fx
 
 from .config import AutopartWarning
-from .kernels.transfer import pin_in_place
+from .kernels.transfer import (
+    pin_in_place,
+    plain_transfer,
+    plain_transfer_coalesced,
+    start_transfer,
+    transfer,
+    transfer_coalesced,
+    wait_transfer,
+)
 from .pipeline import HOST, BatchSpec, PartitionSchedule, outputs_match
 from .plan import Plan
 
@@ -230,3 +240,71 @@ class PlacedGraph:
         self.metrics.last_schedule = trace
         self.metrics.num_microbatches = num_microbatches
         self.metrics.num_host_steps += sum(1 for _, _, lane in trace if lane == HOST)
+
+
+class InductorPartition(torch.nn.Module):
+    """A partition compiled by TorchInductor (``torch._inductor.compile_fx``) on its first call
+    with each new input signature (shapes, strides, dtypes, devices, whether grad is needed).
+
+    Copies between devices are compiled as plain ``Tensor.to`` (Inductor schedules them itself;
+    the copy streams of :mod:`autopart.kernels.transfer` serve eager partitions). If Inductor
+    fails on a partition, it warns once and runs the partition eagerly.
+    """
+
+    def __init__(self, gm: torch.fx.GraphModule, name: str) -> None:
+        super().__init__()
+        self.gm = _plain_copies(gm)
+        self.name = name
+        self.compiled: dict[tuple, Callable[..., Any]] = {}
+        self.failed: str | None = None
+
+    def forward(self, *args: Any) -> Any:
+        if self.failed is not None:
+            return self.gm(*args)
+        key = (torch.is_grad_enabled(), *(_signature(a) for a in args))
+        fn = self.compiled.get(key)
+        if fn is None:
+            try:
+                from torch._inductor.compile_fx import compile_fx  # noqa: PLC0415 (heavy import)
+
+                fresh = torch.fx.GraphModule(self.gm, copy.deepcopy(self.gm.graph))  # compile_fx edits it
+                fn = self.compiled[key] = compile_fx(fresh, list(args))
+            except Exception as exc:  # noqa: BLE001 - any Inductor failure: run the partition eagerly
+                self.failed = f"{type(exc).__name__}: {exc}"
+                warnings.warn(
+                    f"autopart: Inductor could not compile partition {self.name} "
+                    f"({self.failed}); it runs eagerly",
+                    AutopartWarning,
+                    stacklevel=2,
+                )
+                return self.gm(*args)
+        return fn(*args)
+
+
+def _signature(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return (tuple(value.shape), value.stride(), value.dtype, value.device, value.requires_grad)
+    return (type(value), value) if isinstance(value, (int, float, bool, str, type(None))) else type(value)
+
+
+def _plain_copies(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """A copy of ``gm`` whose transfer calls are plain ``Tensor.to`` copies Inductor can trace."""
+    gm = torch.fx.GraphModule(gm, copy.deepcopy(gm.graph))
+    plain = {transfer: plain_transfer, start_transfer: plain_transfer, wait_transfer: _identity,
+             transfer_coalesced: plain_transfer_coalesced}
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and node.target in plain:
+            node.target = plain[node.target]
+    gm.recompile()
+    return gm
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def use_inductor(module: torch.fx.GraphModule) -> None:
+    """Replace each ``submod_<i>`` partition of a split graph by an :class:`InductorPartition`."""
+    for name, sub in list(module.named_children()):
+        if isinstance(sub, torch.fx.GraphModule):
+            setattr(module, name, InductorPartition(sub, name))

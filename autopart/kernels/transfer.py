@@ -117,6 +117,16 @@ def transfer(value: Any, device: torch.device) -> Any:
     return wait_transfer(start_transfer(value, device))
 
 
+def plain_transfer(value: Any, device: torch.device) -> Any:
+    """:func:`transfer` as one plain ``Tensor.to`` per tensor (for graphs a compiler traces)."""
+    return tree_map(lambda t: t.to(device) if isinstance(t, torch.Tensor) else t, value)
+
+
+def plain_transfer_coalesced(tensors: Sequence[torch.Tensor], device: torch.device) -> tuple[torch.Tensor, ...]:
+    """:func:`transfer_coalesced` with plain copies (for graphs a compiler traces)."""
+    return _coalesced(tensors, device, plain_transfer)
+
+
 def transfer_coalesced(tensors: Sequence[torch.Tensor], device: torch.device) -> tuple[torch.Tensor, ...]:
     """Copy ``tensors`` (all on one device) to ``device`` as one flat buffer per dtype.
 
@@ -125,6 +135,10 @@ def transfer_coalesced(tensors: Sequence[torch.Tensor], device: torch.device) ->
     the bytes on each side, which is cheaper than the per-copy latency for small tensors (the
     rewrite coalesces tensors under ``COALESCE_MAX_BYTES``).
     """
+    return _coalesced(tensors, device, transfer)
+
+
+def _coalesced(tensors: Sequence[torch.Tensor], device: torch.device, copy: Any) -> tuple[torch.Tensor, ...]:
     device = torch.device(device)
     out: list[torch.Tensor | None] = [None] * len(tensors)
     by_dtype: dict[torch.dtype, list[int]] = {}
@@ -132,7 +146,7 @@ def transfer_coalesced(tensors: Sequence[torch.Tensor], device: torch.device) ->
         by_dtype.setdefault(t.dtype, []).append(i)
     for indices in by_dtype.values():
         flat = torch.cat([tensors[i].reshape(-1) for i in indices])
-        moved = transfer(flat, device)
+        moved = copy(flat, device)
         parts = moved.split([tensors[i].numel() for i in indices])
         for i, part in zip(indices, parts):
             out[i] = part.view(tensors[i].shape)

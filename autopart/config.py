@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Literal, Union
 
+from .kernels.compression import CompressionName
 from .topology import Topology
 
 ObjectiveName = Literal["latency", "throughput", "energy"]
@@ -148,6 +149,13 @@ class Config:
     and samples that do not interact; otherwise autopart runs whole batches (with a warning
     when this was set explicitly)."""
 
+    compression: CompressionName = "none"
+    """Lossy compression allowed for activations copied between devices: ``"bf16"`` (float32
+    sent as bfloat16, relative error <= 2**-8) or ``"int8"`` (absmax int8 with a per-tensor
+    scale, error <= about max|x|/254; inference only: a tensor autograd needs goes as bf16). The
+    plan uses it only on copies it makes faster (slow links, large tensors), never for graph
+    outputs or weights; ``Plan.transfers`` shows which. Bounds: ``autopart.kernels.compression``."""
+
     strict: bool = False
     """If True, a failure to plan or rewrite raises. If False, autopart warns once and runs the
     captured graph unchanged."""
@@ -157,6 +165,7 @@ class Config:
         _check_choice("solver", self.solver, SolverName)
         _check_choice("inner", self.inner, InnerName)
         _check_choice("profile", self.profile, ProfileMode)
+        _check_choice("compression", self.compression, CompressionName)
         if not self.profile_budget_s > 0:
             raise ValueError(f"profile_budget_s must be > 0 seconds, got {self.profile_budget_s!r}")
         if not 0.0 < self.memory_fraction <= 1.0:

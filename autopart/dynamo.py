@@ -140,7 +140,7 @@ def solve_annotated(
         time_limit_s=config.time_limit_s,
         mip_rel_gap=config.mip_rel_gap,
     )
-    plan = make_plan(graph, problem, solution, objective_name=config.objective)
+    plan = make_plan(graph, problem, solution, objective_name=config.objective, compression=config.compression)
     return dataclasses.replace(plan, device_map=dict(mapping)), problem
 
 
@@ -290,7 +290,7 @@ class Backend:
             rewritten = rewrite(gm, comp.plan, self._mapping)
             comp.rewrite_s = time.perf_counter() - start
             if self.config.inner == "inductor":
-                use_inductor(rewritten.module)
+                use_inductor(rewritten.module, static=not _has_symbolic_shapes(gm))
             num_microbatches, batch = self._microbatches(gm, example_inputs, comp.plan)
             comp.runner = PlacedGraph(
                 rewritten.module,
@@ -299,6 +299,7 @@ class Backend:
                 cache=self._copies,
                 replica_sources=rewritten.replica_sources,
                 pinned_inputs=rewritten.pinned_inputs,
+                flat=rewritten.flat if self.config.inner == "eager" else None,
                 host_partitions={
                     name
                     for name, device in rewritten.partition_devices.items()
@@ -336,6 +337,19 @@ class Backend:
             return wanted or 1, spec
         batch_size = example_inputs[spec.tensor_inputs[0]].shape[0]
         return auto_microbatches(len(plan.devices_used), batch_size), spec
+
+
+def _has_symbolic_shapes(gm: torch.fx.GraphModule) -> bool:
+    """Whether an input of ``gm`` is a ``SymInt`` or has a symbolic size (dynamic shapes)."""
+    for node in gm.graph.nodes:
+        if node.op != "placeholder":
+            continue
+        value = node.meta.get("example_value", node.meta.get("val"))
+        if isinstance(value, torch.SymInt) or (
+            isinstance(value, torch.Tensor) and any(isinstance(d, torch.SymInt) for d in value.shape)
+        ):
+            return True
+    return False
 
 
 def _guard_first_call(comp: Compilation, gm: torch.fx.GraphModule, strict: bool) -> Callable:

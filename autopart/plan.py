@@ -16,8 +16,9 @@ from ._io import atomic_write_text
 from .coarsen import PlacementProblem
 from .graph import AnnotatedGraph
 from .solver import Solution, evaluate, stream_host
+from .topology import Topology
 
-PLAN_FORMAT_VERSION = 3
+PLAN_FORMAT_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,9 @@ class Transfer:
     dst_device: str
     nbytes: int
     reason: str
+    compression: str = "none"
+    """``"bf16"`` or ``"int8"`` when the tensor crosses compressed (see
+    :mod:`autopart.kernels.compression`), else ``"none"``."""
 
 
 @dataclass(frozen=True)
@@ -146,10 +150,10 @@ class Plan:
         lines += ["", f"transfers per call: {len(self.transfers)} ({_mib(total)})"]
         if self.transfers:
             rows = [
-                [t.src_device, t.dst_device, _mib(t.nbytes), t.source_node, t.reason]
+                [t.src_device, t.dst_device, _mib(t.nbytes), t.compression, t.source_node, t.reason]
                 for t in sorted(self.transfers, key=lambda t: -t.nbytes)[:max_rows]
             ]
-            lines += _table(["from", "to", "size", "tensor", "why"], rows)
+            lines += _table(["from", "to", "size", "sent as", "tensor", "why"], rows)
             if len(self.transfers) > max_rows:
                 lines.append(f"... {len(self.transfers) - max_rows} more")
         lines += ["", "tasks in execution order:"]
@@ -285,6 +289,56 @@ def plan_transfers(
     return tuple(transfers), tuple(replicas)
 
 
+_CODEC_BYTES_PER_ELEMENT = {"bf16": {"float32": 2}, "int8": {"float32": 1, "float16": 1, "bfloat16": 1}}
+
+
+def choose_compression(
+    transfers: tuple[Transfer, ...], graph: AnnotatedGraph, topology: Topology, method: str
+) -> tuple[tuple[Transfer, ...], dict[str, float]]:
+    """Compress the activation copies that ``method`` makes faster; returns the transfers
+    (``compression`` set where chosen) and the seconds saved per destination device.
+
+    A copy of ``n`` elements of ``b`` bytes over a link with latency ``a`` and bandwidth ``B``
+    takes ``a + n b / B``; compressed to ``c`` bytes per element it takes ``a + n c / B`` plus
+    encoding on the source and decoding on the destination, each an elementwise pass over
+    ``n (b + c)`` bytes at the device's memory bandwidth plus one launch. The copy is compressed
+    when that is shorter: on slow links (PCIe, network) for large tensors, never on NVLink-class
+    links for small ones. Only tensors computed by the graph are compressed: graph inputs,
+    graph outputs and weights cross exactly. ``"bf16"`` packs float32; ``"int8"`` packs float32
+    and 16-bit floats.
+
+    Raises:
+        ValueError: ``method`` is not ``"none"``, ``"bf16"`` or ``"int8"``.
+    """
+    if method == "none":
+        return transfers, {}
+    if method not in _CODEC_BYTES_PER_ELEMENT:
+        raise ValueError(f"compression={method!r} is not one of ['none', 'bf16', 'int8']")
+    chosen, saved = [], {}
+    for t in transfers:
+        source = graph.node(t.source_node)
+        packed = None
+        if source.is_compute and t.reason.startswith("read by") and len(source.tensors) == 1:
+            packed = _CODEC_BYTES_PER_ELEMENT[method].get(source.tensors[0].dtype.removeprefix("torch."))
+        if packed is None:
+            chosen.append(t)
+            continue
+        numel = source.tensors[0].numel
+        codec_bytes = t.nbytes + numel * packed
+        src, dst = topology.device(t.src_device), topology.device(t.dst_device)
+        raw_s = topology.transfer_time_s(t.src_device, t.dst_device, t.nbytes)
+        packed_s = (
+            topology.transfer_time_s(t.src_device, t.dst_device, numel * packed)
+            + codec_bytes / src.mem_bandwidth_Bps + src.launch_overhead_s
+            + codec_bytes / dst.mem_bandwidth_Bps + dst.launch_overhead_s
+        )
+        if packed_s < raw_s:
+            saved[t.dst_device] = saved.get(t.dst_device, 0.0) + raw_s - packed_s
+            t = dataclasses.replace(t, compression=method)
+        chosen.append(t)
+    return tuple(chosen), saved
+
+
 def make_plan(
     graph: AnnotatedGraph,
     problem: PlacementProblem,
@@ -292,8 +346,14 @@ def make_plan(
     *,
     graph_name: str | None = None,
     objective_name: str = "latency",
+    compression: str = "none",
 ) -> Plan:
-    """Turn a solved problem into a :class:`Plan` for ``graph`` (node names must match)."""
+    """Turn a solved problem into a :class:`Plan` for ``graph`` (node names must match).
+
+    ``compression``: the lossy method allowed for activation copies (see
+    :func:`choose_compression`); the predicted times count the copies it compresses (energy
+    does not).
+    """
     placement = {
         name: solution.assignment[i] for i, task in enumerate(problem.tasks) for name in task.nodes
     }
@@ -305,7 +365,10 @@ def make_plan(
                 placement[name] = host
                 streamed.add(name)
     transfers, replicas = plan_transfers(graph, placement, frozenset(streamed))
+    transfers, saved = choose_compression(transfers, graph, problem.topology, compression)
     ev = evaluate(problem, solution.assignment, solution.streamed)
+    busy = {d: b - saved.get(d, 0.0) for d, b in ev.busy_s.items()}
+    total_saved = sum(saved.values())
     tasks = tuple(
         TaskPlacement(
             name=t.name,
@@ -325,10 +388,10 @@ def make_plan(
         tasks=tasks,
         transfers=transfers,
         replicas=replicas,
-        predicted_time_s=ev.time_s,
+        predicted_time_s=ev.time_s - total_saved,
         predicted_compute_s=ev.compute_s,
-        predicted_transfer_s=ev.transfer_s,
-        predicted_bottleneck_s=ev.bottleneck_s,
+        predicted_transfer_s=ev.transfer_s - total_saved,
+        predicted_bottleneck_s=max(busy.values(), default=0.0) if saved else ev.bottleneck_s,
         predicted_energy_J=ev.energy_J,
         predicted_peak_bytes={d: ev.peak_bytes.get(d, 0) for d in problem.capacity_bytes},
         capacity_bytes=dict(problem.capacity_bytes),

@@ -31,7 +31,14 @@ import torch.fx
 from torch.fx.passes.split_module import split_module
 from torch.utils._pytree import tree_map
 
-from .kernels.transfer import COALESCE_MAX_BYTES, start_transfer, transfer, transfer_coalesced, wait_transfer
+from .kernels.transfer import (
+    COALESCE_MAX_BYTES,
+    start_transfer,
+    transfer,
+    transfer_coalesced,
+    transfer_compressed,
+    wait_transfer,
+)
 from .passes.records import META_KEY, NodeRecord, record
 from .plan import Plan, Transfer
 from .topology import Topology, local_devices
@@ -130,6 +137,8 @@ class Rewritten:
 
     module: torch.fx.GraphModule
     """Top-level graph calling ``submod_<i>`` partitions in order."""
+    flat: torch.fx.GraphModule
+    """The same graph before it was cut into partitions (same inputs and outputs)."""
     partition_devices: dict[str, str]
     """Partition submodule name -> topology device."""
     static_moves: dict[int, torch.device]
@@ -191,6 +200,7 @@ def rewrite(gm: torch.fx.GraphModule, plan: Plan, mapping: dict[str, str]) -> Re
     )
     return Rewritten(
         module=split,
+        flat=module,
         partition_devices={f"submod_{i}": placement[n.name] for i, n in enumerate(starts)},
         pinned_inputs=pinned,
         static_moves=static_moves,
@@ -217,7 +227,10 @@ def _insert_transfers(
             raise ValueError(f"plan transfer of {t.source_node!r} to {t.dst_device} has no reader")
         first = min(readers, key=_position(graph))
         with graph.inserting_before(first):
-            copy = graph.call_function(transfer, (src, local[t.dst_device]))
+            if t.compression != "none":
+                copy = graph.call_function(transfer_compressed, (src, local[t.dst_device], t.compression))
+            else:
+                copy = graph.call_function(transfer, (src, local[t.dst_device]))
         copy.meta = {k: v for k, v in src.meta.items() if k in ("val", "example_value", "nn_module_stack")}
         copy.meta[META_KEY] = NodeRecord(role="compute", tensors=record(src).tensors)
         placement[copy.name] = t.dst_device
@@ -262,7 +275,7 @@ def _coalesce(
     groups: dict[tuple[int, str], list[tuple[torch.fx.Node, Transfer]]] = {}
     for copy, t, _ in inserted:
         value = copy.meta.get("val", copy.meta.get("example_value"))
-        if t.reason.startswith("weights streamed") or not isinstance(value, torch.Tensor):
+        if t.reason.startswith("weights streamed") or t.compression != "none" or not isinstance(value, torch.Tensor):
             continue
         if t.nbytes <= COALESCE_MAX_BYTES:
             groups.setdefault((run_of[copy], t.src_device), []).append((copy, t))

@@ -24,9 +24,11 @@ from .kernels.transfer import (
     pin_in_place,
     plain_transfer,
     plain_transfer_coalesced,
+    plain_transfer_compressed,
     start_transfer,
     transfer,
     transfer_coalesced,
+    transfer_compressed,
     wait_transfer,
 )
 from .pipeline import HOST, BatchSpec, PartitionSchedule, outputs_match
@@ -176,7 +178,11 @@ class PlacedGraph:
     pinned_inputs: list[int] = field(default_factory=list)
     """Inputs (weights streamed to a GPU) whose host memory is page-locked on the first call."""
 
+    flat: torch.fx.GraphModule | None = None
+    """The unpartitioned graph: what a plan on one device with nothing to move runs directly."""
+
     def __post_init__(self) -> None:
+        self._direct: Callable[..., Any] | None = None
         self._mover = StaticInputMover(self.static_moves, self.metrics, self.cache)
         self.schedule = PartitionSchedule(self.module, self.host_partitions)
         self._split_checked = False
@@ -185,6 +191,17 @@ class PlacedGraph:
 
     def __call__(self, *args: Any) -> Any:
         start = time.perf_counter()
+        if self._direct is not None:
+            out = self._direct(*args)
+        else:
+            out = self._call(args)
+        elapsed = time.perf_counter() - start
+        self.metrics.num_calls += 1
+        self.metrics.last_call_s = elapsed
+        self.metrics.total_call_s += elapsed
+        return out
+
+    def _call(self, args: tuple[Any, ...]) -> Any:
         args_list = [*args, *(args[i] for i in self.replica_sources)]
         if self.pinned_inputs:
             for i in self.pinned_inputs:
@@ -193,11 +210,24 @@ class PlacedGraph:
         self._mover.move(args_list)
         out = self._run(args_list)
         self._mover.write_back()
-        elapsed = time.perf_counter() - start
-        self.metrics.num_calls += 1
-        self.metrics.last_call_s = elapsed
-        self.metrics.total_call_s += elapsed
+        if self._runs_as_captured(args):
+            self._direct = self.flat if self.flat is not None else self.module
         return out
+
+    def _runs_as_captured(self, args: tuple[Any, ...]) -> bool:
+        """Whether every call can go straight to one partition: one device, nothing to move
+        (every parameter and buffer already on its device; Dynamo guards keep it so), no
+        micro-batches, no weight copies, no worker thread."""
+        return (
+            sum(1 for step in self.schedule.steps if step.node.op == "call_module") == 1
+            and self.num_microbatches == 1
+            and not self.replica_sources
+            and not self.schedule.concurrent
+            and all(
+                not isinstance(args[i], torch.Tensor) or args[i].device == device
+                for i, device in self.static_moves.items()
+            )
+        )
 
     def _run(self, args: list[Any]) -> Any:
         if self.num_microbatches > 1 and not self._split_checked:
@@ -251,14 +281,20 @@ class InductorPartition(torch.nn.Module):
     fails on a partition, it warns once and runs the partition eagerly.
     """
 
-    def __init__(self, gm: torch.fx.GraphModule, name: str) -> None:
+    def __init__(self, gm: torch.fx.GraphModule, name: str, *, static: bool = False) -> None:
         super().__init__()
         self.gm = _plain_copies(gm)
         self.name = name
+        self.static = static
+        """Inputs never change signature (a graph with static shapes, whose grad mode Dynamo
+        guards): after the first compile, calls skip the signature check."""
         self.compiled: dict[tuple, Callable[..., Any]] = {}
         self.failed: str | None = None
+        self._only: Callable[..., Any] | None = None
 
     def forward(self, *args: Any) -> Any:
+        if self._only is not None:
+            return self._only(*args)
         if self.failed is not None:
             return self.gm(*args)
         key = (torch.is_grad_enabled(), *(_signature(a) for a in args))
@@ -278,6 +314,8 @@ class InductorPartition(torch.nn.Module):
                     stacklevel=2,
                 )
                 return self.gm(*args)
+            if self.static:
+                self._only = fn
         return fn(*args)
 
 
@@ -291,7 +329,7 @@ def _plain_copies(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
     """A copy of ``gm`` whose transfer calls are plain ``Tensor.to`` copies Inductor can trace."""
     gm = torch.fx.GraphModule(gm, copy.deepcopy(gm.graph))
     plain = {transfer: plain_transfer, start_transfer: plain_transfer, wait_transfer: _identity,
-             transfer_coalesced: plain_transfer_coalesced}
+             transfer_coalesced: plain_transfer_coalesced, transfer_compressed: plain_transfer_compressed}
     for node in gm.graph.nodes:
         if node.op == "call_function" and node.target in plain:
             node.target = plain[node.target]
@@ -303,8 +341,9 @@ def _identity(value: Any) -> Any:
     return value
 
 
-def use_inductor(module: torch.fx.GraphModule) -> None:
-    """Replace each ``submod_<i>`` partition of a split graph by an :class:`InductorPartition`."""
+def use_inductor(module: torch.fx.GraphModule, *, static: bool) -> None:
+    """Replace each ``submod_<i>`` partition of a split graph by an :class:`InductorPartition`
+    (``static``: the graph's input shapes are fixed)."""
     for name, sub in list(module.named_children()):
         if isinstance(sub, torch.fx.GraphModule):
-            setattr(module, name, InductorPartition(sub, name))
+            setattr(module, name, InductorPartition(sub, name, static=static))

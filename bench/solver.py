@@ -78,6 +78,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from _common import slug
+
 import autopart
 import autopart.config
 from autopart.baselines import BASELINES, run_baselines
@@ -121,10 +123,6 @@ UNITS = {"latency": "ms", "throughput": "ms", "energy": "J"}
 def objectives() -> list[str]:
     """Every objective the library names (``autopart.config.ObjectiveName``)."""
     return list(typing.get_args(autopart.config.ObjectiveName))
-
-
-def slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
 def machine() -> tuple[str, str, int]:

@@ -27,13 +27,13 @@ import argparse
 import datetime
 import os
 import platform
-import re
 import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.utils.benchmark as tb
+from _common import machine_name
 
 import autopart
 from autopart.profiler import profile_topology
@@ -48,16 +48,6 @@ def median_s(stmt: str, env: dict, min_run_time_s: float) -> float:
     return timer.blocked_autorange(min_run_time=min_run_time_s).median
 
 
-def slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-
-
-def machine_name(topo: Topology) -> str:
-    gpus = [d for d in topo.devices if d.kind == "cuda"]
-    if gpus:
-        return f"{len(gpus)}x{slug(gpus[0].model)}" if len(gpus) > 1 else slug(gpus[0].model)
-    cpu = topo.device("cpu")
-    return f"{slug(cpu.model)}-{len(os.sched_getaffinity(0))}c"
 
 
 def fmt(value: float, unit: str) -> str:

@@ -11,6 +11,7 @@ from _util import make_device, make_topology
 from torch import nn
 
 import autopart
+from autopart.kernels.compression import max_abs_error
 from autopart.runtime import InductorPartition
 
 
@@ -49,7 +50,7 @@ def test_inductor_partitions_match_eager_forward_and_backward():
     comp = backend.compilations[0]
     assert len(comp.plan.devices_used) >= 2, comp.plan.summary()
     partitions = [m for m in comp.runner.module.children() if isinstance(m, InductorPartition)]
-    assert len(partitions) >= 2 and all(p.compiled and p.failed is None for p in partitions)
+    assert len(partitions) >= 2 and all(p.compiled and p.failed is None and p.static for p in partitions)
     grads = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
     model(x).sum().backward()
@@ -77,3 +78,125 @@ def test_a_partition_inductor_cannot_compile_runs_eagerly_with_a_warning():
     assert part.failed
     torch.testing.assert_close(out, Branchy()(x))
     torch.testing.assert_close(part(-x), Branchy()(-x))
+
+
+def test_a_plan_on_one_device_runs_the_graph_directly_after_the_first_call():
+    torch.manual_seed(0)
+    model = Mlp()
+    backend = autopart.backend(topology=make_topology([make_device("cpu")]), strict=True)
+    compiled = torch.compile(model, backend=backend)
+    x = torch.randn(4, 32)
+    for _ in range(3):
+        torch.testing.assert_close(compiled(x), model(x))
+    runner = backend.compilations[0].runner
+    assert runner._direct is runner.flat
+    assert runner.metrics.num_calls == 3 and runner.metrics.num_static_copies == 0
+
+
+def test_a_plan_over_two_devices_keeps_the_partitioned_path():
+    torch.manual_seed(0)
+    model = Mlp()
+    weight_bytes = sum(p.numel() * 4 for p in model.parameters())
+    topo = make_topology([make_device("cpu"), make_device("cuda:0"), make_device("cuda:1")])
+    backend = autopart.backend(topology=topo, device_map="cpu", strict=True,
+                               max_memory={"cuda:0": int(weight_bytes * 0.8), "cuda:1": int(weight_bytes * 0.8)})
+    compiled = torch.compile(model, backend=backend)
+    x = torch.randn(4, 32)
+    for _ in range(2):
+        torch.testing.assert_close(compiled(x), model(x))
+    runner = backend.compilations[0].runner
+    assert len(runner.plan.devices_used) >= 2 and runner._direct is None
+
+
+# --------------------------------------------------------------------------- compression
+
+
+class Wide(nn.Module):
+    """Two halves joined by a large activation (batch x 4096 floats)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(64, 4096), nn.Linear(4096, 64)
+
+    def forward(self, x):
+        return self.b(torch.tanh(self.a(x)))
+
+
+def _slow_link_options(model: nn.Module, link_gbps: float, **extra) -> dict:
+    """Two GPUs, each holding one half, joined by a link of ``link_gbps``."""
+    half = max(p.numel() * 4 for p in model.parameters()) + 2**16
+    topo = make_topology([make_device("cpu", tflops=0.001), make_device("cuda:0"), make_device("cuda:1")],
+                         link_gbps=link_gbps, latency_s=1e-5)
+    return dict(topology=topo, device_map="cpu", strict=True,
+                max_memory={"cpu": 10**8, "cuda:0": half + 2**20, "cuda:1": half + 2**20}, **extra)
+
+
+@pytest.mark.parametrize("method", ["bf16", "int8"])
+def test_compressed_copies_on_a_slow_link_stay_within_the_bound(method):
+    torch.manual_seed(0)
+    model = Wide().eval()
+    x = torch.randn(64, 64)
+    plain = autopart.plan_model(model, x, **_slow_link_options(model, 0.1))[0]
+    backend = autopart.backend(**_slow_link_options(model, 0.1, compression=method))
+    compiled = torch.compile(model, backend=backend)
+    with torch.no_grad():
+        out = compiled(x)
+        want = model(x)
+        before, after = model.a(x), torch.tanh(model.a(x))
+    plan = backend.plans[0]
+    crossing = [t for t in plan.transfers if t.src_device != "cpu" and t.dst_device != "cpu"]
+    assert crossing and all(t.compression == method for t in crossing), plan.summary()
+    # the user's inputs and outputs cross exactly
+    assert all(t.compression == "none" for t in plan.transfers if "cpu" in (t.src_device, t.dst_device))
+    assert plan.predicted_time_s < plain.predicted_time_s
+    # the copied activation's error (tanh is 1-Lipschitz) times the second layer's gain
+    (copied,) = crossing
+    hidden = before if copied.source_node.startswith("linear") else after
+    bound = max_abs_error(hidden, method) * model.b.weight.abs().sum(1).max().item()
+    assert (out - want).abs().max().item() <= bound + 1e-6
+    assert (out - want).abs().max().item() > 0  # it really was compressed
+
+
+def test_a_fast_link_is_not_compressed():
+    model = Wide().eval()
+    plan = autopart.plan_model(model, torch.randn(64, 64),
+                               **_slow_link_options(model, 1000.0, compression="int8"))[0]
+    assert plan.transfers and all(t.compression == "none" for t in plan.transfers)
+
+
+def test_int8_copies_fall_back_to_bf16_where_autograd_needs_them():
+    torch.manual_seed(0)
+    model = Wide()
+    x = torch.randn(64, 64)
+    backend = autopart.backend(**_slow_link_options(model, 0.1, compression="int8"))
+    torch.compile(model, backend=backend)(x).sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    (crossing,) = [t for t in backend.plans[0].transfers if t.compression == "int8"]
+
+    def bf16(h):
+        return h.to(torch.bfloat16).to(torch.float32)
+
+    model.zero_grad()  # eager, with the crossing activation rounded to bf16 where the plan cut
+    h = model.a(x)
+    h = torch.tanh(bf16(h)) if crossing.source_node.startswith("linear") else bf16(torch.tanh(h))
+    model.b(h).sum().backward()
+    for got, p in zip(grads, model.parameters()):
+        torch.testing.assert_close(got, p.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_unknown_compression_is_rejected():
+    with pytest.raises(ValueError, match="compression='zstd' is not one of"):
+        autopart.Config(compression="zstd")
+
+
+def test_inductor_partitions_of_a_dynamic_graph_compile_per_signature():
+    torch.manual_seed(0)
+    model = Mlp(width=8)
+    backend = autopart.backend(topology=make_topology([make_device("cpu")]), inner="inductor", strict=True)
+    compiled = torch.compile(model, backend=backend, dynamic=True)
+    with torch.no_grad():
+        for batch in (3, 5):
+            x = torch.randn(batch, 8)
+            torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-6)
+    (part,) = [m for m in backend.compilations[0].runner.module.children() if isinstance(m, InductorPartition)]
+    assert not part.static and len(part.compiled) == 2

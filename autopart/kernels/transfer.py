@@ -32,6 +32,8 @@ from typing import Any
 import torch
 from torch.utils._pytree import tree_map
 
+from .compression import _dequantize_int8_torch, _int8_scale, _quantize_int8_torch, compressed_transfer
+
 log = logging.getLogger(__name__)
 
 _streams: dict[tuple[torch.device, torch.device], Any] = {}
@@ -115,6 +117,28 @@ def transfer(value: Any, device: torch.device) -> Any:
     back to the source device. See the module docstring for streams and pinned memory.
     """
     return wait_transfer(start_transfer(value, device))
+
+
+def transfer_compressed(x: torch.Tensor, device: torch.device, method: str) -> torch.Tensor:
+    """Copy ``x`` to ``device`` compressed with ``method`` (``"bf16"`` or ``"int8"``, see
+    :mod:`autopart.kernels.compression`); a tensor autograd needs goes as bf16 when int8 was
+    chosen, since int8 has no gradient."""
+    if method == "int8" and _needs_autograd(x):
+        method = "bf16"
+    return compressed_transfer(x, torch.device(device), method)
+
+
+def plain_transfer_compressed(x: torch.Tensor, device: torch.device, method: str) -> torch.Tensor:
+    """:func:`transfer_compressed` in plain torch ops (for graphs a compiler traces)."""
+    if method == "int8" and _needs_autograd(x):
+        method = "bf16"
+    if method == "bf16" and x.dtype == torch.float32:
+        return x.to(torch.bfloat16).to(device).to(x.dtype)
+    if method == "int8" and x.dtype in (torch.float32, torch.float16, torch.bfloat16):
+        scale = _int8_scale(x)
+        q = _quantize_int8_torch(x, scale)
+        return _dequantize_int8_torch(q.to(device), scale.to(device), x.dtype)
+    return x.to(device)
 
 
 def plain_transfer(value: Any, device: torch.device) -> Any:

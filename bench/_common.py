@@ -1,0 +1,23 @@
+"""Helpers shared by the benchmarks (run as ``python bench/<name>.py``, so importable as
+``_common``)."""
+
+from __future__ import annotations
+
+import os
+import re
+
+from autopart.topology import Topology
+
+
+def slug(text: str) -> str:
+    """``text`` as a file-name fragment: lower case, runs of other characters as ``-``."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def machine_name(topo: Topology) -> str:
+    """Results-file name of a machine: its GPUs (``2xnvidia-h100``) or its CPU and usable cores."""
+    gpus = [d for d in topo.devices if d.kind == "cuda"]
+    if gpus:
+        return f"{len(gpus)}x{slug(gpus[0].model)}" if len(gpus) > 1 else slug(gpus[0].model)
+    cpu = topo.device("cpu")
+    return f"{slug(cpu.model)}-{len(os.sched_getaffinity(0))}c"

@@ -176,15 +176,17 @@ def _describe(value: Any) -> str:
 
 _RANDOM_TARGETS = {
     torch.rand, torch.randn, torch.randint, torch.rand_like, torch.randn_like, torch.randint_like,
-    torch.bernoulli, torch.multinomial, torch.normal, torch.nn.functional.dropout,
-    torch.nn.functional.dropout1d, torch.nn.functional.dropout2d, torch.nn.functional.dropout3d,
-    torch.nn.functional.alpha_dropout, torch.nn.functional.feature_alpha_dropout,
+    torch.bernoulli, torch.multinomial, torch.normal,
+}
+_DROPOUTS = {
+    torch.nn.functional.dropout, torch.nn.functional.dropout1d, torch.nn.functional.dropout2d,
+    torch.nn.functional.dropout3d, torch.nn.functional.alpha_dropout,
+    torch.nn.functional.feature_alpha_dropout,
 }
 
 
 def _is_random(node: torch.fx.Node) -> bool:
-    if node.target in (torch.nn.functional.dropout, torch.nn.functional.dropout1d,
-                       torch.nn.functional.dropout2d, torch.nn.functional.dropout3d):
+    if node.target in _DROPOUTS:  # (input, p=0.5, training=..., inplace=False)
         training = node.kwargs.get("training", node.args[2] if len(node.args) > 2 else True)
         return bool(training) and node.kwargs.get("p", node.args[1] if len(node.args) > 1 else 0.5) > 0
     if node.target in _RANDOM_TARGETS:

@@ -657,6 +657,10 @@ def warm_start_values(m: _Model, assignment: tuple[str, ...]) -> dict[pulp.LpVar
     return values
 
 
+MIN_SOLVER_TIME_S = 0.05
+"""The least time the MILP solver gets, even when building the model used up the budget."""
+
+
 def _make_solver(name: str, time_limit_s: float, gap: float, start=None):
     if name in ("auto", "highs") and pulp.HiGHS().available():
         _silence_highs_banner()
@@ -714,8 +718,10 @@ def solve(
             or ``"energy"`` (joules of one call, within ``energy_slack`` of the best latency).
         energy_slack: for ``"energy"``: the latency may exceed the best by this fraction (>= 0).
         solver: ``"highs"``, ``"cbc"`` or ``"auto"`` (HiGHS if installed, else CBC).
-        time_limit_s: wall-clock budget of the solver, seconds; the incumbent is returned at
-            the limit (the energy objective's two MILPs get half each).
+        time_limit_s: wall-clock budget of the whole solve, seconds (starting points and model
+            building included: the MILP solver gets what is left, at least
+            ``MIN_SOLVER_TIME_S``); the incumbent is returned at the limit. The energy
+            objective's two MILPs share it (the first gets half of what is left).
         mip_rel_gap: relative gap at which the solver stops.
 
     Raises:
@@ -737,14 +743,16 @@ def solve(
         return Solution(assignment, "trivial", objective, value, value, 0.0,
                         time.perf_counter() - start, "none", 0, 0)
 
+    deadline = start + time_limit_s
     starts = starting_points(problem)
     latency_cap = None
     if objective == "energy":  # two MILPs share the time budget
-        time_limit_s /= 2
-        fastest = _solve_milp(problem, "latency", starts, None, solver, time_limit_s, mip_rel_gap)
+        now = time.perf_counter()
+        half = now + (deadline - now) / 2
+        fastest = _solve_milp(problem, "latency", starts, None, solver, half, mip_rel_gap)
         latency_cap = (1 + energy_slack) * fastest.objective
         starts["fastest"] = (fastest.assignment, fastest.streamed)
-    solution = _solve_milp(problem, objective, starts, latency_cap, solver, time_limit_s, mip_rel_gap)
+    solution = _solve_milp(problem, objective, starts, latency_cap, solver, deadline, mip_rel_gap)
     return dataclasses.replace(solution, solve_time_s=time.perf_counter() - start)
 
 
@@ -754,9 +762,10 @@ def _solve_milp(
     starts: dict[str, Start],
     latency_cap: float | None,
     solver: str,
-    time_limit_s: float,
+    deadline: float,
     mip_rel_gap: float,
 ) -> Solution:
+    """One MILP, solved by ``deadline`` (a ``time.perf_counter()`` value)."""
     start = time.perf_counter()
     m = _Model(problem)
     add_assignment(m)
@@ -782,6 +791,7 @@ def _solve_milp(
         if objective == "throughput":
             bottleneck = next(v for v in m.prob.variables() if v.name == "bottleneck")
             start_values[bottleneck] = evaluate(problem, best_start[0]).bottleneck_s / m.unit
+    time_limit_s = max(MIN_SOLVER_TIME_S, deadline - time.perf_counter())
     solver_name, backend = _make_solver(solver, time_limit_s, mip_rel_gap, start_values)
     m.prob.solve(backend)
     status = pulp.LpStatus[m.prob.status]
@@ -798,8 +808,8 @@ def _solve_milp(
                 "to cut the graph finer"
             )
         raise ValueError(
-            f"the {solver_name} solver found no placement within time_limit_s={time_limit_s} "
-            f"(status {status}); raise time_limit_s"
+            f"the {solver_name} solver found no placement in the {time_limit_s:.2f} s left of "
+            f"the time_limit_s budget (status {status}); raise time_limit_s"
         )
     streamed: frozenset[int] = frozenset()
     if has_solution:

@@ -294,3 +294,12 @@ def test_throughput_plans_pick_microbatches_themselves():
 def test_num_microbatches_must_be_positive():
     with pytest.raises(ValueError, match="num_microbatches must be a positive int"):
         autopart.Config(num_microbatches=0)
+
+
+def test_batch_spec_refuses_random_ops():
+    class Noisy(nn.Module):
+        def forward(self, x):
+            return torch.nn.functional.dropout(x, 0.5, True)
+
+    reason = batch_spec(_capture(Noisy(), torch.randn(4, 16)))
+    assert "draws random numbers" in reason

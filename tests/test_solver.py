@@ -325,3 +325,34 @@ def test_a_time_limit_returns_the_incumbent_with_its_gap():
     if sol.status == "feasible":
         assert sol.bound is not None and 0 <= sol.bound <= sol.objective
         assert sol.gap == pytest.approx((sol.objective - sol.bound) / sol.objective)
+
+
+@pytest.mark.parametrize("objective, expected", [("latency", [7.0]), ("energy", [3.5, 7.0])])
+def test_the_time_limit_covers_the_whole_solve(monkeypatch, objective, expected):
+    # A fake clock: the starting points take 3 s of a 10 s budget, the MILPs take no time. The
+    # MILP solver gets what is left (energy: half of it for its first MILP).
+    import types
+
+    import autopart.solver as solver_module
+
+    clock = [100.0]
+    monkeypatch.setattr(solver_module, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    real_starts, real_make = solver_module.starting_points, solver_module._make_solver
+
+    def slow_starts(problem):
+        clock[0] += 3.0
+        return real_starts(problem)
+
+    limits = []
+
+    def spy(name, time_limit_s, gap, start=None):
+        limits.append(time_limit_s)
+        return real_make(name, time_limit_s, gap, start)
+
+    monkeypatch.setattr(solver_module, "starting_points", slow_starts)
+    monkeypatch.setattr(solver_module, "_make_solver", spy)
+    topo = make_topology([make_device("cuda:0", max_power_W=300, idle_power_W=50),
+                          make_device("cuda:1", max_power_W=300, idle_power_W=50)])
+    p = _chain([{"cuda:0": 1e-3, "cuda:1": 2e-3}] * 4, [30 * MB] * 4, {"cuda:0": 100 * MB, "cuda:1": 100 * MB}, MB, topo)
+    solve(p, objective=objective, time_limit_s=10.0)
+    assert limits == pytest.approx(expected)

@@ -4,7 +4,10 @@ A **task** is a contiguous run of compute nodes in graph order. Because every ta
 contiguous run of a topological order, every edge between tasks goes forward, so the graph of
 tasks, and any partition of tasks into devices executed in that order, is acyclic.
 
-Runs are formed in three steps:
+A model made of repeated blocks (:func:`repeated_blocks`: the layers of a transformer) is
+grouped layer by layer (:func:`group_nodes`): identical layers become identical tasks and the
+ILP stays small. Otherwise, and for the nodes before and after the layers, runs are formed in
+three steps:
 
 1. one run per maximal stretch of nodes from the same innermost module
    (``meta["nn_module_stack"]``), never cutting before an ``operator.getitem`` (which must stay
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+import re
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -125,13 +129,87 @@ class _Run:
     next: int = -1
 
 
+def repeated_blocks(compute: list[GraphNode]) -> list[tuple[int, int]] | None:
+    """The repeated blocks of ``compute`` (in graph order): ``[(start, end), ...]`` index ranges
+    of consecutive, identical calls of the modules ``<prefix>.0``, ``<prefix>.1``, ... of one
+    container (the layers of a transformer), or None if there are none.
+
+    A node belongs to the outermost module of its ``module_path`` whose name ends in an index.
+    Blocks must be adjacent, at least two, and run the same ops in the same order (FX opcode and
+    target); otherwise None.
+    """
+    spans: list[tuple[str, int, int]] = []  # (module, start, end)
+    for i, node in enumerate(compute):
+        module = next((m for m in node.module_path if _INDEXED.search(m)), None)
+        if spans and spans[-1][0] == module:
+            spans[-1] = (module, spans[-1][1], i + 1)
+        elif module is not None:
+            spans.append((module, i, i + 1))
+        else:
+            spans.append(("", i, i + 1))
+    families: dict[str, list[tuple[str, int, int]]] = defaultdict(list)
+    for span in spans:
+        if span[0]:
+            families[_INDEXED.sub("", span[0])].append(span)
+    for blocks in sorted(families.values(), key=lambda b: -sum(e - s for _, s, e in b)):
+        adjacent = all(a[2] == b[1] for a, b in zip(blocks, blocks[1:]))
+        signatures = {tuple((n.op, n.target) for n in compute[s:e]) for _, s, e in blocks}
+        if len(blocks) >= 2 and adjacent and len(signatures) == 1 and not compute[blocks[0][1]].sticky:
+            return [(s, e) for _, s, e in blocks]
+    return None
+
+
+_INDEXED = re.compile(r"\.\d+$")
+
+MIN_BLOCKS_TO_KEEP_WHOLE = 4
+"""With at least this many repeated blocks, each is one group at most: layers are fine enough
+a unit to balance a pipeline (as accelerate's ``no_split_module_classes`` and PiPPy's split
+points assume), and cutting inside them multiplies the ILP's work (GPT-2 on 4 GPUs: 0.1 s with
+12 layer tasks, 5 s with 24 half-layer tasks, for a plan 0.2% slower under the cost model)."""
+
+
 def group_nodes(
     compute: list[GraphNode], weight: Callable[[GraphNode], float], max_groups: int
 ) -> list[list[GraphNode]]:
     """Split ``compute`` (in graph order) into at most ``max_groups`` contiguous runs.
 
-    See the module docstring for the three steps. Returns the runs in order.
+    A model with :func:`repeated_blocks` (transformer layers) is grouped block by block: each
+    block is one group (cut the same way into a few when there are fewer than
+    ``MIN_BLOCKS_TO_KEEP_WHOLE`` blocks), or ``c`` whole blocks are merged per group when there
+    are more blocks than groups; so identical layers become identical tasks, cuts fall between
+    layers, and the ILP stays small. The nodes before and after the blocks get groups in
+    proportion to their weight (at least one each). Otherwise see the module docstring for the three steps. Returns the runs
+    in order.
     """
+    blocks = repeated_blocks(compute) if max_groups >= 3 else None
+    if blocks is None:
+        return _group_runs(compute, weight, max_groups)
+    total = sum(weight(n) for n in compute) or 1.0
+    before, after = compute[: blocks[0][0]], compute[blocks[-1][1]:]
+
+    def share(nodes: list[GraphNode]) -> int:
+        return max(1, round(max_groups * sum(weight(n) for n in nodes) / total)) if nodes else 0
+
+    n_before = min(share(before), max_groups - 1 - (1 if after else 0))
+    n_after = min(share(after), max_groups - 1 - n_before)
+    budget = max_groups - n_before - n_after  # >= 1 for the blocks
+    groups = _group_runs(before, weight, n_before)
+    if budget >= len(blocks):
+        per_block = 1 if len(blocks) >= MIN_BLOCKS_TO_KEEP_WHOLE else budget // len(blocks)
+        for s, e in blocks:
+            groups += _group_runs(compute[s:e], weight, per_block)
+    else:
+        per_group = -(-len(blocks) // budget)
+        for k in range(0, len(blocks), per_group):
+            chunk = blocks[k : k + per_group]
+            groups.append(compute[chunk[0][0] : chunk[-1][1]])
+    return groups + _group_runs(after, weight, n_after)
+
+
+def _group_runs(
+    compute: list[GraphNode], weight: Callable[[GraphNode], float], max_groups: int
+) -> list[list[GraphNode]]:
+    """The three steps of the module docstring."""
     if not compute:
         return []
     total = sum(weight(n) for n in compute) or 1.0

@@ -323,7 +323,6 @@ class Backend:
             return gm.forward
         return _guard_first_call(comp, gm, self.config.strict)
 
-
     def _microbatches(
         self, gm: torch.fx.GraphModule, example_inputs: Sequence[Any], plan: Plan
     ) -> tuple[int, BatchSpec | str]:

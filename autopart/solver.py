@@ -55,8 +55,11 @@ copies it receives), and one call lasts :math:`L = \sum_d B_d`.
     share of every micro-batch; pipeline fill and drain are not counted; PipeDream, Narayanan et
     al., SOSP 2019). Stages need not be contiguous. The runtime pipelines the micro-batches of one
     call (:mod:`autopart.pipeline`), whose activations together are those of the whole batch,
-    so memory is counted as for one call (``activation_copies`` = 1). Two valid cuts tighten the relaxation:
-    :math:`\beta \ge \sum_t \min_d \tau_{t,d} / |D|` and :math:`\beta \ge \max_t \min_d \tau_{t,d}`.
+    so memory is counted as for one call (``activation_copies`` = 1). Two valid cuts tighten the
+    relaxation, with :math:`f_t = \min_d \tau_{t,d}`: :math:`\beta \ge \sum_t f_t / |D|`, and the
+    pigeonhole bound :math:`\beta \ge \max_k \sum` of the :math:`\lceil k/|D| \rceil` smallest of
+    the :math:`k` largest :math:`f_t` (:func:`pigeonhole_bound_s`: some device runs that many of
+    them; for identical layers, :math:`\lceil n/|D| \rceil` of them).
     ``energy``: :math:`\min \sum_d (P^{act}_d - P^{idle}_d) B_d + L \sum_d P^{idle}_d` (see
     :mod:`autopart.costmodel.energy`: busy devices draw their active power, all powered devices
     their idle power for the whole call) subject to :math:`L \le (1 + s) L^*` (:func:`add_latency_cap`),
@@ -547,6 +550,21 @@ def latency_expression(m: _Model) -> pulp.LpAffineExpression:
     return pulp.LpAffineExpression(_sum_terms([t for terms in _busy_terms(m).values() for t in terms]))
 
 
+def pigeonhole_bound_s(times_s: list[float], num_devices: int) -> float:
+    """A lower bound on the busiest device's time when tasks of these (fastest) times are placed
+    on ``num_devices`` devices: among the ``k`` largest tasks some device gets at least
+    ``ceil(k / num_devices)`` of them, so it is busy at least the sum of the smallest
+    ``ceil(k / num_devices)`` of those; the bound is the largest over ``k``. With ``k = 1`` it is
+    the largest task; with ``n`` identical layers it is ``ceil(n / num_devices)`` layers.
+    """
+    ordered = sorted(times_s, reverse=True)
+    prefix = [0.0]
+    for t in ordered:
+        prefix.append(prefix[-1] + t)
+    devices = max(1, num_devices)
+    return max((prefix[k] - prefix[k - -(-k // devices)] for k in range(1, len(ordered) + 1)), default=0.0)
+
+
 def add_objective(m: _Model, objective: str) -> None:
     """Set the objective (module docstring), divided by ``m.unit`` so that it is near 1."""
     p = m.problem
@@ -562,8 +580,8 @@ def add_objective(m: _Model, objective: str) -> None:
             if ts:
                 expr = pulp.LpAffineExpression(_sum_terms([(v, c / m.unit) for v, c in ts]))
                 m.prob += expr <= bottleneck, f"busy_{d}"
-        # Valid bounds that tighten the relaxation: the busiest device carries at least an even
-        # share of the least total work, and at least the largest task at its fastest.
+        # Valid bounds that tighten the relaxation (module docstring): an even share of the least
+        # total work, and the pigeonhole bound over the largest tasks.
         fastest = [
             min(task.time_s.get(d, 0.0) for d in m.allowed[t])
             for t, task in enumerate(p.tasks)
@@ -571,7 +589,7 @@ def add_objective(m: _Model, objective: str) -> None:
         ]
         if fastest:
             m.prob += bottleneck >= sum(fastest) / max(1, len(p.devices)) / m.unit, "share"
-            m.prob += bottleneck >= max(fastest) / m.unit, "largest"
+            m.prob += bottleneck >= pigeonhole_bound_s(fastest, len(p.devices)) / m.unit, "pigeonhole"
         m.prob += pulp.LpAffineExpression({bottleneck: 1.0})
     elif objective == "energy":
         idle_total = sum(power_W(p, d)[1] for d in busy)

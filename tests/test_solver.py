@@ -16,6 +16,7 @@ from autopart.solver import (
     evaluate,
     greedy_placement,
     interchangeable_devices,
+    pigeonhole_bound_s,
     solve,
     stream_host,
 )
@@ -356,3 +357,24 @@ def test_the_time_limit_covers_the_whole_solve(monkeypatch, objective, expected)
     p = _chain([{"cuda:0": 1e-3, "cuda:1": 2e-3}] * 4, [30 * MB] * 4, {"cuda:0": 100 * MB, "cuda:1": 100 * MB}, MB, topo)
     solve(p, objective=objective, time_limit_s=10.0)
     assert limits == pytest.approx(expected)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(problems())
+def test_pigeonhole_bound_is_below_every_placement(problem):
+    best = brute_force(problem, "throughput")
+    if best is None:
+        return
+    fastest = [min(t.time_s[d] for d in problem.devices) for t in problem.tasks if not t.fixed_device]
+    assert pigeonhole_bound_s(fastest, len(problem.devices)) <= best[0] * (1 + 1e-9)
+
+
+def test_identical_layers_on_identical_devices_are_proven_by_the_pigeonhole_bound():
+    # 17 layers of 1 ms over 8 identical GPUs: some GPU runs 3 of them, and 3 ms is reachable.
+    names = [f"cuda:{i}" for i in range(8)]
+    topo = make_topology([make_device(n) for n in names], link_gbps=1000.0, latency_s=0.0)
+    p = _chain([{n: 1e-3 for n in names}] * 17, [MB] * 17, {n: 100 * MB for n in names}, 1, topo)
+    assert pigeonhole_bound_s([1e-3] * 17, 8) == pytest.approx(3e-3)
+    sol = solve(p, objective="throughput", mip_rel_gap=0.0)
+    assert sol.objective == pytest.approx(3e-3, rel=1e-6)
+    assert sol.bound == pytest.approx(3e-3, rel=1e-6) and sol.status == "optimal"

@@ -167,7 +167,7 @@ def test_training_memory_rejects_unknown_optimizer():
 
 # --- calibration ----------------------------------------------------------------------------
 
-from autopart.costmodel.calibration import calibrate_device  # noqa: E402
+from autopart.costmodel.calibration import calibrate_device, matmul_correction  # noqa: E402
 from autopart.costmodel.ops import OpCost, op_class  # noqa: E402
 from autopart.costmodel.roofline import roofline_time_s  # noqa: E402
 
@@ -210,6 +210,28 @@ def test_roofline_uses_the_calibrated_fit_of_the_op_class():
     assert roofline_time_s(view, dev) == 0.0
 
 
+def test_matmul_correction_follows_the_nearest_samples():
+    # A line of 1e11 FLOP/s; matmuls with many bytes (weights beyond the caches) ran 2x slower.
+    fit = {"overhead_s": 0.0, "rate": 1e11, "samples": [
+        [1e8, 1e-3, 1e6], [2e8, 2e-3, 2e6],          # on the line
+        [1e9, 2e-2, 1e9], [2e9, 4e-2, 2e9],          # twice the line
+    ]}
+    assert matmul_correction(fit, 1e9, 1e9) == pytest.approx(2.0)  # an exact sample: its ratio
+    assert matmul_correction(fit, 1.5e8, 1.5e6) == pytest.approx(1.0)
+    assert matmul_correction(fit, 1.5e9, 1.5e9) == pytest.approx(2.0)
+    between = matmul_correction(fit, 5e8, 5e7)
+    assert 1.0 < between < 2.0
+    assert matmul_correction({"overhead_s": 0.0, "rate": 1e11, "samples": [[1e8, 1e-3]] * 3}, 1e8, 1e6) == 1.0
+
+
+def test_a_calibrated_matmul_is_scaled_by_its_correction():
+    dev = _calibrated_device()
+    fit = dev.measured["calibration"]["classes"]["matmul"]
+    fit["samples"] = [[1e9, 2 * (2e-5 + 1e9 / 5e11), 2e6], [1e6, 2e-5 + 1e6 / 5e11, 1e3]]
+    mm = OpCost(flops=10**9, bytes_read=10**6, bytes_written=10**6, launches=1, dtype="float32", kind="matmul")
+    assert roofline_time_s(mm, dev) == pytest.approx(2 * (2e-5 + 1e9 / 5e11))
+
+
 def test_calibrating_this_cpu_fits_every_class():
     cal = calibrate_device("cpu", budget_s=1.0)
     assert set(cal["classes"]) | set(cal["failed"]) == {
@@ -219,5 +241,6 @@ def test_calibrating_this_cpu_fits_every_class():
     for fit in cal["classes"].values():
         assert fit["rate"] > 0 and fit["overhead_s"] >= 0 and len(fit["samples"]) >= 3
     assert cal["classes"]["matmul"]["unit"] == "FLOP"
+    assert all(len(sample) == 3 for sample in cal["classes"]["matmul"]["samples"])  # FLOPs, s, bytes
     with pytest.raises(ValueError, match="budget_s must be > 0"):
         calibrate_device("cpu", budget_s=0)

@@ -19,18 +19,27 @@ inefficiency (small matmuls run far below peak), and ``rate`` the large-op rate.
 :func:`autopart.costmodel.roofline.roofline_time_s` uses a device's fit when
 ``Device.measured["calibration"]`` has one for the op's class, else the plain roofline.
 
+Matmuls of one FLOP count do not all run at one rate: a projection onto a 32000-word
+vocabulary streams its weights from memory and runs at about half the rate of a layer's
+matmuls on a CPU. So the matmul line is corrected per op by the samples most like it:
+:func:`matmul_correction` scales it by the measured/fitted ratio of the two nearest samples in
+(log FLOPs, log bytes), weighted by inverse distance (a nearest-neighbour efficiency table, as
+operator-level profiling in FlexFlow or Alpa would measure the ops themselves).
+
 The ``calibration`` dict (JSON)::
 
-    format   1
+    format   2
     dtype    "float32" (rates of matmul for other dtypes scale with the device's peak_flops)
     classes  {class: {"unit": "FLOP" | "byte", "overhead_s": s, "rate": per second,
-                      "r2": R^2, "samples": [[x, seconds], ...]}}
+                      "r2": R^2, "samples": [[x, seconds], ...]}}  (matmul samples:
+                      [FLOPs, seconds, bytes read + written])
     failed   {class: reason}  classes whose fit failed (they use the plain roofline)
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -41,7 +50,31 @@ from .ops import CostRecorder, OpCost
 
 log = logging.getLogger(__name__)
 
-CALIBRATION_FORMAT_VERSION = 1
+CALIBRATION_FORMAT_VERSION = 2
+
+def matmul_correction(fit: dict[str, Any], flops: float, nbytes: float) -> float:
+    """Factor on the matmul line for an op of ``flops`` and ``nbytes`` (read + written): the
+    measured/fitted time ratio of the two calibration samples nearest in (log10 FLOPs, log10
+    bytes), weighted by inverse distance; 1 when the fit has no such samples (format 1).
+
+    Returns a factor > 0 (an exact sample gets its own ratio).
+    """
+    samples = [s for s in fit.get("samples", ()) if len(s) == 3 and s[0] > 0 and s[1] > 0 and s[2] > 0]
+    if len(samples) < 2 or flops <= 0 or nbytes <= 0:
+        return 1.0
+    here = (math.log10(flops), math.log10(nbytes))
+    scored = []
+    for x, seconds, b in samples:
+        line = fit["overhead_s"] + x / fit["rate"]
+        distance = math.hypot(math.log10(x) - here[0], math.log10(b) - here[1])
+        scored.append((distance, seconds / line))
+    scored.sort()
+    nearest = scored[:2]
+    if nearest[0][0] < 1e-9:
+        return nearest[0][1]
+    weights = [1 / d for d, _ in nearest]
+    return sum(w * r for w, (_, r) in zip(weights, nearest)) / sum(weights)
+
 
 def _samples(device: torch.device) -> dict[str, list[Callable[[], Any]]]:
     """Representative ops per class, sized like transformer and CNN layers (float32)."""
@@ -54,6 +87,9 @@ def _samples(device: torch.device) -> dict[str, list[Callable[[], Any]]]:
     # nn.Linear multiplies by the transposed weight (out_features, in_features)
     linear_shapes = [(64, 768, 768), (128, 1024, 4096), (128, 768, 8192)]
     matmul += [(lambda a=t(m, k), w=t(n, k): F.linear(a, w)) for m, k, n in linear_shapes]
+    # with a bias (addmm), and an output projection over a vocabulary (weights beyond the caches)
+    matmul += [(lambda a=t(m, k), w=t(n, k), b=t(n): F.linear(a, w, b))
+               for m, k, n in [(128, 768, 3072), (128, 2048, 512), (128, 768, 32000)]]
     matmul += [(lambda a=t(12, 128, 64), b=t(12, 64, 128): torch.bmm(a, b))]
     matmul += [(lambda x=t(1, 64, 56, 56), w=t(64, 64, 3, 3): F.conv2d(x, w, padding=1))]
     sizes = [2**12, 2**15, 2**18, 2**20, 2**22]
@@ -85,7 +121,8 @@ def _work(fn: Callable[[], Any], cls: str) -> float:
     recorder = CostRecorder()
     with torch.no_grad(), recorder:
         fn()
-    ops: list[OpCost] = [op for op in recorder.ops if op.kind == cls and op.launches]
+    kind = cls.removesuffix(":bytes")
+    ops: list[OpCost] = [op for op in recorder.ops if op.kind == kind and op.launches]
     if cls == "matmul":
         return float(sum(op.flops for op in ops))
     return float(sum(op.bytes_accessed for op in ops))
@@ -121,7 +158,7 @@ def calibrate_device(device: str | torch.device, *, budget_s: float = 10.0) -> d
             for fn in fns:
                 x = _work(fn, cls)
                 seconds, _, _ = median_time_s(fn, cuda, time_s=per_sample_s)
-                points.append([x, seconds])
+                points.append([x, seconds] + ([_work(fn, "matmul:bytes")] if cls == "matmul" else []))
             try:
                 overhead_s, rate, r2 = fit_alpha_beta([p[0] for p in points], [p[1] for p in points])
             except ValueError as exc:

@@ -15,7 +15,9 @@ Calibrated (``Device.measured["calibration"]`` has a fit for the op's class -- f
 
 with ``x`` the op's FLOPs for the matmul class (its rate scaled by ``peak_flops(dtype) /
 peak_flops("float32")`` for other dtypes) and its bytes for the other classes; the other bound
-is the plain roofline's memory (matmul) or compute (others) time.
+is the plain roofline's memory (matmul) or compute (others) time. A matmul's time is then
+scaled by :func:`autopart.costmodel.calibration.matmul_correction` (the calibration samples
+most like it).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..topology import Device
+from .calibration import matmul_correction
 from .ops import OpCost
 
 
@@ -48,7 +51,8 @@ def roofline_time_s(op: OpCost, device: Device, calibration: dict[str, Any] | No
         return max(compute_s, memory_s) + op.launches * device.launch_overhead_s
     if fit["unit"] == "FLOP":
         rate = fit["rate"] * device.peak_flops_for(op.dtype) / device.peak_flops_for("float32")
-        return op.launches * fit["overhead_s"] + max(op.flops / rate, memory_s)
+        line = op.launches * fit["overhead_s"] + max(op.flops / rate, memory_s)
+        return line * matmul_correction(fit, op.flops, op.bytes_accessed)
     return op.launches * fit["overhead_s"] + max(op.bytes_accessed / fit["rate"], compute_s)
 
 

@@ -56,7 +56,9 @@ copies it receives), and one call lasts :math:`L = \sum_d B_d`.
     al., SOSP 2019). Stages need not be contiguous. The runtime pipelines the micro-batches of one
     call (:mod:`autopart.pipeline`), whose activations together are those of the whole batch,
     so memory is counted as for one call (``activation_copies`` = 1). Two valid cuts tighten the
-    relaxation, with :math:`f_t = \min_d \tau_{t,d}`: :math:`\beta \ge \sum_t f_t / |D|`, and the
+    relaxation, with :math:`f_t = \min_d \tau_{t,d}` and :math:`\rho_d = \min_t \tau_{t,d} / f_t`
+    (how much slower device :math:`d` is at best): :math:`\beta \ge \sum_t f_t / \sum_d \rho_d^{-1}`
+    (device :math:`d` does at most :math:`\beta / \rho_d` of the fastest-time work), and the
     pigeonhole bound :math:`\beta \ge \max_k \sum` of the :math:`\lceil k/|D| \rceil` smallest of
     the :math:`k` largest :math:`f_t` (:func:`pigeonhole_bound_s`: some device runs that many of
     them; for identical layers, :math:`\lceil n/|D| \rceil` of them).
@@ -550,6 +552,23 @@ def latency_expression(m: _Model) -> pulp.LpAffineExpression:
     return pulp.LpAffineExpression(_sum_terms([t for terms in _busy_terms(m).values() for t in terms]))
 
 
+def _capacity_in_fastest(m: _Model, fastest: list[float]) -> float:
+    """``sum_d 1 / rho_d`` with ``rho_d = min_t tau_{t,d} / f_t`` over the free tasks allowed on
+    ``d``: device ``d`` does at most ``B_d / rho_d`` of the fastest-time work, so the busiest
+    device carries at least ``sum_t f_t / sum_d (1 / rho_d)`` (a slow CPU counts for little)."""
+    free = [t for t, task in enumerate(m.problem.tasks) if task.fixed_device is None]
+    total = 0.0
+    for d in m.problem.devices:
+        ratios = [
+            m.problem.tasks[t].time_s.get(d, 0.0) / f
+            for t, f in zip(free, fastest)
+            if d in m.allowed[t] and f > 0
+        ]
+        if ratios:  # each ratio >= 1: f_t is the least over the devices allowed
+            total += 1.0 / min(ratios)
+    return max(total, 1.0)
+
+
 def pigeonhole_bound_s(times_s: list[float], num_devices: int) -> float:
     """A lower bound on the busiest device's time when tasks of these (fastest) times are placed
     on ``num_devices`` devices: among the ``k`` largest tasks some device gets at least
@@ -588,7 +607,7 @@ def add_objective(m: _Model, objective: str) -> None:
             if task.fixed_device is None
         ]
         if fastest:
-            m.prob += bottleneck >= sum(fastest) / max(1, len(p.devices)) / m.unit, "share"
+            m.prob += bottleneck >= sum(fastest) / _capacity_in_fastest(m, fastest) / m.unit, "share"
             m.prob += bottleneck >= pigeonhole_bound_s(fastest, len(p.devices)) / m.unit, "pigeonhole"
         m.prob += pulp.LpAffineExpression({bottleneck: 1.0})
     elif objective == "energy":

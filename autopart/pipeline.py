@@ -31,6 +31,7 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import logging
+import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -350,6 +351,7 @@ class PartitionSchedule:
     def _pool(self) -> concurrent.futures.ThreadPoolExecutor:
         if self._worker is None:
             self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="autopart-host")
+            weakref.finalize(self, self._worker.shutdown, wait=False)  # no idle thread left behind
         return self._worker
 
     def close(self) -> None:

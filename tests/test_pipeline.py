@@ -303,3 +303,16 @@ def test_batch_spec_refuses_random_ops():
 
     reason = batch_spec(_capture(Noisy(), torch.randn(4, 16)))
     assert "draws random numbers" in reason
+
+
+def test_the_worker_thread_ends_with_its_schedule():
+    import gc
+
+    before = set(threading.enumerate())
+    schedule = PartitionSchedule(split_per_layer(Chain()), host_partitions={"submod_1"})
+    schedule.run([[torch.randn(2, 16)]])
+    (thread,) = [t for t in set(threading.enumerate()) - before if t.name.startswith("autopart-host")]
+    del schedule
+    gc.collect()
+    thread.join(timeout=10)
+    assert not thread.is_alive()

@@ -247,20 +247,20 @@ def _prefetch_streamed(
     issue the start one layer ahead: before the wait of the previous reader's weights on the same
     device (readers in graph order; a reader is a layer's op, e.g. one linear)."""
     groups: dict[str, dict[torch.fx.Node, list[torch.fx.Node]]] = {}
-    for copy, t, first in inserted:
+    for copy_node, t, first in inserted:
         if t.reason.startswith("weights streamed"):
-            groups.setdefault(t.dst_device, {}).setdefault(first, []).append(copy)
+            groups.setdefault(t.dst_device, {}).setdefault(first, []).append(copy_node)
     for device, by_reader in groups.items():
         previous: torch.fx.Node | None = None
         for copies in by_reader.values():
             anchor = previous if previous is not None else copies[0]
-            for copy in copies:
+            for copy_node in copies:
                 with graph.inserting_before(anchor):
-                    start = graph.call_function(start_transfer, copy.args)
-                start.meta = dict(copy.meta)
+                    start = graph.call_function(start_transfer, copy_node.args)
+                start.meta = dict(copy_node.meta)
                 placement[start.name] = device
-                copy.target = wait_transfer
-                copy.args = (start,)
+                copy_node.target = wait_transfer
+                copy_node.args = (start,)
             previous = copies[0]
 
 
@@ -273,12 +273,12 @@ def _coalesce(
     all run before it, on other devices."""
     run_of, run_start = _runs(graph, placement)
     groups: dict[tuple[int, str], list[tuple[torch.fx.Node, Transfer]]] = {}
-    for copy, t, _ in inserted:
-        value = copy.meta.get("val", copy.meta.get("example_value"))
+    for copy_node, t, _ in inserted:
+        value = copy_node.meta.get("val", copy_node.meta.get("example_value"))
         if t.reason.startswith("weights streamed") or t.compression != "none" or not isinstance(value, torch.Tensor):
             continue
         if t.nbytes <= COALESCE_MAX_BYTES:
-            groups.setdefault((run_of[copy], t.src_device), []).append((copy, t))
+            groups.setdefault((run_of[copy_node], t.src_device), []).append((copy_node, t))
     replaced: list[torch.fx.Node] = []
     for (run, _), members in groups.items():
         if len(members) < 2:
@@ -290,14 +290,14 @@ def _coalesce(
             )
             placement[packed.name] = dst
             packed.meta[META_KEY] = NodeRecord(role="compute")
-            for k, (copy, _) in enumerate(members):
+            for k, (copy_node, _) in enumerate(members):
                 part = graph.call_function(operator.getitem, (packed, k))
-                part.meta = dict(copy.meta)
+                part.meta = dict(copy_node.meta)
                 placement[part.name] = dst
-                copy.replace_all_uses_with(part)
-                replaced.append(copy)
-    for copy in replaced:  # after every insertion: a copy may be a partition's first node
-        graph.erase_node(copy)
+                copy_node.replace_all_uses_with(part)
+                replaced.append(copy_node)
+    for copy_node in replaced:  # after every insertion: a copy may be a partition's first node
+        graph.erase_node(copy_node)
 
 
 def _runs(graph: torch.fx.Graph, placement: dict[str, str]) -> tuple[dict[torch.fx.Node, int], list[torch.fx.Node]]:

@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 from autopart import Backend, Config
 from autopart.coarsen import group_nodes
 from autopart.graph import AnnotatedGraph
+from autopart.kernels.transfer import start_transfer, transfer, transfer_coalesced, wait_transfer
 from autopart.passes import cost_pass, memory_pass, propagate_shapes_pass
 from autopart.plan import plan_transfers
-from autopart.kernels.transfer import start_transfer, transfer, transfer_coalesced, wait_transfer
 from autopart.rewrite import _retarget_devices, rewrite
 
 WIDTH = 8

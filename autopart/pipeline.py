@@ -316,7 +316,7 @@ class PartitionSchedule:
                 m, i = host.popleft()
                 step = self.steps[i]
                 args, kwargs = self._inputs(env, m, step, resolve=False)
-                if trace is not None:
+                if trace is not None and step.node.op == "call_module":
                     trace.append((m, step.partition, HOST))
                 future = self._pool().submit(_run_host, step.fn, args, kwargs, grad, inference)
                 env[(m, step.node)] = future
@@ -365,6 +365,8 @@ def _resolve(value: Any) -> Any:
     """``value`` with every pending host result (a Future) replaced by the result."""
     if isinstance(value, concurrent.futures.Future):
         return value.result()
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a namedtuple
+        return type(value)(*(_resolve(v) for v in value))
     if isinstance(value, (tuple, list)):
         return type(value)(_resolve(v) for v in value)
     if isinstance(value, dict):

@@ -152,6 +152,7 @@ def _plan_options(args: argparse.Namespace) -> dict:
         time_limit_s=args.time_limit,
         max_groups=args.max_groups,
         objective=args.objective,
+        compression=args.compression,
     )
 
 
@@ -245,6 +246,10 @@ def _add_plan_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--objective", choices=("latency", "throughput", "energy"), default="latency",
         help="what to minimize (default latency)",
+    )
+    p.add_argument(
+        "--compression", choices=("none", "bf16", "int8"), default="none",
+        help="lossy compression allowed for activations on slow links (default none)",
     )
     p.add_argument("--solver", choices=("auto", "highs", "cbc"), default="auto")
     p.add_argument("--time-limit", type=float, default=10.0, help="solver seconds (default 10)")

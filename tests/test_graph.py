@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -65,6 +66,26 @@ def test_cli_solve_writes_a_loadable_plan(planned, tmp_path, capsys):
     assert main(argv) == 0
     assert Plan.load(plan_path).placement == planned.plan.placement
     assert "predicted time" in capsys.readouterr().out
+
+
+def test_cli_solve_can_compress_activations_on_slow_links(tmp_path, capsys):
+    from _util import make_device, make_topology
+
+    topo_path = tmp_path / "slow.json"
+    slow = make_topology([make_device("cpu"), make_device("cuda:0"), make_device("cuda:1")], link_gbps=0.1)
+    slow.save(topo_path)
+    graph_path = Path(__file__).resolve().parents[1] / "bench" / "graphs" / "gpt2.json"
+    plans = {}
+    for method in ("none", "bf16"):
+        out = tmp_path / f"{method}.json"
+        argv = ["solve", "--graph", str(graph_path), "--topology", str(topo_path), "--max-memory",
+                "cuda:0=300MB", "cuda:1=300MB", "--compression", method, "--out", str(out)]
+        assert main(argv) == 0
+        plans[method] = Plan.load(out)
+    assert "sent as" in capsys.readouterr().out
+    assert {t.compression for t in plans["none"].transfers} == {"none"}
+    assert "bf16" in {t.compression for t in plans["bf16"].transfers}
+    assert plans["bf16"].predicted_time_s < plans["none"].predicted_time_s
 
 
 def test_bad_graph_files_are_named(tmp_path):

@@ -65,7 +65,9 @@ copies it receives), and one call lasts :math:`L = \sum_d B_d`.
     ``energy``: :math:`\min \sum_d (P^{act}_d - P^{idle}_d) B_d + L \sum_d P^{idle}_d` (see
     :mod:`autopart.costmodel.energy`: busy devices draw their active power, all powered devices
     their idle power for the whole call) subject to :math:`L \le (1 + s) L^*` (:func:`add_latency_cap`),
-    :math:`L^*` the best latency (solved first) and :math:`s` the allowed slack. Devices with no
+    :math:`L^*` the best latency (solved first; its proven lower bound, so that the promise holds
+    when the fastest plan is only within the gap of the optimum, but never below the fastest
+    plan found) and :math:`s` the allowed slack. Devices with no
     power figures count 0 W.
 
 Not modelled (yet): overlap of independent tasks on different devices, overlap of transfers with
@@ -787,7 +789,10 @@ def solve(
         now = time.perf_counter()
         half = now + (deadline - now) / 2
         fastest = _solve_milp(problem, "latency", starts, None, solver, half, mip_rel_gap)
-        latency_cap = (1 + energy_slack) * fastest.objective
+        # (1 + slack) x the proven bound keeps the promise even when the fastest plan is only
+        # within the gap of the optimum; never below the fastest plan found, which stays allowed.
+        best_bound = fastest.bound if fastest.bound is not None else fastest.objective
+        latency_cap = max((1 + energy_slack) * best_bound, fastest.objective)
         starts["fastest"] = (fastest.assignment, fastest.streamed)
     solution = _solve_milp(problem, objective, starts, latency_cap, solver, deadline, mip_rel_gap)
     return dataclasses.replace(solution, solve_time_s=time.perf_counter() - start)

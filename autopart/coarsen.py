@@ -101,8 +101,9 @@ class PlacementProblem:
     topology: Topology = field(repr=False)
     shared: tuple[SharedWeight, ...] = ()
     activation_copies: int = 1
-    """Copies of every activation a device holds at once: 1 for one call at a time; the number of
-    micro-batches in flight for a pipelined (throughput) plan."""
+    """Copies of every activation a device holds at once: 1 for one call at a time (what
+    autopart plans: its pipelines split one call into micro-batches); more to model several
+    calls in flight, in offline experiments."""
 
     @property
     def devices(self) -> list[str]:

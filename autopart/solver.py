@@ -26,8 +26,9 @@ Constraints
     :math:`\sum_t R_t x_{t,d} + P_i x_{i,d} + \sum_{l:\,p(l) \le i \le e(l)} b_l x_{p(l),d} \le M_d`
     with :math:`R_t` resident bytes (weights held all call long) and :math:`P_i` the peak of
     activations born and dead inside task :math:`i`. This is an upper bound on the true peak.
-    Activation terms are multiplied by ``PlacementProblem.activation_copies`` (the micro-batches
-    in flight at once in a pipelined plan; 1 otherwise).
+    Activation terms are multiplied by ``PlacementProblem.activation_copies`` (1: autopart's
+    pipelines split one call, whose micro-batches together hold one call's activations; more
+    for an offline experiment that models several calls in flight).
     streaming (:func:`add_streaming`): :math:`z_{t,d} \le x_{t,d}`, binary, for a task with
     weights on an accelerator :math:`d` whose host has a CPU device :math:`h(d)` with capacity:
     the task's weights live in host memory and are copied to :math:`d` on every call (as

@@ -174,6 +174,18 @@ from autopart.costmodel.roofline import roofline_time_s  # noqa: E402
 aten = torch.ops.aten
 
 
+@pytest.mark.parametrize("training, kind", [(False, "elementwise"), (True, "reduction")])
+def test_batch_norm_reduces_only_in_training(training, kind):
+    from autopart.costmodel.ops import CostRecorder
+
+    x, c = torch.randn(2, 4, 3, 3), 4
+    recorder = CostRecorder()
+    with torch.no_grad(), recorder:
+        torch.nn.functional.batch_norm(x, torch.zeros(c), torch.ones(c), training=training)
+    norm = max(recorder.ops, key=lambda op: op.bytes_read)  # native_batch_norm reads the input
+    assert norm.kind == kind
+
+
 def test_op_classes():
     assert op_class(aten.mm.default) == op_class(aten.convolution.default) == "matmul"
     assert op_class(aten.tanh.default) == "transcendental:tanh"

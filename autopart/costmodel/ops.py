@@ -61,7 +61,7 @@ _TRANSCENDENTAL = {
 CALIBRATED_ONE_BY_ONE = ("tanh", "gelu", "silu", "exp")
 _REDUCTION = {
     "_softmax", "_log_softmax", "native_layer_norm", "native_batch_norm",
-    "_native_batch_norm_legit", "_native_batch_norm_legit_no_training", "native_group_norm",
+    "_native_batch_norm_legit", "native_group_norm",
     "sum", "mean", "amax", "amin", "max", "min", "var", "var_mean", "std", "std_mean", "prod",
     "cumsum", "cumprod", "norm", "linalg_vector_norm", "argmax", "argmin", "logsumexp",
     "_fused_rms_norm", "avg_pool2d", "max_pool2d_with_indices", "adaptive_avg_pool2d",
@@ -171,7 +171,16 @@ def _itemsize(value: Any) -> int:
 def aten_op_cost(func, args: tuple, kwargs: dict, out: Any) -> OpCost:
     """Cost of one aten op call: its registered rule, else :func:`default_cost`."""
     rule = _RULES.get(func) or _RULES.get(getattr(func, "overloadpacket", None)) or default_cost
-    return dataclasses.replace(rule(func, args, kwargs, out), kind=op_class(func))
+    kind = op_class(func)
+    if getattr(func, "overloadpacket", None) is aten.native_batch_norm and not _training(args, kwargs):
+        kind = "elementwise"  # normalizes with the running statistics: no reduction
+    return dataclasses.replace(rule(func, args, kwargs, out), kind=kind)
+
+
+def _training(args: tuple, kwargs: dict) -> bool:
+    """``training`` of ``native_batch_norm(input, weight, bias, running_mean, running_var,
+    training, momentum, eps)``."""
+    return bool(kwargs.get("training", args[5] if len(args) > 5 else True))
 
 
 class CostRecorder(TorchDispatchMode):

@@ -499,9 +499,10 @@ def main(argv: list[str] | None = None) -> int:
                              "after the current call (at least one timed call)")
     parser.add_argument("--topology", default=None,
                         help="autopart topology: a preset name or a JSON file (default: this machine)")
-    parser.add_argument("--profile", choices=["cached", "always", "never"], default="cached",
-                        help="with no --topology: autopart's profile option (always: profile now if "
-                             "no profile is cached, up to 60 s)")
+    parser.add_argument("--profile", choices=["cached", "always", "never"], default="always",
+                        help="with no --topology: autopart's profile option (default always: profile "
+                             "this machine now, up to 60 s, unless a profile is cached, so that the plan "
+                             "uses measured numbers)")
     parser.add_argument("--time-limit", type=float, default=10.0, help="autopart's ILP time limit, s")
     parser.add_argument("--out", type=Path, default=None,
                         help="results folder (default bench/results; a temporary folder with --dry-run)")

@@ -35,14 +35,7 @@ COMPUTE_OPS = ("call_function", "call_method", "call_module")
 # --------------------------------------------------------------------------- helpers
 
 
-@pytest.fixture(autouse=True)
-def _fresh_dynamo():
-    """Each test compiles with its own backend: forget Dynamo's caches and autopart's registry."""
-    torch._dynamo.reset()
-    autopart.reset()
-    yield
-    torch._dynamo.reset()
-    autopart.reset()
+pytestmark = pytest.mark.usefixtures("fresh_dynamo")  # each test compiles with its own backend
 
 
 def model_bytes(model: nn.Module) -> int:

@@ -55,12 +55,8 @@ def split_per_layer(model: nn.Module) -> torch.fx.GraphModule:
 
 
 @pytest.fixture(autouse=True)
-def _fresh():
-    torch._dynamo.reset()
-    autopart.reset()
+def _fresh(fresh_dynamo):
     THREADS.clear()
-    yield
-    torch._dynamo.reset()
 
 
 def test_host_partitions_run_on_the_worker_thread_and_match():

@@ -14,13 +14,7 @@ import autopart
 from autopart.kernels.compression import max_abs_error
 from autopart.runtime import InductorPartition
 
-
-@pytest.fixture(autouse=True)
-def _fresh():
-    torch._dynamo.reset()
-    autopart.reset()
-    yield
-    torch._dynamo.reset()
+pytestmark = pytest.mark.usefixtures("fresh_dynamo")
 
 
 class Mlp(nn.Module):

@@ -34,6 +34,7 @@ from .passes import (
     record,
 )
 from .passes.cost import mutates_in_place
+from .passes.shapes import node_value
 from .pipeline import BatchSpec, auto_microbatches, batch_spec
 from .plan import Plan, make_plan
 from .rewrite import origin_resolver, resolve_device_map, rewrite
@@ -343,7 +344,7 @@ def _has_symbolic_shapes(gm: torch.fx.GraphModule) -> bool:
     for node in gm.graph.nodes:
         if node.op != "placeholder":
             continue
-        value = node.meta.get("example_value", node.meta.get("val"))
+        value = node_value(node)
         if isinstance(value, torch.SymInt) or (
             isinstance(value, torch.Tensor) and any(isinstance(d, torch.SymInt) for d in value.shape)
         ):

@@ -43,6 +43,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from .passes.cost import mutates_in_place
 from .passes.records import record
+from .passes.shapes import node_value
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ def batch_spec(gm: torch.fx.GraphModule) -> BatchSpec | str:
     symbol = None
     tensor_inputs, size_inputs = [], []
     for i, node in enumerate(placeholders):
-        value = _example(node)
+        value = node_value(node)
         role = record(node).role
         if isinstance(value, torch.SymInt):
             size_inputs.append((i, value))
@@ -136,7 +137,7 @@ def batch_spec(gm: torch.fx.GraphModule) -> BatchSpec | str:
     output = next(n for n in gm.graph.nodes if n.op == "output")
     outputs = []
     for leaf in tree_flatten(output.args[0])[0]:
-        value = _example(leaf) if isinstance(leaf, torch.fx.Node) else leaf
+        value = node_value(leaf) if isinstance(leaf, torch.fx.Node) else leaf
         if isinstance(value, torch.Tensor) and _leading_is(value, symbol):
             outputs.append(True)
         elif _mentions(value, symbol):
@@ -149,10 +150,6 @@ def batch_spec(gm: torch.fx.GraphModule) -> BatchSpec | str:
     if mutates_in_place(gm):
         return "the graph updates tensors in place (e.g. batch-norm statistics)"
     return BatchSpec(tuple(tensor_inputs), tuple(sizes), tuple(outputs))
-
-
-def _example(node: torch.fx.Node) -> Any:
-    return node.meta.get("example_value", node.meta.get("val"))
 
 
 def _leading_is(value: torch.Tensor, symbol) -> bool:

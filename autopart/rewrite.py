@@ -40,6 +40,7 @@ from .kernels.transfer import (
     wait_transfer,
 )
 from .passes.records import META_KEY, NodeRecord, record
+from .passes.shapes import node_value
 from .plan import Plan, Transfer
 from .topology import Topology, local_devices
 
@@ -274,7 +275,7 @@ def _coalesce(
     run_of, run_start = _runs(graph, placement)
     groups: dict[tuple[int, str], list[tuple[torch.fx.Node, Transfer]]] = {}
     for copy_node, t, _ in inserted:
-        value = copy_node.meta.get("val", copy_node.meta.get("example_value"))
+        value = node_value(copy_node)
         if t.reason.startswith("weights streamed") or t.compression != "none" or not isinstance(value, torch.Tensor):
             continue
         if t.nbytes <= COALESCE_MAX_BYTES:

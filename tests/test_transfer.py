@@ -83,3 +83,18 @@ def test_pin_in_place_page_locks_the_memory():
     assert pin_in_place(w)
     assert w.is_pinned()
     torch.testing.assert_close(transfer(w, "cuda:0").cpu(), w)
+
+
+@pytest.mark.parametrize("method", ["bf16", "int8"])
+def test_the_traceable_compressed_copy_gives_the_same_values(method):
+    from autopart.kernels.transfer import plain_transfer_compressed, transfer_compressed
+
+    x = torch.randn(64, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(plain_transfer_compressed(x, "cpu", method),
+                                   transfer_compressed(x, "cpu", method), rtol=0, atol=0)
+    y = torch.randn(8, requires_grad=True)  # autograd needs it: int8 goes as bf16
+    out = plain_transfer_compressed(y, "cpu", method)
+    torch.testing.assert_close(out, y.to(torch.bfloat16).float())
+    out.sum().backward()
+    torch.testing.assert_close(y.grad, torch.ones(8))

@@ -257,13 +257,14 @@ def _dequantize_int8_triton(q: torch.Tensor, scale: torch.Tensor, dtype: torch.d
     return out
 
 
-def compress(x: torch.Tensor, method: CompressionName) -> Compressed:
+def compress(x: torch.Tensor, method: CompressionName, *, triton: bool = True) -> Compressed:
     """Pack ``x`` for a link with ``method``, on ``x``'s device.
 
     Args:
         x: tensor of any shape (empty included), strides and device. float32 is compressed by
             ``"bf16"``; float32, float16 and bfloat16 by ``"int8"``; anything else passes through.
         method: ``"none"``, ``"bf16"`` or ``"int8"`` (see the module docstring for error bounds).
+        triton: False keeps to torch ops (the same values), e.g. in a graph a compiler traces.
     Returns:
         a :class:`Compressed`; ``nbytes`` is ``numel * 2`` for bf16 and ``numel + 4`` for int8.
     Raises:
@@ -286,18 +287,18 @@ def compress(x: torch.Tensor, method: CompressionName) -> Compressed:
             "requires grad; use method 'bf16' or 'none', or run under torch.no_grad()"
         )
     scale = _int8_scale(x)
-    quantize = _quantize_int8_triton if _use_triton(x) else _quantize_int8_torch
+    quantize = _quantize_int8_triton if triton and _use_triton(x) else _quantize_int8_torch
     return Compressed(payload=quantize(x, scale), method="int8", dtype=x.dtype, shape=x.shape,
                       scale=scale)
 
 
-def decompress(c: Compressed, device: torch.device | str | None = None) -> torch.Tensor:
+def decompress(c: Compressed, device: torch.device | str | None = None, *, triton: bool = True) -> torch.Tensor:
     """Restore the original dtype and shape of ``c``, optionally on another device.
 
     With ``device``, the payload (and scale) move there first, so only ``c.nbytes`` cross the
     link and the restore runs on the destination. Copies to CUDA are ``non_blocking`` (ordered on
     the destination's current stream); copies to the CPU block, as in
-    :func:`autopart.kernels.transfer.transfer`.
+    :func:`autopart.kernels.transfer.transfer`. ``triton``: as in :func:`compress`.
 
     Returns:
         tensor of ``c.shape`` and ``c.dtype`` on ``device`` (or the payload's device);
@@ -315,18 +316,18 @@ def decompress(c: Compressed, device: torch.device | str | None = None) -> torch
     if c.method == "bf16":
         return payload.to(c.dtype)
     assert c.method == "int8" and scale is not None, c.method
-    dequantize = _dequantize_int8_triton if _use_triton(payload) else _dequantize_int8_torch
+    dequantize = _dequantize_int8_triton if triton and _use_triton(payload) else _dequantize_int8_torch
     return dequantize(payload, scale, c.dtype).reshape(c.shape)
 
 
 def compressed_transfer(x: torch.Tensor, device: torch.device | str,
-                        method: CompressionName) -> torch.Tensor:
+                        method: CompressionName, *, triton: bool = True) -> torch.Tensor:
     """Compress ``x`` on its device, move the payload to ``device``, restore it there.
 
     Same dtype and shape as ``x``, on ``device``; errors as :func:`compress`. With ``"none"``
-    this is ``x.to(device)``.
+    this is ``x.to(device)``. ``triton``: as in :func:`compress`.
     """
-    return decompress(compress(x, method), device)
+    return decompress(compress(x, method, triton=triton), device, triton=triton)
 
 
 def max_abs_error(x: torch.Tensor, method: CompressionName) -> float:

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch.utils._pytree import tree_map
 
-from .compression import _dequantize_int8_torch, _int8_scale, _quantize_int8_torch, compressed_transfer
+from .compression import compressed_transfer
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +41,12 @@ _streams_lock = threading.Lock()
 
 
 def copy_stream(src: torch.device, dst: torch.device):
-    """The CUDA stream (on ``dst``, or on ``src`` for a copy to the host) for copies from
-    ``src`` to ``dst``; one per ordered pair, made on first use."""
-    owner = dst if dst.type == "cuda" else src
+    """The CUDA stream on ``dst`` (a GPU) for copies from ``src`` to ``dst``; one per ordered
+    pair, made on first use."""
     with _streams_lock:
         stream = _streams.get((src, dst))
         if stream is None:
-            stream = _streams[(src, dst)] = torch.cuda.Stream(device=owner)
+            stream = _streams[(src, dst)] = torch.cuda.Stream(device=dst)
         return stream
 
 
@@ -123,22 +122,16 @@ def transfer_compressed(x: torch.Tensor, device: torch.device, method: str) -> t
     """Copy ``x`` to ``device`` compressed with ``method`` (``"bf16"`` or ``"int8"``, see
     :mod:`autopart.kernels.compression`); a tensor autograd needs goes as bf16 when int8 was
     chosen, since int8 has no gradient."""
-    if method == "int8" and _needs_autograd(x):
-        method = "bf16"
-    return compressed_transfer(x, torch.device(device), method)
+    return compressed_transfer(x, torch.device(device), _differentiable(x, method))
 
 
 def plain_transfer_compressed(x: torch.Tensor, device: torch.device, method: str) -> torch.Tensor:
     """:func:`transfer_compressed` in plain torch ops (for graphs a compiler traces)."""
-    if method == "int8" and _needs_autograd(x):
-        method = "bf16"
-    if method == "bf16" and x.dtype == torch.float32:
-        return x.to(torch.bfloat16).to(device).to(x.dtype)
-    if method == "int8" and x.dtype in (torch.float32, torch.float16, torch.bfloat16):
-        scale = _int8_scale(x)
-        q = _quantize_int8_torch(x, scale)
-        return _dequantize_int8_torch(q.to(device), scale.to(device), x.dtype)
-    return x.to(device)
+    return compressed_transfer(x, torch.device(device), _differentiable(x, method), triton=False)
+
+
+def _differentiable(x: torch.Tensor, method: str) -> str:
+    return "bf16" if method == "int8" and _needs_autograd(x) else method
 
 
 def plain_transfer(value: Any, device: torch.device) -> Any:

@@ -132,6 +132,11 @@ class Config:
     fraction of the best plan under the cost model (the plan reports the gap it reached, often
     far smaller). 0 asks for a proven optimum, which can take much longer on large graphs."""
 
+    min_split_gain: float = 0.05
+    """Latency and throughput: a model that fits one device stays there unless a split is
+    predicted faster by more than this fraction (a split adds copies and synchronization, and
+    a few percent is within the cost model's error). 0 takes any predicted gain."""
+
     max_groups: int = 32
     """Coarsening target: the graph is contracted to at most about this many groups (contiguous
     runs of nodes, cut at module boundaries) before the ILP."""
@@ -176,6 +181,8 @@ class Config:
             raise ValueError(f"time_limit_s must be > 0 seconds, got {self.time_limit_s!r}")
         if not 0 <= self.mip_rel_gap < 1:
             raise ValueError(f"mip_rel_gap must be in [0, 1), got {self.mip_rel_gap!r}")
+        if not self.min_split_gain >= 0:
+            raise ValueError(f"min_split_gain must be >= 0 (a fraction), got {self.min_split_gain!r}")
         if self.num_microbatches is not None and (
             isinstance(self.num_microbatches, bool)
             or not isinstance(self.num_microbatches, int)

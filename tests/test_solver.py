@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from autopart.coarsen import LiveRange, PlacementProblem, SharedWeight, Task, Value
 from autopart.solver import (
+    critical_path_s,
     evaluate,
     greedy_placement,
     interchangeable_devices,
@@ -111,7 +112,7 @@ def problems(draw, max_tasks: int = 5, identical: bool = False) -> PlacementProb
 
 def _solve_or_none(problem: PlacementProblem, **kw):
     try:
-        return solve(problem, mip_rel_gap=0.0, **kw)
+        return solve(problem, mip_rel_gap=0.0, min_split_gain=0.0, **kw)
     except ValueError as exc:
         assert "bytes" in str(exc)
         return None
@@ -171,6 +172,41 @@ def test_known_optimum_prefers_the_fast_device_when_transfers_are_cheap():
     assert sol.objective == pytest.approx(0.3)
 
 
+def test_independent_branches_on_two_devices_overlap():
+    # in -> a, in -> b, (a, b) -> out: a and b on different GPUs run at the same time.
+    topo = make_topology([make_device("cuda:0"), make_device("cuda:1")], link_gbps=10.0, latency_s=0.0)
+    both = {"cuda:0": 5e-3, "cuda:1": 5e-3}
+    tasks = (
+        Task(name="in", nodes=("x",), time_s={"cuda:0": 0.0, "cuda:1": 0.0}, fixed_device="cuda:0"),
+        Task(name="a", nodes=("a",), time_s=both),
+        Task(name="b", nodes=("b",), time_s=both),
+        Task(name="out", nodes=("y",), time_s={"cuda:0": 0.0, "cuda:1": 0.0}, fixed_device="cuda:0"),
+    )
+    values = (
+        Value(producer=0, consumers=(1, 2), nbytes=MB, count=1, nodes=("x",)),
+        Value(producer=1, consumers=(3,), nbytes=MB, count=1, nodes=("a",)),
+        Value(producer=2, consumers=(3,), nbytes=MB, count=1, nodes=("b",)),
+    )
+    p = PlacementProblem(tasks=tasks, values=values, live_ranges=(),
+                         capacity_bytes={"cuda:0": 10**9, "cuda:1": 10**9}, topology=topo)
+    sol = solve(p, mip_rel_gap=0.0, min_split_gain=0.0)
+    copy_s = MB / 10e9
+    assert sorted(sol.assignment[1:3]) == ["cuda:0", "cuda:1"]
+    assert sol.objective == pytest.approx(copy_s + 5e-3 + copy_s)  # in -> b, b, b -> out
+    ev = evaluate(p, sol.assignment)
+    assert ev.sequential_s == pytest.approx(10e-3 + 2 * copy_s)  # what no overlap would cost
+    assert critical_path_s(p, sol.assignment) == pytest.approx(sol.objective)
+    on_one = evaluate(p, ("cuda:0",) * 4)
+    assert on_one.time_s == pytest.approx(10e-3)  # one device: its busy time, not the path
+    # The split is ~2x faster: kept at the default min_split_gain, not when 2x is demanded.
+    assert len(set(solve(p).assignment)) == 2
+    kept = solve(p, min_split_gain=1.5)
+    assert kept.assignment == ("cuda:0",) * 4
+    assert kept.objective == pytest.approx(10e-3) and kept.gap == pytest.approx(1 - sol.objective / 10e-3)
+    with pytest.raises(ValueError, match="min_split_gain must be >= 0, got -0.1"):
+        solve(p, min_split_gain=-0.1)
+
+
 def test_too_little_memory_names_needed_and_available_bytes():
     p = _chain([{"cuda:0": 1e-3}] * 2, [60 * MB] * 2, {"cuda:0": 100 * MB}, 1,
                make_topology([make_device("cuda:0")]))
@@ -199,7 +235,7 @@ def test_each_solver_reaches_the_optimum(solver):
     times = [{"cuda:0": 1e-3 * (i % 3 + 1), "cuda:1": 2e-3, "cuda:2": 5e-3} for i in range(8)]
     caps = {"cuda:0": 100 * MB, "cuda:1": 100 * MB, "cuda:2": 400 * MB}
     p = _chain(times, [30 * MB] * 8, caps, MB, topo)
-    sol = solve(p, solver=solver, mip_rel_gap=0.0)
+    sol = solve(p, solver=solver, mip_rel_gap=0.0, min_split_gain=0.0)
     assert sol.solver == solver
     assert sol.objective == pytest.approx(brute_force(p)[0], rel=1e-6)
 
@@ -235,7 +271,7 @@ def test_greedy_start_fits_and_the_ilp_is_never_worse(problem):
     ev = evaluate(problem, start)
     for d in problem.devices:
         assert ev.peak_bytes.get(d, 0) <= problem.capacity_bytes[d]
-    assert solve(problem, mip_rel_gap=0.0).objective <= ev.time_s * (1 + 1e-9)
+    assert solve(problem, mip_rel_gap=0.0, min_split_gain=0.0).objective <= ev.time_s * (1 + 1e-9)
 
 
 def test_warm_start_does_not_hide_a_better_solution():
@@ -255,7 +291,7 @@ def test_warm_start_does_not_hide_a_better_solution():
     p = PlacementProblem(tasks=tasks, values=values, live_ranges=ranges, topology=topo,
                          capacity_bytes={"cpu": 30 * MB, "cuda:0": 31 * MB, "cuda:1": 31 * MB})
     assert evaluate(p, greedy_placement(p)).time_s > brute_force(p)[0]  # the start is not optimal
-    sol = solve(p, mip_rel_gap=0.0)
+    sol = solve(p, mip_rel_gap=0.0, min_split_gain=0.0)
     assert sol.objective == pytest.approx(brute_force(p)[0])
     assert sol.gap == pytest.approx(0.0, abs=1e-9)
 
@@ -318,7 +354,7 @@ def test_a_time_limit_returns_the_incumbent_with_its_gap():
     names = topo.device_names
     times = [{d: 1e-3 * (1 + (i * 7 + j * 3) % 5) for j, d in enumerate(names)} for i in range(40)]
     p = _chain(times, [20 * MB] * 40, {d: 250 * MB for d in names}, 4 * MB, topo)
-    sol = solve(p, time_limit_s=0.05, mip_rel_gap=0.0)
+    sol = solve(p, time_limit_s=0.05, mip_rel_gap=0.0, min_split_gain=0.0)
     ev = evaluate(p, sol.assignment, sol.streamed)
     assert all(ev.peak_bytes.get(d, 0) <= p.capacity_bytes[d] for d in p.devices)
     assert sol.objective == pytest.approx(ev.time_s)
@@ -375,6 +411,6 @@ def test_identical_layers_on_identical_devices_are_proven_by_the_pigeonhole_boun
     topo = make_topology([make_device(n) for n in names], link_gbps=1000.0, latency_s=0.0)
     p = _chain([{n: 1e-3 for n in names}] * 17, [MB] * 17, {n: 100 * MB for n in names}, 1, topo)
     assert pigeonhole_bound_s([1e-3] * 17, 8) == pytest.approx(3e-3)
-    sol = solve(p, objective="throughput", mip_rel_gap=0.0)
+    sol = solve(p, objective="throughput", mip_rel_gap=0.0, min_split_gain=0.0)
     assert sol.objective == pytest.approx(3e-3, rel=1e-6)
     assert sol.bound == pytest.approx(3e-3, rel=1e-6) and sol.status == "optimal"

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from autopart.coarsen import LiveRange, PlacementProblem, SharedWeight, Task, Value
 from autopart.solver import (
+    aggregated_bottleneck_bound_s,
     critical_path_s,
     evaluate,
     greedy_placement,
@@ -52,7 +53,8 @@ def brute_force(
 
 
 @st.composite
-def problems(draw, max_tasks: int = 5, identical: bool = False) -> PlacementProblem:
+def problems(draw, max_tasks: int = 5, identical: bool = False, repeated: bool = False) -> PlacementProblem:
+    """Random small problems; ``repeated``: tasks copy one of two templates (layers of a model)."""
     names = ["cpu", "cuda:0", "cuda:1"]
     if identical:
         devices = [make_device(n, tflops=5, gbps=300) for n in names]
@@ -70,7 +72,15 @@ def problems(draw, max_tasks: int = 5, identical: bool = False) -> PlacementProb
     topo = make_topology(devices, link_gbps=draw(st.floats(1, 50)), latency_s=draw(st.floats(0, 1e-4)))
     n = draw(st.integers(2, max_tasks))
     tasks = [Task(name="in", nodes=("x",), time_s={}, fixed_device="cpu")]
+    templates = [
+        ({d: draw(st.floats(1e-5, 1e-2)) for d in names}, draw(st.integers(0, 40)) * MB, draw(st.integers(0, 10)) * MB)
+        for _ in range(2)
+    ]
     for i in range(n):
+        if repeated:
+            time_s, resident, peak = templates[draw(st.integers(0, 1))]
+            tasks.append(Task(name=f"t{i}", nodes=(f"n{i}",), time_s=time_s, resident_bytes=resident, peak_bytes=peak))
+            continue
         if identical:
             t = draw(st.floats(1e-5, 1e-2))
             time_s = {d: t for d in names}
@@ -403,6 +413,27 @@ def test_pigeonhole_bound_is_below_every_placement(problem):
         return
     fastest = [min(t.time_s[d] for d in problem.devices) for t in problem.tasks if not t.fixed_device]
     assert pigeonhole_bound_s(fastest, len(problem.devices)) <= best[0] * (1 + 1e-9)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(problems(max_tasks=6, repeated=True), problems()))
+def test_aggregated_bound_is_below_every_placement(problem):
+    best = brute_force(problem, "throughput")
+    if best is None:
+        return
+    assert aggregated_bottleneck_bound_s(problem) <= best[0] * (1 + 1e-6)
+
+
+def test_aggregated_bound_proves_layers_that_memory_spreads():
+    # 10 layers of 1 ms on 2 GPUs; cuda:1 holds only 3 of them, so cuda:0 runs 7: 7 ms, where
+    # the pigeonhole bound says 5 ms.
+    names = ["cuda:0", "cuda:1"]
+    topo = make_topology([make_device(n) for n in names], link_gbps=1000.0, latency_s=0.0)
+    p = _chain([{n: 1e-3 for n in names}] * 10, [20 * MB] * 10, {"cuda:0": 170 * MB, "cuda:1": 65 * MB}, 1, topo)
+    assert pigeonhole_bound_s([1e-3] * 10, 2) == pytest.approx(5e-3)
+    assert aggregated_bottleneck_bound_s(p) == pytest.approx(7e-3, rel=1e-6)
+    sol = solve(p, objective="throughput", min_split_gain=0.0)
+    assert sol.status == "optimal" and sol.objective == pytest.approx(7e-3, rel=1e-3)
 
 
 def test_identical_layers_on_identical_devices_are_proven_by_the_pigeonhole_bound():

@@ -68,8 +68,12 @@ class Plan:
     replicas: tuple[Transfer, ...]
     """Weights read on a second device (e.g. a tied embedding), copied there once and kept."""
     predicted_time_s: float
+    """One call, seconds: the makespan (:func:`autopart.solver.evaluate`), less the seconds that
+    compressed copies save (all of them: optimistic when a compressed copy overlaps compute)."""
     predicted_compute_s: float
+    """All compute of one call, seconds, overlapped or not."""
     predicted_transfer_s: float
+    """All copies of one call, seconds, overlapped or not."""
     predicted_bottleneck_s: float
     """Time of the busiest device per call (per micro-batch when pipelined)."""
     predicted_energy_J: float
@@ -112,8 +116,9 @@ class Plan:
             f"solver {self.solver}: {self.solver_status}, objective {self._value(self.objective)}, "
             f"bound {self._value(self.bound)}, gap {_pct(self.gap)}, {self.solve_time_s:.2f} s, "
             f"{self.num_variables} variables, {self.num_constraints} constraints",
-            f"predicted time {_ms(self.predicted_time_s)} = compute "
-            f"{_ms(self.predicted_compute_s)} + transfers {_ms(self.predicted_transfer_s)}; "
+            f"predicted time {_ms(self.predicted_time_s)} (compute "
+            f"{_ms(self.predicted_compute_s)} and transfers {_ms(self.predicted_transfer_s)}, "
+            "overlapped where independent); "
             f"busiest device {_ms(self.predicted_bottleneck_s)}; energy "
             f"{self.predicted_energy_J:.3g} J; "
             f"{self.num_nodes} nodes in {len(self.tasks)} tasks on {len(self.devices_used)} "

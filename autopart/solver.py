@@ -713,8 +713,9 @@ def pigeonhole_bound_s(times_s: list[float], num_devices: int) -> float:
 def aggregated_bottleneck_bound_s(problem: PlacementProblem, time_limit_s: float = 1.0) -> float:
     r"""A lower bound on the throughput objective from a small MILP over task counts.
 
-    Free tasks with equal times, bytes and streaming options form a class :math:`k` (the
-    repeated layers of a transformer are one class); integers :math:`n_{k,d}` and
+    Free tasks with equal times (not all zero), bytes and streaming options form a class
+    :math:`k` (the repeated layers of a transformer are one class; every other task is a class
+    of its own); integers :math:`n_{k,d}` and
     :math:`s_{k,d}` count its tasks computed on :math:`d` with their weights there, or streamed
     to :math:`d` from its host. Minimize :math:`eta` subject to
     :math:`\sum_d (n_{k,d} + s_{k,d}) = |k|`; device :math:`d` busy at most :math:`eta` with its
@@ -732,9 +733,9 @@ def aggregated_bottleneck_bound_s(problem: PlacementProblem, time_limit_s: float
     homes = {w.home for w in problem.shared}
     classes: dict[tuple, list[int]] = {}
     for t, task in enumerate(tasks):
-        if task.fixed_device is None:
+        if task.fixed_device is None:  # tasks that cost nothing stay apart: `here` needs them
             key = (tuple(sorted(task.time_s.items())), task.resident_bytes, task.peak_bytes, t in homes)
-            classes.setdefault(key, []).append(t)
+            classes.setdefault(key if any(task.time_s.values()) else t, []).append(t)
     members = list(classes.values())
     class_of = {t: k for k, ts in enumerate(members) for t in ts}
     prob = pulp.LpProblem("autopart_bottleneck_bound", pulp.LpMinimize)

@@ -106,6 +106,11 @@ class Config:
     energy_slack: float = 0.1
     """For ``objective="energy"``: how much slower than the fastest plan (a fraction, >= 0)."""
 
+    energy_eta: float | None = None
+    """For ``objective="energy"``, instead of ``energy_slack``: minimize Zeus's weighted cost
+    ``eta * energy + (1 - eta) * max_power * time`` (You et al., NSDI 2023), ``eta`` in [0, 1]
+    (1: energy alone, 0: time alone). None (default): the slack form."""
+
     max_memory: dict[str | int, MemorySize] | None = None
     """Memory each device may use, in accelerate's format: ``{"cuda:0": "10GiB", "cpu": "30GB"}``
     (ints are bytes, int keys ``i`` mean ``"cuda:i"``). As in accelerate, when given, devices not
@@ -175,6 +180,10 @@ class Config:
             raise ValueError(f"profile_budget_s must be > 0 seconds, got {self.profile_budget_s!r}")
         if not 0.0 < self.memory_fraction <= 1.0:
             raise ValueError(f"memory_fraction must be in (0, 1], got {self.memory_fraction!r}")
+        if self.energy_eta is not None and not 0 <= self.energy_eta <= 1:
+            raise ValueError(
+                f"energy_eta must be in [0, 1] (1: energy alone, 0: time alone) or None, got {self.energy_eta!r}"
+            )
         if not self.energy_slack >= 0:
             raise ValueError(f"energy_slack must be >= 0 (a fraction of the best time), got {self.energy_slack!r}")
         if not self.time_limit_s > 0:

@@ -137,6 +137,7 @@ def solve_annotated(
         problem,
         objective=config.objective,
         energy_slack=config.energy_slack,
+        energy_eta=config.energy_eta,
         solver=config.solver,
         time_limit_s=config.time_limit_s,
         mip_rel_gap=config.mip_rel_gap,

@@ -87,7 +87,9 @@ copies it receives).
     their idle power for the whole call) subject to :math:`C \le (1 + s) C^*` (:func:`add_latency_cap`),
     :math:`C^*` the best latency (solved first; its proven lower bound, so that the promise holds
     when the fastest plan is only within the gap of the optimum, but never below the fastest
-    plan found) and :math:`s` the allowed slack. Devices with no
+    plan found) and :math:`s` the allowed slack; or, when the user gives Zeus's :math:`\eta`
+    (You et al., NSDI 2023), one MILP minimizing
+    :math:`\eta E + (1 - \eta) C \sum_d P^{act}_d` with no cap. Devices with no
     power figures count 0 W.
 
 Not modelled (yet): the order of tasks on one device (the makespan relaxation above), a
@@ -173,6 +175,8 @@ class Evaluation:
     peak_bytes: dict[str, int]
     busy_s: dict[str, float]
     energy_J: float
+    max_power_W: float = 0.0
+    """Sum of the active power of the devices that draw power in a call (Zeus's MAXPOWER)."""
 
     @property
     def sequential_s(self) -> float:
@@ -183,13 +187,18 @@ class Evaluation:
     def bottleneck_s(self) -> float:
         return max(self.busy_s.values(), default=0.0)
 
-    def value(self, objective: str) -> float:
-        """The value of ``objective`` (``"latency"``, ``"throughput"`` or ``"energy"``)."""
+    def value(self, objective: str, energy_eta: float | None = None) -> float:
+        r"""The value of ``objective`` (``"latency"``, ``"throughput"`` or ``"energy"``); for
+        ``"energy"`` with ``energy_eta``, Zeus's cost
+        :math:`\eta E + (1 - \eta) P_{max} T` in joules (You et al., "Zeus: Understanding and
+        Optimizing GPU Energy Consumption of DNN Training", NSDI 2023)."""
         if objective == "latency":
             return self.time_s
         if objective == "throughput":
             return self.bottleneck_s
         if objective == "energy":
+            if energy_eta is not None:
+                return energy_eta * self.energy_J + (1 - energy_eta) * self.max_power_W * self.time_s
             return self.energy_J
         raise ValueError(f"unknown objective {objective!r}; expected one of {list(OBJECTIVE_UNITS)}")
 
@@ -279,7 +288,8 @@ def evaluate(
                 live[owner] = live.get(owner, 0) + copies * r.nbytes
         for dev, nbytes in live.items():
             peak[dev] = max(peak.get(dev, 0), nbytes)
-    return Evaluation(latency, compute, transfer, peak, busy, energy)
+    max_power = sum(power_W(problem, d)[0] for d in busy)
+    return Evaluation(latency, compute, transfer, peak, busy, energy, max_power)
 
 
 def critical_path_s(
@@ -458,6 +468,7 @@ class _Model:
         self.start: list[pulp.LpVariable] = []  # S_t, in time_unit_s (add_precedence)
         self.w: dict[tuple[int, int, str, str], pulp.LpVariable] = {}  # per reader (add_precedence)
         self.bottleneck_floor_s = 0.0  # aggregated_bottleneck_bound_s, for throughput
+        self.energy_eta: float | None = None  # Zeus's eta for the energy objective (solve)
 
     def variable(self, name: str, low: float, up: float | None, cat: str = pulp.LpContinuous):
         return _variable(self.prob, name, low, up, cat)
@@ -878,10 +889,13 @@ def add_objective(m: _Model, objective: str) -> None:
         idle_total = sum(power_W(p, d)[1] for d in busy)
         mean_power = sum(power_W(p, d)[0] for d in busy) / max(1, len(busy))
         m.unit = m.time_unit_s * max(1.0, mean_power)
-        terms = [(m.makespan, idle_total * m.time_unit_s / m.unit)]
+        eta = 1.0 if m.energy_eta is None else m.energy_eta
+        max_power = sum(power_W(p, d)[0] for d in busy)
+        per_s = eta * idle_total + (1 - eta) * max_power  # joules per second of makespan
+        terms = [(m.makespan, per_s * m.time_unit_s / m.unit)]
         for d, ts in busy.items():
             active, idle = power_W(p, d)
-            terms += [(v, c * (active - idle) / m.unit) for v, c in ts]
+            terms += [(v, eta * c * (active - idle) / m.unit) for v, c in ts]
         m.prob += pulp.LpAffineExpression(_sum_terms(terms))
     else:
         raise ValueError(f"unknown objective {objective!r}; expected one of {list(OBJECTIVE_UNITS)}")
@@ -1015,17 +1029,23 @@ def solve(
     *,
     objective: ObjectiveName = "latency",
     energy_slack: float = 0.1,
+    energy_eta: float | None = None,
     solver: str = "auto",
     time_limit_s: float = 10.0,
     mip_rel_gap: float = 1e-2,
     min_split_gain: float = 0.05,
 ) -> Solution:
-    """Place every task of ``problem`` (see the module docstring for the model).
+    r"""Place every task of ``problem`` (see the module docstring for the model).
 
     Args:
         objective: ``"latency"`` (one call), ``"throughput"`` (bottleneck device of a pipeline)
             or ``"energy"`` (joules of one call, within ``energy_slack`` of the best latency).
         energy_slack: for ``"energy"``: the latency may exceed the best by this fraction (>= 0).
+        energy_eta: for ``"energy"``: instead of the slack, minimize Zeus's weighted cost
+            :math:`\eta E + (1 - \eta) P_{max} T` (joules; :math:`P_{max}` the summed active
+            power of the powered devices, :math:`T` the makespan; You et al., NSDI 2023):
+            1 is energy alone, 0 time alone; one MILP, no time cap. The solution's
+            ``objective`` and ``bound`` are then that cost.
         solver: ``"highs"``, ``"cbc"`` or ``"auto"`` (HiGHS if installed, else CBC).
         time_limit_s: wall-clock budget of the whole solve, seconds (starting points and model
             building included: the MILP solver gets what is left, at least
@@ -1045,6 +1065,8 @@ def solve(
         raise ValueError(f"unknown objective {objective!r}; expected one of {list(OBJECTIVE_UNITS)}")
     if not energy_slack >= 0:
         raise ValueError(f"energy_slack must be >= 0, got {energy_slack!r}")
+    if energy_eta is not None and not 0 <= energy_eta <= 1:
+        raise ValueError(f"energy_eta must be in [0, 1] (1: energy alone, 0: time alone), got {energy_eta!r}")
     if not min_split_gain >= 0:
         raise ValueError(f"min_split_gain must be >= 0, got {min_split_gain!r}")
     check_fits(problem)
@@ -1054,14 +1076,14 @@ def solve(
         assignment = tuple(devs[0] for devs in allowed)
         ev = evaluate(problem, assignment)
         _check_memory(problem, ev)
-        value = ev.value(objective)
+        value = ev.value(objective, energy_eta)
         return Solution(assignment, "trivial", objective, value, value, 0.0,
                         time.perf_counter() - start, "none", 0, 0)
 
     deadline = start + time_limit_s
     starts = starting_points(problem)
     latency_cap = None
-    if objective == "energy":  # two MILPs share the time budget
+    if objective == "energy" and energy_eta is None:  # two MILPs share the time budget
         now = time.perf_counter()
         half = now + (deadline - now) / 2
         fastest = _solve_milp(problem, "latency", starts, None, solver, half, mip_rel_gap)
@@ -1070,7 +1092,9 @@ def solve(
         best_bound = fastest.bound if fastest.bound is not None else fastest.objective
         latency_cap = max((1 + energy_slack) * best_bound, fastest.objective)
         starts["fastest"] = (fastest.assignment, fastest.streamed)
-    solution = _solve_milp(problem, objective, starts, latency_cap, solver, deadline, mip_rel_gap)
+    solution = _solve_milp(
+        problem, objective, starts, latency_cap, solver, deadline, mip_rel_gap, energy_eta
+    )
     if objective != "energy" and min_split_gain > 0:
         solution = _prefer_one_device(problem, solution, min_split_gain)
     return dataclasses.replace(solution, solve_time_s=time.perf_counter() - start)
@@ -1104,10 +1128,16 @@ def _solve_milp(
     solver: str,
     deadline: float,
     mip_rel_gap: float,
+    energy_eta: float | None = None,
 ) -> Solution:
     """One MILP, solved by ``deadline`` (a ``time.perf_counter()`` value)."""
     start = time.perf_counter()
+
+    def score(*placement) -> float:
+        return evaluate(problem, *placement).value(objective, energy_eta)
+
     m = _Model(problem)
+    m.energy_eta = energy_eta
     add_assignment(m)
     add_transfers(m)
     add_shared_weights(m)
@@ -1129,7 +1159,7 @@ def _solve_milp(
         return fits and (latency_cap is None or ev.time_s <= latency_cap * (1 + 1e-9))
 
     candidates = [st for st in starts.values() if admissible(st)]
-    best_start = min(candidates, key=lambda st: evaluate(problem, *st).value(objective), default=None)
+    best_start = min(candidates, key=lambda st: score(*st), default=None)
     start_values = None
     if best_start is not None and not best_start[1]:  # streaming starts are not canonicalized
         start_values = warm_start_values(m, _canonical_order(problem, best_start[0]))
@@ -1165,13 +1195,13 @@ def _solve_milp(
         streamed = frozenset(
             t for (t, d), z in m.z.items() if assignment[t] == d and (z.value() or 0.0) > 0.5
         )
-        value = evaluate(problem, assignment, streamed).value(objective)
-        if best_start is not None and evaluate(problem, *best_start).value(objective) < value:
+        value = score(assignment, streamed)
+        if best_start is not None and score(*best_start) < value:
             has_solution = False
     if not has_solution:  # the starting point stands: nothing better was found in time
         assert best_start is not None
         assignment, streamed = best_start
-        value = evaluate(problem, assignment, streamed).value(objective)
+        value = score(assignment, streamed)
         return Solution(assignment, "heuristic", objective, value, None, None,
                         time.perf_counter() - start, solver_name, streamed=streamed, **counts)
     optimal = m.prob.sol_status == pulp.LpSolutionOptimal

@@ -61,6 +61,10 @@ def test_config_rejects_bad_values_with_their_name():
         Config(max_memory={"cuda:0": "lots"})
     with pytest.raises(TypeError, match="device_map must be a dict"):
         Config(device_map=3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"energy_eta must be in \[0, 1\].*got -0.5"):
+        Config(energy_eta=-0.5)
+    with pytest.raises(ValueError, match="min_split_gain must be >= 0 .*got -1"):
+        Config(min_split_gain=-1)
 
 
 def test_unknown_option_is_named():

@@ -27,7 +27,8 @@ MB = 10**6
 
 
 def brute_force(
-    problem: PlacementProblem, objective: str = "latency", latency_cap: float | None = None
+    problem: PlacementProblem, objective: str = "latency", latency_cap: float | None = None,
+    energy_eta: float | None = None,
 ) -> tuple[float, tuple[str, ...]] | None:
     """Minimum of ``objective`` over every placement that fits (and meets the latency cap),
     by enumeration."""
@@ -47,8 +48,9 @@ def brute_force(
                     continue
                 if latency_cap is not None and ev.time_s > latency_cap * (1 + 1e-9):
                     continue
-                if best is None or ev.value(objective) < best[0]:
-                    best = (ev.value(objective), assignment, frozenset(streamed))
+                value = ev.value(objective, energy_eta)
+                if best is None or value < best[0]:
+                    best = (value, assignment, frozenset(streamed))
     return best
 
 
@@ -331,6 +333,21 @@ def test_energy_ilp_matches_brute_force_within_the_time_budget(problem, slack):
     assert evaluate(problem, sol.assignment, sol.streamed).time_s <= (1 + slack) * fastest[0] * (1 + 1e-6)
 
 
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(problems(), st.sampled_from([0.0, 0.5, 1.0]))
+def test_energy_eta_ilp_matches_brute_force_of_zeus_cost(problem, eta):
+    sol = _solve_or_none(problem, objective="energy", energy_eta=eta)
+    best = brute_force(problem, "energy", energy_eta=eta)
+    assert (best is None) == (sol is None)
+    if sol is None:
+        return
+    ev = evaluate(problem, sol.assignment, sol.streamed)
+    assert sol.objective == pytest.approx(best[0], rel=1e-6, abs=1e-9)
+    assert sol.objective == pytest.approx(eta * ev.energy_J + (1 - eta) * ev.max_power_W * ev.time_s)
+    if eta == 0.0:  # time alone: the fastest placement
+        assert ev.time_s == pytest.approx(brute_force(problem)[0], rel=1e-6)
+
+
 def test_unknown_objective_and_bad_slack_are_rejected():
     p = _chain([{"cpu": 1e-3, "cuda:0": 1e-3}] * 2, [0, 0], {"cpu": MB, "cuda:0": MB}, 1,
                make_topology([make_device("cpu"), make_device("cuda:0")]))
@@ -338,6 +355,8 @@ def test_unknown_objective_and_bad_slack_are_rejected():
         solve(p, objective="speed")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="energy_slack must be >= 0"):
         solve(p, objective="energy", energy_slack=-1)
+    with pytest.raises(ValueError, match=r"energy_eta must be in \[0, 1\].*got 1.5"):
+        solve(p, objective="energy", energy_eta=1.5)
 
 
 def test_a_starting_point_is_returned_when_the_solver_finds_nothing_better(monkeypatch):

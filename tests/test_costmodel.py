@@ -174,7 +174,7 @@ from autopart.costmodel.roofline import roofline_time_s  # noqa: E402
 aten = torch.ops.aten
 
 
-@pytest.mark.parametrize("training, kind", [(False, "elementwise"), (True, "reduction")])
+@pytest.mark.parametrize("training, kind", [(False, "elementwise:native_batch_norm"), (True, "reduction:native_batch_norm")])
 def test_batch_norm_reduces_only_in_training(training, kind):
     from autopart.costmodel.ops import CostRecorder
 
@@ -193,6 +193,7 @@ def test_op_classes():
     assert op_class(aten._softmax.default) == op_class(aten.native_layer_norm.default) == "reduction"
     assert op_class(aten.cat.default) == op_class(aten.embedding.default) == "copy"
     assert op_class(aten.add.Tensor) == op_class(aten.pow.Tensor_Scalar) == "elementwise"
+    assert op_class(aten.max_pool2d_with_indices.default) == "reduction:max_pool2d_with_indices"
 
 
 def _calibrated_device():
@@ -249,6 +250,7 @@ def test_calibrating_this_cpu_fits_every_class():
     assert set(cal["classes"]) | set(cal["failed"]) == {
         "matmul", "transcendental", "reduction", "copy", "elementwise",
         "transcendental:tanh", "transcendental:gelu", "transcendental:silu", "transcendental:exp",
+        "reduction:max_pool2d_with_indices", "elementwise:native_batch_norm",
     }
     for fit in cal["classes"].values():
         assert fit["rate"] > 0 and fit["overhead_s"] >= 0 and len(fit["samples"]) >= 3

@@ -3,12 +3,14 @@ fixed cost, from timed representative ops.
 
 Classes (:func:`autopart.costmodel.ops.op_class`, by aten op): ``matmul`` (mm, addmm, bmm,
 convolution, attention kernels), ``transcendental`` (tanh, exp, gelu, ...: elementwise but compute-heavy; tanh, gelu,
-silu and exp are fitted one by one as ``transcendental:<op>``),
+silu and exp are fitted one by one as ``transcendental:<op>``, and so are max pooling and
+batch norm with running statistics, ``reduction:max_pool2d_with_indices`` and
+``elementwise:native_batch_norm``),
 ``reduction`` (softmax, layer/batch norm, sum, mean, ...), ``copy`` (clone, cat, index/gather,
 embedding, dtype casts) and ``elementwise`` (everything else that launches work).
 
-For each class, representative ops at several sizes are timed (median of repeated blocks,
-``autopart.profiler.median_time_s``) and costed by the same rules the cost pass uses
+For each class, representative ops at several sizes are timed (the best of repeated blocks,
+``autopart.profiler.best_time_s``: other tenants of a shared machine only add time) and costed by the same rules the cost pass uses
 (:class:`autopart.costmodel.ops.CostRecorder`); then ``time = overhead_s + x / rate`` is fitted
 by relative least squares (:func:`autopart.profiler.fit_alpha_beta`), with ``x`` the op's FLOPs
 for ``matmul`` and its bytes read + written for the other classes. A saturating efficiency
@@ -101,6 +103,15 @@ def _samples(device: torch.device) -> dict[str, list[Callable[[], Any]]]:
         f"transcendental:{name}": [(lambda a=t(n), f=fn: f(a)) for n in sizes[::2]]
         for name, fn in (("tanh", torch.tanh), ("gelu", F.gelu), ("silu", F.silu), ("exp", torch.exp))
     }
+    images = [(1, 64, 56), (1, 64, 112), (1, 256, 56), (4, 64, 112)]  # (batch, channels, side)
+    one_by_one["reduction:max_pool2d_with_indices"] = [
+        (lambda x=t(b, c, s, s): F.max_pool2d(x, 3, 2, 1)) for b, c, s in images
+    ]
+    one_by_one["elementwise:native_batch_norm"] = [
+        (lambda x=t(b, c, s, s), m=t(c), v=t(c).abs(), w=t(c), bias=t(c):
+         F.batch_norm(x, m, v, w, bias, training=False))
+        for b, c, s in images
+    ]
     rows = [4, 32, 128, 512, 2048]
     reduction = [(lambda a=t(r, 768): torch.softmax(a, -1)) for r in rows]
     reduction += [(lambda a=t(r, 768): F.layer_norm(a, (768,))) for r in rows[1::2]]
@@ -142,7 +153,7 @@ def calibrate_device(device: str | torch.device, *, budget_s: float = 10.0) -> d
     Raises:
         ValueError: ``budget_s`` is not > 0.
     """
-    from ..profiler import fit_alpha_beta, median_time_s
+    from ..profiler import best_time_s, fit_alpha_beta
 
     if not budget_s > 0:
         raise ValueError(f"calibrate_device: budget_s must be > 0 seconds, got {budget_s!r}")
@@ -157,7 +168,7 @@ def calibrate_device(device: str | torch.device, *, budget_s: float = 10.0) -> d
             points = []
             for fn in fns:
                 x = _work(fn, cls)
-                seconds, _, _ = median_time_s(fn, cuda, time_s=per_sample_s)
+                seconds = best_time_s(fn, cuda, time_s=per_sample_s)
                 points.append([x, seconds] + ([_work(fn, "matmul:bytes")] if cls == "matmul" else []))
             try:
                 overhead_s, rate, r2 = fit_alpha_beta([p[0] for p in points], [p[1] for p in points])

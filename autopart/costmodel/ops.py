@@ -56,9 +56,11 @@ _TRANSCENDENTAL = {
     "tanh", "exp", "exp2", "log", "log2", "log1p", "expm1", "sigmoid", "gelu", "erf", "erfc",
     "silu", "mish", "elu", "softplus", "rsqrt", "sqrt", "sin", "cos", "tan", "atan",
 }
-#: Transcendental ops calibrated one by one (their cost per element differs several-fold);
-#: their class is "transcendental:<name>", falling back to the class fit.
-CALIBRATED_ONE_BY_ONE = ("tanh", "gelu", "silu", "exp")
+#: Ops calibrated one by one, their class "<class>:<name>" (falling back to the class fit):
+#: transcendentals whose cost per element differs several-fold, and CNN ops whose CPU kernels
+#: run far off their class's rate (max pooling: 13x slower per byte than a reduction on an
+#: EPYC; batch norm with running statistics: 2x slower than an add).
+CALIBRATED_ONE_BY_ONE = ("tanh", "gelu", "silu", "exp", "max_pool2d_with_indices", "native_batch_norm")
 _REDUCTION = {
     "_softmax", "_log_softmax", "native_layer_norm", "native_batch_norm",
     "_native_batch_norm_legit", "native_group_norm",
@@ -77,19 +79,20 @@ _COPY = {
 
 def op_class(func: Any) -> str:
     """The class of an aten op, for calibration (:mod:`autopart.costmodel.calibration`):
-    ``"matmul"``, ``"transcendental"`` (``"transcendental:<op>"`` for the ops in
-    :data:`CALIBRATED_ONE_BY_ONE`), ``"reduction"``, ``"copy"``, else ``"elementwise"``."""
+    ``"matmul"``, ``"transcendental"``, ``"reduction"``, ``"copy"``, else ``"elementwise"``;
+    ``"<class>:<op>"`` for the ops in :data:`CALIBRATED_ONE_BY_ONE`."""
     packet = getattr(func, "overloadpacket", func)
     name = getattr(packet, "__name__", str(packet)).split(".")[-1]
     if name in _MATMUL:
         return "matmul"
+    base = "elementwise"
     if name in _TRANSCENDENTAL:
-        return f"transcendental:{name}" if name in CALIBRATED_ONE_BY_ONE else "transcendental"
-    if name in _REDUCTION:
-        return "reduction"
-    if name in _COPY:
-        return "copy"
-    return "elementwise"
+        base = "transcendental"
+    elif name in _REDUCTION:
+        base = "reduction"
+    elif name in _COPY:
+        base = "copy"
+    return f"{base}:{name}" if name in CALIBRATED_ONE_BY_ONE else base
 
 
 CostRule = Callable[[Any, tuple, dict, Any], OpCost]
@@ -173,7 +176,7 @@ def aten_op_cost(func, args: tuple, kwargs: dict, out: Any) -> OpCost:
     rule = _RULES.get(func) or _RULES.get(getattr(func, "overloadpacket", None)) or default_cost
     kind = op_class(func)
     if getattr(func, "overloadpacket", None) is aten.native_batch_norm and not _training(args, kwargs):
-        kind = "elementwise"  # normalizes with the running statistics: no reduction
+        kind = "elementwise:native_batch_norm"  # normalizes with the running statistics: no reduction
     return dataclasses.replace(rule(func, args, kwargs, out), kind=kind)
 
 

@@ -165,8 +165,9 @@ class Evaluation:
 
     ``time_s``: one call (latency): the larger of :func:`critical_path_s` and the busiest
     device (the ILP's makespan); ``compute_s``, ``transfer_s``: all compute and all copies,
-    overlapped or not; ``busy_s``: per device, its compute plus the copies it receives; ``bottleneck_s``: the busiest device (the throughput objective); ``energy_J``: one
-    call's energy (devices without power figures count 0 W); ``peak_bytes`` per device.
+    overlapped or not; ``busy_s``: per device, its compute plus the copies it receives;
+    ``bottleneck_s``: the busiest device (the throughput objective); ``energy_J``: one call's
+    energy (devices without power figures count 0 W); ``peak_bytes`` per device.
     """
 
     time_s: float
@@ -726,19 +727,23 @@ def aggregated_bottleneck_bound_s(problem: PlacementProblem, time_limit_s: float
 
     Free tasks with equal times (not all zero), bytes and streaming options form a class
     :math:`k` (the repeated layers of a transformer are one class; every other task is a class
-    of its own); integers :math:`n_{k,d}` and
-    :math:`s_{k,d}` count its tasks computed on :math:`d` with their weights there, or streamed
-    to :math:`d` from its host. Minimize :math:`eta` subject to
-    :math:`\sum_d (n_{k,d} + s_{k,d}) = |k|`; device :math:`d` busy at most :math:`eta` with its
-    fixed tasks' compute, :math:`\sum_k 	au_{k,d} (n_{k,d} + s_{k,d}) + \sigma_{k,d} s_{k,d}`,
-    the copies into :math:`d` of values from fixed tasks read by a one-task class there, and the
-    copies to fixed readers on :math:`d` of values from a one-task class not on :math:`d`; and
-    weights within capacity (resident, plus streamed ones on the host). Dropping every other
-    copy, activations and shared-weight copies only lowers each device's time and bytes, so
-    the optimum, and HiGHS's dual bound when it stops at ``time_limit_s``, bound the ILP from
-    below. Counts cut the symmetry among identical layers that stalls the full ILP: this bound
-    proves Llama-8B's bottleneck where the relaxation of the full model does not.
-    Returns seconds (0 when no bound is found in time).
+    of its own); integers :math:`n_{k,d}` and :math:`s_{k,d}` count its tasks computed on
+    :math:`d` with their weights there, or streamed to :math:`d` from its host. Minimize
+    :math:`\beta` subject to :math:`\sum_d (n_{k,d} + s_{k,d}) = |k|`, weights within each
+    device's capacity (resident ones, and streamed ones on their host), and every device busy
+    at most :math:`\beta` with: its fixed tasks' compute;
+    :math:`\sum_k \tau_{k,d} (n_{k,d} + s_{k,d}) + \sigma_{k,d} s_{k,d}`; for each value read
+    on :math:`d` only by one-task classes or fixed tasks, its cheapest copy to :math:`d` unless
+    its producer is there; and for each class with several tasks, the inputs of the first of
+    them on :math:`d` (a value all of them read, unless its producer is on :math:`d`; the
+    others, unless a producer from outside the class is on :math:`d`). Every other copy,
+    activations and shared-weight copies are dropped, which only lowers each device's time and
+    bytes, so the optimum, and HiGHS's dual bound when it stops at ``time_limit_s``, bound the
+    ILP from below. Counts remove the symmetry among identical layers that stalls the full ILP:
+    this bound proves Llama-8B's memory-bound split on 8 GPUs, and GPT-2's on 4.
+
+    Returns:
+        Seconds; 0 when HiGHS is not installed or finds no bound in time.
     """
     tasks, devices = problem.tasks, problem.devices
     homes = {w.home for w in problem.shared}

@@ -933,7 +933,9 @@ class _WarmHiGHS(pulp.HiGHS):
 
     HiGHS 1.16 can report the optimum's objective yet return the starting solution's columns
     (seen when presolve solves the model): when the returned columns do not achieve the reported
-    objective, the model is solved again without the start.
+    objective, the model is solved again without the start. Its presolve can also end in a
+    solve error on a small model whose only placements stream weights ("untransformed
+    violations"); the model is then solved again without presolve.
     """
 
     def __init__(self, start: dict[pulp.LpVariable, float] | None = None, **options) -> None:
@@ -951,6 +953,19 @@ class _WarmHiGHS(pulp.HiGHS):
             log.debug("HiGHS returned columns that miss its objective; solving without the start")
             highs.clearSolver()
             highs.run()
+        if highs.getModelStatus() in _presolve_failures():
+            log.debug("HiGHS presolve failed (%s); solving without presolve", highs.getModelStatus())
+            highs.clearSolver()
+            highs.setOptionValue("presolve", "off")
+            highs.run()
+
+
+@functools.cache
+def _presolve_failures() -> frozenset:
+    import highspy
+
+    status = highspy.HighsModelStatus
+    return frozenset({status.kSolveError, status.kPresolveError, status.kPostsolveError})
 
 
 def _columns_match_objective(highs) -> bool:

@@ -4,12 +4,9 @@ For each model (transformers architectures with random weights, batch 1): captur
 with Dynamo, predict every node's time on this machine's CPU with autopart's cost model (the
 calibrated topology when a calibration exists), then measure:
 
-- whole graph: runs of the captured graph (warm), before, after, and every ``PROBE_EVERY``
-  nodes while the nodes are measured (a minute or more apart), each between two runs of a
-  reference matmul (``REFERENCE_MNK``, one of the calibration's samples); reported: the best
-  run (error against it: "error"), the median run, and the graph's time in units of the
-  reference, median over runs, against the prediction in the same units ("drift-free error":
-  the VM's speed, which moves by tens of percent within a minute, cancels);
+- whole graph: the best (least) time over runs of the captured graph (warm), taken before,
+  after, and every ``PROBE_EVERY`` nodes while the nodes are measured (a minute or more apart:
+  the VM's speed moves by tens of percent over that time); the median is reported too;
 - each node: the best over repeats of calling its target on the real input values;
 - peak memory: the most bytes of tensors alive at once during a real run (a dispatch mode
   follows every tensor produced until Python frees it), plus weights and inputs.
@@ -21,16 +18,13 @@ bench/results/costmodel-<machine>-<date>.{md,json}.
 Targets on CPU (issue 4): whole graph within 15%; median |rel. error| of nodes > 50 us at most
 30%; peak memory within 10%.
 
-The targets are checked on the drift-free error, as the project's benchmarks compare side by
-side in one run; the error against the best run is shown next to it.
-
 Why the best time: on a shared 2-core VM the same graph took 243 to 528 ms within one process
 seconds apart; other tenants only ever add time, so the least time is the estimate of the
 machine the cost model describes (Python's ``timeit`` documentation makes the same argument:
 "the lowest value gives a lower bound for how fast your machine can run the given code
 snippet; higher values ... are typically ... caused by other processes interfering").
 
-    python bench/costmodel.py [--models gpt2 bert llama resnet] [--repeats 5] [--topology FILE]
+    python bench/costmodel.py [--models gpt2 bert llama resnet] [--repeats 7] [--budget 30] [--topology FILE]
 """
 
 from __future__ import annotations
@@ -52,8 +46,6 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves, tree_map
 
 import autopart
-from autopart.costmodel.ops import CostRecorder
-from autopart.costmodel.roofline import ops_time_s
 from autopart.passes import record
 from autopart.passes.cost import is_inplace
 from autopart.profiler import profile_topology
@@ -122,34 +114,7 @@ def time_samples_s(fn, repeats: int, min_time_s: float = 0.02) -> list[float]:
 
 
 PROBE_EVERY = 25
-"""Nodes measured between two side-by-side runs of the whole graph and the reference."""
-
-REFERENCE_MNK = (256, 1024, 1024)
-"""The reference matmul (m, k, n): one of ``autopart.costmodel.calibration``'s samples."""
-
-
-def reference(topology, device: str):
-    """The reference matmul (a callable) and its predicted seconds on ``device``."""
-    m, k, n = REFERENCE_MNK
-    a, b = torch.randn(m, k), torch.randn(k, n)
-    recorder = CostRecorder()
-    with torch.no_grad(), recorder:
-        torch.mm(a, b)
-    return (lambda: torch.mm(a, b)), ops_time_s(recorder.ops, topology.device(device))
-
-
-def side_by_side_s(graph, ref, runs: int) -> list[tuple[float, float]]:
-    """``runs`` pairs (graph seconds, reference seconds around it: the mean of the best of 3
-    reference calls before and after)."""
-    pairs = []
-    for _ in range(runs):
-        before = min(time_samples_s(ref, 3, min_time_s=0.0))
-        start = time.perf_counter()
-        graph()
-        seconds = time.perf_counter() - start
-        after = min(time_samples_s(ref, 3, min_time_s=0.0))
-        pairs.append((seconds, (before + after) / 2))
-    return pairs
+"""Nodes measured between two timed runs of the whole graph."""
 
 
 def node_times_s(gm: torch.fx.GraphModule, inputs, repeats: int, probe=None) -> dict[str, float]:
@@ -243,18 +208,14 @@ def rel(pred: float, meas: float) -> float:
 def run_model(name: str, topology, device: str, repeats: int) -> dict:
     model, inputs = build(name)
     gm, example_inputs, analysis = capture(model, inputs, topology)
-    ref, ref_predicted_s = reference(topology, device)
 
-    def graph():
+    def run_whole(runs: int) -> list[float]:
         with torch.no_grad():
-            gm(*example_inputs)
+            return time_samples_s(lambda: gm(*example_inputs), runs, min_time_s=0.0)
 
-    graph()  # warm-up
-    pairs = side_by_side_s(graph, ref, repeats)
-    nodes = node_times_s(gm, example_inputs, repeats, probe=lambda: pairs.extend(side_by_side_s(graph, ref, 1)))
-    pairs += side_by_side_s(graph, ref, repeats)
-    whole = [g for g, _ in pairs]
-    in_refs = statistics.median(g / r for g, r in pairs)
+    whole = run_whole(repeats)
+    nodes = node_times_s(gm, example_inputs, repeats, probe=lambda: whole.extend(run_whole(1)))
+    whole += run_whole(repeats)
     by_name = {n.name: n for n in gm.graph.nodes}
     pred = {n: record(by_name[n]).time_s[device] for n in nodes}
     kinds: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0])
@@ -271,10 +232,7 @@ def run_model(name: str, topology, device: str, repeats: int) -> dict:
         "whole_measured_s": min(whole),
         "whole_median_s": statistics.median(whole),
         "whole_predicted_s": sum(record(n).time_s[device] for n in gm.graph.nodes),
-        "whole_measured_in_references": in_refs,
-        "reference_predicted_s": ref_predicted_s,
-        "whole_predicted_in_references": sum(record(n).time_s[device] for n in gm.graph.nodes) / ref_predicted_s,
-        "side_by_side_s": pairs,
+        "whole_samples_s": whole,
         "sum_node_measured_s": sum(nodes.values()),
         "median_abs_rel_error_nodes_over_50us": statistics.median(big) if big else float("nan"),
         "nodes_over_50us": len(big),
@@ -290,17 +248,13 @@ def report(results: list[dict], machine: str) -> str:
     lines = [f"# Cost model against measurement on {machine}", "",
              f"date {datetime.date.today()}, torch {torch.__version__}, autopart {autopart.__version__}", "",
              "Measured: the best over repeats (module docstring); the graph's median is shown too.", "",
-             f"Drift-free: the graph's time in units of a {'x'.join(map(str, REFERENCE_MNK))} matmul run "
-             "next to it (median over runs), measured and predicted.", "",
-             "| model | nodes | graph measured | (median) | graph predicted | error | drift-free measured | predicted | drift-free error | node median abs error (>50us, n) | peak measured | peak predicted | error |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| model | nodes | graph measured | (median) | graph predicted | error | node median abs error (>50us, n) | peak measured | peak predicted | error |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(
             f"| {r['model']} | {r['nodes']} | {r['whole_measured_s']*1e3:.2f} ms | "
             f"{r['whole_median_s']*1e3:.2f} ms | "
             f"{r['whole_predicted_s']*1e3:.2f} ms | {rel(r['whole_predicted_s'], r['whole_measured_s']):+.1%} | "
-            f"{r['whole_measured_in_references']:.1f} | {r['whole_predicted_in_references']:.1f} | "
-            f"{rel(r['whole_predicted_in_references'], r['whole_measured_in_references']):+.1%} | "
             f"{r['median_abs_rel_error_nodes_over_50us']:.1%} ({r['nodes_over_50us']}) | "
             f"{r['peak_measured_bytes']/2**20:.1f} MiB | {r['peak_predicted_bytes']/2**20:.1f} MiB | "
             f"{rel(r['peak_predicted_bytes'], r['peak_measured_bytes']):+.1%} |"
@@ -316,7 +270,7 @@ def report(results: list[dict], machine: str) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", default=["gpt2", "bert", "llama", "resnet"])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--topology", help="a profiled topology file (default: profile and "
                         "calibrate this machine just before each model, in the same run)")
     parser.add_argument("--budget", type=float, default=30.0, help="seconds per profile")

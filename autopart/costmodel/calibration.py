@@ -10,7 +10,9 @@ batch norm with running statistics, ``reduction:max_pool2d_with_indices`` and
 embedding, dtype casts) and ``elementwise`` (everything else that launches work).
 
 For each class, representative ops at several sizes are timed (the best of repeated blocks,
-``autopart.profiler.best_time_s``: other tenants of a shared machine only add time) and costed by the same rules the cost pass uses
+``autopart.profiler.best_time_s``, over ``ROUNDS`` passes spread across the budget, after
+``SUSTAIN_S`` of matmuls: other tenants of a shared machine only add time, and a model's run
+holds the clock a sustained load gets) and costed by the same rules the cost pass uses
 (:class:`autopart.costmodel.ops.CostRecorder`); then ``time = overhead_s + x / rate`` is fitted
 by relative least squares (:func:`autopart.profiler.fit_alpha_beta`), with ``x`` the op's FLOPs
 for ``matmul`` and its bytes read + written for the other classes. A saturating efficiency
@@ -42,6 +44,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -127,6 +130,23 @@ def _samples(device: torch.device) -> dict[str, list[Callable[[], Any]]]:
     }
 
 
+ROUNDS = 3
+"""Passes over every sample: a sample's time is its best over passes spread across the
+budget, so that a slow spell of a shared machine (seconds long) does not bend one class."""
+
+SUSTAIN_S = 2.0
+"""Seconds of matmuls run before the first timed sample, so that the device times ops at the
+clock it holds under the sustained load of a model's run rather than a burst's boost clock."""
+
+
+def _sustain(fn: Callable[[], Any], cuda: list[torch.device], seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        fn()
+    for dev in cuda:
+        torch.cuda.synchronize(dev)
+
+
 def _work(fn: Callable[[], Any], cls: str) -> float:
     """FLOPs (matmul) or bytes (others) of the ops of class ``cls`` that ``fn`` runs."""
     recorder = CostRecorder()
@@ -144,8 +164,9 @@ def calibrate_device(device: str | torch.device, *, budget_s: float = 10.0) -> d
 
     Args:
         device: a local torch device.
-        budget_s: seconds to spend (> 0), shared evenly by the samples (each gets at least
-            10 ms of repeats).
+        budget_s: seconds to spend (> 0), shared evenly by the samples over
+            :data:`ROUNDS` passes (each pass gives each sample at least 10 ms of repeats); a
+            sample's time is its best over the passes.
 
     Returns:
         The ``calibration`` dict (module docstring).
@@ -160,16 +181,22 @@ def calibrate_device(device: str | torch.device, *, budget_s: float = 10.0) -> d
     dev = torch.device(device)
     cuda = [dev] if dev.type == "cuda" else []
     samples = _samples(dev)
-    per_sample_s = max(0.01, budget_s / sum(len(v) for v in samples.values()))
+    per_sample_s = max(0.01, budget_s / ROUNDS / sum(len(v) for v in samples.values()))
     classes: dict[str, Any] = {}
     failed: dict[str, str] = {}
     with torch.no_grad():
+        _sustain(samples["matmul"][-1], cuda, min(SUSTAIN_S, 0.1 * budget_s))
+        best: dict[tuple[str, int], float] = {}
+        for _ in range(ROUNDS):
+            for cls, fns in samples.items():
+                for i, fn in enumerate(fns):
+                    seconds = best_time_s(fn, cuda, time_s=per_sample_s)
+                    best[cls, i] = min(best.get((cls, i), seconds), seconds)
         for cls, fns in samples.items():
             points = []
-            for fn in fns:
+            for i, fn in enumerate(fns):
                 x = _work(fn, cls)
-                seconds = best_time_s(fn, cuda, time_s=per_sample_s)
-                points.append([x, seconds] + ([_work(fn, "matmul:bytes")] if cls == "matmul" else []))
+                points.append([x, best[cls, i]] + ([_work(fn, "matmul:bytes")] if cls == "matmul" else []))
             try:
                 overhead_s, rate, r2 = fit_alpha_beta([p[0] for p in points], [p[1] for p in points])
             except ValueError as exc:

@@ -755,9 +755,11 @@ def chain_dp(
     contiguous non-empty stages; each stage runs on its own device (no device holds two
     stages), in any order of devices (with ``order``: in that order, devices may be skipped);
     tasks fixed to a device stay there and do not cut a stage. Within this space the result is
-    exact for :func:`~autopart.solver.evaluate`'s objective: the sum of compute times plus,
-    for each value, one transfer per device (other than the producer's) where some reader runs,
-    skip connections included, with each device's memory held at every step.
+    exact for the sequential time (:attr:`~autopart.solver.Evaluation.sequential_s`): the sum
+    of compute times plus, for each value, one transfer per device (other than the producer's)
+    where some reader runs, skip connections included, with each device's memory held at every
+    step. :func:`~autopart.solver.evaluate`'s latency (a makespan) can be lower where a copy or
+    a branch overlaps other work; the DP reports that value.
 
     Method: dynamic program over stage boundaries :math:`i` (a position among the free tasks).
     State: which devices are used (a mask; interchangeable devices, as

@@ -48,7 +48,7 @@ from typing import Literal
 import networkx as nx
 
 from .coarsen import PlacementProblem, Value
-from .solver import Evaluation, evaluate, interchangeable_devices
+from .solver import Evaluation, copy_time_s, evaluate, interchangeable_devices
 
 log = logging.getLogger(__name__)
 
@@ -222,13 +222,6 @@ def _check_order(problem: PlacementProblem, order: Sequence[str], option: str) -
     if not order:
         raise ValueError(f"{option}: name at least one device of {known}")
     return order
-
-
-def _xfer_s(problem: PlacementProblem, v: Value, src: str, dst: str) -> float:
-    """Seconds to send value ``v`` from ``src`` to ``dst``, exactly as ``evaluate`` counts it:
-    ``count * latency_s + nbytes / bandwidth_Bps`` over ``topology.link(src, dst)``."""
-    link = problem.topology.link(src, dst)
-    return v.count * link.latency_s + v.nbytes / link.bandwidth_Bps
 
 
 # --------------------------------------------------------------------------- accelerate
@@ -457,7 +450,7 @@ def m_etf(problem: PlacementProblem, *, rule: Literal["finish", "start"] = "fini
                 arrival = 0.0
                 for v in inputs[i]:
                     src = placed[v.producer]
-                    sent = 0.0 if src == d else _xfer_s(problem, v, src, d)
+                    sent = 0.0 if src == d else copy_time_s(problem, v, src, d)
                     arrival = max(arrival, finish[v.producer] + sent)
                 start = max(free_at[d], arrival)
                 end = start + task.time_s.get(d, 0.0)
@@ -547,10 +540,10 @@ def _prepare_chain(problem: PlacementProblem, devices: list[str], latency: bool)
         if not latency:
             continue
         if src:  # fixed -> fixed transfers do not depend on the placement
-            constant += sum(_xfer_s(problem, v, src, x) for x in dsts - {src})
+            constant += sum(copy_time_s(problem, v, src, x) for x in dsts - {src})
         else:  # free -> fixed: known once the producer's device is
             for d in devices:
-                out_s[pos[v.producer]][d] += sum(_xfer_s(problem, v, d, x) for x in dsts - {d})
+                out_s[pos[v.producer]][d] += sum(copy_time_s(problem, v, d, x) for x in dsts - {d})
 
     base = {}
     for d in devices:
@@ -694,7 +687,7 @@ def _run_dp(
     def cost(v: Value, src: str, dst: str) -> float:
         key = (id(v), src, dst)
         if key not in xfer:
-            xfer[key] = _xfer_s(problem, v, src, dst)
+            xfer[key] = copy_time_s(problem, v, src, dst)
         return xfer[key]
 
     # best[i]: (used devices, devices of the open producers at i) -> (value, back pointer)
@@ -817,7 +810,7 @@ def stage_times(problem: PlacementProblem, assignment: Sequence[str]) -> dict[st
     for v in problem.values:
         src = assignment[v.producer]
         for dst in {assignment[c] for c in v.consumers if tasks[c].fixed_device is None} - {src}:
-            out[dst] += _xfer_s(problem, v, src, dst)
+            out[dst] += copy_time_s(problem, v, src, dst)
     return out
 
 

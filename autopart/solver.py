@@ -122,7 +122,7 @@ from typing import Literal
 
 import pulp
 
-from .coarsen import PlacementProblem
+from .coarsen import PlacementProblem, Value
 
 log = logging.getLogger(__name__)
 
@@ -238,6 +238,22 @@ def stream_time_s(problem: PlacementProblem, task: int, device: str) -> float:
     return link.latency_s + problem.tasks[task].resident_bytes / link.bandwidth_Bps
 
 
+def copy_time_s(problem: PlacementProblem, v: Value, src: str, dst: str) -> float:
+    """Seconds to send value ``v`` from ``src`` to ``dst``: ``count * latency_s + nbytes /
+    bandwidth_Bps`` over ``topology.link(src, dst)`` (alpha-beta, one latency per tensor)."""
+    link = problem.topology.link(src, dst)
+    return v.count * link.latency_s + v.nbytes / link.bandwidth_Bps
+
+
+def values_read_by(problem: PlacementProblem) -> dict[int, list[Value]]:
+    """Task index -> the values it reads."""
+    readers: dict[int, list[Value]] = {}
+    for v in problem.values:
+        for c in v.consumers:
+            readers.setdefault(c, []).append(v)
+    return readers
+
+
 def evaluate(
     problem: PlacementProblem,
     assignment: tuple[str, ...] | list[str],
@@ -246,7 +262,6 @@ def evaluate(
     """Predicted time (seconds), energy (joules) and per-device peak memory (bytes) of
     ``assignment`` (with the weights of tasks in ``streamed`` held in host memory and copied
     each call), exactly as the ILP models them (module docstring)."""
-    topo = problem.topology
     tasks = problem.tasks
     busy: dict[str, float] = {d: 0.0 for d in powered_devices(problem)}
     compute = 0.0
@@ -262,8 +277,7 @@ def evaluate(
     for v in problem.values:
         src = assignment[v.producer]
         for dst in {assignment[c] for c in v.consumers} - {src}:
-            link = topo.link(src, dst)
-            seconds = v.count * link.latency_s + v.nbytes / link.bandwidth_Bps
+            seconds = copy_time_s(problem, v, src, dst)
             transfer += seconds
             busy[dst] = busy.get(dst, 0.0) + seconds
     latency = max(critical_path_s(problem, assignment, streamed), max(busy.values(), default=0.0))
@@ -306,20 +320,15 @@ def critical_path_s(
 
 def _earliest_starts(problem: PlacementProblem, assignment, streamed) -> tuple[list[float], list[float]]:
     """Per task, (start, finish) seconds of :func:`critical_path_s`'s schedule."""
-    topo = problem.topology
     ready = [0.0] * len(problem.tasks)
     finish = [0.0] * len(problem.tasks)
-    readers: dict[int, list] = {}
-    for v in problem.values:
-        for c in v.consumers:
-            readers.setdefault(c, []).append(v)
+    readers = values_read_by(problem)
     for t, (task, d) in enumerate(zip(problem.tasks, assignment)):
         for v in readers.get(t, ()):
             src = assignment[v.producer]
             arrive = finish[v.producer]
             if src != d:
-                link = topo.link(src, d)
-                arrive += v.count * link.latency_s + v.nbytes / link.bandwidth_Bps
+                arrive += copy_time_s(problem, v, src, d)
             ready[t] = max(ready[t], arrive)
         own = stream_time_s(problem, t, d) if t in streamed else 0.0
         finish[t] = ready[t] + task.time_s.get(d, 0.0) + own
@@ -394,10 +403,7 @@ def greedy_placement(problem: PlacementProblem) -> tuple[str, ...] | None:
     Returns None if no fitting placement is found this way.
     """
     devices = problem.devices
-    readers: dict[int, list] = {}
-    for v in problem.values:
-        for c in v.consumers:
-            readers.setdefault(c, []).append(v)
+    readers = values_read_by(problem)
     for headroom in (1.0, 0.9, 0.75, 0.5):
         assignment: list[str] = []
         used = {d: 0 for d in devices}
@@ -420,8 +426,7 @@ def greedy_placement(problem: PlacementProblem) -> tuple[str, ...] | None:
                 for v in readers.get(i, ()):
                     src = assignment[v.producer]
                     if src != d:
-                        link = problem.topology.link(src, d)
-                        cost += v.count * link.latency_s + v.nbytes / link.bandwidth_Bps
+                        cost += copy_time_s(problem, v, src, d)
                 if cost < best_cost:
                     best, best_cost = d, cost
             if best is None:
@@ -628,9 +633,7 @@ def _busy_terms(m: _Model) -> dict[str, list[tuple[pulp.LpVariable, float]]]:
         for d in m.allowed[t]:
             busy.setdefault(d, []).append((m.x[t, d], task.time_s.get(d, 0.0)))
     for (vi, s, d), var in m.y.items():
-        v = p.values[vi]
-        link = p.topology.link(s, d)
-        busy.setdefault(d, []).append((var, v.count * link.latency_s + v.nbytes / link.bandwidth_Bps))
+        busy.setdefault(d, []).append((var, copy_time_s(p, p.values[vi], s, d)))
     for (t, d), z in m.z.items():
         busy[d].append((z, stream_time_s(p, t, d)))
     return busy
@@ -663,8 +666,7 @@ def add_precedence(m: _Model) -> None:
         copies = {}  # destination -> {y: seconds / unit}
         for (vj, s, d), y in m.y.items():
             if vj == vi:
-                link = p.topology.link(s, d)
-                copies.setdefault(d, {})[y] = (v.count * link.latency_s + v.nbytes / link.bandwidth_Bps) / unit
+                copies.setdefault(d, {})[y] = copy_time_s(p, v, s, d) / unit
         if len(v.consumers) == 1:  # every copy of v goes to its one reader: no big-M needed
             every = {y: c for copy in copies.values() for y, c in copy.items()}
             m.prob += start[v.consumers[0]] >= finish + pulp.LpAffineExpression(every)
@@ -784,7 +786,7 @@ def aggregated_bottleneck_bound_s(problem: PlacementProblem, time_limit_s: float
         """The fastest copy of v to dst from wherever its producer may run."""
         fixed = tasks[v.producer].fixed_device
         sources = [fixed] if fixed else devices
-        return min((_copy_s(problem, v, d, dst) for d in sources if d != dst), default=0.0)
+        return min((copy_time_s(problem, v, d, dst) for d in sources if d != dst), default=0.0)
 
     def here(q: int, d: str):
         """At least 1 if task q runs on d (all of q's class is counted: weaker, still valid)."""
@@ -856,11 +858,6 @@ def aggregated_bottleneck_bound_s(problem: PlacementProblem, time_limit_s: float
     prob.solve(backend)
     bound = float(prob.solverModel.getInfo().mip_dual_bound)
     return bound * unit if bound == bound and abs(bound) != float("inf") and bound > 0 else 0.0
-
-
-def _copy_s(problem: PlacementProblem, v, src: str, dst: str) -> float:
-    link = problem.topology.link(src, dst)
-    return v.count * link.latency_s + v.nbytes / link.bandwidth_Bps
 
 
 def add_objective(m: _Model, objective: str) -> None:

@@ -12,9 +12,12 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from ._io import atomic_write_text
 from .coarsen import PlacementProblem
 from .graph import AnnotatedGraph
+from .kernels.compression import packed_element_size
 from .solver import Solution, evaluate, stream_host
 from .topology import Topology
 
@@ -294,9 +297,6 @@ def plan_transfers(
     return tuple(transfers), tuple(replicas)
 
 
-_CODEC_BYTES_PER_ELEMENT = {"bf16": {"float32": 2}, "int8": {"float32": 1, "float16": 1, "bfloat16": 1}}
-
-
 def choose_compression(
     transfers: tuple[Transfer, ...], graph: AnnotatedGraph, topology: Topology, method: str
 ) -> tuple[tuple[Transfer, ...], dict[str, float]]:
@@ -315,16 +315,15 @@ def choose_compression(
     Raises:
         ValueError: ``method`` is not ``"none"``, ``"bf16"`` or ``"int8"``.
     """
-    if method == "none":
+    if packed_element_size(torch.float32, method) is None:  # "none" (an unknown name raises)
         return transfers, {}
-    if method not in _CODEC_BYTES_PER_ELEMENT:
-        raise ValueError(f"compression={method!r} is not one of ['none', 'bf16', 'int8']")
     chosen, saved = [], {}
     for t in transfers:
         source = graph.node(t.source_node)
         packed = None
         if source.is_compute and t.reason.startswith("read by") and len(source.tensors) == 1:
-            packed = _CODEC_BYTES_PER_ELEMENT[method].get(source.tensors[0].dtype.removeprefix("torch."))
+            dtype = getattr(torch, source.tensors[0].dtype.removeprefix("torch."), None)
+            packed = packed_element_size(dtype, method) if isinstance(dtype, torch.dtype) else None
         if packed is None:
             chosen.append(t)
             continue

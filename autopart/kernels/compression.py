@@ -100,13 +100,25 @@ def _check_method(method: str) -> None:
         )
 
 
+def packed_element_size(dtype: torch.dtype, method: CompressionName) -> int | None:
+    """Bytes per element that cross the link when ``method`` packs a tensor of ``dtype``:
+    2 for ``"bf16"`` of float32, 1 for ``"int8"`` of float32/float16/bfloat16; None when the
+    tensor passes through unchanged (any other pair).
+
+    Raises:
+        ValueError: ``method`` is not ``"none"``, ``"bf16"`` or ``"int8"``.
+    """
+    _check_method(method)
+    if method == "none" or dtype not in _COMPRESSIBLE_DTYPES:
+        return None
+    if method == "bf16":
+        return 2 if dtype.itemsize > 2 else None
+    return 1
+
+
 def _effective_method(x: torch.Tensor, method: CompressionName) -> CompressionName:
     """The method compress() really applies to ``x`` ("none" for pass-through)."""
-    if method == "none" or x.dtype not in _COMPRESSIBLE_DTYPES:
-        return "none"
-    if method == "bf16" and x.element_size() <= 2:
-        return "none"
-    return method
+    return "none" if packed_element_size(x.dtype, method) is None else method
 
 
 def _int8_scale(x: torch.Tensor) -> torch.Tensor:

@@ -186,6 +186,17 @@ def test_batch_norm_reduces_only_in_training(training, kind):
     assert norm.kind == kind
 
 
+def test_decomposed_eval_batch_norm_is_costed_as_eval_batch_norm():
+    from autopart.costmodel.ops import CostRecorder
+
+    x, c = torch.randn(2, 4, 3, 3), 4
+    recorder = CostRecorder()
+    with torch.no_grad(), recorder:
+        aten._native_batch_norm_legit_no_training(x, torch.ones(c), torch.zeros(c), torch.zeros(c), torch.ones(c), 0.1, 1e-5)
+    norm = max(recorder.ops, key=lambda op: op.bytes_read)
+    assert norm.kind == "elementwise:native_batch_norm"
+
+
 def test_op_classes():
     assert op_class(aten.mm.default) == op_class(aten.convolution.default) == "matmul"
     assert op_class(aten.tanh.default) == "transcendental:tanh"

@@ -174,16 +174,18 @@ def _itemsize(value: Any) -> int:
 def aten_op_cost(func, args: tuple, kwargs: dict, out: Any) -> OpCost:
     """Cost of one aten op call: its registered rule, else :func:`default_cost`."""
     rule = _RULES.get(func) or _RULES.get(getattr(func, "overloadpacket", None)) or default_cost
-    kind = op_class(func)
-    if getattr(func, "overloadpacket", None) is aten.native_batch_norm and not _training(args, kwargs):
-        kind = "elementwise:native_batch_norm"  # normalizes with the running statistics: no reduction
+    kind = "elementwise:native_batch_norm" if _eval_batch_norm(func, args, kwargs) else op_class(func)
     return dataclasses.replace(rule(func, args, kwargs, out), kind=kind)
 
 
-def _training(args: tuple, kwargs: dict) -> bool:
-    """``training`` of ``native_batch_norm(input, weight, bias, running_mean, running_var,
-    training, momentum, eps)``."""
-    return bool(kwargs.get("training", args[5] if len(args) > 5 else True))
+def _eval_batch_norm(func: Any, args: tuple, kwargs: dict) -> bool:
+    """Batch norm with the running statistics (no reduction): ``native_batch_norm(input,
+    weight, bias, running_mean, running_var, training, momentum, eps)`` with ``training``
+    False, or ``_native_batch_norm_legit_no_training`` (its name in decomposed graphs)."""
+    packet = getattr(func, "overloadpacket", None)
+    if packet is aten._native_batch_norm_legit_no_training:
+        return True
+    return packet is aten.native_batch_norm and not kwargs.get("training", args[5] if len(args) > 5 else True)
 
 
 class CostRecorder(TorchDispatchMode):

@@ -179,8 +179,8 @@ def group_nodes(
     ``MIN_BLOCKS_TO_KEEP_WHOLE`` blocks), or ``c`` whole blocks are merged per group when there
     are more blocks than groups; so identical layers become identical tasks, cuts fall between
     layers, and the ILP stays small. The nodes before and after the blocks get groups in
-    proportion to their weight (at least one each). Otherwise see the module docstring for the three steps. Returns the runs
-    in order.
+    proportion to their weight (at least one each). Otherwise see the module docstring for the
+    three steps. Returns the runs in order.
     """
     blocks = repeated_blocks(compute) if max_groups >= 3 else None
     if blocks is None:

@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 
 CALIBRATION_FORMAT_VERSION = 2
 
+
 def matmul_correction(fit: dict[str, Any], flops: float, nbytes: float) -> float:
     """Factor on the matmul line for an op of ``flops`` and ``nbytes`` (read + written): the
     measured/fitted time ratio of the two calibration samples nearest in (log10 FLOPs, log10
@@ -147,16 +148,17 @@ def _sustain(fn: Callable[[], Any], cuda: list[torch.device], seconds: float) ->
         torch.cuda.synchronize(dev)
 
 
-def _work(fn: Callable[[], Any], cls: str) -> float:
-    """FLOPs (matmul) or bytes (others) of the ops of class ``cls`` that ``fn`` runs."""
+def _point(fn: Callable[[], Any], cls: str, seconds: float) -> list[float]:
+    """A calibration sample of ``fn``'s ops of class ``cls``: ``[x, seconds]`` with ``x`` their
+    FLOPs (matmul) or bytes read + written (others); matmul samples add their bytes."""
     recorder = CostRecorder()
     with torch.no_grad(), recorder:
         fn()
-    kind = cls.removesuffix(":bytes")
-    ops: list[OpCost] = [op for op in recorder.ops if op.kind == kind and op.launches]
+    ops: list[OpCost] = [op for op in recorder.ops if op.kind == cls and op.launches]
+    nbytes = float(sum(op.bytes_accessed for op in ops))
     if cls == "matmul":
-        return float(sum(op.flops for op in ops))
-    return float(sum(op.bytes_accessed for op in ops))
+        return [float(sum(op.flops for op in ops)), seconds, nbytes]
+    return [nbytes, seconds]
 
 
 def calibrate_device(device: str | torch.device, *, budget_s: float = 10.0) -> dict[str, Any]:
@@ -193,10 +195,7 @@ def calibrate_device(device: str | torch.device, *, budget_s: float = 10.0) -> d
                     seconds = best_time_s(fn, cuda, time_s=per_sample_s)
                     best[cls, i] = min(best.get((cls, i), seconds), seconds)
         for cls, fns in samples.items():
-            points = []
-            for i, fn in enumerate(fns):
-                x = _work(fn, cls)
-                points.append([x, best[cls, i]] + ([_work(fn, "matmul:bytes")] if cls == "matmul" else []))
+            points = [_point(fn, cls, best[cls, i]) for i, fn in enumerate(fns)]
             try:
                 overhead_s, rate, r2 = fit_alpha_beta([p[0] for p in points], [p[1] for p in points])
             except ValueError as exc:

@@ -25,6 +25,10 @@ machine the cost model describes (Python's ``timeit`` documentation makes the sa
 snippet; higher values ... are typically ... caused by other processes interfering").
 
     python bench/costmodel.py [--models gpt2 bert llama resnet] [--repeats 7] [--budget 30] [--topology FILE]
+        [--device cpu|cuda:0] [--out bench/results]
+
+With ``--device cuda:0`` the models and inputs move to the GPU (float32), each timed sample ends
+with ``torch.cuda.synchronize()``, and the results are named after the GPU.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ import torch
 import torch.fx
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves, tree_map
+
+from _common import slug
 
 import autopart
 from autopart.passes import record
@@ -96,19 +102,30 @@ def capture(model, inputs, topology):
     return gm, example_inputs, analysis
 
 
+def _sync() -> None:
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def time_samples_s(fn, repeats: int, min_time_s: float = 0.02) -> list[float]:
     """``repeats`` samples of fn's seconds per call; each sample loops enough calls to last
-    ``min_time_s``, so that timer resolution does not matter for tiny ops."""
+    ``min_time_s``, so that timer resolution does not matter for tiny ops. On CUDA each sample
+    ends with a synchronize, so GPU work that was queued is counted (steady state: launches
+    overlap the kernels of earlier calls, as in a run of the whole graph)."""
     fn()
+    _sync()
     start = time.perf_counter()
     fn()
+    _sync()
     once = max(time.perf_counter() - start, 1e-7)
     loops = max(1, int(min_time_s / once))
     samples = []
     for _ in range(repeats):
+        _sync()
         start = time.perf_counter()
         for _ in range(loops):
             fn()
+        _sync()
         samples.append((time.perf_counter() - start) / loops)
     return samples
 
@@ -207,6 +224,8 @@ def rel(pred: float, meas: float) -> float:
 
 def run_model(name: str, topology, device: str, repeats: int) -> dict:
     model, inputs = build(name)
+    model = model.to(device)
+    inputs = {k: v.to(device) for k, v in inputs.items()}
     gm, example_inputs, analysis = capture(model, inputs, topology)
 
     def run_whole(runs: int) -> list[float]:
@@ -274,9 +293,12 @@ def main(argv=None) -> int:
     parser.add_argument("--topology", help="a profiled topology file (default: profile and "
                         "calibrate this machine just before each model, in the same run)")
     parser.add_argument("--budget", type=float, default=30.0, help="seconds per profile")
+    parser.add_argument("--device", default="cpu", help='the device measured ("cpu", "cuda:0")')
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the results files")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
-    device = "cpu"
+    dev = torch.device(args.device)
+    device = f"cuda:{dev.index or 0}" if dev.type == "cuda" else dev.type
     results = []
     for name in args.models:
         if args.topology:
@@ -289,8 +311,8 @@ def main(argv=None) -> int:
     machine = topology.device(device).model or platform.processor() or "cpu"
     text = report(results, machine)
     print(text)
-    RESULTS.mkdir(exist_ok=True)
-    stem = RESULTS / f"costmodel-cpu-{datetime.date.today()}"
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"costmodel-{'cpu' if device == 'cpu' else slug(machine)}-{datetime.date.today()}"
     stem.with_suffix(".md").write_text(text + "\n")
     stem.with_suffix(".json").write_text(json.dumps({"machine": machine, "results": results}, indent=1))
     print(f"wrote {stem}.md and .json", file=sys.stderr)

@@ -293,7 +293,7 @@ class Backend:
             rewritten = rewrite(gm, comp.plan, self._mapping)
             comp.rewrite_s = time.perf_counter() - start
             if self.config.inner == "inductor":
-                use_inductor(rewritten.module, static=not _has_symbolic_shapes(gm))
+                use_inductor(rewritten.module, static=not _has_symbolic_shapes(gm), captured=gm)
             num_microbatches, batch = self._microbatches(gm, example_inputs, comp.plan)
             comp.runner = PlacedGraph(
                 rewritten.module,

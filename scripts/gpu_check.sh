@@ -15,7 +15,7 @@ mkdir -p "$OUT"
 LOG=$OUT/gpu_check.log
 TOPO=bench/results/topology-$(date +%F).json
 BUDGET=${BUDGET:-570}
-export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site PATH=/tmp/site/bin:$PATH
+export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site
 
 step() {  # step NAME SECONDS COMMAND...; all steps together stop after $BUDGET seconds
     local name=$1 limit=$2
@@ -31,18 +31,19 @@ step() {  # step NAME SECONDS COMMAND...; all steps together stop after $BUDGET 
 }
 
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-cache-dir --target /tmp/site . \
+    && python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-cache-dir --upgrade --target /tmp/site . \
     || { echo "install failed" | tee -a "$LOG"; exit 1; }
 
 for s in "$@"; do
     case $s in
     env) step env 60 bash -c 'nvidia-smi; python3 -c "import torch, transformers, accelerate, pulp, highspy, autopart; print(torch.__version__, torch.cuda.get_device_name(), transformers.__version__, accelerate.__version__, pulp.__version__)"' ;;
-    profile) step profile 150 autopart topology --profile --refresh --budget 60 --save "$TOPO" ;;
+    profile) step profile 150 python3 -c 'import sys; from autopart.cli import main; sys.exit(main(sys.argv[1:]))' \
+        topology --profile --refresh --budget 60 --save "$TOPO" ;;
     offload) step offload 330 python3 bench/offload.py --budget 20 --repeats 5 ;;
     cudatests) step cudatests 200 python3 -m pytest -q -p no:cacheprovider -n 4 tests/test_transfer.py tests/test_compression.py \
         tests/test_profiler.py tests/test_topology.py tests/test_e2e.py::test_steady_state_copies_to_a_real_gpu ;;
-    tests) step tests 240 python3 -m pytest -q -p no:cacheprovider -n 8 ;;
-    overhead) step overhead 200 python3 bench/overhead.py --rounds 11 ;;
+    tests) step tests 240 python3 -m pytest -q -p no:cacheprovider -n 8 ${TESTS:-} ;;  # TESTS: files or -k
+    overhead) step overhead 200 python3 bench/overhead.py --rounds 31 ;;
     costmodel) step costmodel 240 python3 bench/costmodel.py --device cuda:0 --repeats 3 --topology "$TOPO" ;;
     *) echo "unknown step $s" | tee -a "$LOG" ;;
     esac

@@ -54,8 +54,12 @@ def test_offline_plan_equals_the_online_plan(planned, tmp_path):
 def test_the_same_graph_plans_for_other_hardware(planned):
     gpus = {f"cuda:{i}": "80GB" for i in range(8)}
     big = autopart.solve_graph(planned.analysis.graph, topology="8xh100-nvlink", max_memory=gpus)
-    assert big.devices_used == ["cuda:0"]  # fits one H100: splitting would only add transfers
-    assert big.topology_name == "8xh100-nvlink"
+    one = autopart.solve_graph(planned.analysis.graph, topology="8xh100-nvlink", max_memory={"cuda:0": "80GB"})
+    assert big.topology_name == one.topology_name == "8xh100-nvlink" and one.devices_used == ["cuda:0"]
+    # It fits one H100, so it is split only if that is predicted more than min_split_gain (5%)
+    # faster (independent branches may overlap; a split stayed on one device with torch 2.13 and
+    # transformers 5.23, and not with torch 2.11 and transformers 5.17).
+    assert big.devices_used == ["cuda:0"] or one.predicted_time_s > 1.05 * big.predicted_time_s
 
 
 def test_cli_solve_writes_a_loadable_plan(planned, tmp_path, capsys):

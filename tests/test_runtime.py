@@ -26,7 +26,9 @@ class Mlp(nn.Module):
         return self.b(torch.relu(self.a(x))).sigmoid()
 
 
-def test_inductor_partitions_match_eager_forward_and_backward():
+def test_inductor_partitions_match_eager_forward_and_backward(capfd):
+    """...and Inductor sees the parameters as static inputs, as it does for the graph Dynamo
+    captured (it checks their alignment once, not on every call)."""
     torch.manual_seed(0)
     model = Mlp()
     weight_bytes = sum(p.numel() * 4 for p in model.parameters())
@@ -36,12 +38,18 @@ def test_inductor_partitions_match_eager_forward_and_backward():
                                            "cuda:1": int(weight_bytes * 0.8)})
     compiled = torch.compile(model, backend=backend)
     x = torch.randn(8, 32)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", autopart.AutopartWarning)  # no partition fell back
-        out = compiled(x)
-        torch.testing.assert_close(out, model(x), rtol=1e-5, atol=1e-6)
-        out.sum().backward()
+    torch._logging.set_logs(cudagraph_static_inputs=True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", autopart.AutopartWarning)  # no partition fell back
+            out = compiled(x)
+            torch.testing.assert_close(out, model(x), rtol=1e-5, atol=1e-6)
+            out.sum().backward()
+    finally:
+        torch._logging.set_logs()
     comp = backend.compilations[0]
+    # forward of submod_0(x, a.weight, a.bias) and submod_1(h, b.weight, b.bias)
+    assert capfd.readouterr().err.count("static input idxs compile_fx_inner: [1, 2]") == 2, comp.runner.module.code
     assert len(comp.plan.devices_used) >= 2, comp.plan.summary()
     partitions = [m for m in comp.runner.module.children() if isinstance(m, InductorPartition)]
     assert len(partitions) >= 2 and all(p.compiled and p.failed is None and p.static for p in partitions)
@@ -83,7 +91,7 @@ def test_a_plan_on_one_device_runs_the_graph_directly_after_the_first_call():
     for _ in range(3):
         torch.testing.assert_close(compiled(x), model(x))
     runner = backend.compilations[0].runner
-    assert runner._direct is runner.flat
+    assert runner._direct == runner.flat.forward
     assert runner.metrics.num_calls == 3 and runner.metrics.num_static_copies == 0
 
 

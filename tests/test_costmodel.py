@@ -197,6 +197,33 @@ def test_decomposed_eval_batch_norm_is_costed_as_eval_batch_norm():
     assert norm.kind == "elementwise:native_batch_norm"
 
 
+@pytest.mark.parametrize("kernel", [aten.cudnn_batch_norm.default, aten.miopen_batch_norm.default])
+@pytest.mark.parametrize("training, kind", [(False, "elementwise:native_batch_norm"), (True, "reduction")])
+def test_gpu_batch_norm_kernels_are_costed_like_the_cpu_one(kernel, training, kind):
+    """On CUDA (cuDNN) and ROCm (MIOpen), batch_norm runs its own kernel, with the same
+    arguments as native_batch_norm: eval mode is the calibrated eval batch norm there too."""
+    from autopart.costmodel.ops import aten_op_cost
+
+    x, c = torch.randn(2, 4, 3, 3), 4
+    args = (x, torch.ones(c), torch.zeros(c), torch.zeros(c), torch.ones(c), training, 0.1, 1e-5)
+    cost = aten_op_cost(kernel, args, {}, (torch.empty_like(x), torch.empty(c), torch.empty(c), torch.empty(0)))
+    assert cost.kind == kind and cost.bytes_read >= x.numel() * 4
+
+
+def test_calibration_samples_on_a_gpu_reach_bandwidth_bound_sizes():
+    """Each bandwidth-bound class has a sample that takes GPU_LARGEST_S at 3.35 TB/s, far above a
+    launch's cost; the CPU's samples stay small (a CPU at ~50 GB/s needs no more)."""
+    from autopart.costmodel.calibration import GPU_LARGEST_S, _point, _samples
+
+    largest = {}
+    for large in (True, False):
+        samples = _samples(torch.device("meta"), large=large)
+        largest[large] = {cls: max(_point(fn, cls, 0.0)[0] for fn in fns) for cls, fns in samples.items()
+                          if cls != "matmul"}
+    assert all(x >= GPU_LARGEST_S * 3.35e12 for x in largest[True].values()), largest[True]
+    assert all(x <= 64 * 2**20 for x in largest[False].values()), largest[False]
+
+
 def test_op_classes():
     assert op_class(aten.mm.default) == op_class(aten.convolution.default) == "matmul"
     assert op_class(aten.tanh.default) == "transcendental:tanh"

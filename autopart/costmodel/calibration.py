@@ -82,8 +82,22 @@ def matmul_correction(fit: dict[str, Any], flops: float, nbytes: float) -> float
     return sum(w * r for w, (_, r) in zip(weights, nearest)) / sum(weights)
 
 
-def _samples(device: torch.device) -> dict[str, list[Callable[[], Any]]]:
-    """Representative ops per class, sized like transformer and CNN layers (float32)."""
+GPU_LARGEST_S = 50e-6
+"""On a GPU the largest sample of each bandwidth-bound class moves at least this many seconds
+of bytes at 3.35 TB/s (H100 SXM's HBM3 peak, NVIDIA's datasheet), several times a launch's
+cost (5-10 us), so that the fit sees the bandwidth and not only latency. A calibration on an
+H100 with the CPU's sizes (at most 50 MB) failed for three classes: their times did not grow
+with size."""
+
+
+def _samples(device: torch.device, large: bool | None = None) -> dict[str, list[Callable[[], Any]]]:
+    """Representative ops per class, sized like transformer and CNN layers (float32).
+
+    ``large`` (default: on a GPU) adds sizes up to :data:`GPU_LARGEST_S` of bytes at GPU
+    bandwidth (tensors up to 128 MiB, about 2.5 GiB held during a calibration).
+    """
+    large = device.type == "cuda" if large is None else large
+
     def t(*shape):
         return torch.randn(*shape, device=device)
 
@@ -98,7 +112,7 @@ def _samples(device: torch.device) -> dict[str, list[Callable[[], Any]]]:
                for m, k, n in [(128, 768, 3072), (128, 2048, 512), (128, 768, 32000)]]
     matmul += [(lambda a=t(12, 128, 64), b=t(12, 64, 128): torch.bmm(a, b))]
     matmul += [(lambda x=t(1, 64, 56, 56), w=t(64, 64, 3, 3): F.conv2d(x, w, padding=1))]
-    sizes = [2**12, 2**15, 2**18, 2**20, 2**22]
+    sizes = [2**16, 2**19, 2**22, 2**24, 2**25] if large else [2**12, 2**15, 2**18, 2**20, 2**22]
     elementwise = [(lambda a=t(n), b=t(n): torch.add(a, b)) for n in sizes]
     elementwise += [(lambda a=t(n), b=t(n): torch.mul(a, b)) for n in sizes[1::2]]
     transcendental = [(lambda a=t(n): torch.sin(a)) for n in sizes[::2]]
@@ -108,6 +122,8 @@ def _samples(device: torch.device) -> dict[str, list[Callable[[], Any]]]:
         for name, fn in (("tanh", torch.tanh), ("gelu", F.gelu), ("silu", F.silu), ("exp", torch.exp))
     }
     images = [(1, 64, 56), (1, 64, 112), (1, 256, 56), (4, 64, 112)]  # (batch, channels, side)
+    if large:
+        images = [(1, 64, 56), (4, 64, 112), (16, 256, 56), (32, 64, 112)]
     one_by_one["reduction:max_pool2d_with_indices"] = [
         (lambda x=t(b, c, s, s): F.max_pool2d(x, 3, 2, 1)) for b, c, s in images
     ]
@@ -116,7 +132,7 @@ def _samples(device: torch.device) -> dict[str, list[Callable[[], Any]]]:
          F.batch_norm(x, m, v, w, bias, training=False))
         for b, c, s in images
     ]
-    rows = [4, 32, 128, 512, 2048]
+    rows = [4, 128, 2048, 16384, 65536] if large else [4, 32, 128, 512, 2048]
     reduction = [(lambda a=t(r, 768): torch.softmax(a, -1)) for r in rows]
     reduction += [(lambda a=t(r, 768): F.layer_norm(a, (768,))) for r in rows[1::2]]
     copy = [(lambda a=t(n): a.clone()) for n in sizes]

@@ -63,7 +63,7 @@ _TRANSCENDENTAL = {
 CALIBRATED_ONE_BY_ONE = ("tanh", "gelu", "silu", "exp", "max_pool2d_with_indices", "native_batch_norm")
 _REDUCTION = {
     "_softmax", "_log_softmax", "native_layer_norm", "native_batch_norm",
-    "_native_batch_norm_legit", "native_group_norm",
+    "_native_batch_norm_legit", "cudnn_batch_norm", "miopen_batch_norm", "native_group_norm",
     "sum", "mean", "amax", "amin", "max", "min", "var", "var_mean", "std", "std_mean", "prod",
     "cumsum", "cumprod", "norm", "linalg_vector_norm", "argmax", "argmin", "logsumexp",
     "_fused_rms_norm", "avg_pool2d", "max_pool2d_with_indices", "adaptive_avg_pool2d",
@@ -178,14 +178,19 @@ def aten_op_cost(func, args: tuple, kwargs: dict, out: Any) -> OpCost:
     return dataclasses.replace(rule(func, args, kwargs, out), kind=kind)
 
 
+_BATCH_NORMS = (aten.native_batch_norm, aten.cudnn_batch_norm, aten.miopen_batch_norm)
+"""Batch norm kernels taking ``(input, weight, bias, running_mean, running_var, training, ...)``:
+CPU, and CUDA's cuDNN and ROCm's MIOpen (which ``batch_norm`` dispatches to on those GPUs)."""
+
+
 def _eval_batch_norm(func: Any, args: tuple, kwargs: dict) -> bool:
-    """Batch norm with the running statistics (no reduction): ``native_batch_norm(input,
-    weight, bias, running_mean, running_var, training, momentum, eps)`` with ``training``
-    False, or ``_native_batch_norm_legit_no_training`` (its name in decomposed graphs)."""
+    """Batch norm with the running statistics (no reduction): a :data:`_BATCH_NORMS` kernel
+    with ``training`` False, or ``_native_batch_norm_legit_no_training`` (its name in
+    decomposed graphs)."""
     packet = getattr(func, "overloadpacket", None)
     if packet is aten._native_batch_norm_legit_no_training:
         return True
-    return packet is aten.native_batch_norm and not kwargs.get("training", args[5] if len(args) > 5 else True)
+    return packet in _BATCH_NORMS and not kwargs.get("training", args[5] if len(args) > 5 else True)
 
 
 class CostRecorder(TorchDispatchMode):

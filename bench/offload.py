@@ -40,11 +40,13 @@ Target (the offloading issue): autopart's tokens/s >= 1.5 x accelerate's, PASS/F
     python bench/offload.py [--model llama-1.3b|gpt2-xl] [--dtype float16] [--gpu-fraction 0.5]
         [--batches 1 16] [--seq-len 128] [--warmup 2] [--repeats 5] [--budget 60]
         [--topology PRESET|FILE] [--profile cached|always|never] [--time-limit 10]
-        [--out bench/results] [--no-write]
+        [--out bench/results] [--no-write] [--trace]
     python bench/offload.py --dry-run     # no GPU needed: a tiny model, every code path on CPU
 
 Writes ``bench/results/offload-<gpu>-<date>.md`` (the table, autopart's plans, accelerate's
-device map, the environment) and ``.json`` (raw data). Without CUDA it exits with a message,
+device map, the environment) and ``.json`` (raw data); with ``--trace`` also, per batch, the
+ops of one more autopart call under ``torch.profiler`` (tables by CUDA and CPU time in the
+results, the Chrome trace as ``offload-<gpu>-<date>-b<batch>.trace.json.gz``). Without CUDA it exits with a message,
 except with ``--dry-run``: a tiny model of the same family, autopart planning for the
 ``1x4090-cpu`` preset with ``device_map="cpu"`` (the plan's ``cuda:0`` runs on the CPU) under a
 ``cuda:0`` cap of ``--gpu-fraction`` of the weights, accelerate's device map inferred for the same
@@ -60,9 +62,11 @@ import copy
 import datetime
 import functools
 import gc
+import gzip
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -302,9 +306,33 @@ def plan_floor(plans: list[autopart.Plan], topology: autopart.Topology, bandwidt
             "floor_s": max(stream_s, cpu_s)}
 
 
+def profile_call(fn: Callable[[], Any], trace_path: Path | None) -> dict[str, str]:
+    """One call of ``fn`` under ``torch.profiler``: its ops' tables by device (CUDA) time and by
+    CPU time, 15 rows each; the Chrome trace gzipped to ``trace_path`` when given."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=activities) as prof:
+        fn()
+        sync()
+    averages = prof.key_averages()
+    tables = {"by CPU time": averages.table(sort_by="cpu_time_total", row_limit=15, max_name_column_width=50)}
+    if torch.cuda.is_available():
+        tables["by CUDA time"] = averages.table(sort_by="cuda_time_total", row_limit=15, max_name_column_width=50)
+    if trace_path is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            raw = Path(tmp) / "trace.json"
+            prof.export_chrome_trace(str(raw))
+            with raw.open("rb") as src, gzip.open(trace_path, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+    return tables
+
+
 def run_autopart(model: torch.nn.Module, options: dict[str, Any], b: dict, warmup: int,
-                 repeats: int, budget_s: float) -> dict[str, Any]:
-    """Compile ``model`` with a fresh autopart backend for batch ``b`` and time it."""
+                 repeats: int, budget_s: float, trace_path: Path | None = None,
+                 trace: bool = False) -> dict[str, Any]:
+    """Compile ``model`` with a fresh autopart backend for batch ``b`` and time it; with
+    ``trace``, profile one more call (:func:`profile_call`)."""
     torch._dynamo.reset()
     autopart.reset()
     backend = autopart.backend(**options)
@@ -325,6 +353,7 @@ def run_autopart(model: torch.nn.Module, options: dict[str, Any], b: dict, warmu
         reset_gpu_peak()
         call = functools.partial(compiled, input_ids=ids, use_cache=False)
         samples = time_calls(call, warmup, repeats, budget_s)
+        profile_tables = profile_call(call, trace_path) if trace else None
         del call
     log(f"autopart batch {b['batch']}: {statistics.median(samples) * 1e3:.1f} ms/call")
     result = {
@@ -333,7 +362,7 @@ def run_autopart(model: torch.nn.Module, options: dict[str, Any], b: dict, warmu
         "plan_s": [c.plan_s for c in backend.compilations],
         "graphs": len(backend.compilations), "fallbacks": fallbacks,
         "static_copy_bytes": [c.metrics.static_copy_bytes for c in backend.compilations if c.metrics],
-        "plans": plans, "topology": backend.topology,
+        "plans": plans, "topology": backend.topology, "profile": profile_tables,
     }
     del compiled, backend
     torch._dynamo.reset()
@@ -450,6 +479,9 @@ def render(payload: dict[str, Any]) -> str:
     for batch, info in payload["autopart"].items():
         for i, summary in enumerate(info["plan_summaries"]):
             lines += [f"### batch {batch}, graph {i}", "", "```", summary, "```", ""]
+    for batch, info in payload["autopart"].items():
+        for title, table in (info.get("profile") or {}).items():
+            lines += [f"## One autopart call at batch {batch}, torch.profiler, ops {title}", "", "```", table, "```", ""]
     lines += ["## Topology autopart planned for", "", "```", payload["topology_table"], "```"]
     return "\n".join(lines) + "\n"
 
@@ -507,6 +539,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None,
                         help="results folder (default bench/results; a temporary folder with --dry-run)")
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument("--trace", action="store_true",
+                        help="profile one more autopart call per batch (torch.profiler): op tables in the "
+                             "results, Chrome traces next to them")
     parser.add_argument("--dry-run", action="store_true",
                         help="no GPU needed: tiny model, autopart plans for the 1x4090-cpu preset "
                              "and runs on the CPU; checks the script's code paths")
@@ -536,6 +571,12 @@ def main(argv: list[str] | None = None) -> int:
             return 1
 
     wall = time.perf_counter()
+    env = environment(dry)
+    date = env["date"]
+    device_slug = slug(env["gpu"]) if env["gpu"] and not dry else "dry-run-cpu"
+    out = None if args.no_write else args.out or (Path(tempfile.mkdtemp(prefix="offload-dry-run-")) if dry else RESULTS)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()[0]
     dtype = DTYPES[args.dtype]
     log(f"building {args.model}{' (tiny, dry run)' if dry else ''} in {args.dtype} ...")
@@ -584,7 +625,9 @@ def main(argv: list[str] | None = None) -> int:
     ap: dict[int, dict[str, Any]] = {}
     for b in batches:
         log(f"autopart batch {b['batch']}: compiling (capture, plan, rewrite) ...")
-        ap[b["batch"]] = run_autopart(model, options, b, args.warmup, args.repeats, args.budget)
+        trace_path = None if out is None else out / f"offload-{device_slug}-{date}-b{b['batch']}.trace.json.gz"
+        ap[b["batch"]] = run_autopart(model, options, b, args.warmup, args.repeats, args.budget,
+                                      trace_path=trace_path if args.trace else None, trace=args.trace)
 
     tokens = {b["batch"]: b["batch"] * args.seq_len for b in batches}
     rows, verdicts, ap_out = [], {}, {}
@@ -618,7 +661,7 @@ def main(argv: list[str] | None = None) -> int:
             "fallbacks": r["fallbacks"], "output_device": r["output_device"],
             "static_copy_bytes": r["static_copy_bytes"], "floor": floor,
             "max_abs_diff_vs_accelerate": diff,
-            "plan_summaries": [p.summary() for p in r["plans"]],
+            "plan_summaries": [p.summary() for p in r["plans"]], "profile": r["profile"],
             "plans": [p.to_dict() for p in r["plans"]],
         }
         topology_table = r["topology"].table()
@@ -628,8 +671,6 @@ def main(argv: list[str] | None = None) -> int:
         acc_out["batches"] = {b: {"median_s": statistics.median(v["samples_s"]), "samples_s": v["samples_s"],
                                   "gpu_peak_bytes": v["gpu_peak_bytes"]} for b, v in acc["batches"].items()}
 
-    env = environment(dry)
-    device_slug = slug(env["gpu"]) if env["gpu"] and not dry else "dry-run-cpu"
     payload = {
         "environment": env,
         "settings": {
@@ -652,10 +693,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(text)
     log(f"run took {payload['run_s']:.1f} s")
-    if not args.no_write:
-        out = args.out or (Path(tempfile.mkdtemp(prefix="offload-dry-run-")) if dry else RESULTS)
-        out.mkdir(parents=True, exist_ok=True)
-        stem = out / f"offload-{device_slug}-{env['date']}"
+    if out is not None:
+        stem = out / f"offload-{device_slug}-{date}"
         atomic_write_text(stem.with_suffix(".md"), text)
         atomic_write_text(stem.with_suffix(".json"), json.dumps(payload, indent=1, default=str) + "\n")
         print(f"wrote {stem}.md and {stem}.json")

@@ -39,7 +39,7 @@ for s in "$@"; do
     env) step env 60 bash -c 'nvidia-smi; python3 -c "import torch, transformers, accelerate, pulp, highspy, autopart; print(torch.__version__, torch.cuda.get_device_name(), transformers.__version__, accelerate.__version__, pulp.__version__)"' ;;
     profile) step profile 150 python3 -c 'import sys; from autopart.cli import main; sys.exit(main(sys.argv[1:]))' \
         topology --profile --refresh --budget 60 --save "$TOPO" ;;
-    offload) step offload 330 python3 bench/offload.py --budget 20 --repeats 5 ;;
+    offload) step offload 330 python3 bench/offload.py --budget 20 --repeats 5 --trace ;;
     cudatests) step cudatests 200 python3 -m pytest -q -p no:cacheprovider -n 4 tests/test_transfer.py tests/test_compression.py \
         tests/test_profiler.py tests/test_topology.py tests/test_e2e.py::test_steady_state_copies_to_a_real_gpu ;;
     tests) step tests 240 python3 -m pytest -q -p no:cacheprovider -n 8 ${TESTS:-} ;;  # TESTS: files or -k

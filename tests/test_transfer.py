@@ -70,11 +70,23 @@ def test_copies_to_a_gpu_go_through_a_copy_stream_and_match():
 
 
 @cuda
+def test_copies_to_the_host_land_in_pinned_memory_and_are_complete():
+    x = torch.randn(4096, 1024, device="cuda:0")
+    z = transfer(x * 2, "cpu")  # after a queued kernel
+    got = z.clone()  # read on the host at once, before anything else synchronizes
+    assert z.is_pinned() and z.device.type == "cpu"
+    torch.testing.assert_close(got, (x * 2).cpu())
+
+
+@cuda
 def test_copies_under_autograd_stay_differentiable_on_a_gpu():
     x = torch.randn(8, requires_grad=True)
     y = transfer(x, "cuda:0")
     (y * 3).sum().backward()
     torch.testing.assert_close(x.grad, torch.full((8,), 3.0))
+    w = torch.randn(8, device="cuda:0", requires_grad=True)
+    (transfer(w, "cpu") * 2).sum().backward()  # to the host and back
+    torch.testing.assert_close(w.grad, torch.full((8,), 2.0, device="cuda:0"))
 
 
 @cuda

@@ -6,7 +6,8 @@
   waits on an event recorded after the copy, and the allocator is told the tensors are used on
   both streams (``Tensor.record_stream``). Host tensors are staged in pinned memory
   (``Tensor.pin_memory``, which draws on PyTorch's caching host allocator) so the copy is an
-  asynchronous DMA. Copies to the CPU block, since CPU readers do not wait on streams.
+  asynchronous DMA. Copies to the CPU land in pinned memory too (``non_blocking=True``) and
+  return when done, since CPU readers do not wait on streams.
 * :func:`start_transfer` / :func:`wait_transfer` split a copy in two, so the rewrite can issue
   it early (weights streamed from host memory, one layer ahead) and wait only where the reader
   runs.
@@ -67,6 +68,13 @@ def _needs_autograd(t: torch.Tensor) -> bool:
 def _async_copy(t: torch.Tensor, device: torch.device) -> PendingCopy | torch.Tensor:
     """Issue the copy of ``t`` to ``device`` on the pair's copy stream (CUDA destinations, no
     autograd), else copy now."""
+    if device.type == "cpu" and t.device.type == "cuda":
+        # A non-blocking copy to the host lands in pinned memory (DMA at the pinned rate the
+        # profiled link describes; a blocking one is staged through pageable memory, several
+        # times slower); CPU readers do not wait on streams, so wait here.
+        out = t.to(device, non_blocking=True)
+        torch.cuda.current_stream(t.device).synchronize()
+        return out
     if device.type != "cuda" or t.device == device or _needs_autograd(t):
         non_blocking = device.type == "cuda"
         if non_blocking and t.device.type == "cpu" and not t.is_pinned():

@@ -46,10 +46,9 @@ from pathlib import Path
 
 import torch
 import torch.fx
+from _common import slug
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves, tree_map
-
-from _common import slug
 
 import autopart
 from autopart.passes import record

@@ -14,7 +14,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.fx
@@ -288,7 +288,7 @@ class InductorPartition(torch.nn.Module):
         name: str,
         *,
         static: bool = False,
-        captured: torch.fx.GraphModule | None = None,
+        dynamo: DynamoMetadata | None = None,
     ) -> None:
         super().__init__()
         self.gm = _plain_copies(gm)
@@ -296,8 +296,8 @@ class InductorPartition(torch.nn.Module):
         self.static = static
         """Inputs never change signature (a graph with static shapes, whose grad mode Dynamo
         guards): after the first compile, calls skip the signature check."""
-        self.captured = captured
-        """The graph Dynamo captured: its metadata tells Inductor which inputs are parameters."""
+        self.dynamo = dynamo
+        """Metadata of the graph Dynamo captured: tells Inductor which inputs are parameters."""
         self.compiled: dict[tuple, Callable[..., Any]] = {}
         self.failed: str | None = None
         self._only: Callable[..., Any] | None = None
@@ -314,8 +314,8 @@ class InductorPartition(torch.nn.Module):
                 from torch._inductor.compile_fx import compile_fx  # noqa: PLC0415 (heavy import)
 
                 fresh = torch.fx.GraphModule(self.gm, copy.deepcopy(self.gm.graph))  # compile_fx edits it
-                if self.captured is not None:
-                    _carry_dynamo_metadata(self.captured, fresh)
+                if self.dynamo is not None:
+                    self.dynamo.apply(fresh)
                 fn = self.compiled[key] = compile_fx(fresh, list(args))
             except Exception as exc:  # noqa: BLE001 - any Inductor failure: run the partition eagerly
                 self.failed = f"{type(exc).__name__}: {exc}"
@@ -331,29 +331,37 @@ class InductorPartition(torch.nn.Module):
         return fn(*args)
 
 
-def _carry_dynamo_metadata(captured: torch.fx.GraphModule, part: torch.fx.GraphModule) -> None:
-    """Give partition ``part`` the metadata of the Dynamo graph it was cut from, as Dynamo's
-    DDPOptimizer does for its partitions (``propagate_metadata`` and ``propagate_dynamo_source``
-    in ``torch/_dynamo/backends/distributed.py``). AOTAutograd then knows which inputs are
-    parameters and buffers (``_dynamo_static_input_type``) and Inductor treats them as static: it
-    checks their alignment once at compile time rather than on every call (on a GPU, about a
-    microsecond per input per call: GPT-2 has ~150).
+class DynamoMetadata(NamedTuple):
+    """What Dynamo records on a graph it captured (``meta``, ``_param_name_to_source``, each
+    placeholder's ``_dynamo_source``), for its partitions to carry to Inductor as Dynamo's
+    DDPOptimizer does (``propagate_metadata`` and ``propagate_dynamo_source`` in
+    ``torch/_dynamo/backends/distributed.py``). AOTAutograd then knows which inputs are
+    parameters and buffers (``_dynamo_static_input_type``), and Inductor checks their alignment
+    once when compiling instead of on every call (on a GPU, about a microsecond per input per
+    call; GPT-2 has ~150)."""
 
-    Skipped for partitions that hold parameters or buffers as attributes (AOTAutograd would look
-    their names up in ``_param_name_to_source``) and for graphs without Dynamo's metadata.
-    """
-    if (
-        "dynamo_compile_id" not in captured.meta
-        or not hasattr(captured, "_param_name_to_source")
-        or next(part.parameters(), None) is not None
-        or next(part.buffers(), None) is not None
-    ):
-        return
-    sources = {n.name: getattr(n, "_dynamo_source", None) for n in captured.graph.find_nodes(op="placeholder")}
-    part.meta.update(captured.meta)
-    part._param_name_to_source = captured._param_name_to_source
-    for node in part.graph.find_nodes(op="placeholder"):
-        node._dynamo_source = sources.get(node.name)
+    meta: dict[str, Any]
+    param_name_to_source: dict[str, Any]
+    sources: dict[str, Any]
+    """Placeholder name -> Dynamo source."""
+
+    @staticmethod
+    def of(captured: torch.fx.GraphModule) -> DynamoMetadata | None:
+        """The metadata of ``captured``, or None for a graph Dynamo did not capture."""
+        if "dynamo_compile_id" not in captured.meta or not hasattr(captured, "_param_name_to_source"):
+            return None
+        sources = {n.name: getattr(n, "_dynamo_source", None) for n in captured.graph.find_nodes(op="placeholder")}
+        return DynamoMetadata(dict(captured.meta), captured._param_name_to_source, sources)
+
+    def apply(self, part: torch.fx.GraphModule) -> None:
+        """Give partition ``part`` this metadata; skipped if it holds parameters or buffers as
+        attributes (AOTAutograd would look their names up in ``_param_name_to_source``)."""
+        if next(part.parameters(), None) is not None or next(part.buffers(), None) is not None:
+            return
+        part.meta.update(self.meta)
+        part._param_name_to_source = self.param_name_to_source
+        for node in part.graph.find_nodes(op="placeholder"):
+            node._dynamo_source = self.sources.get(node.name)
 
 
 def _signature(value: Any) -> Any:
@@ -383,7 +391,8 @@ def use_inductor(
 ) -> None:
     """Replace each ``submod_<i>`` partition of a split graph by an :class:`InductorPartition`
     (``static``: the graph's input shapes are fixed; ``captured``: the graph Dynamo captured,
-    whose metadata the partitions carry to Inductor)."""
+    whose :class:`DynamoMetadata` the partitions carry to Inductor)."""
+    dynamo = None if captured is None else DynamoMetadata.of(captured)
     for name, sub in list(module.named_children()):
         if isinstance(sub, torch.fx.GraphModule):
-            setattr(module, name, InductorPartition(sub, name, static=static, captured=captured))
+            setattr(module, name, InductorPartition(sub, name, static=static, dynamo=dynamo))

@@ -38,7 +38,14 @@ from .passes.shapes import node_value
 from .pipeline import BatchSpec, auto_microbatches, batch_spec
 from .plan import Plan, make_plan
 from .rewrite import origin_resolver, resolve_device_map, rewrite
-from .runtime import PlacedGraph, RuntimeMetrics, StaticCopyCache, use_inductor
+from .runtime import (
+    DynamoMetadata,
+    InductorPartition,
+    PlacedGraph,
+    RuntimeMetrics,
+    StaticCopyCache,
+    use_inductor,
+)
 from .solver import solve
 from .topology import Topology
 
@@ -292,8 +299,11 @@ class Backend:
             start = time.perf_counter()
             rewritten = rewrite(gm, comp.plan, self._mapping)
             comp.rewrite_s = time.perf_counter() - start
+            flat: torch.fx.GraphModule | InductorPartition = rewritten.flat
             if self.config.inner == "inductor":
-                use_inductor(rewritten.module, static=not _has_symbolic_shapes(gm), captured=gm)
+                static, dynamo_metadata = not _has_symbolic_shapes(gm), DynamoMetadata.of(gm)
+                use_inductor(rewritten.module, static=static, dynamo=dynamo_metadata)
+                flat = InductorPartition(rewritten.flat, "flat", static=static, dynamo=dynamo_metadata)
             num_microbatches, batch = self._microbatches(gm, example_inputs, comp.plan)
             comp.runner = PlacedGraph(
                 rewritten.module,
@@ -302,7 +312,7 @@ class Backend:
                 cache=self._copies,
                 replica_sources=rewritten.replica_sources,
                 pinned_inputs=rewritten.pinned_inputs,
-                flat=rewritten.flat if self.config.inner == "eager" else None,
+                flat=flat,
                 host_partitions={
                     name
                     for name, device in rewritten.partition_devices.items()

@@ -178,8 +178,9 @@ class PlacedGraph:
     pinned_inputs: list[int] = field(default_factory=list)
     """Inputs (weights streamed to a GPU) whose host memory is page-locked on the first call."""
 
-    flat: torch.fx.GraphModule | None = None
-    """The unpartitioned graph: what a plan on one device with nothing to move runs directly."""
+    flat: torch.fx.GraphModule | InductorPartition | None = None
+    """The unpartitioned graph (an :class:`InductorPartition` of it when Inductor is the inner
+    compiler): what a plan on one device with nothing to move runs directly."""
 
     def __post_init__(self) -> None:
         self._direct: Callable[..., Any] | None = None
@@ -207,12 +208,21 @@ class PlacedGraph:
             for i in self.pinned_inputs:
                 pin_in_place(args_list[i])
             self.pinned_inputs = []
+        if self.metrics.num_calls == 0 and self._runs_as_captured(args):  # decided once
+            return self._first_direct(args)
         self._mover.move(args_list)
         out = self._run(args_list)
         self._mover.write_back()
-        if self.metrics.num_calls == 0 and self._runs_as_captured(args):  # decided once
-            # .forward, as Dynamo calls a graph (no nn.Module call machinery)
-            self._direct = (self.flat if self.flat is not None else self.module).forward
+        return out
+
+    def _first_direct(self, args: tuple[Any, ...]) -> Any:
+        """Run the graph as captured from now on: ``.forward`` (no nn.Module call machinery, as
+        Dynamo calls a graph), then Inductor's compiled function itself once there is one."""
+        graph = self.flat if self.flat is not None else self.module
+        self._direct = graph.forward
+        out = self._direct(*args)
+        if isinstance(graph, InductorPartition) and graph._only is not None:
+            self._direct = graph._only
         return out
 
     def _runs_as_captured(self, args: tuple[Any, ...]) -> bool:
@@ -386,13 +396,10 @@ def _identity(value: Any) -> Any:
     return value
 
 
-def use_inductor(
-    module: torch.fx.GraphModule, *, static: bool, captured: torch.fx.GraphModule | None = None
-) -> None:
+def use_inductor(module: torch.fx.GraphModule, *, static: bool, dynamo: DynamoMetadata | None = None) -> None:
     """Replace each ``submod_<i>`` partition of a split graph by an :class:`InductorPartition`
-    (``static``: the graph's input shapes are fixed; ``captured``: the graph Dynamo captured,
-    whose :class:`DynamoMetadata` the partitions carry to Inductor)."""
-    dynamo = None if captured is None else DynamoMetadata.of(captured)
+    (``static``: the graph's input shapes are fixed; ``dynamo``: the metadata of the graph Dynamo
+    captured, which the partitions carry to Inductor)."""
     for name, sub in list(module.named_children()):
         if isinstance(sub, torch.fx.GraphModule):
             setattr(module, name, InductorPartition(sub, name, static=static, dynamo=dynamo))

@@ -200,5 +200,22 @@ def test_inductor_partitions_of_a_dynamic_graph_compile_per_signature():
         for batch in (3, 5):
             x = torch.randn(batch, 8)
             torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-6)
-    (part,) = [m for m in backend.compilations[0].runner.module.children() if isinstance(m, InductorPartition)]
+    runner = backend.compilations[0].runner
+    part = runner.flat  # one device, nothing to move: the captured graph runs directly
+    assert isinstance(part, InductorPartition) and runner._direct == part.forward
     assert not part.static and len(part.compiled) == 2
+
+
+def test_a_static_graph_on_one_device_calls_the_inductor_compiled_graph_itself():
+    torch.manual_seed(0)
+    model = Mlp(width=8)
+    backend = autopart.backend(topology=make_topology([make_device("cpu")]), inner="inductor", strict=True)
+    compiled = torch.compile(model, backend=backend)
+    x = torch.randn(4, 8)
+    with torch.no_grad():
+        for _ in range(2):
+            torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-6)
+    runner = backend.compilations[0].runner
+    assert runner._direct is runner.flat._only is not None
+    partitions = [m for m in runner.module.children() if isinstance(m, InductorPartition)]
+    assert partitions and not any(p.compiled for p in partitions)  # compiled once, as captured

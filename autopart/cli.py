@@ -153,6 +153,7 @@ def _plan_options(args: argparse.Namespace) -> dict:
         max_groups=args.max_groups,
         objective=args.objective,
         compression=args.compression,
+        contiguous_stages=args.contiguous_stages,
     )
 
 
@@ -254,6 +255,10 @@ def _add_plan_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--solver", choices=("auto", "highs", "cbc"), default="auto")
     p.add_argument("--time-limit", type=float, default=10.0, help="solver seconds (default 10)")
     p.add_argument("--max-groups", type=int, default=32, help="coarsening target (default 32)")
+    p.add_argument(
+        "--contiguous-stages", action="store_true",
+        help="each device runs one contiguous run of tasks in execution order (pipeline stages)",
+    )
     p.add_argument("--out", metavar="FILE", help="save the plan as JSON")
 
 

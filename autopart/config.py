@@ -142,6 +142,11 @@ class Config:
     predicted faster by more than this fraction (a split adds copies and synchronization, and
     a few percent is within the cost model's error). 0 takes any predicted gain."""
 
+    contiguous_stages: bool = False
+    """Each device runs one contiguous run of the graph's tasks in execution order (pipeline
+    stages as GPipe and PipeDream cut them). False lets the solver give a device several runs,
+    which can balance a pipeline better; the runtime schedules either."""
+
     max_groups: int = 32
     """Coarsening target: the graph is contracted to at most about this many groups (contiguous
     runs of nodes, cut at module boundaries) before the ILP."""

@@ -149,6 +149,7 @@ def solve_annotated(
         time_limit_s=config.time_limit_s,
         mip_rel_gap=config.mip_rel_gap,
         min_split_gain=config.min_split_gain,
+        contiguous_stages=config.contiguous_stages,
     )
     plan = make_plan(graph, problem, solution, objective_name=config.objective, compression=config.compression)
     return dataclasses.replace(plan, device_map=dict(mapping)), problem

@@ -42,6 +42,12 @@ Constraints
     :math:`r_{w,d} \ge x_{c,d} - x_{h,d}`, and :math:`d` holds :math:`b_w r_{w,d}` more bytes all
     call long; no time is charged per call.
 
+    contiguous stages (:func:`add_contiguous_stages`, with ``contiguous_stages=True``): each
+    device runs one contiguous run of the movable tasks :math:`t_1, t_2, \dots` in execution
+    order (a pipeline stage, as in GPipe and PipeDream): :math:`a_{k,d} \ge x_{t_k,d} -
+    x_{t_{k-1},d}` and :math:`x_{t_1,d} + \sum_{k > 1} a_{k,d} \le 1`. Inputs and outputs, whose
+    device is fixed, are not part of the sequence.
+
     symmetry (:func:`add_symmetry_breaking`): devices that are interchangeable (same specs,
     capacity and links) are used in order of first use: for such a class
     :math:`d_0, d_1, \dots`, :math:`x_{t,d_j} \le \sum_{t' < t} x_{t',d_{j-1}}`. Any placement
@@ -69,7 +75,9 @@ copies it receives).
     ``throughput``: :math:`\min \beta` with :math:`\beta \ge B_d` for every device: the
     bottleneck of a pipeline that streams micro-batches through the devices (each device does its
     share of every micro-batch; pipeline fill and drain are not counted; PipeDream, Narayanan et
-    al., SOSP 2019). Stages need not be contiguous. The runtime pipelines the micro-batches of one
+    al., SOSP 2019). Stages need not be contiguous unless ``contiguous_stages`` asks (the
+    issue's PipeDream-style stages are then exact; without it the ILP may give a device several
+    runs of tasks, which the runtime schedules as well). The runtime pipelines the micro-batches of one
     call (:mod:`autopart.pipeline`), whose activations together are those of the whole batch,
     so memory is counted as for one call (``activation_copies`` = 1). Two valid cuts tighten the
     relaxation, with :math:`f_t = \min_d \tau_{t,d}` and :math:`\rho_d = \min_t \tau_{t,d} / f_t`
@@ -117,6 +125,7 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -475,6 +484,7 @@ class _Model:
         self.w: dict[tuple[int, int, str, str], pulp.LpVariable] = {}  # per reader (add_precedence)
         self.bottleneck_floor_s = 0.0  # aggregated_bottleneck_bound_s, for throughput
         self.energy_eta: float | None = None  # Zeus's eta for the energy objective (solve)
+        self.stage_start: dict[tuple[int, str], tuple[pulp.LpVariable, int]] = {}  # a, previous task
 
     def variable(self, name: str, low: float, up: float | None, cat: str = pulp.LpContinuous):
         return _variable(self.prob, name, low, up, cat)
@@ -617,12 +627,37 @@ def interchangeable_devices(problem: PlacementProblem) -> list[list[str]]:
 
 
 def add_symmetry_breaking(m: _Model) -> None:
-    free = [t for t, task in enumerate(m.problem.tasks) if task.fixed_device is None]
+    free = movable_tasks(m.problem)
     for cls in interchangeable_devices(m.problem):
         for prev, dev in zip(cls, cls[1:]):
             for k, t in enumerate(free):
                 earlier = [m.x[u, prev] for u in free[:k]]
                 m.prob += m.x[t, dev] <= pulp.lpSum(earlier), f"sym_{dev}_{t}"
+
+
+def movable_tasks(problem: PlacementProblem) -> list[int]:
+    """Indices of the tasks whose device the solver chooses (not inputs and outputs), in
+    execution order."""
+    return [t for t, task in enumerate(problem.tasks) if task.fixed_device is None]
+
+
+def is_contiguous(problem: PlacementProblem, assignment: Sequence[str]) -> bool:
+    """Whether each device runs one contiguous run of :func:`movable_tasks` (a pipeline stage)."""
+    order = [assignment[t] for t in movable_tasks(problem)]
+    runs = [d for k, d in enumerate(order) if k == 0 or d != order[k - 1]]
+    return len(runs) == len(set(runs))
+
+
+def add_contiguous_stages(m: _Model) -> None:
+    free = movable_tasks(m.problem)
+    for i, d in enumerate(m.problem.devices):
+        firsts = [m.x[free[0], d]] if free else []
+        for prev, t in zip(free, free[1:]):
+            a = m.variable(f"stage_start_{t}_{i}", 0, 1)
+            m.stage_start[t, d] = (a, prev)
+            m.prob += a >= m.x[t, d] - m.x[prev, d], f"stage_start_{t}_{i}"
+            firsts.append(a)
+        m.prob += pulp.lpSum(firsts) <= 1, f"one_stage_{i}"
 
 
 def _busy_terms(m: _Model) -> dict[str, list[tuple[pulp.LpVariable, float]]]:
@@ -696,7 +731,7 @@ def _capacity_in_fastest(m: _Model, fastest: list[float]) -> float:
     """``sum_d 1 / rho_d`` with ``rho_d = min_t tau_{t,d} / f_t`` over the free tasks allowed on
     ``d``: device ``d`` does at most ``B_d / rho_d`` of the fastest-time work, so the busiest
     device carries at least ``sum_t f_t / sum_d (1 / rho_d)`` (a slow CPU counts for little)."""
-    free = [t for t, task in enumerate(m.problem.tasks) if task.fixed_device is None]
+    free = movable_tasks(m.problem)
     total = 0.0
     for d in m.problem.devices:
         ratios = [
@@ -985,6 +1020,8 @@ def warm_start_values(m: _Model, assignment: tuple[str, ...]) -> dict[pulp.LpVar
         values[var] = float(sent)
     for (vi, c, s, d), w in m.w.items():
         values[w] = float(assignment[m.problem.values[vi].producer] == s and assignment[c] == d)
+    for (t, d), (a, prev) in m.stage_start.items():
+        values[a] = float(assignment[t] == d and assignment[prev] != d)
     if m.makespan is not None:
         starts, _ = _earliest_starts(m.problem, assignment, frozenset())
         values.update({var: s / m.time_unit_s for var, s in zip(m.start, starts)})
@@ -1051,6 +1088,7 @@ def solve(
     time_limit_s: float = 10.0,
     mip_rel_gap: float = 1e-2,
     min_split_gain: float = 0.05,
+    contiguous_stages: bool = False,
 ) -> Solution:
     r"""Place every task of ``problem`` (see the module docstring for the model).
 
@@ -1073,6 +1111,8 @@ def solve(
             kept unless the best found is predicted faster by more than this fraction (>= 0):
             a split adds copies and synchronization, and a gain of a few percent is within the
             cost model's error (``bench/results/costmodel-*.md``). 0 keeps the fastest.
+        contiguous_stages: each device runs one contiguous run of tasks in execution order
+            (:func:`add_contiguous_stages`); starting points that are not are left out.
 
     Raises:
         ValueError: an unknown objective, a negative slack or ``min_split_gain``, a model that
@@ -1099,18 +1139,22 @@ def solve(
 
     deadline = start + time_limit_s
     starts = starting_points(problem)
+    if contiguous_stages:
+        starts = {name: st for name, st in starts.items() if is_contiguous(problem, st[0])}
     latency_cap = None
     if objective == "energy" and energy_eta is None:  # two MILPs share the time budget
         now = time.perf_counter()
         half = now + (deadline - now) / 2
-        fastest = _solve_milp(problem, "latency", starts, None, solver, half, mip_rel_gap)
+        fastest = _solve_milp(problem, "latency", starts, None, solver, half, mip_rel_gap,
+                              contiguous=contiguous_stages)
         # (1 + slack) x the proven bound keeps the promise even when the fastest plan is only
         # within the gap of the optimum; never below the fastest plan found, which stays allowed.
         best_bound = fastest.bound if fastest.bound is not None else fastest.objective
         latency_cap = max((1 + energy_slack) * best_bound, fastest.objective)
         starts["fastest"] = (fastest.assignment, fastest.streamed)
     solution = _solve_milp(
-        problem, objective, starts, latency_cap, solver, deadline, mip_rel_gap, energy_eta
+        problem, objective, starts, latency_cap, solver, deadline, mip_rel_gap, energy_eta,
+        contiguous=contiguous_stages,
     )
     if objective != "energy" and min_split_gain > 0:
         solution = _prefer_one_device(problem, solution, min_split_gain)
@@ -1146,6 +1190,7 @@ def _solve_milp(
     deadline: float,
     mip_rel_gap: float,
     energy_eta: float | None = None,
+    contiguous: bool = False,
 ) -> Solution:
     """One MILP, solved by ``deadline`` (a ``time.perf_counter()`` value)."""
     start = time.perf_counter()
@@ -1161,6 +1206,8 @@ def _solve_milp(
     add_streaming(m)
     add_memory(m)
     add_symmetry_breaking(m)
+    if contiguous:
+        add_contiguous_stages(m)
     if objective != "throughput":
         add_precedence(m)
     else:
@@ -1198,6 +1245,7 @@ def _solve_milp(
                 f"buffers plus up to {_activation_peak(problem)} bytes of activations at once, "
                 f"and the devices allow {_fmt_caps(caps)}; raise max_memory or raise max_groups "
                 "to cut the graph finer"
+                + ("; or allow a device several runs of tasks (contiguous_stages=False)" if contiguous else "")
             )
         raise ValueError(
             f"the {solver_name} solver found no placement in the {time_limit_s:.2f} s left of "

@@ -92,6 +92,24 @@ def test_cli_solve_can_compress_activations_on_slow_links(tmp_path, capsys):
     assert plans["bf16"].predicted_time_s < plans["none"].predicted_time_s
 
 
+def test_cli_solve_can_ask_for_contiguous_stages(tmp_path, monkeypatch):
+    import autopart.dynamo
+
+    asked = []
+    real_solve = autopart.dynamo.solve
+    monkeypatch.setattr(autopart.dynamo, "solve", lambda *a, **kw: asked.append(kw) or real_solve(*a, **kw))
+    graph_path = Path(__file__).resolve().parents[1] / "bench" / "graphs" / "gpt2.json"
+    out = tmp_path / "p.json"
+    argv = ["solve", "--graph", str(graph_path), "--topology", "4xa100-pcie-cpu", "--objective", "throughput",
+            "--max-memory", "cuda:0=200MB", "cuda:1=200MB", "cuda:2=200MB", "cuda:3=200MB",
+            "--contiguous-stages", "--out", str(out)]
+    assert main(argv) == 0
+    devices = [t.device for t in Plan.load(out).tasks if "@" not in t.name]  # not inputs@ / output@
+    runs = [d for k, d in enumerate(devices) if k == 0 or d != devices[k - 1]]
+    assert len(runs) == len(set(runs)) >= 2, devices
+    assert [kw["contiguous_stages"] for kw in asked] == [True]
+
+
 def test_bad_graph_files_are_named(tmp_path):
     path = tmp_path / "bad.json"
     path.write_text(json.dumps({"format": "something-else"}))

@@ -17,6 +17,7 @@ from autopart.solver import (
     critical_path_s,
     evaluate,
     greedy_placement,
+    is_contiguous,
     interchangeable_devices,
     pigeonhole_bound_s,
     solve,
@@ -28,13 +29,18 @@ MB = 10**6
 
 def brute_force(
     problem: PlacementProblem, objective: str = "latency", latency_cap: float | None = None,
-    energy_eta: float | None = None,
+    energy_eta: float | None = None, contiguous: bool = False,
 ) -> tuple[float, tuple[str, ...]] | None:
-    """Minimum of ``objective`` over every placement that fits (and meets the latency cap),
-    by enumeration."""
+    """Minimum of ``objective`` over every placement that fits (and meets the latency cap; with
+    ``contiguous``, whose devices each run one contiguous run of tasks), by enumeration."""
     choices = [[t.fixed_device] if t.fixed_device else problem.devices for t in problem.tasks]
     best = None
     for assignment in itertools.product(*choices):
+        if contiguous:
+            movable = [d for t, d in zip(problem.tasks, assignment) if not t.fixed_device]
+            runs = [d for k, d in enumerate(movable) if k == 0 or d != movable[k - 1]]
+            if len(runs) != len(set(runs)):
+                continue
         homes = {w.home for w in problem.shared}
         streamable = [
             i for i, (t, d) in enumerate(zip(problem.tasks, assignment))
@@ -217,6 +223,30 @@ def test_independent_branches_on_two_devices_overlap():
     assert kept.objective == pytest.approx(10e-3) and kept.gap == pytest.approx(1 - sol.objective / 10e-3)
     with pytest.raises(ValueError, match="min_split_gain must be >= 0, got -0.1"):
         solve(p, min_split_gain=-0.1)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(problems(max_tasks=6), st.sampled_from(["latency", "throughput"]))
+def test_contiguous_stages_match_brute_force_over_contiguous_placements(problem, objective):
+    best = brute_force(problem, objective, contiguous=True)
+    sol = _solve_or_none(problem, objective=objective, contiguous_stages=True)
+    assert (best is None) == (sol is None)
+    if sol is not None:
+        assert is_contiguous(problem, sol.assignment)
+        assert sol.objective == pytest.approx(best[0], rel=1e-6, abs=1e-9)
+
+
+def test_contiguous_stages_cost_balance_in_a_pipeline():
+    # Tasks of 3, 3, 1, 1 ms on two equal GPUs, free copies: {3, 1} and {3, 1} make a 4 ms
+    # bottleneck, but as contiguous stages the best is 3 | 3 1 1 (5 ms).
+    topo = make_topology([make_device("cuda:0"), make_device("cuda:1")], link_gbps=1e6, latency_s=0.0)
+    p = _chain([{"cuda:0": t, "cuda:1": t} for t in (3e-3, 3e-3, 1e-3, 1e-3)], [0] * 4,
+               {"cuda:0": 10**9, "cuda:1": 10**9}, 1, topo)
+    free = solve(p, objective="throughput", mip_rel_gap=0.0, min_split_gain=0.0)
+    staged = solve(p, objective="throughput", mip_rel_gap=0.0, min_split_gain=0.0, contiguous_stages=True)
+    assert free.objective == pytest.approx(4e-3, rel=1e-3) and not is_contiguous(p, free.assignment)
+    assert staged.objective == pytest.approx(5e-3, rel=1e-3) and staged.status == "optimal"
+    assert staged.assignment[0] != staged.assignment[1] == staged.assignment[2] == staged.assignment[3]
 
 
 def test_too_little_memory_names_needed_and_available_bytes():

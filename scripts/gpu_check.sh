@@ -44,7 +44,10 @@ for s in "$@"; do
         tests/test_profiler.py tests/test_topology.py tests/test_e2e.py::test_steady_state_copies_to_a_real_gpu ;;
     tests) step tests 240 python3 -m pytest -q -p no:cacheprovider -n 8 ${TESTS:-} ;;  # TESTS: files or -k
     overhead) step overhead 200 python3 bench/overhead.py --rounds 31 ;;
-    costmodel) step costmodel 240 python3 bench/costmodel.py --device cuda:0 --repeats 3 --topology "$TOPO" ;;
+    costmodel)  # the profile step's topology when it ran, else the benchmark profiles per model
+        topology=()
+        [ -f "$TOPO" ] && topology=(--topology "$TOPO")
+        step costmodel 240 python3 bench/costmodel.py --device cuda:0 --repeats 3 "${topology[@]}" ;;
     *) echo "unknown step $s" | tee -a "$LOG" ;;
     esac
 done

@@ -18,7 +18,7 @@ from ._io import atomic_write_text
 from .coarsen import PlacementProblem
 from .graph import AnnotatedGraph
 from .kernels.compression import packed_element_size
-from .solver import Solution, evaluate, stream_host
+from .solver import Solution, evaluate, power_W, stream_host
 from .topology import Topology
 
 PLAN_FORMAT_VERSION = 4
@@ -355,8 +355,9 @@ def make_plan(
     """Turn a solved problem into a :class:`Plan` for ``graph`` (node names must match).
 
     ``compression``: the lossy method allowed for activation copies (see
-    :func:`choose_compression`); the predicted times count the copies it compresses (energy
-    does not).
+    :func:`choose_compression`); the predicted times and energy count the seconds the copies it
+    compresses save (each saved second is one less busy second of the receiving device and one
+    less second of the call, as :func:`autopart.solver.evaluate` prices them).
     """
     placement = {
         name: solution.assignment[i] for i, task in enumerate(problem.tasks) for name in task.nodes
@@ -373,6 +374,10 @@ def make_plan(
     ev = evaluate(problem, solution.assignment, solution.streamed)
     busy = {d: b - saved.get(d, 0.0) for d, b in ev.busy_s.items()}
     total_saved = sum(saved.values())
+    watts = {d: power_W(problem, d) for d in ev.busy_s}  # (active, idle)
+    saved_J = sum((watts[d][0] - watts[d][1]) * s for d, s in saved.items()) + total_saved * sum(
+        idle for _, idle in watts.values()
+    )
     tasks = tuple(
         TaskPlacement(
             name=t.name,
@@ -396,7 +401,7 @@ def make_plan(
         predicted_compute_s=ev.compute_s,
         predicted_transfer_s=ev.transfer_s - total_saved,
         predicted_bottleneck_s=max(busy.values(), default=0.0) if saved else ev.bottleneck_s,
-        predicted_energy_J=ev.energy_J,
+        predicted_energy_J=ev.energy_J - saved_J,
         predicted_peak_bytes={d: ev.peak_bytes.get(d, 0) for d in problem.capacity_bytes},
         capacity_bytes=dict(problem.capacity_bytes),
         solver=solution.solver,

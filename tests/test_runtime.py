@@ -159,6 +159,25 @@ def test_compressed_copies_on_a_slow_link_stay_within_the_bound(method):
     assert (out - want).abs().max().item() > 0  # it really was compressed
 
 
+def test_compressed_copies_save_energy_as_they_save_time():
+    """Each second a compressed copy saves is a busy second less on the receiving GPU and a
+    second less of every powered device's idle draw."""
+    model = Wide().eval()
+    options = _slow_link_options(model, 0.1)
+    options["topology"] = make_topology(
+        [make_device("cpu", tflops=0.001, max_power_W=100, idle_power_W=10),
+         make_device("cuda:0", max_power_W=300, idle_power_W=30),
+         make_device("cuda:1", max_power_W=400, idle_power_W=40)], link_gbps=0.1, latency_s=1e-5)
+    plain, packed = (autopart.plan_model(model, torch.randn(64, 64), **options, compression=c)[0]
+                     for c in ("none", "bf16"))
+    assert packed.placement == plain.placement
+    (copied,) = [t for t in packed.transfers if t.compression == "bf16"]
+    saved_s = plain.predicted_time_s - packed.predicted_time_s
+    receiver_W = {"cuda:0": 300 - 30, "cuda:1": 400 - 40}[copied.dst_device]
+    assert saved_s > 0
+    assert plain.predicted_energy_J - packed.predicted_energy_J == pytest.approx(saved_s * (receiver_W + 10 + 30 + 40))
+
+
 def test_a_fast_link_is_not_compressed():
     model = Wide().eval()
     plan = autopart.plan_model(model, torch.randn(64, 64),

@@ -318,7 +318,7 @@ def profile_call(fn: Callable[[], Any], trace_path: Path | None) -> dict[str, st
     averages = prof.key_averages()
     tables = {"by CPU time": averages.table(sort_by="cpu_time_total", row_limit=15, max_name_column_width=50)}
     if torch.cuda.is_available():
-        tables["by CUDA time"] = averages.table(sort_by="cuda_time_total", row_limit=15, max_name_column_width=50)
+        tables["by CUDA time"] = averages.table(sort_by="device_time_total", row_limit=15, max_name_column_width=50)
     if trace_path is not None:
         with tempfile.TemporaryDirectory() as tmp:
             raw = Path(tmp) / "trace.json"

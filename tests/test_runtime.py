@@ -60,6 +60,21 @@ def test_inductor_partitions_match_eager_forward_and_backward(capfd):
         torch.testing.assert_close(got, p.grad, rtol=1e-5, atol=1e-6)
 
 
+def test_dynamo_metadata_is_not_given_to_a_partition_holding_parameters():
+    """AOTAutograd would look a held parameter's name up among Dynamo's sources (and fail): such
+    a partition compiles as before, without the metadata."""
+    from autopart.runtime import DynamoMetadata
+
+    captured = torch.fx.symbolic_trace(Mlp())
+    captured.meta["dynamo_compile_id"] = "0/0"
+    captured._param_name_to_source = {}
+    metadata = DynamoMetadata.of(captured)
+    assert metadata is not None and DynamoMetadata.of(torch.fx.symbolic_trace(Mlp())) is None
+    holding = torch.fx.symbolic_trace(Mlp())  # a.weight, ... as attributes
+    metadata.apply(holding)
+    assert "dynamo_compile_id" not in holding.meta and not hasattr(holding, "_param_name_to_source")
+
+
 @torch.fx.wrap
 def data_dependent(x: torch.Tensor) -> torch.Tensor:
     """Branches on a tensor's value: fine eagerly, not traceable with fake tensors."""

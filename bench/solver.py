@@ -50,11 +50,14 @@ Solve times depend on this machine (named in the header, with the load average);
 bounds and ratios do not. Ratios are the result, not absolute times.
 
     python bench/solver.py [--graphs gpt2 bert llama3-8b resnet50] [--presets ...]
-        [--objectives latency ...] [--memory gpus+cpu gpus] [--time-limit 10] [--quick]
+        [--objectives latency ...] [--memory gpus+cpu gpus] [--time-limit 10] [--quick] [--contiguous-stages]
         [--sizes 500 1000 2500 5000 10000] [--no-scaling] [--out bench/results] [--no-write]
     python bench/solver.py --render bench/results/solver-<machine>-<date>.json
 
-Writes ``bench/results/solver-<machine>-<date>.md`` (the tables) and ``.json`` (raw data).
+Writes ``bench/results/solver-<machine>-<date>.md`` (the tables) and ``.json`` (raw data);
+``solver-contiguous-<machine>-<date>`` with ``--contiguous-stages`` (the ILP's placements give
+each device one contiguous run of tasks; the baselines are unchanged, so target T3 can fail
+against a baseline that is not contiguous).
 ``--quick`` runs a small subset as a smoke test and writes nothing; ``--render`` rewrites the
 ``.md`` of a results ``.json`` without solving anything.
 """
@@ -266,12 +269,13 @@ def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def run_case(graph: AnnotatedGraph, preset: str, mode: str, objective: str, time_limit_s: float,
-             log: Callable[[str], None]) -> dict[str, Any]:
+             log: Callable[[str], None], contiguous_stages: bool = False) -> dict[str, Any]:
     """Plan one case with the ILP and every baseline (``error`` set when planning fails)."""
     topo = Topology.preset(preset)
     # min_split_gain=0: the solver's own best; autopart's default would keep one device when a
     # split gains under 5%, which is policy, not solver quality.
-    config = Config(topology=preset, objective=objective, time_limit_s=time_limit_s, min_split_gain=0.0)
+    config = Config(topology=preset, objective=objective, time_limit_s=time_limit_s, min_split_gain=0.0,
+                    contiguous_stages=contiguous_stages)
     caps, rule = split_capacity(graph, topo, mode, config.max_groups)
     case: dict[str, Any] = {
         "graph": graph.name, "preset": preset, "memory": mode, "objective": objective,
@@ -636,7 +640,10 @@ def render(payload: dict[str, Any]) -> str:
         f"highspy {v['highspy']}, python {v['python']}"),
         (f"ILP time limit {payload['time_limit_s']:g} s, mip_rel_gap {payload['mip_rel_gap']:g}, "
         f"max_groups {payload['max_groups']}, min_split_gain {payload.get('min_split_gain', 0.05):g} "
-        f"(0: the best split however small its gain), solver {payload['solver']}; whole run "
+        f"(0: the best split however small its gain), "
+        + ("contiguous_stages (the ILP's placements only; baselines as always), "
+           if payload.get("contiguous_stages") else "")
+        + f"solver {payload['solver']}; whole run "
         f"{payload['run_s']:.0f} s; load average (1 min) {payload['load_average_1min'][0]:.2f} "
         f"before, {payload['load_average_1min'][1]:.2f} after"),
         "",
@@ -716,6 +723,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", nargs="+", type=int, default=None,
                         help=f"scaling: target node counts (default {SIZES})")
     parser.add_argument("--no-scaling", action="store_true", help="skip part 2")
+    parser.add_argument("--contiguous-stages", action="store_true",
+                        help="the ILP gives each device one contiguous run of tasks (Config.contiguous_stages)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: gpt2 + llama3-8b, 3 presets, mode gpus+cpu, sizes 500 "
                              "2500; writes nothing")
@@ -772,7 +781,7 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 for obj in objs:
                     log(f"{g} / {preset} / {mode} / {obj} ...")
-                    case = run_case(graph, preset, mode, obj, args.time_limit, log)
+                    case = run_case(graph, preset, mode, obj, args.time_limit, log, args.contiguous_stages)
                     case["targets"] = mark_targets(case)
                     cases.append(case)
                     print("| " + " | ".join(case_row(case)) + " |", flush=True)
@@ -789,6 +798,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": name, "cpu": cpu, "cores": cores, "date": today, "host": platform.node(),
         "versions": versions(), "git": git, "time_limit_s": args.time_limit,
         "mip_rel_gap": Config().mip_rel_gap, "max_groups": Config().max_groups, "min_split_gain": 0.0,
+        "contiguous_stages": args.contiguous_stages,
         "solver": Config().solver, "memory_rule": MEMORY_RULE, "targets": TARGETS,
         "run_s": run_s, "load_average_1min": [load_before, load_after], "cases": cases,
         "skipped": skipped, "scaling": scaling,
@@ -799,7 +809,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"run took {run_s:.1f} s")
     if write:
         args.out.mkdir(parents=True, exist_ok=True)
-        stem = args.out / f"solver-{name}-{today}"
+        stem = args.out / f"solver{'-contiguous' if args.contiguous_stages else ''}-{name}-{today}"
         stem.with_suffix(".md").write_text(text, encoding="utf-8")
         stem.with_suffix(".json").write_text(json.dumps(payload, indent=1, default=str) + "\n",
                                              encoding="utf-8")

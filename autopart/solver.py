@@ -77,8 +77,9 @@ copies it receives).
     share of every micro-batch; pipeline fill and drain are not counted; PipeDream, Narayanan et
     al., SOSP 2019). Stages are contiguous when ``contiguous_stages`` asks for them, as GPipe
     and PipeDream cut them; otherwise the ILP may give a device several runs of tasks, which the
-    runtime schedules as well. The runtime pipelines the micro-batches of one call (:mod:`autopart.pipeline`), whose activations together are those of the whole batch,
-    so memory is counted as for one call (``activation_copies`` = 1). Two valid cuts tighten the
+    runtime schedules as well. The runtime pipelines the micro-batches of one call
+    (:mod:`autopart.pipeline`), whose activations together are those of the whole batch, so
+    memory is counted as for one call (``activation_copies`` = 1). Two valid cuts tighten the
     relaxation, with :math:`f_t = \min_d \tau_{t,d}` and :math:`\rho_d = \min_t \tau_{t,d} / f_t`
     (how much slower device :math:`d` is at best): :math:`\beta \ge \sum_t f_t / \sum_d \rho_d^{-1}`
     (device :math:`d` does at most :math:`\beta / \rho_d` of the fastest-time work), and the

@@ -457,12 +457,15 @@ def render(payload: dict[str, Any]) -> str:
     lines += ["", "## Per batch", ""]
     for batch, info in payload["autopart"].items():
         f = info["floor"]
+        predicted_s = sum(p["predicted_time_s"] for p in info["plans"])  # graphs run one after another
         lines.append(
             f"- batch {batch}: autopart first call {info['first_call_s']:.1f} s ({info['graphs']} graph(s), "
             f"planning {sum(info['plan_s']):.1f} s), output on {info['output_device']}; streams "
             f"{fmt_bytes(f['streamed_weight_bytes'])} of weights per call ({fmt_bytes(f['all_transfer_bytes'])} "
             f"with activations) = {f['stream_s'] * 1e3:.1f} ms at pinned bandwidth; predicted CPU compute "
             f"{f['cpu_compute_predicted_s'] * 1e3:.1f} ms, GPU compute {f['gpu_compute_predicted_s'] * 1e3:.1f} ms; "
+            f"the plan predicts {predicted_s * 1e3:.1f} ms per call, measured / predicted "
+            f"{info['median_s'] / predicted_s:.2f}; "
             f"max |logits - accelerate's| {_num(info.get('max_abs_diff_vs_accelerate'))}"
             + (f"; FELL BACK: {info['fallbacks']}" if info["fallbacks"] else ""))
     acc = payload.get("accelerate")

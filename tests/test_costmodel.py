@@ -224,6 +224,24 @@ def test_calibration_samples_on_a_gpu_reach_bandwidth_bound_sizes():
     assert all(x <= 64 * 2**20 for x in largest[False].values()), largest[False]
 
 
+def test_calibration_falls_back_to_small_samples_when_memory_is_short(monkeypatch, caplog):
+    from autopart.costmodel import calibration
+
+    real = calibration._samples
+
+    def short_of_memory(device, large=None):
+        if large is None:  # the device's default sizes: as if a GPU's did not fit
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return real(device, large=large)
+
+    monkeypatch.setattr(calibration, "_samples", short_of_memory)
+    monkeypatch.setattr("autopart.profiler.best_time_s", lambda fn, cuda, time_s: 1e-3)  # no timing
+    with caplog.at_level("WARNING", logger="autopart.costmodel.calibration"):
+        cal = calibrate_device("cpu", budget_s=0.5)
+    assert "too little free memory" in caplog.text
+    assert set(cal["classes"]) | set(cal["failed"]) == set(real(torch.device("meta"), large=False))
+
+
 def test_op_classes():
     assert op_class(aten.mm.default) == op_class(aten.convolution.default) == "matmul"
     assert op_class(aten.tanh.default) == "transcendental:tanh"

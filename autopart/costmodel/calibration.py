@@ -198,7 +198,12 @@ def calibrate_device(device: str | torch.device, *, budget_s: float = 10.0) -> d
         raise ValueError(f"calibrate_device: budget_s must be > 0 seconds, got {budget_s!r}")
     dev = torch.device(device)
     cuda = [dev] if dev.type == "cuda" else []
-    samples = _samples(dev)
+    try:
+        samples = _samples(dev)
+    except torch.OutOfMemoryError:  # a GPU that others fill: the small sizes still fit
+        log.warning("calibration on %s: too little free memory for GPU-sized samples (about 2.5 GiB); "
+                    "using small ones, whose times may show launch latency only", dev)
+        samples = _samples(dev, large=False)
     per_sample_s = max(0.01, budget_s / ROUNDS / sum(len(v) for v in samples.values()))
     classes: dict[str, Any] = {}
     failed: dict[str, str] = {}

@@ -154,11 +154,26 @@ def vocab_size(model: torch.nn.Module) -> int:
 # --------------------------------------------------------------------------- measuring
 
 
-def h2d_bandwidth_Bps(nbytes: int = BANDWIDTH_BYTES, repeats: int = 5) -> dict[str, float]:
+def host_link_bandwidth_Bps(nbytes: int = BANDWIDTH_BYTES, repeats: int = 5) -> dict[str, float]:
     """Host-to-device copy bandwidth of one ``nbytes`` tensor, pinned and pageable: median of
     ``repeats`` copies ``t.to("cuda", non_blocking=True)`` timed with CUDA events, after one
-    warm-up copy."""
+    warm-up copy. Also device-to-host (``d2h_pinned``: ``.to("cpu", non_blocking=True)``, which
+    lands in pinned memory, as autopart copies outputs back; ``d2h_pageable``: a blocking
+    ``.to("cpu")``), timed on the host around a synchronize."""
     out = {}
+    src = torch.ones(nbytes, dtype=torch.uint8, device="cuda")
+    for kind, non_blocking in (("d2h_pinned", True), ("d2h_pageable", False)):
+        src.to("cpu", non_blocking=non_blocking)
+        torch.cuda.synchronize()
+        samples = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            dst = src.to("cpu", non_blocking=non_blocking)
+            torch.cuda.synchronize()
+            samples.append(time.perf_counter() - t0)
+            del dst
+        out[kind] = nbytes / statistics.median(samples)
+    del src
     for kind in ("pinned", "pageable"):
         src = torch.empty(nbytes, dtype=torch.uint8, pin_memory=(kind == "pinned"))
         src.fill_(1)
@@ -426,7 +441,9 @@ def render(payload: dict[str, Any]) -> str:
          f"{s['time_limit_s']} s" + (f", device_map {s['device_map']!r}" if s.get("device_map") else "")),
         "",
         f"host-to-device bandwidth ({payload['bandwidth_source']}): pinned {bw['pinned'] / 1e9:.2f} GB/s"
-        + (f", pageable {bw['pageable'] / 1e9:.2f} GB/s" if bw.get("pageable") else ""),
+        + (f", pageable {bw['pageable'] / 1e9:.2f} GB/s" if bw.get("pageable") else "")
+        + (f"; device-to-host: into pinned memory {bw['d2h_pinned'] / 1e9:.2f} GB/s, pageable "
+           f"{bw['d2h_pageable'] / 1e9:.2f} GB/s" if bw.get("d2h_pinned") else ""),
         "",
         ("floor = max(weight bytes autopart's plan streams per call / pinned bandwidth, autopart's "
          "predicted compute time of the plan's CPU tasks): perfect overlap of every copy and "
@@ -598,14 +615,14 @@ def main(argv: list[str] | None = None) -> int:
         f"'cpu': {fmt_bytes(cpu_cap)}}}")
 
     if cuda and not dry:
-        log("measuring host-to-device bandwidth ...")
-        bandwidth = h2d_bandwidth_Bps()
+        log("measuring host <-> device bandwidth ...")
+        bandwidth = host_link_bandwidth_Bps()
         bandwidth_source = f"measured, {BANDWIDTH_BYTES // 2**20} MiB copies, median of 5, CUDA events"
     else:
         link = autopart.Topology.preset(DRY_TOPOLOGY).link("cpu", "cuda:0")
         bandwidth = {"pinned": link.bandwidth_Bps}
         bandwidth_source = f"dry run: nominal cpu -> cuda:0 link of preset {DRY_TOPOLOGY}, not measured"
-    log("host-to-device bandwidth: " + ", ".join(f"{k} {v / 1e9:.2f} GB/s" for k, v in bandwidth.items()))
+    log("host <-> device bandwidth: " + ", ".join(f"{k} {v / 1e9:.2f} GB/s" for k, v in bandwidth.items()))
 
     gen = torch.Generator().manual_seed(0)
     batches = [{"batch": b, "input_ids": torch.randint(0, vocab_size(model), (b, args.seq_len), generator=gen)}

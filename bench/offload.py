@@ -617,7 +617,8 @@ def main(argv: list[str] | None = None) -> int:
     if cuda and not dry:
         log("measuring host <-> device bandwidth ...")
         bandwidth = host_link_bandwidth_Bps()
-        bandwidth_source = f"measured, {BANDWIDTH_BYTES // 2**20} MiB copies, median of 5, CUDA events"
+        bandwidth_source = (f"measured, {BANDWIDTH_BYTES // 2**20} MiB copies, median of 5; host-to-device "
+                            "timed with CUDA events, device-to-host on the host clock")
     else:
         link = autopart.Topology.preset(DRY_TOPOLOGY).link("cpu", "cuda:0")
         bandwidth = {"pinned": link.bandwidth_Bps}

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import re
 
+import torch
+
 from autopart.topology import Topology
 
 
@@ -21,3 +23,9 @@ def machine_name(topo: Topology) -> str:
         return f"{len(gpus)}x{slug(gpus[0].model)}" if len(gpus) > 1 else slug(gpus[0].model)
     cpu = topo.device("cpu")
     return f"{slug(cpu.model)}-{len(os.sched_getaffinity(0))}c"
+
+
+def sync() -> None:
+    """Wait for queued GPU work (a no-op until CUDA is in use), so host timers see it."""
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()

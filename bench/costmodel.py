@@ -46,7 +46,7 @@ from pathlib import Path
 
 import torch
 import torch.fx
-from _common import slug
+from _common import slug, sync
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves, tree_map
 
@@ -101,30 +101,25 @@ def capture(model, inputs, topology):
     return gm, example_inputs, analysis
 
 
-def _sync() -> None:
-    if torch.cuda.is_initialized():
-        torch.cuda.synchronize()
-
-
 def time_samples_s(fn, repeats: int, min_time_s: float = 0.02) -> list[float]:
     """``repeats`` samples of fn's seconds per call; each sample loops enough calls to last
     ``min_time_s``, so that timer resolution does not matter for tiny ops. On CUDA each sample
     ends with a synchronize, so GPU work that was queued is counted (steady state: launches
     overlap the kernels of earlier calls, as in a run of the whole graph)."""
     fn()
-    _sync()
+    sync()
     start = time.perf_counter()
     fn()
-    _sync()
+    sync()
     once = max(time.perf_counter() - start, 1e-7)
     loops = max(1, int(min_time_s / once))
     samples = []
     for _ in range(repeats):
-        _sync()
+        sync()
         start = time.perf_counter()
         for _ in range(loops):
             fn()
-        _sync()
+        sync()
         samples.append((time.perf_counter() - start) / loops)
     return samples
 

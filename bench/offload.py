@@ -78,7 +78,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import slug
+from _common import slug, sync
 
 import autopart
 from autopart._io import atomic_write_text
@@ -93,11 +93,6 @@ DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
 
 
 # --------------------------------------------------------------------------- model
@@ -344,8 +339,8 @@ def profile_call(fn: Callable[[], Any], trace_path: Path | None) -> dict[str, st
 
 
 def run_autopart(model: torch.nn.Module, options: dict[str, Any], b: dict, warmup: int,
-                 repeats: int, budget_s: float, trace_path: Path | None = None,
-                 trace: bool = False) -> dict[str, Any]:
+                 repeats: int, budget_s: float, trace: bool = False,
+                 trace_path: Path | None = None) -> dict[str, Any]:
     """Compile ``model`` with a fresh autopart backend for batch ``b`` and time it; with
     ``trace``, profile one more call (:func:`profile_call`)."""
     torch._dynamo.reset()
@@ -648,7 +643,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"autopart batch {b['batch']}: compiling (capture, plan, rewrite) ...")
         trace_path = None if out is None else out / f"offload-{device_slug}-{date}-b{b['batch']}.trace.json.gz"
         ap[b["batch"]] = run_autopart(model, options, b, args.warmup, args.repeats, args.budget,
-                                      trace_path=trace_path if args.trace else None, trace=args.trace)
+                                      trace=args.trace, trace_path=trace_path)
 
     tokens = {b["batch"]: b["batch"] * args.seq_len for b in batches}
     rows, verdicts, ap_out = [], {}, {}

@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import machine_name
+from _common import machine_name, sync
 
 import autopart
 
@@ -65,18 +65,13 @@ def build(name: str, device: str):
     return model.eval().to(device), tuple(x.to(device) for x in inputs)
 
 
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def time_calls(fn, inputs, calls: int, device: str) -> float:
+def time_calls(fn, inputs, calls: int) -> float:
     """Seconds per call over ``calls`` back-to-back calls."""
-    sync(device)
+    sync()
     start = time.perf_counter()
     for _ in range(calls):
         fn(*inputs)
-    sync(device)
+    sync()
     return (time.perf_counter() - start) / calls
 
 
@@ -94,11 +89,11 @@ def measure(name: str, inner: str, device: str, rounds: int, calls: int | None) 
                 fn(*inputs)
         warm_s = time.perf_counter() - t0
         if calls is None:  # about 50 ms of calls per round
-            calls = max(1, int(0.05 / max(time_calls(baseline, inputs, 3, device), 1e-6)))
+            calls = max(1, int(0.05 / max(time_calls(baseline, inputs, 3), 1e-6)))
         base, auto = [], []
         for _ in range(rounds):
-            base.append(time_calls(baseline, inputs, calls, device))
-            auto.append(time_calls(ours, inputs, calls, device))
+            base.append(time_calls(baseline, inputs, calls))
+            auto.append(time_calls(ours, inputs, calls))
     runners = [c.runner for c in backend.compilations if c.runner is not None]
     ratios = sorted(a / b for a, b in zip(auto, base))
     result = {

@@ -219,7 +219,7 @@ def test_calibration_samples_on_a_gpu_reach_bandwidth_bound_sizes():
     for large in (True, False):
         samples = _samples(torch.device("meta"), large=large)
         largest[large] = {cls: max(_point(fn, cls, 0.0)[0] for fn in fns) for cls, fns in samples.items()
-                          if cls != "matmul"}
+                          if cls.split(":")[0] != "matmul"}
     assert all(x >= GPU_LARGEST_S * 3.35e12 for x in largest[True].values()), largest[True]
     assert all(x <= 64 * 2**20 for x in largest[False].values()), largest[False]
 
@@ -235,11 +235,35 @@ def test_calibration_falls_back_to_small_samples_when_memory_is_short(monkeypatc
         return real(device, large=large)
 
     monkeypatch.setattr(calibration, "_samples", short_of_memory)
-    monkeypatch.setattr("autopart.profiler.best_time_s", lambda fn, cuda, time_s: 1e-3)  # no timing
+    monkeypatch.setattr("autopart.profiler.best_time_s", lambda fn, cuda, **kw: 1e-3)  # no timing
     with caplog.at_level("WARNING", logger="autopart.costmodel.calibration"):
         cal = calibrate_device("cpu", budget_s=0.5)
     assert "too little free memory" in caplog.text
     assert set(cal["classes"]) | set(cal["failed"]) == set(real(torch.device("meta"), large=False))
+
+
+@pytest.mark.parametrize("budget_s", [0.5, 5.0, 60.0])
+def test_calibration_blocks_are_as_long_as_the_budget_allows(monkeypatch, budget_s):
+    from autopart.costmodel import calibration
+    from autopart.profiler import MIN_BLOCK_S, MIN_REPEATS
+
+    seen = []
+
+    def timed(fn, cuda, *, time_s, min_block_s):
+        seen.append((time_s, min_block_s))
+        return 1e-3
+
+    monkeypatch.setattr(calibration, "_sustain", lambda *a: None)
+    monkeypatch.setattr("autopart.profiler.best_time_s", timed)
+    calibrate_device("cpu", budget_s=budget_s)
+    n = sum(map(len, calibration._samples(torch.device("meta")).values()))
+    assert len(seen) == calibration.ROUNDS * n
+    for time_s, block_s in seen:
+        assert MIN_BLOCK_S <= block_s <= calibration.BLOCK_S
+        assert block_s * MIN_REPEATS <= time_s * (1 + 1e-9) or block_s == MIN_BLOCK_S  # repeats fit
+    assert sum(t for t, _ in seen) == pytest.approx(max(budget_s, 0.01 * len(seen)))
+    if budget_s >= 60:
+        assert seen[0][1] == calibration.BLOCK_S
 
 
 def test_op_classes():
@@ -250,6 +274,8 @@ def test_op_classes():
     assert op_class(aten.cat.default) == op_class(aten.embedding.default) == "copy"
     assert op_class(aten.add.Tensor) == op_class(aten.pow.Tensor_Scalar) == "elementwise"
     assert op_class(aten.max_pool2d_with_indices.default) == "reduction:max_pool2d_with_indices"
+    assert op_class(aten._scaled_dot_product_flash_attention_for_cpu.default) == "matmul:attention"
+    assert op_class(aten._scaled_dot_product_efficient_attention.default) == "matmul:attention"
 
 
 def _calibrated_device():
@@ -269,6 +295,11 @@ def test_roofline_uses_the_calibrated_fit_of_the_op_class():
     assert roofline_time_s(mm, dev) == pytest.approx(2e-5 + 1e9 / 5e11)
     bf16 = OpCost(10**9, 10**6, 10**6, 1, "bfloat16", "matmul")  # rate scales with peak: 4x
     assert roofline_time_s(bf16, dev) == pytest.approx(2e-5 + 1e9 / 2e12)
+    attention = OpCost(10**9, 10**6, 10**6, 1, "float32", "matmul:attention")  # falls back to matmul
+    assert roofline_time_s(attention, dev) == roofline_time_s(mm, dev)
+    fits = dev.measured["calibration"]["classes"]
+    fits["matmul:attention"] = {"unit": "FLOP", "overhead_s": 1e-5, "rate": 2e11}
+    assert roofline_time_s(attention, dev) == pytest.approx(1e-5 + 1e9 / 2e11)  # its own fit
     tanh = OpCost(10**6, 4 * 10**6, 4 * 10**6, 1, "float32", "transcendental:tanh")  # class fit
     assert roofline_time_s(tanh, dev) == pytest.approx(3e-6 + 8e6 / 2e9)
     add = OpCost(10**6, 8 * 10**6, 4 * 10**6, 1, "float32", "elementwise")
@@ -293,6 +324,44 @@ def test_matmul_correction_follows_the_nearest_samples():
     assert matmul_correction({"overhead_s": 0.0, "rate": 1e11, "samples": [[1e8, 1e-3]] * 3}, 1e8, 1e6) == 1.0
 
 
+def test_matmul_correction_takes_samples_of_the_same_row_alignment():
+    # The same line; unaligned samples ran 1.5x slower than aligned ones of the same size.
+    aligned = [[1e8, 1e-3, 1e6, 1.0], [1e9, 1e-2, 1e7, 1.0]]
+    unaligned = [[1e8, 1.5e-3, 1e6, 0.0], [1e9, 1.5e-2, 1e7, 0.0]]
+    fit = {"overhead_s": 0.0, "rate": 1e11, "samples": aligned + unaligned}
+    assert matmul_correction(fit, 3e8, 3e6) == pytest.approx(1.0)
+    assert matmul_correction(fit, 3e8, 3e6, aligned=False) == pytest.approx(1.5)
+    # fewer than two unaligned samples (or a file from before the flag): all samples count
+    one = {**fit, "samples": aligned + [[1e10, 1.5e-1, 1e8, 0.0]]}
+    assert matmul_correction(one, 1e10, 1e8, aligned=False) == pytest.approx(1.5)
+    assert matmul_correction(one, 1e10, 1e8) == pytest.approx(1.0)
+    old = {**fit, "samples": [s[:3] for s in aligned]}
+    assert matmul_correction(old, 3e8, 3e6, aligned=False) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(("shape", "dtype", "aligned"), [
+    ((128, 50257), torch.float32, False),  # GPT-2's vocabulary
+    ((128, 50304), torch.float32, True),   # nanoGPT's padded one
+    ((127, 768), torch.float32, True),     # only the row length counts
+    ((128, 8), torch.float32, True),       # rows within one cache line
+    ((12, 128, 36), torch.float16, False),
+    ((12, 128, 32), torch.float16, True),
+])
+def test_matrix_products_record_whether_their_output_rows_are_aligned(shape, dtype, aligned):
+    from autopart.costmodel.ops import CostRecorder
+
+    *batch, m, n = shape
+    a = torch.empty(*batch, m, 64, dtype=dtype, device="meta")
+    b = torch.empty(*batch, 64, n, dtype=dtype, device="meta")
+    recorder = CostRecorder()
+    with recorder:
+        (torch.bmm if batch else torch.mm)(a, b)
+        torch.add(a, 1)
+    (mm, add) = recorder.ops
+    assert (mm.kind, mm.aligned) == ("matmul", aligned)
+    assert add.aligned  # the flag is for matrix products only
+
+
 def test_a_calibrated_matmul_is_scaled_by_its_correction():
     dev = _calibrated_device()
     fit = dev.measured["calibration"]["classes"]["matmul"]
@@ -306,11 +375,13 @@ def test_calibrating_this_cpu_fits_every_class():
     assert set(cal["classes"]) | set(cal["failed"]) == {
         "matmul", "transcendental", "reduction", "copy", "elementwise",
         "transcendental:tanh", "transcendental:gelu", "transcendental:silu", "transcendental:exp",
-        "reduction:max_pool2d_with_indices", "elementwise:native_batch_norm",
+        "reduction:max_pool2d_with_indices", "elementwise:native_batch_norm", "matmul:attention",
     }
     for fit in cal["classes"].values():
         assert fit["rate"] > 0 and fit["overhead_s"] >= 0 and len(fit["samples"]) >= 3
     assert cal["classes"]["matmul"]["unit"] == "FLOP"
-    assert all(len(sample) == 3 for sample in cal["classes"]["matmul"]["samples"])  # FLOPs, s, bytes
+    samples = cal["classes"]["matmul"]["samples"]
+    assert all(len(sample) == 4 for sample in samples)  # FLOPs, s, bytes, rows aligned
+    assert 2 <= sum(s[3] == 0.0 for s in samples) < len(samples) - 2  # both kinds to correct from
     with pytest.raises(ValueError, match="budget_s must be > 0"):
         calibrate_device("cpu", budget_s=0)

@@ -2,22 +2,22 @@
 fixed cost, from timed representative ops.
 
 Classes (:func:`autopart.costmodel.ops.op_class`, by aten op): ``matmul`` (mm, addmm, bmm,
-convolution, attention kernels), ``transcendental`` (tanh, exp, gelu, ...: elementwise but compute-heavy; tanh, gelu,
-silu and exp are fitted one by one as ``transcendental:<op>``, and so are max pooling and
-batch norm with running statistics, ``reduction:max_pool2d_with_indices`` and
-``elementwise:native_batch_norm``),
+convolution), ``transcendental`` (tanh, exp, gelu, ...: elementwise but compute-heavy),
 ``reduction`` (softmax, layer/batch norm, sum, mean, ...), ``copy`` (clone, cat, index/gather,
-embedding, dtype casts) and ``elementwise`` (everything else that launches work).
+embedding, dtype casts) and ``elementwise`` (everything else that launches work). Some ops are
+fitted one by one, as ``<class>:<op>``: tanh, gelu, silu and exp, max pooling
+(``reduction:max_pool2d_with_indices``), batch norm with running statistics
+(``elementwise:native_batch_norm``), and the fused attention kernels (``matmul:attention``).
 
-For each class, representative ops at several sizes are timed (the best of repeated blocks,
-``autopart.profiler.best_time_s``, over ``ROUNDS`` passes spread across the budget, after
-``SUSTAIN_S`` of matmuls: other tenants of a shared machine only add time, and a model's run
-holds the clock a sustained load gets) and costed by the same rules the cost pass uses
-(:class:`autopart.costmodel.ops.CostRecorder`); then ``time = overhead_s + x / rate`` is fitted
-by relative least squares (:func:`autopart.profiler.fit_alpha_beta`), with ``x`` the op's FLOPs
-for ``matmul`` and its bytes read + written for the other classes. A saturating efficiency
-``rate(x) = peak * x / (x + x_half)`` gives exactly this line (``time = x_half / peak + x /
-peak``), so the fitted ``overhead_s`` holds both the dispatch cost and the small-op
+For each class, representative ops at several sizes are timed (the best of repeated blocks of
+up to ``BLOCK_S``, ``autopart.profiler.best_time_s``, over ``ROUNDS`` passes spread across the
+budget, after ``SUSTAIN_S`` of matmuls: other tenants of a shared machine only add time, and
+a model's run holds the clock a sustained load gets) and costed by the same rules the cost
+pass uses (:class:`autopart.costmodel.ops.CostRecorder`); then ``time = overhead_s + x /
+rate`` is fitted by relative least squares (:func:`autopart.profiler.fit_alpha_beta`), with
+``x`` the op's FLOPs for the matmul classes and its bytes read + written for the others. A
+saturating efficiency ``rate(x) = peak * x / (x + x_half)`` gives exactly this line (``time =
+x_half / peak + x / peak``), so the fitted ``overhead_s`` holds both the dispatch cost and the small-op
 inefficiency (small matmuls run far below peak), and ``rate`` the large-op rate.
 
 :func:`autopart.costmodel.roofline.roofline_time_s` uses a device's fit when
@@ -25,10 +25,12 @@ inefficiency (small matmuls run far below peak), and ``rate`` the large-op rate.
 
 Matmuls of one FLOP count do not all run at one rate: a projection onto a 32000-word
 vocabulary streams its weights from memory and runs at about half the rate of a layer's
-matmuls on a CPU. So the matmul line is corrected per op by the samples most like it:
-:func:`matmul_correction` scales it by the measured/fitted ratio of the two nearest samples in
-(log FLOPs, log bytes), weighted by inverse distance (a nearest-neighbour efficiency table, as
-operator-level profiling in FlexFlow or Alpa would measure the ops themselves).
+matmuls on a CPU, and one onto GPT-2's 50257 words, whose output rows are not aligned
+(:func:`autopart.costmodel.ops.rows_aligned`), 20% slower again. So the matmul line is
+corrected per op by the samples most like it: :func:`matmul_correction` scales it by the
+measured/fitted ratio of the two nearest samples of the same row alignment in (log FLOPs, log
+bytes), weighted by inverse distance (a nearest-neighbour efficiency table, as operator-level
+profiling in FlexFlow or Alpa would measure the ops themselves).
 
 The ``calibration`` dict (JSON)::
 
@@ -36,7 +38,8 @@ The ``calibration`` dict (JSON)::
     dtype    "float32" (rates of matmul for other dtypes scale with the device's peak_flops)
     classes  {class: {"unit": "FLOP" | "byte", "overhead_s": s, "rate": per second,
                       "r2": R^2, "samples": [[x, seconds], ...]}}  (matmul samples:
-                      [FLOPs, seconds, bytes read + written])
+                      [FLOPs, seconds, bytes read + written, 1 if rows aligned else 0];
+                      files from before the alignment have 3 numbers, all aligned)
     failed   {class: reason}  classes whose fit failed (they use the plain roofline)
 """
 
@@ -58,19 +61,23 @@ log = logging.getLogger(__name__)
 CALIBRATION_FORMAT_VERSION = 2
 
 
-def matmul_correction(fit: dict[str, Any], flops: float, nbytes: float) -> float:
+def matmul_correction(fit: dict[str, Any], flops: float, nbytes: float, aligned: bool = True) -> float:
     """Factor on the matmul line for an op of ``flops`` and ``nbytes`` (read + written): the
     measured/fitted time ratio of the two calibration samples nearest in (log10 FLOPs, log10
-    bytes), weighted by inverse distance; 1 when the fit has no such samples (format 1).
+    bytes), weighted by inverse distance, among the samples whose output rows are ``aligned``
+    like the op's (all samples when fewer than two are); 1 when the fit has no such samples
+    (format 1).
 
     Returns a factor > 0 (an exact sample gets its own ratio).
     """
-    samples = [s for s in fit.get("samples", ()) if len(s) == 3 and s[0] > 0 and s[1] > 0 and s[2] > 0]
+    samples = [s for s in fit.get("samples", ()) if len(s) >= 3 and s[0] > 0 and s[1] > 0 and s[2] > 0]
+    alike = [s for s in samples if bool(s[3] if len(s) > 3 else 1) == aligned]
+    samples = alike if len(alike) >= 2 else samples
     if len(samples) < 2 or flops <= 0 or nbytes <= 0:
         return 1.0
     here = (math.log10(flops), math.log10(nbytes))
     scored = []
-    for x, seconds, b in samples:
+    for x, seconds, b, *_ in samples:
         line = fit["overhead_s"] + x / fit["rate"]
         distance = math.hypot(math.log10(x) - here[0], math.log10(b) - here[1])
         scored.append((distance, seconds / line))
@@ -110,6 +117,9 @@ def _samples(device: torch.device, large: bool | None = None) -> dict[str, list[
     # with a bias (addmm), and an output projection over a vocabulary (weights beyond the caches)
     matmul += [(lambda a=t(m, k), w=t(n, k), b=t(n): F.linear(a, w, b))
                for m, k, n in [(128, 768, 3072), (128, 2048, 512), (128, 768, 32000)]]
+    # output rows not a multiple of 64 bytes (GPT-2's 50257-word vocabulary), from 1 to 25 ms on a CPU
+    matmul += [(lambda a=t(m, k), w=t(n, k), b=t(n): F.linear(a, w, b))
+               for m, k, n in [(128, 768, 767), (128, 768, 4095), (128, 1024, 8191)]]
     matmul += [(lambda a=t(12, 128, 64), b=t(12, 64, 128): torch.bmm(a, b))]
     matmul += [(lambda x=t(1, 64, 56, 56), w=t(64, 64, 3, 3): F.conv2d(x, w, padding=1))]
     sizes = [2**16, 2**19, 2**22, 2**24, 2**25] if large else [2**12, 2**15, 2**18, 2**20, 2**22]
@@ -132,6 +142,16 @@ def _samples(device: torch.device, large: bool | None = None) -> dict[str, list[
          F.batch_norm(x, m, v, w, bias, training=False))
         for b, c, s in images
     ]
+    # (batch, heads, sequence, head size); q, k, v transposed from (batch, sequence, heads, head size)
+    # as transformers' attention layers make them
+    heads = [(1, 12, 128, 64), (1, 16, 256, 64), (1, 12, 512, 64), (2, 16, 128, 128)]
+    if large:
+        heads = [(1, 12, 128, 64), (8, 16, 512, 64), (8, 16, 2048, 64), (4, 32, 2048, 128)]
+    one_by_one["matmul:attention"] = [
+        (lambda q=t(b, s, h, d).transpose(1, 2), k=t(b, s, h, d).transpose(1, 2),
+         v=t(b, s, h, d).transpose(1, 2): F.scaled_dot_product_attention(q, k, v))
+        for b, h, s, d in heads
+    ]
     rows = [4, 128, 2048, 16384, 65536] if large else [4, 32, 128, 512, 2048]
     reduction = [(lambda a=t(r, 768): torch.softmax(a, -1)) for r in rows]
     reduction += [(lambda a=t(r, 768): F.layer_norm(a, (768,))) for r in rows[1::2]]
@@ -151,6 +171,15 @@ ROUNDS = 3
 """Passes over every sample: a sample's time is its best over passes spread across the
 budget, so that a slow spell of a shared machine (seconds long) does not bend one class."""
 
+BLOCK_S = 0.02
+"""Seconds a timed block of back-to-back calls lasts where the budget allows
+(:data:`autopart.profiler.MIN_REPEATS` blocks per sample and pass), else less, down to
+:data:`autopart.profiler.MIN_BLOCK_S`. A model's run holds the device for tens to hundreds of
+ms; the best of many 1 ms blocks also catches the short fast spells between other tenants'
+time slices on a shared VM. Measured on a 2-core VM (a 128x768x3072 linear, the best of 240
+calls in blocks of 1, 10 and 60 calls, interleaved): single calls 3.79 ms, blocks of 60
+calls (250 ms) 4.15 ms, 9% slower."""
+
 SUSTAIN_S = 2.0
 """Seconds of matmuls run before the first timed sample, so that the device times ops at the
 clock it holds under the sustained load of a model's run rather than a burst's boost clock."""
@@ -166,14 +195,15 @@ def _sustain(fn: Callable[[], Any], cuda: list[torch.device], seconds: float) ->
 
 def _point(fn: Callable[[], Any], cls: str, seconds: float) -> list[float]:
     """A calibration sample of ``fn``'s ops of class ``cls``: ``[x, seconds]`` with ``x`` their
-    FLOPs (matmul) or bytes read + written (others); matmul samples add their bytes."""
+    FLOPs (matmul) or bytes read + written (others); matmul samples add their bytes and
+    whether their output rows are aligned (1.0 or 0.0)."""
     recorder = CostRecorder()
     with torch.no_grad(), recorder:
         fn()
     ops: list[OpCost] = [op for op in recorder.ops if op.kind == cls and op.launches]
     nbytes = float(sum(op.bytes_accessed for op in ops))
-    if cls == "matmul":
-        return [float(sum(op.flops for op in ops)), seconds, nbytes]
+    if cls.split(":")[0] == "matmul":
+        return [float(sum(op.flops for op in ops)), seconds, nbytes, float(all(op.aligned for op in ops))]
     return [nbytes, seconds]
 
 
@@ -183,8 +213,8 @@ def calibrate_device(device: str | torch.device, *, budget_s: float = 10.0) -> d
     Args:
         device: a local torch device.
         budget_s: seconds to spend (> 0), shared evenly by the samples over
-            :data:`ROUNDS` passes (each pass gives each sample at least 10 ms of repeats); a
-            sample's time is its best over the passes.
+            :data:`ROUNDS` passes (each pass gives each sample at least 10 ms of repeats, in
+            blocks of up to :data:`BLOCK_S`); a sample's time is its best over the passes.
 
     Returns:
         The ``calibration`` dict (module docstring).
@@ -192,7 +222,7 @@ def calibrate_device(device: str | torch.device, *, budget_s: float = 10.0) -> d
     Raises:
         ValueError: ``budget_s`` is not > 0.
     """
-    from ..profiler import best_time_s, fit_alpha_beta
+    from ..profiler import MIN_BLOCK_S, MIN_REPEATS, best_time_s, fit_alpha_beta
 
     if not budget_s > 0:
         raise ValueError(f"calibrate_device: budget_s must be > 0 seconds, got {budget_s!r}")
@@ -205,6 +235,7 @@ def calibrate_device(device: str | torch.device, *, budget_s: float = 10.0) -> d
                     "using small ones, whose times may show launch latency only", dev)
         samples = _samples(dev, large=False)
     per_sample_s = max(0.01, budget_s / ROUNDS / sum(len(v) for v in samples.values()))
+    block_s = min(BLOCK_S, max(MIN_BLOCK_S, per_sample_s / MIN_REPEATS))
     classes: dict[str, Any] = {}
     failed: dict[str, str] = {}
     with torch.no_grad():
@@ -213,7 +244,7 @@ def calibrate_device(device: str | torch.device, *, budget_s: float = 10.0) -> d
         for _ in range(ROUNDS):
             for cls, fns in samples.items():
                 for i, fn in enumerate(fns):
-                    seconds = best_time_s(fn, cuda, time_s=per_sample_s)
+                    seconds = best_time_s(fn, cuda, time_s=per_sample_s, min_block_s=block_s)
                     best[cls, i] = min(best.get((cls, i), seconds), seconds)
         for cls, fns in samples.items():
             points = [_point(fn, cls, best[cls, i]) for i, fn in enumerate(fns)]
@@ -224,7 +255,7 @@ def calibrate_device(device: str | torch.device, *, budget_s: float = 10.0) -> d
                 log.warning("calibration of %s on %s failed: %s", cls, dev, exc)
                 continue
             classes[cls] = {
-                "unit": "FLOP" if cls == "matmul" else "byte",
+                "unit": "FLOP" if cls.split(":")[0] == "matmul" else "byte",
                 "overhead_s": overhead_s,
                 "rate": rate,
                 "r2": r2,

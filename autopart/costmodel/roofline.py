@@ -17,7 +17,7 @@ with ``x`` the op's FLOPs for the matmul class (its rate scaled by ``peak_flops(
 peak_flops("float32")`` for other dtypes) and its bytes for the other classes; the other bound
 is the plain roofline's memory (matmul) or compute (others) time. A matmul's time is then
 scaled by :func:`autopart.costmodel.calibration.matmul_correction` (the calibration samples
-most like it).
+most like it, of the same output row alignment).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def roofline_time_s(op: OpCost, device: Device, calibration: dict[str, Any] | No
     if fit["unit"] == "FLOP":
         rate = fit["rate"] * device.peak_flops_for(op.dtype) / device.peak_flops_for("float32")
         line = op.launches * fit["overhead_s"] + max(op.flops / rate, memory_s)
-        return line * matmul_correction(fit, op.flops, op.bytes_accessed)
+        return line * matmul_correction(fit, op.flops, op.bytes_accessed, op.aligned)
     return op.launches * fit["overhead_s"] + max(op.bytes_accessed / fit["rate"], compute_s)
 
 

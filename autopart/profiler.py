@@ -43,7 +43,7 @@ The ``measured`` dict
 ---------------------
 :func:`profile_device` returns (and :func:`profile_topology` stores in ``Device.measured``)::
 
-    format            2 (PROFILE_FORMAT_VERSION)
+    format            3 (PROFILE_FORMAT_VERSION)
     profiler          "autopart.profiler"
     date              ISO 8601 UTC time of the profile
     torch             torch.__version__
@@ -101,12 +101,11 @@ __all__ = [
     "profile_topology",
     "default_dtypes",
     "median_time_s",
-    "best_time_s",
 ]
 
 #: Version of the ``measured`` dicts written here (bump when their keys change: cached
 #: profiles of another version are re-measured, see :mod:`autopart.cache`).
-PROFILE_FORMAT_VERSION = 2
+PROFILE_FORMAT_VERSION = 3
 
 #: Square matmul sizes tried, ascending (n for an n x n x n product).
 MATMUL_SIZES = (64, 128, 256, 512, 1024, 2048, 4096, 8192)
@@ -269,25 +268,6 @@ def median_time_s(
     Returns:
         (median seconds per call, calls per block, number of blocks).
     """
-    samples, inner = _block_samples_s(fn, cuda_devices, time_s, min_block_s)
-    return statistics.median(samples), inner, len(samples)
-
-
-def best_time_s(
-    fn: Callable[[], Any],
-    cuda_devices: Sequence[torch.device],
-    *,
-    time_s: float,
-    min_block_s: float = MIN_BLOCK_S,
-) -> float:
-    """The least seconds per call of ``fn`` over the blocks :func:`median_time_s` times: on a
-    shared machine other tenants only ever add time, so the least is the estimate of the
-    machine itself (the argument of Python's ``timeit`` documentation)."""
-    return min(_block_samples_s(fn, cuda_devices, time_s, min_block_s)[0])
-
-
-def _block_samples_s(fn, cuda_devices, time_s: float, min_block_s: float) -> tuple[list[float], int]:
-    """Seconds per call of each timed block, and the calls per block (:func:`median_time_s`)."""
     fn()  # warm-up: lazy initialisation, allocator, first-touch page faults
     inner = 1
     while True:
@@ -298,7 +278,8 @@ def _block_samples_s(fn, cuda_devices, time_s: float, min_block_s: float) -> tup
         inner = min(100_000, max(inner * 2, want))
     block_s = per_call * inner
     repeats = int(min(MAX_REPEATS, max(MIN_REPEATS, time_s // max(block_s, 1e-9))))
-    return [_time_block_s(fn, cuda_devices, inner) for _ in range(repeats)], inner
+    samples = [_time_block_s(fn, cuda_devices, inner) for _ in range(repeats)]
+    return statistics.median(samples), inner, len(samples)
 
 
 def _cuda_of(*devices: torch.device) -> list[torch.device]:

@@ -16,10 +16,11 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
-def machine_name(topo: Topology) -> str:
-    """Results-file name of a machine: its GPUs (``2xnvidia-h100``) or its CPU and usable cores."""
+def machine_name(topo: Topology, device: str | None = None) -> str:
+    """Results-file name of a machine: its GPUs (``2xnvidia-h100``) or, when it has none or
+    ``device`` is ``"cpu"``, its CPU and usable cores (``amd-epyc-2c``)."""
     gpus = [d for d in topo.devices if d.kind == "cuda"]
-    if gpus:
+    if gpus and device != "cpu":
         return f"{len(gpus)}x{slug(gpus[0].model)}" if len(gpus) > 1 else slug(gpus[0].model)
     cpu = topo.device("cpu")
     return f"{slug(cpu.model)}-{len(os.sched_getaffinity(0))}c"

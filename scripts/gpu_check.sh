@@ -47,7 +47,7 @@ for s in "$@"; do
     costmodel)  # the profile step's topology when it ran, else the benchmark profiles per model
         topology=()
         [ -f "$TOPO" ] && topology=(--topology "$TOPO")
-        step costmodel 240 python3 bench/costmodel.py --device cuda:0 --repeats 3 "${topology[@]}" ;;
+        step costmodel 240 python3 bench/costmodel.py --device cuda:0 --repeats 3 --rounds 2 --budget 15 "${topology[@]}" ;;
     *) echo "unknown step $s" | tee -a "$LOG" ;;
     esac
 done

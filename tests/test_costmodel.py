@@ -235,7 +235,7 @@ def test_calibration_falls_back_to_small_samples_when_memory_is_short(monkeypatc
         return real(device, large=large)
 
     monkeypatch.setattr(calibration, "_samples", short_of_memory)
-    monkeypatch.setattr("autopart.profiler.best_time_s", lambda fn, cuda, **kw: 1e-3)  # no timing
+    monkeypatch.setattr("autopart.profiler.median_time_s", lambda fn, cuda, **kw: (1e-3, 1, 3))  # no timing
     with caplog.at_level("WARNING", logger="autopart.costmodel.calibration"):
         cal = calibrate_device("cpu", budget_s=0.5)
     assert "too little free memory" in caplog.text
@@ -251,10 +251,10 @@ def test_calibration_blocks_are_as_long_as_the_budget_allows(monkeypatch, budget
 
     def timed(fn, cuda, *, time_s, min_block_s):
         seen.append((time_s, min_block_s))
-        return 1e-3
+        return 1e-3, 1, 3
 
     monkeypatch.setattr(calibration, "_sustain", lambda *a: None)
-    monkeypatch.setattr("autopart.profiler.best_time_s", timed)
+    monkeypatch.setattr("autopart.profiler.median_time_s", timed)
     calibrate_device("cpu", budget_s=budget_s)
     n = sum(map(len, calibration._samples(torch.device("meta")).values()))
     assert len(seen) == calibration.ROUNDS * n

@@ -115,13 +115,6 @@ def test_median_time_is_per_call_and_not_below_a_sleep():
     assert len(calls) == 1 + 1 + repeats  # warm-up, calibration block, timed blocks
 
 
-def test_best_time_is_the_least_block_and_per_call(monkeypatch):
-    blocks = iter([3e-3, 1e-3, 2e-3, 5e-3, 4e-3, 6e-3])  # calibration block, then timed blocks
-    monkeypatch.setattr(profiler, "_time_block_s", lambda fn, cuda, inner: next(blocks))
-    best = profiler.best_time_s(lambda: None, [], time_s=0.0, min_block_s=1e-3)
-    assert best == 1e-3  # the least timed block (the first, 3 ms, only sizes the blocks)
-
-
 def test_median_time_batches_tiny_calls_into_blocks():
     x = torch.zeros(1)
     t, inner, _ = profiler.median_time_s(lambda: x.add_(1), [], time_s=0.01)

@@ -9,10 +9,11 @@ fitted one by one, as ``<class>:<op>``: tanh, gelu, silu and exp, max pooling
 (``reduction:max_pool2d_with_indices``), batch norm with running statistics
 (``elementwise:native_batch_norm``), and the fused attention kernels (``matmul:attention``).
 
-For each class, representative ops at several sizes are timed (the best of repeated blocks of
-up to ``BLOCK_S``, ``autopart.profiler.best_time_s``, over ``ROUNDS`` passes spread across the
-budget, after ``SUSTAIN_S`` of matmuls: other tenants of a shared machine only add time, and
-a model's run holds the clock a sustained load gets) and costed by the same rules the cost
+For each class, representative ops at several sizes are timed (in each of ``ROUNDS`` passes
+spread across the budget the median of repeated blocks of up to ``BLOCK_S``,
+``autopart.profiler.median_time_s``, and the best over passes; after ``SUSTAIN_S`` of matmuls:
+other tenants of a shared machine only add time, slow spells last seconds, and a model's run
+holds the clock a sustained load gets) and costed by the same rules the cost
 pass uses (:class:`autopart.costmodel.ops.CostRecorder`); then ``time = overhead_s + x /
 rate`` is fitted by relative least squares (:func:`autopart.profiler.fit_alpha_beta`), with
 ``x`` the op's FLOPs for the matmul classes and its bytes read + written for the others. A
@@ -34,12 +35,12 @@ profiling in FlexFlow or Alpa would measure the ops themselves).
 
 The ``calibration`` dict (JSON)::
 
-    format   2
+    format   3
     dtype    "float32" (rates of matmul for other dtypes scale with the device's peak_flops)
     classes  {class: {"unit": "FLOP" | "byte", "overhead_s": s, "rate": per second,
-                      "r2": R^2, "samples": [[x, seconds], ...]}}  (matmul samples:
-                      [FLOPs, seconds, bytes read + written, 1 if rows aligned else 0];
-                      files from before the alignment have 3 numbers, all aligned)
+                      "r2": R^2, "samples": [[x, seconds], ...]}}  (samples of the
+                      matmul classes: [FLOPs, seconds, bytes read + written, 1 if output
+                      rows aligned else 0]; format 2 had no flag: all count as aligned)
     failed   {class: reason}  classes whose fit failed (they use the plain roofline)
 """
 
@@ -58,7 +59,7 @@ from .ops import CostRecorder, OpCost
 
 log = logging.getLogger(__name__)
 
-CALIBRATION_FORMAT_VERSION = 2
+CALIBRATION_FORMAT_VERSION = 3
 
 
 def matmul_correction(fit: dict[str, Any], flops: float, nbytes: float, aligned: bool = True) -> float:
@@ -169,16 +170,19 @@ def _samples(device: torch.device, large: bool | None = None) -> dict[str, list[
 
 ROUNDS = 3
 """Passes over every sample: a sample's time is its best over passes spread across the
-budget, so that a slow spell of a shared machine (seconds long) does not bend one class."""
+budget, so that a slow spell of a shared machine (seconds long) does not bend one class.
+Within a pass it is the median over blocks, not the best: a model's run is a sum of many ops,
+and the least time of a sum is more than the sum of each op's least time (predictions from
+per-op minima came out 5-15% fast for all four models of bench/costmodel)."""
 
 BLOCK_S = 0.02
 """Seconds a timed block of back-to-back calls lasts where the budget allows
 (:data:`autopart.profiler.MIN_REPEATS` blocks per sample and pass), else less, down to
 :data:`autopart.profiler.MIN_BLOCK_S`. A model's run holds the device for tens to hundreds of
-ms; the best of many 1 ms blocks also catches the short fast spells between other tenants'
-time slices on a shared VM. Measured on a 2-core VM (a 128x768x3072 linear, the best of 240
-calls in blocks of 1, 10 and 60 calls, interleaved): single calls 3.79 ms, blocks of 60
-calls (250 ms) 4.15 ms, 9% slower."""
+ms; short blocks also catch the fast spells between other tenants' time slices on a shared
+VM. Measured on a 2-core VM (a 128x768x3072 linear, the best of 240 calls in blocks of 1, 10
+and 60 calls, interleaved): single calls 3.79 ms, blocks of 60 calls (250 ms) 4.15 ms, 9%
+slower."""
 
 SUSTAIN_S = 2.0
 """Seconds of matmuls run before the first timed sample, so that the device times ops at the
@@ -214,7 +218,8 @@ def calibrate_device(device: str | torch.device, *, budget_s: float = 10.0) -> d
         device: a local torch device.
         budget_s: seconds to spend (> 0), shared evenly by the samples over
             :data:`ROUNDS` passes (each pass gives each sample at least 10 ms of repeats, in
-            blocks of up to :data:`BLOCK_S`); a sample's time is its best over the passes.
+            blocks of up to :data:`BLOCK_S`); a sample's time is the best over the passes of
+            each pass's median block.
 
     Returns:
         The ``calibration`` dict (module docstring).
@@ -222,7 +227,7 @@ def calibrate_device(device: str | torch.device, *, budget_s: float = 10.0) -> d
     Raises:
         ValueError: ``budget_s`` is not > 0.
     """
-    from ..profiler import MIN_BLOCK_S, MIN_REPEATS, best_time_s, fit_alpha_beta
+    from ..profiler import MIN_BLOCK_S, MIN_REPEATS, fit_alpha_beta, median_time_s
 
     if not budget_s > 0:
         raise ValueError(f"calibrate_device: budget_s must be > 0 seconds, got {budget_s!r}")
@@ -244,7 +249,7 @@ def calibrate_device(device: str | torch.device, *, budget_s: float = 10.0) -> d
         for _ in range(ROUNDS):
             for cls, fns in samples.items():
                 for i, fn in enumerate(fns):
-                    seconds = best_time_s(fn, cuda, time_s=per_sample_s, min_block_s=block_s)
+                    seconds, _, _ = median_time_s(fn, cuda, time_s=per_sample_s, min_block_s=block_s)
                     best[cls, i] = min(best.get((cls, i), seconds), seconds)
         for cls, fns in samples.items():
             points = [_point(fn, cls, best[cls, i]) for i, fn in enumerate(fns)]

@@ -272,15 +272,17 @@ TARGETS = {"whole graph": 0.15, "node median": 0.30, "peak memory": 0.10}
 """Issue 4's targets on a CPU, as the largest |relative error| allowed."""
 
 
-def report(by_model: dict[str, list[dict]], machine: str) -> str:
-    """Markdown: per model the median over rounds, each round's whole-graph error, the targets
-    met, and the op kinds of the median round."""
+def report(by_model: dict[str, list[dict]], machine: str, topology_file: str | None = None) -> str:
+    """Markdown: per model the round with the median whole-graph error, each round's error,
+    the targets met, and the op kinds of the median round; ``topology_file``: the profile
+    predicted with, if not profiled in each round."""
     n_rounds = len(next(iter(by_model.values())))
+    source = (f"Predicted with the profile in {topology_file}. " if topology_file else
+              "Each round profiles and calibrates the machine again before each model, then measures it. ")
     lines = [f"# Cost model against measurement on {machine}", "",
              f"date {datetime.date.today()}, torch {torch.__version__}, autopart {autopart.__version__}, "
              f"{n_rounds} round(s)", "",
-             "Each round profiles and calibrates the machine again before each model, then measures it. "
-             "Measured: the best over repeats (module docstring); the graph's median is shown too. "
+             source + "Measured: the best over repeats (module docstring); the graph's median is shown too. "
              "Columns from the round with the median whole-graph error.", "",
              "| model | nodes | graph measured | (median) | graph predicted | error | error per round | "
              "node median abs error (>50us, n) | peak measured | peak predicted | error |",
@@ -294,7 +296,8 @@ def report(by_model: dict[str, list[dict]], machine: str) -> str:
         errors["peak memory"].append(peak_error)
         lines.append(
             f"| {r['model']} | {r['nodes']} | {r['whole_measured_s']*1e3:.2f} ms | "
-            f"{r['whole_median_s']*1e3:.2f} ms | {r['whole_predicted_s']*1e3:.2f} ms | {r['whole_error']:+.1%} | "
+            f"{r['whole_median_s']*1e3:.2f} ms | {r['whole_predicted_s']*1e3:.2f} ms | "
+            f"{r['whole_error']:+.1%} | "
             f"{', '.join(format(x['whole_error'], '+.1%') for x in rounds)} | "
             f"{r['median_abs_rel_error_nodes_over_50us']:.1%} ({r['nodes_over_50us']}) | "
             f"{r['peak_measured_bytes']/2**20:.1f} MiB | {r['peak_predicted_bytes']/2**20:.1f} MiB | "
@@ -341,11 +344,13 @@ def main(argv=None) -> int:
             if args.topology:
                 topology = autopart.Topology.load(args.topology)
             else:
-                print(f"round {i + 1}: profiling this machine ({args.budget:.0f} s) ...", file=sys.stderr, flush=True)
-                topology = profile_topology(autopart.Topology.discover(), budget_s=args.budget, progress=False)
+                print(f"round {i + 1}: profiling this machine ({args.budget:.0f} s) ...",
+                      file=sys.stderr, flush=True)
+                topology = profile_topology(autopart.Topology.discover(), budget_s=args.budget,
+                                            progress=False)
             print(f"round {i + 1}: measuring {name} ...", file=sys.stderr, flush=True)
             by_model[name].append(measure(name, gm, example_inputs, topology, device, args.repeats))
-    text = report(by_model, topology.device(device).model or platform.processor() or "cpu")
+    text = report(by_model, topology.device(device).model or platform.processor() or "cpu", args.topology)
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
     machine = machine_name(topology, device)

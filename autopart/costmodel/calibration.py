@@ -13,12 +13,12 @@ For each class, representative ops at several sizes are timed (in each of ``ROUN
 spread across the budget the median of repeated blocks of up to ``BLOCK_S``,
 ``autopart.profiler.median_time_s``, and the best over passes; after ``SUSTAIN_S`` of matmuls:
 other tenants of a shared machine only add time, slow spells last seconds, and a model's run
-holds the clock a sustained load gets) and costed by the same rules the cost
-pass uses (:class:`autopart.costmodel.ops.CostRecorder`); then ``time = overhead_s + x /
-rate`` is fitted by relative least squares (:func:`autopart.profiler.fit_alpha_beta`), with
-``x`` the op's FLOPs for the matmul classes and its bytes read + written for the others. A
-saturating efficiency ``rate(x) = peak * x / (x + x_half)`` gives exactly this line (``time =
-x_half / peak + x / peak``), so the fitted ``overhead_s`` holds both the dispatch cost and the small-op
+holds the clock a sustained load gets) and costed by the same rules the cost pass uses
+(:class:`autopart.costmodel.ops.CostRecorder`); then ``time = overhead_s + x / rate`` is fitted
+by relative least squares (:func:`autopart.profiler.fit_alpha_beta`), with ``x`` the op's FLOPs
+for the matmul classes and its bytes read + written for the others. A saturating efficiency
+``rate(x) = peak * x / (x + x_half)`` gives exactly this line (``time = x_half / peak + x /
+peak``), so the fitted ``overhead_s`` holds both the dispatch cost and the small-op
 inefficiency (small matmuls run far below peak), and ``rate`` the large-op rate.
 
 :func:`autopart.costmodel.roofline.roofline_time_s` uses a device's fit when

@@ -278,8 +278,9 @@ def report(by_model: dict[str, list[dict]], machine: str, topology_file: str | N
     the targets met, and the op kinds of the median round; ``topology_file``: the profile
     predicted with, if not profiled in each round; ``budget_s``: seconds per profile."""
     n_rounds = len(next(iter(by_model.values())))
+    spent = f" ({budget_s:.0f} s)" if budget_s else ""
     source = (f"Predicted with the profile in {topology_file}. " if topology_file else
-              f"Each round profiles and calibrates the machine again ({budget_s:.0f} s) before each model, "
+              f"Each round profiles and calibrates the machine again{spent} before each model, "
               "then measures it. ")
     lines = [f"# Cost model against measurement on {machine}", "",
              f"date {datetime.date.today()}, torch {torch.__version__}, autopart {autopart.__version__}, "

@@ -55,7 +55,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .ops import CostRecorder, OpCost
+from .ops import CostRecorder, OpCost, base_class
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +206,7 @@ def _point(fn: Callable[[], Any], cls: str, seconds: float) -> list[float]:
         fn()
     ops: list[OpCost] = [op for op in recorder.ops if op.kind == cls and op.launches]
     nbytes = float(sum(op.bytes_accessed for op in ops))
-    if cls.split(":")[0] == "matmul":
+    if base_class(cls) == "matmul":
         return [float(sum(op.flops for op in ops)), seconds, nbytes, float(all(op.aligned for op in ops))]
     return [nbytes, seconds]
 
@@ -260,7 +260,7 @@ def calibrate_device(device: str | torch.device, *, budget_s: float = 10.0) -> d
                 log.warning("calibration of %s on %s failed: %s", cls, dev, exc)
                 continue
             classes[cls] = {
-                "unit": "FLOP" if cls.split(":")[0] == "matmul" else "byte",
+                "unit": "FLOP" if base_class(cls) == "matmul" else "byte",
                 "overhead_s": overhead_s,
                 "rate": rate,
                 "r2": r2,

@@ -103,6 +103,12 @@ def op_class(func: Any) -> str:
     return f"{base}:{name}" if name in CALIBRATED_ONE_BY_ONE else base
 
 
+def base_class(kind: str) -> str:
+    """The class an op kind belongs to: ``"matmul"`` for ``"matmul:attention"``, the kind itself
+    for a class (:func:`op_class`)."""
+    return kind.split(":")[0]
+
+
 CostRule = Callable[[Any, tuple, dict, Any], OpCost]
 _RULES: dict[Any, CostRule] = {}
 

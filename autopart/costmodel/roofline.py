@@ -27,7 +27,7 @@ from typing import Any
 
 from ..topology import Device
 from .calibration import matmul_correction
-from .ops import OpCost
+from .ops import OpCost, base_class
 
 
 def calibration_of(device: Device) -> dict[str, Any]:
@@ -46,7 +46,7 @@ def roofline_time_s(op: OpCost, device: Device, calibration: dict[str, Any] | No
     compute_s = op.flops / device.peak_flops_for(op.dtype)
     memory_s = op.bytes_accessed / device.mem_bandwidth_Bps
     fits = calibration if calibration is not None else calibration_of(device)
-    fit = fits.get(op.kind) or fits.get(op.kind.split(":")[0])
+    fit = fits.get(op.kind) or fits.get(base_class(op.kind))
     if fit is None:
         return max(compute_s, memory_s) + op.launches * device.launch_overhead_s
     if fit["unit"] == "FLOP":

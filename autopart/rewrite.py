@@ -6,7 +6,9 @@
    the destination device, and let every reader there use it; outputs go back where the captured
    graph returned them. Weights streamed from host memory are copied in two steps
    (``start_transfer`` one layer ahead, ``wait_transfer`` before the reader); small activations
-   entering one partition from one device are coalesced (``transfer_coalesced``).
+   entering one partition from one device are coalesced (``transfer_coalesced``). A copy that
+   lands inside a ``torch.no_grad()`` region of the graph while autograd needs it outside runs
+   with grad enabled.
 3. Cut the graph into partitions: maximal runs of nodes on one device in graph order (so the
    partition graph is acyclic), with ``torch.fx.passes.split_module``.
 
@@ -29,7 +31,7 @@ from typing import Any
 import torch
 import torch.fx
 from torch.fx.passes.split_module import split_module
-from torch.utils._pytree import tree_map
+from torch.utils._pytree import tree_leaves, tree_map
 
 from .kernels.transfer import (
     COALESCE_MAX_BYTES,
@@ -184,6 +186,7 @@ def rewrite(gm: torch.fx.GraphModule, plan: Plan, mapping: dict[str, str]) -> Re
     replica_sources = _insert_replicas(module, graph, plan, placement, local, by_name)
     _prefetch_streamed(graph, inserted, placement)
     _coalesce(graph, inserted, placement, local)
+    _keep_grad_through_copies(graph, placement)
 
     static_moves = {}
     for i, node in enumerate(n for n in graph.nodes if n.op == "placeholder"):
@@ -271,12 +274,18 @@ def _coalesce(
 ) -> None:
     """Send the small activations that cross from one device into one partition (a run of
     nodes on one device) as one buffer per dtype, at the start of the partition: their producers
-    all run before it, on other devices."""
+    all run before it, on other devices.
+
+    Tensors that require grad are sent one by one: the backward of one buffer would give an
+    output nobody differentiates a zero gradient (and the parameters behind it zeros, where
+    eager leaves ``None``), and its outputs, views of one ``split``, could not be modified in
+    place."""
     run_of, run_start = _runs(graph, placement)
     groups: dict[tuple[int, str], list[tuple[torch.fx.Node, Transfer]]] = {}
     for copy_node, t, _ in inserted:
         value = node_value(copy_node)
-        if t.reason.startswith("weights streamed") or t.compression != "none" or not isinstance(value, torch.Tensor):
+        if (t.reason.startswith("weights streamed") or t.compression != "none"
+                or not isinstance(value, torch.Tensor) or _requires_grad(copy_node)):
             continue
         if t.nbytes <= COALESCE_MAX_BYTES:
             groups.setdefault((run_of[copy_node], t.src_device), []).append((copy_node, t))
@@ -299,6 +308,54 @@ def _coalesce(
                 replaced.append(copy_node)
     for copy_node in replaced:  # after every insertion: a copy may be a partition's first node
         graph.erase_node(copy_node)
+
+
+_COPIES = (transfer, transfer_compressed, transfer_coalesced, start_transfer)
+
+
+def _requires_grad(node: torch.fx.Node) -> bool:
+    """Whether a tensor of the node's value requires grad, from Dynamo's ``example_value``: the
+    ``val`` FakeTensorProp writes (:mod:`autopart.passes.shapes`) never does. False for graphs
+    not captured by Dynamo."""
+    value = node.meta.get("example_value")
+    return any(isinstance(v, torch.Tensor) and v.requires_grad for v in tree_leaves(value))
+
+
+def _keep_grad_through_copies(graph: torch.fx.Graph, placement: dict[str, str]) -> None:
+    """Run with grad enabled each copy that lands inside a ``torch.no_grad()`` region of the
+    graph (before its first reader, or at the start of a partition) while a tensor it copies
+    requires grad and a reader of the copy runs with grad enabled: made with grad disabled, the
+    copy would cut autograd, and the parameters behind it would get no gradient.
+
+    Grad mode is the call's (Dynamo guards on it, so it is the mode of this compile) up to the
+    graph's first ``torch._C._set_grad_enabled`` node; the copy is wrapped in two more of them,
+    which ``split_module`` carries into the partitions as it does the graph's own.
+    """
+    mode, modes = torch.is_grad_enabled(), {}
+    for node in graph.nodes:
+        if node.op == "call_function" and node.target is torch._C._set_grad_enabled:
+            mode = bool(node.args[0])
+        modes[node] = mode
+
+    def readers(node: torch.fx.Node) -> list[torch.fx.Node]:
+        direct = list(node.users)
+        passing = [u for u in direct if u.target in (operator.getitem, wait_transfer)]
+        return [u for u in direct if u not in passing] + [r for u in passing for r in readers(u)]
+
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target not in _COPIES or modes[node]:
+            continue
+        if not any(_requires_grad(n) for n in node.all_input_nodes):
+            continue
+        if not any(modes.get(r, False) for r in readers(node)):
+            continue
+        with graph.inserting_before(node):
+            enable = graph.call_function(torch._C._set_grad_enabled, (True,))
+        with graph.inserting_after(node):
+            disable = graph.call_function(torch._C._set_grad_enabled, (False,))
+        for switch in (enable, disable):
+            switch.meta[META_KEY] = NodeRecord(role="compute")
+            placement[switch.name] = placement[node.name]
 
 
 def _runs(graph: torch.fx.Graph, placement: dict[str, str]) -> tuple[dict[torch.fx.Node, int], list[torch.fx.Node]]:

@@ -12,6 +12,7 @@ point; Plan JSON round trip.
 from __future__ import annotations
 
 import copy
+import importlib
 import importlib.metadata
 import json
 import re
@@ -324,6 +325,92 @@ def test_gradients_flow_through_a_split_graph():
     (comp,) = backend.compilations
     check_plan(comp, PRESET_DEVICES)
     assert len(comp.plan.devices_used) >= 2
+
+
+def assert_same_grads(model: nn.Module, ref_model: nn.Module) -> None:
+    """Every parameter has eager's gradient, and ``None`` where eager has ``None``."""
+    for (name, p), q in zip(model.named_parameters(), ref_model.parameters()):
+        assert (p.grad is None) == (q.grad is None), f"{name}: grad {p.grad} where eager has {q.grad}"
+        if q.grad is not None:
+            torch.testing.assert_close(p.grad, q.grad, rtol=RTOL, atol=ATOL)
+
+
+class _GatedUnderNoGrad(nn.Module):
+    """``h`` is read first inside ``torch.no_grad()`` (a gate, as HF's rotary embeddings compute
+    under no_grad) and then by ops autograd must differentiate."""
+
+    def __init__(self, vocab: int = 512, dim: int = 64):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, dim)
+        self.proj = nn.Linear(dim, dim)
+        self.up = nn.Linear(dim, 4 * dim)
+        self.down = nn.Linear(4 * dim, dim)
+
+    def forward(self, ids):
+        h = self.emb(ids)
+        with torch.no_grad():
+            gate = torch.sigmoid(self.proj(h).amax(-1, keepdim=True))
+        return self.down(torch.relu(self.up(h * gate)))
+
+
+def test_copy_inside_a_no_grad_region_keeps_gradients(monkeypatch):
+    """A copy inserted before its first reader, inside a no_grad region, still carries autograd
+    to the readers outside it: every parameter gets eager's gradient. Copies are made real (as
+    to another GPU; a CPU-to-CPU ``to`` returns the tensor itself and would hide the bug)."""
+    transfer_module = importlib.import_module("autopart.kernels.transfer")  # the package exports a function of that name
+    monkeypatch.setattr(transfer_module, "_async_copy", lambda t, device: t.to(device, copy=True))
+    monkeypatch.setattr("autopart.rewrite.COALESCE_MAX_BYTES", 0)  # one copy per tensor
+    torch.manual_seed(0)
+    model = _GatedUnderNoGrad().train()
+    ref_model = copy.deepcopy(model)
+    backend = autopart.backend(**split_options(model, fraction=0.5, contiguous_stages=True))
+    ids = torch.randint(0, 512, (2, 12))
+    torch.compile(model, backend=backend)(ids).sum().backward()
+    ref_model(ids).sum().backward()
+    (comp,) = backend.compilations
+    check_plan(comp, PRESET_DEVICES)
+    assert_same_grads(model, ref_model)
+    assert model.emb.weight.grad is not None
+    copies = [n for n in comp.runner.flat.graph.nodes if n.target is autopart.rewrite.transfer]
+    wrapped = [n for n in copies if n.prev.target is torch._C._set_grad_enabled and n.prev.args == (True,)]
+    assert wrapped, "no copy landed inside the no_grad region: the test no longer covers the case"
+
+
+class _TwoHeads(nn.Module):
+    """A body and two outputs: the hidden states and a small "pooled" head of its own weights."""
+
+    def __init__(self, dim: int = 64):
+        super().__init__()
+        self.up = nn.Linear(dim, 4 * dim)
+        self.down = nn.Linear(4 * dim, dim)
+        self.pooler = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        h = self.down(torch.relu(self.up(x)))
+        return h, h[:, 0] * self.pooler
+
+
+def test_outputs_keep_eager_autograd_semantics():
+    """Outputs sent back from other devices: a parameter that only feeds an output the loss
+    does not use keeps ``grad`` None, as in eager (coalesced copies made it a zero tensor, which
+    AdamW's weight decay then moves), and an output can be modified in place."""
+    torch.manual_seed(0)
+    model = _TwoHeads().train()
+    ref_model = copy.deepcopy(model)
+    backend = autopart.backend(**split_options(model))
+    x = torch.randn(1, 12, 64)
+    h, _ = torch.compile(model, backend=backend)(x)
+    h_ref, _ = ref_model(x)
+    h.sum().backward()
+    h_ref.sum().backward()
+    (comp,) = backend.compilations
+    check_plan(comp, PRESET_DEVICES)
+    assert len(comp.plan.devices_used) >= 2
+    assert_same_grads(model, ref_model)
+    assert model.pooler.grad is None
+    h, _ = torch.compile(model, backend=backend)(x)
+    h.mul_(2)  # e.g. logits /= temperature
+    torch.testing.assert_close(h, 2 * ref_model(x)[0], rtol=RTOL, atol=ATOL)
 
 
 # --------------------------------------------------------------------------- 2. steady state

@@ -271,7 +271,9 @@ def test_op_classes():
     assert op_class(aten.mm.default) == op_class(aten.convolution.default) == "matmul"
     assert op_class(aten.tanh.default) == "transcendental:tanh"
     assert op_class(aten.sin.default) == "transcendental"
-    assert op_class(aten._softmax.default) == op_class(aten.native_layer_norm.default) == "reduction"
+    assert op_class(aten.mean.dim) == op_class(aten.sum.dim_IntList) == "reduction"
+    assert op_class(aten._softmax.default) == "reduction:_softmax"
+    assert op_class(aten.native_layer_norm.default) == "reduction:native_layer_norm"
     assert op_class(aten.cat.default) == op_class(aten.embedding.default) == "copy"
     assert op_class(aten.add.Tensor) == op_class(aten.pow.Tensor_Scalar) == "elementwise"
     assert op_class(aten.max_pool2d_with_indices.default) == "reduction:max_pool2d_with_indices"
@@ -377,6 +379,7 @@ def test_calibrating_this_cpu_fits_every_class():
         "matmul", "transcendental", "reduction", "copy", "elementwise",
         "transcendental:tanh", "transcendental:gelu", "transcendental:silu", "transcendental:exp",
         "reduction:max_pool2d_with_indices", "elementwise:native_batch_norm", "matmul:attention",
+        "reduction:_softmax", "reduction:native_layer_norm",
     }
     for fit in cal["classes"].values():
         assert fit["rate"] > 0 and fit["overhead_s"] >= 0 and len(fit["samples"]) >= 3

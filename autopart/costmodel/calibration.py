@@ -5,7 +5,8 @@ Classes (:func:`autopart.costmodel.ops.op_class`, by aten op): ``matmul`` (mm, a
 convolution), ``transcendental`` (tanh, exp, gelu, ...: elementwise but compute-heavy),
 ``reduction`` (softmax, layer/batch norm, sum, mean, ...), ``copy`` (clone, cat, index/gather,
 embedding, dtype casts) and ``elementwise`` (everything else that launches work). Some ops are
-fitted one by one, as ``<class>:<op>``: tanh, gelu, silu and exp, max pooling
+fitted one by one, as ``<class>:<op>``: tanh, gelu, silu and exp, softmax
+(``reduction:_softmax``), layer norm (``reduction:native_layer_norm``), max pooling
 (``reduction:max_pool2d_with_indices``), batch norm with running statistics
 (``elementwise:native_batch_norm``), and the fused attention kernels (``matmul:attention``).
 
@@ -124,10 +125,13 @@ def _samples(device: torch.device, large: bool | None = None) -> dict[str, list[
     matmul += [(lambda a=t(12, 128, 64), b=t(12, 64, 128): torch.bmm(a, b))]
     matmul += [(lambda x=t(1, 64, 56, 56), w=t(64, 64, 3, 3): F.conv2d(x, w, padding=1))]
     sizes = [2**16, 2**19, 2**22, 2**24, 2**25] if large else [2**12, 2**15, 2**18, 2**20, 2**22]
-    elementwise = [(lambda a=t(n), b=t(n): torch.add(a, b)) for n in sizes]
+    # a few hundred elements (RMSNorm's rsqrt of one number per token): the fixed cost alone
+    tiny = 2**8
+    elementwise = [(lambda a=t(n), b=t(n): torch.add(a, b)) for n in [tiny, *sizes]]
     elementwise += [(lambda a=t(n), b=t(n): torch.mul(a, b)) for n in sizes[1::2]]
-    transcendental = [(lambda a=t(n): torch.sin(a)) for n in sizes[::2]]
+    transcendental = [(lambda a=t(n): torch.sin(a)) for n in [tiny, *sizes[::2]]]
     transcendental += [(lambda a=t(n): torch.sigmoid(a)) for n in sizes[1::2]]
+    transcendental += [(lambda a=t(n).abs() + 1: torch.rsqrt(a)) for n in (tiny, sizes[2])]
     one_by_one = {
         f"transcendental:{name}": [(lambda a=t(n), f=fn: f(a)) for n in sizes[::2]]
         for name, fn in (("tanh", torch.tanh), ("gelu", F.gelu), ("silu", F.silu), ("exp", torch.exp))
@@ -154,8 +158,14 @@ def _samples(device: torch.device, large: bool | None = None) -> dict[str, list[
         for b, h, s, d in heads
     ]
     rows = [4, 128, 2048, 16384, 65536] if large else [4, 32, 128, 512, 2048]
-    reduction = [(lambda a=t(r, 768): torch.softmax(a, -1)) for r in rows]
-    reduction += [(lambda a=t(r, 768): F.layer_norm(a, (768,))) for r in rows[1::2]]
+    # sums and means over a layer's last dim (RMSNorm's mean): read n, write n / 768
+    reduction = [(lambda a=t(r, 768): a.mean(-1, keepdim=True)) for r in rows]
+    reduction += [(lambda a=t(r, 768): a.sum(-1)) for r in rows[1::2]]
+    one_by_one["reduction:_softmax"] = [(lambda a=t(r, 768): torch.softmax(a, -1)) for r in rows]
+    # with weight and bias, as nn.LayerNorm calls it: torch 2.13's CPU kernel took 2x longer without
+    one_by_one["reduction:native_layer_norm"] = [
+        (lambda a=t(r, 768), w=t(768), b=t(768): F.layer_norm(a, (768,), w, b)) for r in rows
+    ]
     copy = [(lambda a=t(n): a.clone()) for n in sizes]
     copy += [(lambda a=t(n // 2), b=t(n // 2): torch.cat([a, b])) for n in sizes[1::2]]
     return {

@@ -62,10 +62,12 @@ _TRANSCENDENTAL = {
     "silu", "mish", "elu", "softplus", "rsqrt", "sqrt", "sin", "cos", "tan", "atan",
 }
 #: Ops calibrated one by one, their class "<class>:<name>" (falling back to the class fit):
-#: transcendentals whose cost per element differs several-fold, and CNN ops whose CPU kernels
-#: run far off their class's rate (max pooling: 13x slower per byte than a reduction on an
-#: EPYC; batch norm with running statistics: 2x slower than an add).
-CALIBRATED_ONE_BY_ONE = ("tanh", "gelu", "silu", "exp", "max_pool2d_with_indices", "native_batch_norm")
+#: transcendentals whose cost per element differs several-fold, normalizations whose kernels
+#: run far off their class's rate (on an AMD EPYC with torch 2.13, per byte: softmax and layer
+#: norm 3-5x slower than a mean, max pooling 13x slower than a reduction, batch norm with
+#: running statistics 2x slower than an add).
+CALIBRATED_ONE_BY_ONE = ("tanh", "gelu", "silu", "exp", "max_pool2d_with_indices", "native_batch_norm",
+                         "_softmax", "native_layer_norm")
 _REDUCTION = {
     "_softmax", "_log_softmax", "native_layer_norm", "native_batch_norm",
     "_native_batch_norm_legit", "cudnn_batch_norm", "miopen_batch_norm", "native_group_norm",

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+from pathlib import Path
 
 import torch
 
+import autopart
 from autopart.topology import Topology
 
 
@@ -30,3 +33,24 @@ def sync() -> None:
     """Wait for queued GPU work (a no-op until CUDA is in use), so host timers see it."""
     if torch.cuda.is_initialized():
         torch.cuda.synchronize()
+
+
+def git_state(*scripts: str) -> str:
+    """The short commit of this checkout, marked when ``autopart/`` or the given files (paths
+    from the repository root, e.g. ``bench/zoo.py``) differ from it, or when the autopart
+    package imported is not this checkout's (an exported copy on ``PYTHONPATH``); ``"unknown"``
+    without git."""
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short", "HEAD")
+        modified = git("status", "--porcelain", "--", "autopart", *scripts)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    imported = Path(autopart.__file__).resolve().parent
+    if imported != root / "autopart":
+        return f"{commit}, but autopart imported from {imported}"
+    return commit + (" (autopart or this benchmark modified)" if modified else "")

@@ -68,7 +68,6 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -78,7 +77,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import slug, sync
+from _common import git_state, slug, sync
 
 import autopart
 from autopart._io import atomic_write_text
@@ -402,14 +401,7 @@ def environment(dry_run: bool) -> dict[str, Any]:
     env["cpu_cores_usable"] = len(os.sched_getaffinity(0))
     env["torch_threads"] = torch.get_num_threads()
     env["dry_run"] = dry_run
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True,
-                                text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "autopart", "bench/offload.py"],
-                               cwd=HERE.parent, capture_output=True, text=True, check=True).stdout.strip()
-        env["git"] = commit + (" (autopart or this script modified)" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        env["git"] = "unknown"
+    env["git"] = git_state("bench/offload.py")
     return env
 
 

@@ -67,13 +67,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import hashlib
 import json
 import math
 import os
 import platform
 import re
-import subprocess
 import sys
 import time
 import typing
@@ -81,7 +79,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _common import slug
+from _common import git_state, slug
 
 import autopart
 import autopart.config
@@ -133,36 +131,6 @@ def machine() -> tuple[str, str, int]:
     cpu = Topology.discover().device("cpu").model or platform.processor() or "cpu"
     cores = len(os.sched_getaffinity(0))
     return f"{slug(cpu)}-{cores}c", cpu, cores
-
-
-def git_state() -> str:
-    """The commit of this checkout, and whether the autopart package actually imported (which
-    may live elsewhere, e.g. an exported copy on PYTHONPATH) differs from that commit's."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True,
-            check=True,
-        ).stdout.strip()
-        listing = subprocess.run(
-            ["git", "ls-tree", "-r", "HEAD", "autopart"], cwd=HERE.parent, capture_output=True,
-            text=True, check=True,
-        ).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown commit"
-    committed = {}
-    for line in listing.splitlines():
-        meta, path = line.split("\t", 1)
-        committed[path] = meta.split()[2]
-    root = Path(autopart.__file__).resolve().parent
-    imported = {}
-    for f in root.rglob("*"):
-        if f.is_file() and "__pycache__" not in f.parts:
-            data = f.read_bytes()
-            blob = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
-            imported["autopart/" + f.relative_to(root).as_posix()] = blob
-    differ = sorted(p for p in committed.keys() | imported.keys() if committed.get(p) != imported.get(p))
-    state = "identical to it" if not differ else "differing in " + ", ".join(differ)
-    return f"{commit} (autopart imported from {root}, {state})"
 
 
 def versions() -> dict[str, str]:
@@ -763,7 +731,7 @@ def main(argv: list[str] | None = None) -> int:
         print(msg, file=sys.stderr, flush=True)
 
     load_before = os.getloadavg()[0]
-    git_before = git_state()
+    git_before = git_state("bench/solver.py")
     wall = time.perf_counter()
     name, cpu, cores = machine()
     today = datetime.date.today().isoformat()
@@ -789,7 +757,7 @@ def main(argv: list[str] | None = None) -> int:
         AnnotatedGraph.load(GRAPHS / f"{SCALING_TEMPLATE}.json"), sizes, args.time_limit, log)
     run_s = time.perf_counter() - wall
     load_after = os.getloadavg()[0]
-    git_after = git_state()
+    git_after = git_state("bench/solver.py")
     git = git_before if git_after == git_before else (
         f"{git_before} at the start; {git_after} at the end (the imported modules are those of "
         "the start)")

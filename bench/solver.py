@@ -79,6 +79,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pulp
 from _common import git_state, slug
 
 import autopart
@@ -291,7 +292,36 @@ def run_case(graph: AnnotatedGraph, preset: str, mode: str, objective: str, time
     case["seq_fill_over_bound"] = (
         seq / plan.bound if seq is not None and plan.bound else None
     )
+    if objective == "latency" and heterogeneous(topo):
+        case["fluid_bound_s"] = fluid_bound_s(problem)
+        case["fluid_bound_gpus_s"] = fluid_bound_s(problem, gpus_only=True)
     return case
+
+
+def fluid_bound_s(problem: PlacementProblem, gpus_only: bool = False) -> float:
+    """Least time of one call if every movable task could be split across the devices in any
+    fractions (uneven tensor parallelism), all devices working at once, each holding its
+    fraction of the task's weights within its capacity, and communication free: the LP
+    ``min T`` s.t. ``sum_d f[t, d] = 1``, ``sum_t f[t, d] time[t, d] <= T`` and
+    ``sum_t f[t, d] resident[t] <= capacity[d]``. A bound on what intra-op splitting could gain
+    over placement; ``gpus_only`` keeps the CPUs out of the movable tasks."""
+    devices = problem.devices
+    cpus = {d.name for d in problem.topology.devices if d.kind == "cpu"}
+    lp = pulp.LpProblem("fluid", pulp.LpMinimize)
+    makespan = pulp.LpVariable("T", 0)
+    lp += makespan
+    share = {}
+    for i, t in enumerate(problem.tasks):
+        allowed = [t.fixed_device] if t.fixed_device else [
+            d for d in devices if not (gpus_only and d in cpus)]
+        share.update({(i, d): pulp.LpVariable(f"f_{i}_{k}", 0, 1) for k, d in enumerate(allowed)})
+        lp += pulp.lpSum(share[i, d] for d in allowed) == 1
+    for d in devices:
+        mine = [(i, t) for i, t in enumerate(problem.tasks) if (i, d) in share]
+        lp += pulp.lpSum(share[i, d] * t.time_s.get(d, 0.0) for i, t in mine) <= makespan
+        lp += pulp.lpSum(share[i, d] * t.resident_bytes for i, t in mine) <= problem.capacity_bytes[d]
+    lp.solve(pulp.HiGHS(msg=False))
+    return float(makespan.value())
 
 
 def mark_targets(case: dict[str, Any]) -> dict[str, bool | None]:
@@ -652,15 +682,24 @@ def render(payload: dict[str, Any]) -> str:
         heterogeneous(Topology.preset(c["preset"])) and c["objective"] in ("latency", "throughput"))]
     if t4:
         lines += ["", ("T4 in detail: seq fill / bound is the most any placement can gain over "
-                  "sequential fill under this cost model and these capacities."), ""]
+                  "sequential fill under this cost model and these capacities. For latency, seq fill / "
+                  "fluid is the most any split could gain, tasks divided across devices in any "
+                  "fractions (uneven tensor parallelism) with free communication "
+                  "(fluid_bound_s; GPUs + CPU, and GPUs only)."), ""]
+
+        def ratio(c: dict[str, Any], key: str) -> str:
+            seq = c.get("baselines", {}).get("sequential_fill", {}).get("value")
+            return "-" if seq is None or not c.get(key) else f"{seq / c[key]:.2f}x"
+
         lines += md_table(
             ["graph", "preset", "memory", "objective", "seq fill", "ILP", "bound", "seq fill/ILP",
-             "seq fill/bound", "T4"],
+             "seq fill/bound", "seq fill/fluid", "seq fill/fluid, GPUs", "T4"],
             [[c["graph"], c["preset"], c["memory"], c["objective"],
               shown(c.get("baselines", {}).get("sequential_fill", {}).get("value"), c["objective"]),
               shown(c.get("evaluated_value"), c["objective"]), shown(c.get("bound"), c["objective"]),
               "-" if c.get("seq_fill_speedup") is None else f"{c['seq_fill_speedup']:.3f}x",
               "-" if c.get("seq_fill_over_bound") is None else f"{c['seq_fill_over_bound']:.3f}x",
+              ratio(c, "fluid_bound_s"), ratio(c, "fluid_bound_gpus_s"),
               verdict(c["targets"]["T4"])] for c in t4])
     lines += ["", "## Every baseline's objective (same units as the row's objective; - : none found)", ""]
     lines += baseline_table(cases)

@@ -22,7 +22,7 @@ Each model runs all its modes in a process of its own (one torch thread) within 
 seconds, so a crash or hang fails that model's rows and the run goes on. ``--backend eager``
 runs the same checks with Dynamo's eager backend: a failure there is not autopart's. The exit
 code is 0 whatever the models do, nonzero only when the harness itself breaks. A full run takes
-about 4 minutes on a 2-core CPU with ``--jobs 2``: a model takes 9-25 s, about 6 s of it
+4 to 6 minutes on a 2-core CPU with ``--jobs 2``: a model takes 9-25 s, about 6 s of it
 importing torch and transformers.
 
     python bench/zoo.py [--only t5 bart ...] [--modes inference training recompile output_inplace]

@@ -359,7 +359,6 @@ def test_copy_inside_a_no_grad_region_keeps_gradients(monkeypatch):
     to another GPU; a CPU-to-CPU ``to`` returns the tensor itself and would hide the bug)."""
     transfer_module = importlib.import_module("autopart.kernels.transfer")  # the package exports a function of that name
     monkeypatch.setattr(transfer_module, "_async_copy", lambda t, device: t.to(device, copy=True))
-    monkeypatch.setattr("autopart.rewrite.COALESCE_MAX_BYTES", 0)  # one copy per tensor
     torch.manual_seed(0)
     model = _GatedUnderNoGrad().train()
     ref_model = copy.deepcopy(model)

@@ -103,7 +103,7 @@ def _samples(device: torch.device, large: bool | None = None) -> dict[str, list[
     """Representative ops per class, sized like transformer and CNN layers (float32).
 
     ``large`` (default: on a GPU) adds sizes up to :data:`GPU_LARGEST_S` of bytes at GPU
-    bandwidth (tensors up to 128 MiB, about 3 GiB held during a calibration).
+    bandwidth (tensors up to 192 MiB, about 3.5 GiB held during a calibration).
     """
     large = device.type == "cuda" if large is None else large
 
@@ -246,7 +246,7 @@ def calibrate_device(device: str | torch.device, *, budget_s: float = 10.0) -> d
     try:
         samples = _samples(dev)
     except torch.OutOfMemoryError:  # a GPU that others fill: the small sizes still fit
-        log.warning("calibration on %s: too little free memory for GPU-sized samples (about 3 GiB); "
+        log.warning("calibration on %s: too little free memory for GPU-sized samples (about 3.5 GiB); "
                     "using small ones, whose times may show launch latency only", dev)
         samples = _samples(dev, large=False)
     per_sample_s = max(0.01, budget_s / ROUNDS / sum(len(v) for v in samples.values()))

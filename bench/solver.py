@@ -80,7 +80,7 @@ from pathlib import Path
 from typing import Any
 
 import pulp
-from _common import git_state, slug
+from _common import git_state, machine_name
 
 import autopart
 import autopart.config
@@ -129,9 +129,8 @@ def objectives() -> list[str]:
 
 def machine() -> tuple[str, str, int]:
     """(results-file machine name, CPU model, usable cores) of this machine."""
-    cpu = Topology.discover().device("cpu").model or platform.processor() or "cpu"
-    cores = len(os.sched_getaffinity(0))
-    return f"{slug(cpu)}-{cores}c", cpu, cores
+    topo = Topology.discover()
+    return machine_name(topo, device="cpu"), topo.device("cpu").model, len(os.sched_getaffinity(0))
 
 
 def versions() -> dict[str, str]:

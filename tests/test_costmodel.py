@@ -268,7 +268,8 @@ def test_calibration_blocks_are_as_long_as_the_budget_allows(monkeypatch, budget
 
 
 def test_op_classes():
-    assert op_class(aten.mm.default) == op_class(aten.convolution.default) == "matmul"
+    assert op_class(aten.mm.default) == op_class(aten.bmm.default) == "matmul"
+    assert op_class(aten.convolution.default) == op_class(aten.mkldnn_convolution.default) == "matmul:convolution"
     assert op_class(aten.tanh.default) == "transcendental:tanh"
     assert op_class(aten.sin.default) == "transcendental"
     assert op_class(aten.mean.dim) == op_class(aten.sum.dim_IntList) == "reduction"
@@ -379,6 +380,7 @@ def test_calibrating_this_cpu_fits_every_class():
         "matmul", "transcendental", "reduction", "copy", "elementwise",
         "transcendental:tanh", "transcendental:gelu", "transcendental:silu", "transcendental:exp",
         "reduction:max_pool2d_with_indices", "elementwise:native_batch_norm", "matmul:attention",
+        "matmul:convolution",
         "reduction:_softmax", "reduction:native_layer_norm",
     }
     for fit in cal["classes"].values():

@@ -1,14 +1,15 @@
 """Calibration: fit, per device and per class of op, the rate ops really reach and their
 fixed cost, from timed representative ops.
 
-Classes (:func:`autopart.costmodel.ops.op_class`, by aten op): ``matmul`` (mm, addmm, bmm,
-convolution), ``transcendental`` (tanh, exp, gelu, ...: elementwise but compute-heavy),
-``reduction`` (softmax, layer/batch norm, sum, mean, ...), ``copy`` (clone, cat, index/gather,
-embedding, dtype casts) and ``elementwise`` (everything else that launches work). Some ops are
+Classes (:func:`autopart.costmodel.ops.op_class`, by aten op): ``matmul`` (mm, addmm, bmm),
+``transcendental`` (tanh, exp, gelu, ...: elementwise but compute-heavy), ``reduction``
+(softmax, layer/batch norm, sum, mean, ...), ``copy`` (clone, cat, index/gather, embedding,
+dtype casts) and ``elementwise`` (everything else that launches work). Some ops are
 fitted one by one, as ``<class>:<op>``: tanh, gelu, silu and exp, softmax
 (``reduction:_softmax``), layer norm (``reduction:native_layer_norm``), max pooling
 (``reduction:max_pool2d_with_indices``), batch norm with running statistics
-(``elementwise:native_batch_norm``), and the fused attention kernels (``matmul:attention``).
+(``elementwise:native_batch_norm``), the fused attention kernels (``matmul:attention``) and
+convolutions (``matmul:convolution``, with their own nearest-sample correction, as matmuls).
 
 For each class, representative ops at several sizes are timed (in each of ``ROUNDS`` passes
 spread across the budget the median of repeated blocks of up to ``BLOCK_S``,
@@ -113,6 +114,7 @@ def _samples(device: torch.device, large: bool | None = None) -> dict[str, list[
     mm_shapes = [(16, 256, 256), (64, 768, 768), (128, 768, 2304), (128, 3072, 768),
                  (256, 1024, 1024), (512, 1024, 4096)]
     matmul = [(lambda a=t(m, k), b=t(k, n): torch.mm(a, b)) for m, k, n in mm_shapes]
+    matmul += [(lambda a=t(12, 128, 64), b=t(12, 64, 128): torch.bmm(a, b))]
     # nn.Linear multiplies by the transposed weight (out_features, in_features)
     linear_shapes = [(64, 768, 768), (128, 1024, 4096), (128, 768, 8192)]
     matmul += [(lambda a=t(m, k), w=t(n, k): F.linear(a, w)) for m, k, n in linear_shapes]
@@ -122,8 +124,6 @@ def _samples(device: torch.device, large: bool | None = None) -> dict[str, list[
     # output rows not a multiple of 64 bytes (GPT-2's 50257-word vocabulary), from 1 to 25 ms on a CPU
     matmul += [(lambda a=t(m, k), w=t(n, k), b=t(n): F.linear(a, w, b))
                for m, k, n in [(128, 768, 767), (128, 768, 4095), (128, 1024, 8191)]]
-    matmul += [(lambda a=t(12, 128, 64), b=t(12, 64, 128): torch.bmm(a, b))]
-    matmul += [(lambda x=t(1, 64, 56, 56), w=t(64, 64, 3, 3): F.conv2d(x, w, padding=1))]
     sizes = [2**16, 2**19, 2**22, 2**24, 2**25] if large else [2**12, 2**15, 2**18, 2**20, 2**22]
     # a few hundred elements (RMSNorm's rsqrt of one number per token): the fixed cost alone
     tiny = 2**8
@@ -146,6 +146,16 @@ def _samples(device: torch.device, large: bool | None = None) -> dict[str, list[
         (lambda x=t(b, c, s, s), m=t(c), v=t(c).abs(), w=t(c), bias=t(c):
          F.batch_norm(x, m, v, w, bias, training=False))
         for b, c, s in images
+    ]
+    # ResNet-50's convolutions: (in channels, out channels, kernel, stride, input side)
+    convs = [(3, 64, 7, 2, 224), (64, 256, 1, 1, 56), (256, 64, 1, 1, 56), (64, 64, 3, 1, 56),
+             (256, 512, 1, 2, 56), (128, 128, 3, 1, 28), (1024, 256, 1, 1, 14), (512, 512, 3, 1, 7),
+             (512, 2048, 1, 1, 7)]
+    batches = (1, 32) if large else (1,)
+    one_by_one["matmul:convolution"] = [
+        (lambda x=t(b, ci, s, s), w=t(co, ci, k, k), stride=stride, pad=k // 2:
+         F.conv2d(x, w, stride=stride, padding=pad))
+        for b in batches for ci, co, k, stride, s in (convs if b == 1 else convs[1::2])
     ]
     # (batch, heads, sequence, head size); q, k, v transposed from (batch, sequence, heads, head size)
     # as transformers' attention layers make them

@@ -154,8 +154,9 @@ class Solution:
     status: str
     """``"optimal"`` (proven: gap 0), ``"feasible"`` (a solution with a proven ``gap``: the
     solver stopped at ``mip_rel_gap`` or at the time limit), ``"heuristic"``
-    (the solver found nothing better than the best starting point in time), or ``"trivial"``
-    (one device: nothing to decide)."""
+    (the solver found nothing better than the best starting point in time; its bound and gap
+    are the solver's, ``None`` only when the solver failed to run, ``solver`` then ending in
+    ``"(failed)"``), or ``"trivial"`` (one device: nothing to decide)."""
     objective_name: str
     objective: float
     bound: float | None
@@ -1232,10 +1233,22 @@ def _solve_milp(
             start_values[bottleneck] = evaluate(problem, best_start[0]).bottleneck_s / m.unit
     time_limit_s = max(MIN_SOLVER_TIME_S, deadline - time.perf_counter())
     solver_name, backend = _make_solver(solver, time_limit_s, mip_rel_gap, start_values)
-    m.prob.solve(backend)
+    counts = dict(num_variables=m.prob.numVariables(), num_constraints=m.prob.numConstraints())
+    try:
+        m.prob.solve(backend)
+    except pulp.PulpSolverError as exc:  # a broken or missing solver binary: the baselines stand
+        if best_start is None:
+            raise ValueError(
+                f"the {solver_name} MILP solver failed ({exc}) and no starting point fits; "
+                "install highspy (pip install highspy) or repair PuLP's bundled CBC"
+            ) from exc
+        warnings.warn(f"the {solver_name} MILP solver failed ({exc}); using the best starting "
+                      "point (baselines and greedy) with no bound", stacklevel=3)
+        assignment, streamed = best_start
+        return Solution(assignment, "heuristic", objective, score(*best_start), None, None,
+                        time.perf_counter() - start, f"{solver_name} (failed)", streamed=streamed, **counts)
     status = pulp.LpStatus[m.prob.status]
     has_solution = m.prob.sol_status in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible)
-    counts = dict(num_variables=m.prob.numVariables(), num_constraints=m.prob.numConstraints())
     if not has_solution and best_start is None:
         needed = sum(t.resident_bytes for t in problem.tasks)
         caps = {d: problem.capacity_bytes[d] for d in problem.devices}
@@ -1263,19 +1276,18 @@ def _solve_milp(
         value = score(assignment, streamed)
         if best_start is not None and score(*best_start) < value:
             has_solution = False
+    optimal = m.prob.sol_status == pulp.LpSolutionOptimal
     if not has_solution:  # the starting point stands: nothing better was found in time
         assert best_start is not None
         assignment, streamed = best_start
         value = score(assignment, streamed)
-        return Solution(assignment, "heuristic", objective, value, None, None,
-                        time.perf_counter() - start, solver_name, streamed=streamed, **counts)
-    optimal = m.prob.sol_status == pulp.LpSolutionOptimal
+        optimal = False
     bound = _bound(m, solver_name, value, optimal, time_limit_s)
     gap = None if bound is None else (max(0.0, (value - bound) / value) if value else 0.0)
     proven = optimal and gap is not None and gap <= 1e-6
     return Solution(
         assignment=assignment,
-        status="optimal" if proven else "feasible",
+        status=("optimal" if proven else "feasible") if has_solution else "heuristic",
         objective_name=objective,
         objective=value,
         bound=bound,
@@ -1303,7 +1315,7 @@ def _bound(m: _Model, solver_name: str, value: float, optimal: bool, time_limit_
         try:
             info = m.prob.solverModel.getInfo()
             bound = float(info.mip_dual_bound)
-            if bound == bound and abs(bound) != float("inf"):
+            if info.valid and bound == bound and abs(bound) != float("inf"):
                 return min(value, max(bound * m.unit, m.bottleneck_floor_s))
         except Exception:  # noqa: BLE001 - fall through to the generic bound
             log.debug("HiGHS info unavailable; using the LP relaxation bound")

@@ -1,4 +1,4 @@
-"""The ``autopart`` command: ``demo``, ``topology`` and ``plan``."""
+"""The ``autopart`` command: ``demo``, ``topology``, ``plan`` and ``solve``."""
 
 from __future__ import annotations
 
@@ -152,6 +152,8 @@ def _plan_options(args: argparse.Namespace) -> dict:
         time_limit_s=args.time_limit,
         max_groups=args.max_groups,
         objective=args.objective,
+        energy_slack=args.energy_slack,
+        energy_eta=args.energy_eta,
         compression=args.compression,
         contiguous_stages=args.contiguous_stages,
     )
@@ -249,6 +251,15 @@ def _add_plan_options(p: argparse.ArgumentParser) -> None:
         help="what to minimize (default latency)",
     )
     p.add_argument(
+        "--energy-slack", type=float, default=0.1, metavar="FRACTION",
+        help="energy objective: the time may exceed the fastest plan's by this fraction (default 0.1)",
+    )
+    p.add_argument(
+        "--energy-eta", type=float, default=None, metavar="ETA",
+        help="energy objective, instead of --energy-slack: minimize Zeus's eta * energy + "
+        "(1 - eta) * max power * time, eta in [0, 1] (1: energy alone, 0: time alone)",
+    )
+    p.add_argument(
         "--compression", choices=("none", "bf16", "int8"), default="none",
         help="lossy compression allowed for activations on slow links (default none)",
     )
@@ -302,7 +313,8 @@ def make_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="--profile: measure this machine (matmul FLOP/s per dtype, memory bandwidth, "
-        "launch overhead, links), or reuse its cached profile; --no-profile: nominal numbers "
+        "launch overhead, links, and the cost model's per-op-class calibration), or reuse its "
+        "cached profile; --no-profile: nominal numbers "
         "from discovery. Default: the cached profile if there is one, else nominal numbers",
     )
     topo.add_argument(

@@ -110,6 +110,27 @@ def test_cli_solve_can_ask_for_contiguous_stages(tmp_path, monkeypatch):
     assert [kw["contiguous_stages"] for kw in asked] == [True]
 
 
+def test_cli_solve_trades_time_for_energy_as_asked(tmp_path, capsys):
+    graph_path = Path(__file__).resolve().parents[1] / "bench" / "graphs" / "gpt2.json"
+    common = ["solve", "--graph", str(graph_path), "--topology", "hetero-a100-t4-cpu",
+              "--max-memory", "cuda:0=300MB", "cuda:1=300MB", "--time-limit", "5"]
+    plans = {}
+    for name, extra in {"latency": [], "slack 0": ["--objective", "energy", "--energy-slack", "0"],
+                        "slack 1": ["--objective", "energy", "--energy-slack", "1"],
+                        "eta 1": ["--objective", "energy", "--energy-eta", "1"]}.items():
+        out = tmp_path / f"{name}.json"
+        assert main([*common, *extra, "--out", str(out)]) == 0
+        plans[name] = Plan.load(out)
+    fastest, tight, loose = plans["latency"], plans["slack 0"], plans["slack 1"]
+    bound = fastest.bound if fastest.bound is not None else fastest.predicted_time_s
+    assert tight.predicted_time_s <= max(fastest.predicted_time_s, bound) * (1 + 1e-6)
+    assert loose.predicted_time_s <= 2 * fastest.predicted_time_s * (1 + 1e-6)
+    assert loose.predicted_energy_J <= tight.predicted_energy_J * (1 + 1e-6)
+    assert plans["eta 1"].objective == pytest.approx(plans["eta 1"].predicted_energy_J)
+    assert main([*common, "--objective", "energy", "--energy-eta", "2"]) == 2
+    assert "energy_eta must be in [0, 1]" in capsys.readouterr().err
+
+
 def test_bad_graph_files_are_named(tmp_path):
     path = tmp_path / "bad.json"
     path.write_text(json.dumps({"format": "something-else"}))

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from autopart import Device, Topology
-from autopart.costmodel.comm import collective_time_s, flat_collective_time_s
+from autopart.costmodel.comm import collective_time_s, flat_collective_time_s, mesh_collective_time_s
 from autopart.costmodel.energy import energy_J
 from autopart.passes import memory_pass, propagate_shapes_pass
 from autopart.passes.memory import storage_key
@@ -26,13 +26,24 @@ A, B = 1e-5, 1e10  # alpha 10 us, beta 10 GB/s
         ("all_reduce", "ring", 2 * 3 * A + 2 * 3 / 4 * 1e9 / B),
         ("all_reduce", "tree", 2 * 2 * A + 2 * 1e9 / B),
         ("all_gather", "ring", 3 * A + 3 / 4 * 1e9 / B),
+        ("all_gather", "tree", 2 * A + 3 / 4 * 1e9 / B),  # recursive doubling: 2 steps
         ("reduce_scatter", "ring", 3 * A + 3 / 4 * 1e9 / B),
+        ("reduce_scatter", "tree", 2 * A + 3 / 4 * 1e9 / B),  # recursive halving
         ("all_to_all", "ring", 3 * A + 3 / 4 * 1e9 / B),
+        ("all_to_all", "tree", 2 * A + 2 * 1e9 / 2 / B),  # Bruck: each step sends half the buffer
+        ("broadcast", "ring", 3 * A + 1e9 / B),
         ("broadcast", "tree", 2 * A + 1e9 / B),
     ],
 )
 def test_flat_collectives_match_hand_calculations(kind, algorithm, expected):
     assert flat_collective_time_s(kind, 1e9, 4, A, B, algorithm) == pytest.approx(expected)
+
+
+def test_auto_picks_bruck_for_small_and_pairwise_for_large_all_to_all():
+    p = 8  # Bruck: 3 alpha + 1.5 n/beta; pairwise: 7 alpha + 7/8 n/beta
+    small, large = 1e3, 1e9
+    assert flat_collective_time_s("all_to_all", small, p, A, B) == pytest.approx(3 * A + 1.5 * small / B)
+    assert flat_collective_time_s("all_to_all", large, p, A, B) == pytest.approx(7 * A + 7 / 8 * large / B)
 
 
 def test_auto_picks_tree_for_small_and_ring_for_large_all_reduce():
@@ -49,8 +60,8 @@ def test_auto_picks_tree_for_small_and_ring_for_large_all_reduce():
 def test_collective_errors_name_the_bad_value():
     with pytest.raises(ValueError, match="unknown collective 'all_sum'"):
         flat_collective_time_s("all_sum", 1, 2, A, B)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="no tree algorithm"):
-        flat_collective_time_s("all_gather", 1, 2, A, B, "tree")
+    with pytest.raises(ValueError, match="unknown algorithm 'butterfly'"):
+        flat_collective_time_s("all_gather", 1, 2, A, B, "butterfly")  # type: ignore[arg-type]
     assert flat_collective_time_s("all_reduce", 1e6, 1, A, B) == 0.0
 
 
@@ -82,17 +93,30 @@ def test_collective_across_hosts_is_hierarchical():
     n = 2**30
     intra = topo.link("node0/cuda:0", "node0/cuda:1")
     inter = topo.link("node0/cuda:0", "node1/cuda:0")
-    expected = (
-        flat_collective_time_s("reduce_scatter", n, 8, intra.latency_s, intra.bandwidth_Bps, "ring")
-        + flat_collective_time_s("all_reduce", n / 8, 2, inter.latency_s, inter.bandwidth_Bps)
-        + flat_collective_time_s("all_gather", n, 8, intra.latency_s, intra.bandwidth_Bps, "ring")
-    )
+    a1, b1, a2, b2 = intra.latency_s, intra.bandwidth_Bps, inter.latency_s, inter.bandwidth_Bps
+    # by hand: ring reduce_scatter inside each host (7 steps, 7/8 of n), all_reduce of n/8
+    # between the 2 hosts (a 2-rank ring: 2 steps, 2 * 1/2 of n/8), ring all_gather inside
+    expected = (7 * a1 + 7 / 8 * n / b1) + (2 * a2 + n / 8 / b2) + (7 * a1 + 7 / 8 * n / b1)
     got = collective_time_s("all_reduce", n, ranks, topo)
     assert got == pytest.approx(expected)
     # Slower than inside one host, much faster than a flat ring over the network.
     assert got > collective_time_s("all_reduce", n, ranks[:8], topo)
     flat = flat_collective_time_s("all_reduce", n, 16, inter.latency_s, inter.bandwidth_Bps, "ring")
     assert got < flat
+
+
+def test_a_collective_along_a_mesh_axis_lasts_as_long_as_its_slowest_group():
+    topo = Topology.preset("2x8xh100-ib")  # mesh "gpus": dp across the 2 hosts, tp inside one
+    n = 2**28
+    intra = topo.link("node0/cuda:0", "node0/cuda:1")
+    inter = topo.link("node0/cuda:0", "node1/cuda:0")
+    # tp: 8 ranks on NVLink; dp: 2 ranks over InfiniBand (a 2-rank ring: 2 steps, n/2 each way)
+    tp = mesh_collective_time_s("all_reduce", n, "gpus", "tp", topo, algorithm="ring")
+    assert tp == pytest.approx(2 * 7 * intra.latency_s + 2 * 7 / 8 * n / intra.bandwidth_Bps)
+    dp = mesh_collective_time_s("all_reduce", n, topo.mesh("gpus"), 0, topo, algorithm="ring")
+    assert dp == pytest.approx(2 * inter.latency_s + n / inter.bandwidth_Bps)
+    with pytest.raises(ValueError, match="has no axis 'pp'"):
+        mesh_collective_time_s("all_reduce", n, "gpus", "pp", topo)
 
 
 def test_energy_is_active_power_while_busy_plus_idle_power():

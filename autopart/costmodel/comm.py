@@ -5,22 +5,26 @@ A message of ``n`` bytes over a link costs ``alpha + n / beta`` (``Link.latency_
 tensor for all_reduce and broadcast; the gathered output for all_gather; the unreduced input for
 reduce_scatter; the whole send buffer for all_to_all):
 
-===============  ==========================================  ==============================
-collective       ring                                        tree
-===============  ==========================================  ==============================
-all_reduce       2 (p-1) alpha + 2 (p-1)/p n/beta            2 ceil(log2 p) alpha + 2 n/beta
-all_gather       (p-1) alpha + (p-1)/p n/beta                -
-reduce_scatter   (p-1) alpha + (p-1)/p n/beta                -
-all_to_all       (p-1) alpha + (p-1)/p n/beta  (pairwise)    -
-broadcast        (p-1) alpha + n/beta  (pipelined chain)     ceil(log2 p) alpha + n/beta
-===============  ==========================================  ==============================
+===============  ==========================================  ==========================================
+collective       ring                                        tree (log p steps)
+===============  ==========================================  ==========================================
+all_reduce       2 (p-1) alpha + 2 (p-1)/p n/beta            2 L alpha + 2 n/beta  (pipelined trees)
+all_gather       (p-1) alpha + (p-1)/p n/beta                L alpha + (p-1)/p n/beta  (recursive doubling)
+reduce_scatter   (p-1) alpha + (p-1)/p n/beta                L alpha + (p-1)/p n/beta  (recursive halving)
+all_to_all       (p-1) alpha + (p-1)/p n/beta  (pairwise)    L alpha + L n/(2 beta)  (Bruck)
+broadcast        (p-1) alpha + n/beta  (pipelined chain)     L alpha + n/beta  (pipelined tree)
+===============  ==========================================  ==========================================
 
-Sources: R. Thakur, R. Rabenseifner, W. Gropp, "Optimization of collective communication
-operations in MPICH", IJHPCA 19(1), 2005 (ring/recursive algorithms, their alpha-beta costs);
+with ``L = ceil(log2 p)``. Sources: R. Thakur, R. Rabenseifner, W. Gropp, "Optimization of
+collective communication operations in MPICH", IJHPCA 19(1), 2005 (ring, recursive doubling and
+halving, pairwise exchange and Bruck's all_to_all, with these alpha-beta costs; recursive
+doubling and halving are exact for ``p`` a power of two, Bruck's all_gather has the same cost
+for any ``p``, and reduce_scatter is given that cost for other ``p`` too, a slight underestimate);
 P. Sanders, J. Speck, J. L. Träff, "Two-tree algorithms for full bandwidth broadcast, reduction
 and scan", Parallel Computing 35(12), 2009 (pipelined trees reach n/beta per direction, the basis
-of NCCL's double binary trees). ``algorithm="auto"`` takes the cheaper of ring and tree, as
-NCCL's tuner does by message size.
+of NCCL's double binary trees). ``algorithm="auto"`` takes the cheaper of the two, as NCCL's and
+MPICH's tuners do by message size (the log-step forms win for small messages, where the
+latency term dominates).
 
 A ring runs at the pace of its slowest hop: alpha is the largest latency and beta the smallest
 bandwidth among consecutive ranks (devices in the order given, wrapping around).
@@ -38,7 +42,7 @@ import math
 from collections.abc import Sequence
 from typing import Literal
 
-from ..topology import Link, Topology
+from ..topology import Link, Mesh, Topology
 
 Collective = Literal["all_reduce", "all_gather", "reduce_scatter", "all_to_all", "broadcast"]
 Algorithm = Literal["auto", "ring", "tree"]
@@ -59,7 +63,16 @@ def flat_collective_time_s(
     kind: Collective, nbytes: float, p: int, alpha_s: float, beta_Bps: float,
     algorithm: Algorithm = "auto",
 ) -> float:
-    """Time of one collective over ``p`` ranks joined by identical links (see module table).
+    """Seconds of one collective over ``p`` ranks joined by identical links (module table).
+
+    Args:
+        kind: the collective.
+        nbytes: bytes per rank as the module docstring defines them for ``kind`` (>= 0).
+        p: ranks (>= 1); one rank costs nothing.
+        alpha_s: latency of one message, seconds.
+        beta_Bps: bandwidth of one link, bytes per second (``inf``: free bandwidth).
+        algorithm: ``"ring"``, ``"tree"`` (the log-step algorithm of the table) or ``"auto"``
+            (the cheaper).
 
     Raises:
         ValueError: an unknown collective or algorithm, ``p < 1`` or negative bytes.
@@ -80,14 +93,15 @@ def flat_collective_time_s(
     elif kind == "broadcast":
         ring = (p - 1) * alpha_s + nbytes * inv
         tree = steps * alpha_s + nbytes * inv
-    else:
+    elif kind == "all_to_all":
         ring = (p - 1) * alpha_s + (p - 1) / p * nbytes * inv
-        tree = math.inf
+        tree = steps * alpha_s + steps * nbytes / 2 * inv
+    else:  # all_gather (recursive doubling), reduce_scatter (recursive halving)
+        ring = (p - 1) * alpha_s + (p - 1) / p * nbytes * inv
+        tree = steps * alpha_s + (p - 1) / p * nbytes * inv
     if algorithm == "ring":
         return ring
     if algorithm == "tree":
-        if math.isinf(tree):
-            raise ValueError(f"{kind} has no tree algorithm here; use 'ring' or 'auto'")
         return tree
     return min(ring, tree)
 
@@ -140,3 +154,35 @@ def collective_time_s(
     if kind == "all_gather":
         return across("all_gather", nbytes / g) + inside("all_gather", nbytes)
     return inside("reduce_scatter", nbytes) + across("reduce_scatter", nbytes / g)
+
+
+def mesh_collective_time_s(
+    kind: Collective,
+    nbytes: int,
+    mesh: Mesh | str,
+    axis: str | int,
+    topology: Topology,
+    *,
+    algorithm: Algorithm = "auto",
+) -> float:
+    """Predicted seconds of a collective along one axis of a mesh: every group of
+    :meth:`Mesh.axis_groups` runs it at once (as a ``DeviceMesh``'s per-axis process groups
+    do), so the call lasts as long as the slowest group (:func:`collective_time_s` each).
+    Groups that share a link (two ``dp`` columns crossing one host's network card) are not
+    slowed by each other here.
+
+    Args:
+        mesh: a mesh of ``topology`` or its name.
+        axis: the axis name (``"tp"``) or index.
+        nbytes: bytes per rank, as :func:`flat_collective_time_s` defines them.
+
+    Raises:
+        ValueError: an unknown mesh or axis (the message lists those there are), or as
+            :func:`collective_time_s`.
+    """
+    if isinstance(mesh, str):
+        mesh = topology.mesh(mesh)
+    return max(
+        collective_time_s(kind, nbytes, group, topology, algorithm=algorithm)
+        for group in mesh.axis_groups(axis)
+    )

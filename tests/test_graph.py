@@ -131,6 +131,29 @@ def test_cli_solve_trades_time_for_energy_as_asked(tmp_path, capsys):
     assert "energy_eta must be in [0, 1]" in capsys.readouterr().err
 
 
+SHIPPED = Path(__file__).resolve().parents[1] / "bench" / "graphs"
+
+
+@pytest.mark.parametrize("name", ["gpt2", "bert", "llama3-8b", "resnet50"])
+def test_shipped_graphs_load_and_plan_within_memory(name):
+    from autopart.costmodel.ops import CALIBRATED_ONE_BY_ONE, base_class
+
+    graph = AnnotatedGraph.load(SHIPPED / f"{name}.json")
+    own = {"attention", "convolution", *CALIBRATED_ONE_BY_ONE}
+    kinds = {op.kind for node in graph.nodes for op in node.ops}
+    assert {base_class(k) for k in kinds} <= {"matmul", "transcendental", "reduction", "copy", "elementwise"}
+    assert all(k.split(":")[1] in own for k in kinds if ":" in k), kinds  # made by today's op_class
+    if name == "resnet50":
+        assert "matmul:convolution" in kinds and "matmul" not in kinds
+    weights = sum(node.resident_bytes for node in graph.nodes)
+    cap = int(0.6 * weights)  # 60% of the weights per GPU: at least 2 GPUs
+    plan = autopart.solve_graph(graph, topology="4xa100-pcie-cpu", time_limit_s=5,
+                                max_memory={f"cuda:{i}": cap for i in range(4)} | {"cpu": 0})
+    assert len([d for d in plan.devices_used if d.startswith("cuda")]) >= 2
+    assert all(plan.predicted_peak_bytes[d] <= plan.capacity_bytes[d] for d in plan.predicted_peak_bytes)
+    assert set(plan.placement) >= {n.name for n in graph.nodes if n.op == "call_function"}
+
+
 def test_bad_graph_files_are_named(tmp_path):
     path = tmp_path / "bad.json"
     path.write_text(json.dumps({"format": "something-else"}))

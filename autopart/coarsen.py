@@ -41,7 +41,8 @@ class Task:
     """A group of FX nodes placed together.
 
     ``time_s``: predicted seconds per device. ``resident_bytes``: parameters/buffers/constants
-    it holds. ``peak_bytes``: activation bytes live inside it at its busiest step (storages that
+    it holds, and in a training graph their gradients and optimizer state and the activations
+    its nodes save for backward (held from the forward pass into the backward pass). ``peak_bytes``: activation bytes live inside it at its busiest step (storages that
     are born and die inside the task). ``fixed_device``: inputs and outputs cannot move.
     """
 
@@ -100,6 +101,10 @@ class PlacementProblem:
     capacity_bytes: dict[str, int]
     topology: Topology = field(repr=False)
     shared: tuple[SharedWeight, ...] = ()
+    training: bool = False
+    """Planned for training: tasks' ``resident_bytes`` include gradients, optimizer state and
+    saved activations, and no task's weights are streamed from host memory (those bytes would
+    stay on its device)."""
     activation_copies: int = 1
     """Copies of every activation a device holds at once: 1 for one call at a time (what
     autopart plans: its pipelines split one call into micro-batches); more to model several
@@ -299,7 +304,7 @@ def build_problem(
         return sum(times[n.name].get(d, 0.0) for d in candidates) / max(1, len(candidates))
 
     def resident(n: GraphNode) -> int:
-        return n.resident_bytes + sum(p.resident_bytes for p in attached.get(n.name, ()))
+        return sum(m.resident_bytes + m.training_bytes for m in [n, *attached.get(n.name, ())])
 
     total_time = sum(ref_time(n) for n in compute) or 1.0
     total_resident = sum(resident(n) for n in compute) or 1
@@ -339,7 +344,7 @@ def build_problem(
                 nodes=tuple(m.name for m in members),
                 time_s=time_s,
                 resident_bytes=sum(
-                    m.resident_bytes for m in members if not (fixed and m.name in pinned)
+                    m.resident_bytes + m.training_bytes for m in members if not (fixed and m.name in pinned)
                 ),
                 fixed_device=fixed,
             )
@@ -363,6 +368,7 @@ def build_problem(
         capacity_bytes=dict(capacity_bytes),
         topology=topology,
         shared=shared,
+        training=graph.training,
     )
 
 

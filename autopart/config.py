@@ -14,6 +14,7 @@ from decimal import Decimal
 from typing import Literal, Union
 
 from .kernels.compression import CompressionName
+from .passes.training import Optimizer
 from .topology import Topology
 
 ObjectiveName = Literal["latency", "throughput", "energy"]
@@ -111,6 +112,15 @@ class Config:
     ``eta * energy + (1 - eta) * max_power * time`` (You et al., NSDI 2023), ``eta`` in [0, 1]
     (1: energy alone, 0: time alone). None (default): the slack form."""
 
+    optimizer: Optimizer = "adam"
+    """For graphs compiled with gradients enabled and tensors that require them (training): the
+    optimizer whose state the plan reserves next to each parameter, besides its gradient and
+    the activations autograd saves for backward (:mod:`autopart.passes.training`). State bytes
+    per parameter byte: ``"adam"`` and ``"adamw"`` 2, ``"sgd_momentum"`` 1, ``"sgd"`` 0;
+    ``"none"``: no training step (no gradients, no state; saved activations only), for
+    inference run with gradients enabled. Graphs compiled under ``torch.no_grad()`` or
+    ``torch.inference_mode()`` reserve none of these."""
+
     max_memory: dict[str | int, MemorySize] | None = None
     """Memory each device may use, in accelerate's format: ``{"cuda:0": "10GiB", "cpu": "30GB"}``
     (ints are bytes, int keys ``i`` mean ``"cuda:i"``). As in accelerate, when given, devices not
@@ -181,6 +191,7 @@ class Config:
         _check_choice("inner", self.inner, InnerName)
         _check_choice("profile", self.profile, ProfileMode)
         _check_choice("compression", self.compression, CompressionName)
+        _check_choice("optimizer", self.optimizer, Optimizer)
         if not self.profile_budget_s > 0:
             raise ValueError(f"profile_budget_s must be > 0 seconds, got {self.profile_budget_s!r}")
         if not 0.0 < self.memory_fraction <= 1.0:

@@ -35,6 +35,7 @@ from .passes import (
 )
 from .passes.cost import mutates_in_place
 from .passes.shapes import node_value
+from .passes.training import Optimizer, TrainingMemory, training_memory_pass
 from .pipeline import BatchSpec, auto_microbatches, batch_spec
 from .plan import Plan, make_plan
 from .rewrite import origin_resolver, resolve_device_map, rewrite
@@ -61,18 +62,47 @@ class Analysis:
     dependencies: DependencyGraph
     cost: CostReport
     graph: AnnotatedGraph
+    training: TrainingMemory | None = None
+    """Training memory, for a graph analysed for training (else None)."""
 
 
 def analyze(
-    gm: torch.fx.GraphModule, example_inputs: Sequence[Any], topology: Topology, name: str = "graph"
+    gm: torch.fx.GraphModule,
+    example_inputs: Sequence[Any],
+    topology: Topology,
+    name: str = "graph",
+    *,
+    optimizer: Optimizer | None = None,
 ) -> Analysis:
-    """Run the analysis passes (shapes, memory, dependencies, cost) over ``gm``, in place."""
+    """Run the analysis passes (shapes, memory, dependencies, cost) over ``gm``, in place; with
+    ``optimizer``, also :func:`~autopart.passes.training.training_memory_pass`, whose bytes
+    (gradients, that optimizer's state, saved activations) the plan then reserves.
+
+    Raises:
+        ValueError: an unknown optimizer.
+    """
     propagate_shapes_pass(gm, example_inputs)
     memory = memory_pass(gm, example_inputs)
     dependencies = dependency_pass(gm, example_inputs)
     cost = cost_pass(gm, example_inputs, topology=topology)
+    training = None
+    if optimizer is not None:
+        training = training_memory_pass(gm, example_inputs, memory=memory, optimizer=optimizer)
     graph = AnnotatedGraph.from_fx(gm, memory, name=name)
-    return Analysis(memory=memory, dependencies=dependencies, cost=cost, graph=graph)
+    return Analysis(memory=memory, dependencies=dependencies, cost=cost, graph=graph, training=training)
+
+
+def is_training(gm: torch.fx.GraphModule) -> bool:
+    """Whether a graph Dynamo captured runs for training: gradients are enabled (Dynamo calls
+    the backend in the grad mode it guards on) and some placeholder's ``example_value``
+    requires grad (a trainable parameter, or an input that needs a gradient)."""
+    if not torch.is_grad_enabled():
+        return False
+    return any(
+        isinstance(v := n.meta.get("example_value"), torch.Tensor) and v.requires_grad
+        for n in gm.graph.nodes
+        if n.op == "placeholder"
+    )
 
 
 def plan_graph(
@@ -98,7 +128,13 @@ def plan_graph(
             placement found.
     """
     mapping = mapping if mapping is not None else resolve_device_map(topology, config.device_map)
-    analysis = analyze(gm, example_inputs, topology, name=graph_name)
+    optimizer = config.optimizer if is_training(gm) else None
+    analysis = analyze(gm, example_inputs, topology, name=graph_name, optimizer=optimizer)
+    if analysis.training is not None:
+        log.info("%s is planned for training: %d bytes of gradients, %d of %s state and %d of "
+                 "saved activations reserved", graph_name, analysis.training.gradient_bytes,
+                 analysis.training.optimizer_state_bytes, optimizer,
+                 analysis.training.saved_activation_bytes)
     capacity = config.capacities_bytes(topology)
     pinned: dict[str, str] = {}
     if ledger is not None:

@@ -14,7 +14,8 @@ JSON (``format_version`` 1)::
     nodes         [{"name", "op", "target", "role", "inputs": [names], "module_path": [str],
                     "tensors": [{"shape", "dtype", "device", "nbytes"}], "resident_bytes",
                     "ops": [{"flops", "bytes_read", "bytes_written", "launches", "dtype",
-                    "kind"}], "sticky": bool}]
+                    "kind", "aligned"}], "sticky": bool, "training_bytes"}]
+                  (``aligned`` and ``training_bytes`` may be absent: true and 0)
     storages      [{"producer", "nbytes", "first", "last", "kind"}]   (indices into nodes)
 """
 
@@ -62,6 +63,10 @@ class GraphNode:
     resident_bytes: int
     ops: tuple[OpCost, ...]
     sticky: bool = False
+    training_bytes: int = 0
+    """Bytes a training step adds to the node's device (0 for graphs planned for inference):
+    the activations autograd saves at a compute node; a parameter's gradient and optimizer
+    state (:mod:`autopart.passes.training`)."""
 
     @property
     def output_bytes(self) -> int:
@@ -92,6 +97,11 @@ class AnnotatedGraph:
             for i in n.inputs:
                 out[i].append(n.name)
         return {k: tuple(v) for k, v in out.items()}
+
+    @property
+    def training(self) -> bool:
+        """Whether the graph was analysed for training (some node has ``training_bytes``)."""
+        return any(n.training_bytes for n in self.nodes)
 
     @property
     def output(self) -> GraphNode:
@@ -131,6 +141,7 @@ class AnnotatedGraph:
                     resident_bytes=rec.resident_bytes,
                     ops=tuple(rec.ops),
                     sticky=node.op == "call_function" and node.target is operator.getitem,
+                    training_bytes=rec.training_bytes,
                 )
             )
         return cls(name=name, nodes=tuple(nodes), storages=memory.storages)

@@ -228,9 +228,10 @@ def powered_devices(problem: PlacementProblem) -> list[str]:
 
 def stream_host(problem: PlacementProblem, device: str) -> str | None:
     """The CPU device that can hold weights streamed to ``device``: a CPU with capacity on the
-    same host; None for a CPU device itself or a host without one."""
+    same host; None for a CPU device itself, a host without one, or a training problem
+    (``PlacementProblem.training``)."""
     topo = problem.topology
-    if topo.device(device).kind == "cpu":
+    if topo.device(device).kind == "cpu" or problem.training:
         return None
     host = topo.device(device).host
     for name in problem.devices:
@@ -368,11 +369,18 @@ def check_fits(problem: PlacementProblem) -> None:
         t.resident_bytes for t in problem.tasks if t.fixed_device is None or t.fixed_device in caps
     )
     total = sum(caps.values())
+    what = "parameters and buffers"
+    fix = "raise max_memory or plan for a topology with more memory"
+    if problem.training:
+        what += ", gradients, optimizer state and activations saved for backward"
+        fix += ("; it is planned for training because gradients are enabled: run inference "
+                "under torch.no_grad(), or name a lighter optimizer (optimizer='sgd', or 'none' "
+                "for no training step)")
     if resident > total:
         raise ValueError(
-            f"the model needs {resident} bytes ({resident / 2**30:.2f} GiB) of parameters and "
-            f"buffers but the devices allow only {total} bytes ({total / 2**30:.2f} GiB) in total "
-            f"({_fmt_caps(caps)}); raise max_memory or plan for a topology with more memory"
+            f"the model needs {resident} bytes ({resident / 2**30:.2f} GiB) of {what} but the "
+            f"devices allow only {total} bytes ({total / 2**30:.2f} GiB) in total "
+            f"({_fmt_caps(caps)}); {fix}"
         )
     biggest = max(caps.values())
     for t in problem.tasks:

@@ -182,6 +182,38 @@ def test_saved_activations_match_what_autograd_saves():
     assert tm.total_bytes == 4 * param_bytes + tm.saved_activation_bytes + tm.forward_peak_bytes
 
 
+@pytest.mark.parametrize("optimizer, per_byte", [("adam", 3), ("sgd_momentum", 2), ("sgd", 1), ("none", 0)])
+def test_each_node_records_what_training_adds_to_its_device(optimizer, per_byte):
+    """A trainable parameter adds its gradient and optimizer state, a frozen one nothing, a
+    compute node what it saves; the annotated graph keeps these through a JSON round trip."""
+    from autopart import AnnotatedGraph
+
+    torch.manual_seed(0)
+    model, x = _Net(), torch.randn(4, 16)
+    model.fc1.requires_grad_(False)
+    seen = {}
+
+    def backend(gm, example_inputs):
+        propagate_shapes_pass(gm, example_inputs)
+        memory = memory_pass(gm)
+        seen["tm"] = training_memory_pass(gm, example_inputs, memory=memory, optimizer=optimizer)
+        seen["graph"] = AnnotatedGraph.from_dict(AnnotatedGraph.from_fx(gm, memory).to_dict())
+        return gm.forward
+
+    torch._dynamo.reset()
+    torch.compile(model, backend=backend)(x)
+    graph, tm = seen["graph"], seen["tm"]
+    trainable = sum(p.numel() * 4 for p in model.parameters() if p.requires_grad)
+    params = [n for n in graph.nodes if n.role == "parameter"]
+    frozen = [n for n in params if "fc1" in n.name]
+    assert len(frozen) == 2 and all(n.training_bytes == 0 for n in frozen)
+    assert sum(n.training_bytes for n in params) == per_byte * trainable
+    assert tm.gradient_bytes == (trainable if optimizer != "none" else 0)
+    compute = [n for n in graph.nodes if n.is_compute]
+    assert sum(n.training_bytes for n in compute) == tm.saved_activation_bytes > 0
+    assert graph.training
+
+
 def test_training_memory_rejects_unknown_optimizer():
     gm = torch.fx.symbolic_trace(_Net())
     propagate_shapes_pass(gm, [torch.randn(2, 16)])

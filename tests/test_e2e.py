@@ -314,7 +314,8 @@ def test_gradients_flow_through_a_split_graph():
     torch.manual_seed(0)
     model = _mlp().train()
     ref_model = copy.deepcopy(model)
-    backend = autopart.backend(**split_options(model))
+    # training with SGD: weights and gradients (2x) do not fit one device holding 0.9x
+    backend = autopart.backend(**split_options(model, fraction=0.9, optimizer="sgd"))
     compiled = torch.compile(model, backend=backend)
     x = torch.randn(4, 16)
     compiled(x).square().sum().backward()
@@ -325,6 +326,55 @@ def test_gradients_flow_through_a_split_graph():
     (comp,) = backend.compilations
     check_plan(comp, PRESET_DEVICES)
     assert len(comp.plan.devices_used) >= 2
+
+
+def _devices_planned(model: nn.Module, grad: bool, **options) -> autopart.Plan:
+    torch._dynamo.reset()
+    backend = autopart.backend(**options)
+    with torch.set_grad_enabled(grad):
+        torch.compile(model, backend=backend)(torch.randn(4, 16))
+    (comp,) = backend.compilations
+    return check_plan(comp, PRESET_DEVICES)
+
+
+def test_training_plans_reserve_gradients_optimizer_state_and_saved_activations():
+    """With gradients enabled, each device holds its parameters' gradients and optimizer state
+    (Adam: 2 tensors per parameter) and the activations autograd saves; the training steps
+    match eager."""
+    torch.manual_seed(0)
+    model = _mlp().train()
+    weights = model_bytes(model)
+    options = split_options(model, fraction=1.5)  # three GPUs holding 1.5x the weights each
+    inference = _devices_planned(model, grad=False, **options)
+    sgd = _devices_planned(model, grad=True, optimizer="sgd", **options)
+    adam = _devices_planned(model, grad=True, **options)
+    assert len(inference.devices_used) == 1
+    assert len(sgd.devices_used) >= 2  # weights and gradients: 2x
+    assert len(adam.devices_used) == 3  # weights, gradients, exp_avg, exp_avg_sq: 4x
+    assert sum(adam.predicted_peak_bytes.values()) >= 4 * weights
+    assert sum(sgd.predicted_peak_bytes.values()) >= 2 * weights
+
+    ref_model = copy.deepcopy(model)
+    compiled = torch.compile(model, backend=autopart.backend(**options))
+    steps = [torch.optim.AdamW(m.parameters(), lr=1e-2) for m in (model, ref_model)]
+    for _ in range(2):
+        x = torch.randn(4, 16)
+        for fn, opt in zip((compiled, ref_model), steps):
+            opt.zero_grad()
+            fn(x).square().mean().backward()
+            opt.step()
+    for p, q in zip(model.parameters(), ref_model.parameters()):
+        torch.testing.assert_close(p, q, rtol=RTOL, atol=ATOL)
+
+
+def test_a_training_plan_that_cannot_fit_says_why_and_how_to_plan_inference():
+    model = _mlp().train()
+    backend = autopart.backend(**split_options(model, fraction=0.5))  # 1.5x in all: Adam needs 4x
+    with pytest.raises(torch._dynamo.exc.BackendCompilerFailed) as info:
+        torch.compile(model, backend=backend)(torch.randn(4, 16))
+    message = str(info.value.inner_exception)
+    assert "gradients, optimizer state and activations saved for backward" in message
+    assert "torch.no_grad()" in message and "optimizer='sgd'" in message
 
 
 def assert_same_grads(model: nn.Module, ref_model: nn.Module) -> None:
@@ -362,7 +412,7 @@ def test_copy_inside_a_no_grad_region_keeps_gradients(monkeypatch):
     torch.manual_seed(0)
     model = _GatedUnderNoGrad().train()
     ref_model = copy.deepcopy(model)
-    backend = autopart.backend(**split_options(model, fraction=0.5, contiguous_stages=True))
+    backend = autopart.backend(**split_options(model, fraction=1.0, optimizer="sgd", contiguous_stages=True))
     ids = torch.randint(0, 512, (2, 12))
     torch.compile(model, backend=backend)(ids).sum().backward()
     ref_model(ids).sum().backward()
@@ -396,7 +446,7 @@ def test_outputs_keep_eager_autograd_semantics():
     torch.manual_seed(0)
     model = _TwoHeads().train()
     ref_model = copy.deepcopy(model)
-    backend = autopart.backend(**split_options(model))
+    backend = autopart.backend(**split_options(model, fraction=1.2, optimizer="sgd"))
     x = torch.randn(1, 12, 64)
     h, _ = torch.compile(model, backend=backend)(x)
     h_ref, _ = ref_model(x)
@@ -683,7 +733,7 @@ def test_strict_raises_backend_compiler_failed_with_the_value_error():
         topology=PRESET, device_map="cpu", max_memory={"cuda:0": 100, "cuda:1": 100}, strict=True
     )
     compiled = torch.compile(model, backend=backend)
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught, torch.no_grad():
         warnings.simplefilter("always")
         with pytest.raises(torch._dynamo.exc.BackendCompilerFailed) as info:
             compiled(torch.randn(4, 16))

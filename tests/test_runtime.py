@@ -33,9 +33,10 @@ def test_inductor_partitions_match_eager_forward_and_backward(capfd):
     model = Mlp()
     weight_bytes = sum(p.numel() * 4 for p in model.parameters())
     topo = make_topology([make_device("cpu"), make_device("cuda:0"), make_device("cuda:1")])
+    # training with SGD (weights and gradients, 2x): each GPU holds 1.5x
     backend = autopart.backend(topology=topo, device_map="cpu", inner="inductor", strict=True,
-                               max_memory={"cpu": 0, "cuda:0": int(weight_bytes * 0.8),
-                                           "cuda:1": int(weight_bytes * 0.8)})
+                               optimizer="sgd", max_memory={"cpu": 0, "cuda:0": int(weight_bytes * 1.5),
+                                                            "cuda:1": int(weight_bytes * 1.5)})
     compiled = torch.compile(model, backend=backend)
     x = torch.randn(8, 32)
     torch._logging.set_logs(cudagraph_static_inputs=True)
@@ -115,7 +116,7 @@ def test_a_plan_over_two_devices_keeps_the_partitioned_path():
     model = Mlp()
     weight_bytes = sum(p.numel() * 4 for p in model.parameters())
     topo = make_topology([make_device("cpu"), make_device("cuda:0"), make_device("cuda:1")])
-    backend = autopart.backend(topology=topo, device_map="cpu", strict=True,
+    backend = autopart.backend(topology=topo, device_map="cpu", strict=True, optimizer="none",
                                max_memory={"cuda:0": int(weight_bytes * 0.8), "cuda:1": int(weight_bytes * 0.8)})
     compiled = torch.compile(model, backend=backend)
     x = torch.randn(4, 32)
@@ -139,13 +140,13 @@ class Wide(nn.Module):
         return self.b(torch.tanh(self.a(x)))
 
 
-def _slow_link_options(model: nn.Module, link_gbps: float, **extra) -> dict:
-    """Two GPUs, each holding one half, joined by a link of ``link_gbps``."""
+def _slow_link_options(model: nn.Module, link_gbps: float, headroom: int = 2**20, **extra) -> dict:
+    """Two GPUs, each holding one half and ``headroom`` bytes, joined by a link of ``link_gbps``."""
     half = max(p.numel() * 4 for p in model.parameters()) + 2**16
     topo = make_topology([make_device("cpu", tflops=0.001), make_device("cuda:0"), make_device("cuda:1")],
                          link_gbps=link_gbps, latency_s=1e-5)
     return dict(topology=topo, device_map="cpu", strict=True,
-                max_memory={"cpu": 10**8, "cuda:0": half + 2**20, "cuda:1": half + 2**20}, **extra)
+                max_memory={"cpu": 10**8, "cuda:0": half + headroom, "cuda:1": half + headroom}, **extra)
 
 
 @pytest.mark.parametrize("method", ["bf16", "int8"])
@@ -204,7 +205,9 @@ def test_int8_copies_fall_back_to_bf16_where_autograd_needs_them():
     torch.manual_seed(0)
     model = Wide()
     x = torch.randn(64, 64)
-    backend = autopart.backend(**_slow_link_options(model, 0.1, compression="int8"))
+    # training with SGD: each GPU also holds its half's gradients and the activations it saves
+    half = max(p.numel() * 4 for p in model.parameters())
+    backend = autopart.backend(**_slow_link_options(model, 0.1, half + 2**22, compression="int8", optimizer="sgd"))
     torch.compile(model, backend=backend)(x).sum().backward()
     grads = [p.grad.clone() for p in model.parameters()]
     (crossing,) = [t for t in backend.plans[0].transfers if t.compression == "int8"]

@@ -51,6 +51,9 @@ class NodeRecord:
     # training_memory_pass
     saved_bytes: int = 0
     """Bytes of activations autograd saves for backward at this node (new storages only)."""
+    training_bytes: int = 0
+    """Bytes a training step adds to the node's device: ``saved_bytes`` for a compute node; the
+    gradient and optimizer state of a parameter that requires grad."""
 
     # cost_pass
     ops: tuple = ()

@@ -11,7 +11,9 @@ parameters, buffers and user inputs are not counted (they are held anyway).
 
 Optimizer state per parameter byte (torch.optim's state tensors, same dtype as the parameter):
 ``"adam"``/``"adamw"``: 2 (``exp_avg``, ``exp_avg_sq``); ``"sgd_momentum"``: 1
-(``momentum_buffer``); ``"sgd"``: 0.
+(``momentum_buffer``); ``"sgd"``: 0. ``"none"``: no gradients and no state, only the saved
+activations (a forward pass with gradients enabled and no training step, such as inference
+not under ``torch.no_grad()``).
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ from .shapes import in_fake_mode, node_value
 
 log = logging.getLogger(__name__)
 
-Optimizer = Literal["adam", "adamw", "sgd", "sgd_momentum"]
-OPTIMIZER_STATE_PER_PARAM_BYTE: dict[str, int] = {"adam": 2, "adamw": 2, "sgd_momentum": 1, "sgd": 0}
+Optimizer = Literal["adam", "adamw", "sgd", "sgd_momentum", "none"]
+OPTIMIZER_STATE_PER_PARAM_BYTE: dict[str, int] = {"adam": 2, "adamw": 2, "sgd_momentum": 1, "sgd": 0, "none": 0}
 
 
 @dataclass(frozen=True)
@@ -107,7 +109,9 @@ def training_memory_pass(
     optimizer: Optimizer = "adam",
 ) -> TrainingMemory:
     """Training memory of ``gm``'s forward graph (after ``propagate_shapes_pass`` and
-    ``memory_pass``, whose report is ``memory``). Writes ``saved_bytes`` into node records.
+    ``memory_pass``, whose report is ``memory``). Writes ``saved_bytes`` and ``training_bytes``
+    into node records. Gradients and optimizer state count parameters that require grad
+    (:func:`trainable`) only.
 
     Raises:
         ValueError: an unknown optimizer name.
@@ -152,22 +156,35 @@ def training_memory_pass(
             rec.saved_bytes += nbytes
             saved_total += nbytes
 
-    params = [
-        t
-        for n in nodes
-        if record(n).role == "parameter"
-        for t in _tensors(node_value(n))
-    ]
-    param_bytes = sum(storage_nbytes(t) for t in params)
-    grad_bytes = sum(storage_nbytes(t) for t in params if t.is_floating_point())
+    state_per_byte = OPTIMIZER_STATE_PER_PARAM_BYTE[optimizer]
+    trained_bytes = 0  # parameters that get a gradient
+    for node in nodes:
+        rec = record(node)
+        if rec.role != "parameter":
+            rec.training_bytes = rec.saved_bytes
+            continue
+        trained = trainable(node) and optimizer != "none"
+        nbytes = sum(storage_nbytes(t) for t in _tensors(node_value(node))) if trained else 0
+        trained_bytes += nbytes
+        rec.training_bytes = (1 + state_per_byte) * nbytes
     return TrainingMemory(
         parameter_bytes=memory.resident_bytes,
-        gradient_bytes=grad_bytes,
-        optimizer_state_bytes=OPTIMIZER_STATE_PER_PARAM_BYTE[optimizer] * param_bytes,
+        gradient_bytes=trained_bytes,
+        optimizer_state_bytes=state_per_byte * trained_bytes,
         saved_activation_bytes=saved_total,
         forward_peak_bytes=memory.peak_activation_bytes,
         unknown=tuple(unknown),
     )
+
+
+def trainable(node: torch.fx.Node) -> bool:
+    """Whether a parameter node gets a gradient: its Dynamo ``example_value`` requires grad
+    (FakeTensorProp's ``val`` never does); without one (graphs not captured by Dynamo), whether
+    it is floating point."""
+    example = node.meta.get("example_value")
+    if example is not None:
+        return any(t.requires_grad for t in _tensors(example))
+    return any(t.is_floating_point() for t in _tensors(node_value(node)))
 
 
 def _tensors(value: Any) -> list[torch.Tensor]:

@@ -36,7 +36,9 @@ Constraints
     (:math:`R_t (x_{t,d} - z_{t,d})`, plus :math:`R_t z_{t,d}` only while task :math:`t` runs)
     to :math:`h(d)` (:math:`R_t z_{t,d}` all call long), and :math:`d` is busy
     :math:`z_{t,d}(\alpha_{h,d} + R_t/\beta_{h,d})` more per call (no prefetch overlap assumed).
-    So the ILP chooses, per task, between computing on the CPU and streaming to a GPU.
+    So the ILP chooses, per task, between computing on the CPU and streaming to a GPU. Not for
+    training problems (``PlacementProblem.training``), whose :math:`R_t` also holds gradients,
+    optimizer state and saved activations that stay on the device.
     shared weights (:func:`add_shared_weights`): a weight held by task :math:`h` and read by task
     :math:`c` on another device (a tied embedding) is copied there once and kept:
     :math:`r_{w,d} \ge x_{c,d} - x_{h,d}`, and :math:`d` holds :math:`b_w r_{w,d}` more bytes all

@@ -6,7 +6,11 @@ tasks, and any partition of tasks into devices executed in that order, is acycli
 
 A model made of repeated blocks (:func:`repeated_blocks`: the layers of a transformer) is
 grouped layer by layer (:func:`group_nodes`): identical layers become identical tasks and the
-ILP stays small. Otherwise, and for the nodes before and after the layers, runs are formed in
+ILP stays small. They keep variables of their own: autoparallel's clustering makes identical
+layers share one sharding decision, which suits SPMD sharding, where every layer is sharded
+alike; in a placement, identical layers must be free to go to different devices. What
+identical tasks give the solver instead is symmetry it exploits: classes of identical tasks
+in the throughput bound (:func:`autopart.solver.aggregated_bottleneck_bound_s`). Otherwise, and for the nodes before and after the layers, runs are formed in
 three steps:
 
 1. one run per maximal stretch of nodes from the same innermost module

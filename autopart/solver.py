@@ -134,6 +134,7 @@ from typing import Literal
 import pulp
 
 from .coarsen import PlacementProblem, Value
+from .costmodel.energy import energy_J
 
 log = logging.getLogger(__name__)
 
@@ -294,10 +295,7 @@ def evaluate(
             transfer += seconds
             busy[dst] = busy.get(dst, 0.0) + seconds
     latency = max(critical_path_s(problem, assignment, streamed), max(busy.values(), default=0.0))
-    energy = 0.0
-    for d, b in busy.items():
-        active, idle = power_W(problem, d)
-        energy += (active - idle) * b + idle * latency
+    energy = energy_J(busy, latency, problem.topology).total_J
     copies = problem.activation_copies
     peak: dict[str, int] = {}
     resident: dict[str, int] = {}

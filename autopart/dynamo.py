@@ -226,7 +226,9 @@ class ResidentLedger:
 
     Every graph of one model (graph breaks, recompiles for new shapes) shares the devices'
     memory: a tensor placed once stays there for all graphs (the runtime's copies are shared
-    through one ``StaticCopyCache``), so later plans see less free memory.
+    through one ``StaticCopyCache``), so later plans see less free memory. In training the
+    parameters' gradients and optimizer state count too; the activations an earlier graph saves
+    for backward, alive while later graphs run their forward, do not (not modelled).
     """
 
     def __init__(self) -> None:
@@ -247,11 +249,12 @@ class ResidentLedger:
         return held
 
     def add(self, gm: torch.fx.GraphModule, example_inputs: Sequence[Any], plan: Plan) -> None:
-        """Record the devices ``plan`` gave the graph's parameters and buffers."""
+        """Record the devices ``plan`` gave the graph's parameters and buffers, with their bytes
+        (and, in a graph planned for training, their gradients' and optimizer state's)."""
         for node, tensor in _static_inputs(gm, example_inputs):
             device = plan.placement.get(node.name)
             if device is not None and self.device_of(tensor) is None:
-                nbytes = tensor.untyped_storage().nbytes()
+                nbytes = tensor.untyped_storage().nbytes() + record(node).training_bytes
                 self._entries[id(tensor)] = (weakref.ref(tensor), device, nbytes)
 
 

@@ -679,20 +679,31 @@ def test_graph_break_dynamic_shapes():
         assert comp.metrics.num_calls == 4
 
 
-def test_graph_break_plans_share_the_memory_budget():
+@pytest.mark.parametrize("training", [False, True])
+def test_graph_break_plans_share_the_memory_budget(training):
+    """Later graphs see what earlier ones hold: weights, and in training (SGD) their gradients."""
     torch.manual_seed(0)
-    model = TwoStage().eval()
-    options = _two_stage_options(model)
+    model = TwoStage().train(training)
+    options = _two_stage_options(model, optimizer="sgd")
+    if training:  # 2x each stage's weights: each GPU holds 1.4x a stage's weights
+        options["max_memory"] = {d: 2 * cap for d, cap in options["max_memory"].items()}
     backend = autopart.backend(**options)
-    with torch.no_grad():
+    with torch.set_grad_enabled(training):
         torch.compile(model, backend=backend)(torch.randn(4, 32))
     assert len(backend.plans) == 2
+    first, second = backend.plans
+    held: dict[str, int] = {}
+    for node in backend.compilations[0].analysis.graph.nodes:
+        if node.role == "parameter":
+            device = first.placement[node.name]
+            held[device] = held.get(device, 0) + (2 if training else 1) * node.tensors[0].nbytes
+    assert {d: first.capacity_bytes[d] - second.capacity_bytes[d] for d in held} == held
     resident: dict[str, int] = {}
     for plan in backend.plans:
         for task in plan.tasks:
             resident[task.device] = resident.get(task.device, 0) + task.resident_bytes
     for device, nbytes in resident.items():
-        assert nbytes <= backend.plans[0].capacity_bytes[device], (device, nbytes)
+        assert nbytes <= first.capacity_bytes[device], (device, nbytes)
 
 
 # --------------------------------------------------------------------------- 4. fallback

@@ -369,13 +369,7 @@ def check_fits(problem: PlacementProblem) -> None:
         t.resident_bytes for t in problem.tasks if t.fixed_device is None or t.fixed_device in caps
     )
     total = sum(caps.values())
-    what = "parameters and buffers"
-    fix = "raise max_memory or plan for a topology with more memory"
-    if problem.training:
-        what += ", gradients, optimizer state and activations saved for backward"
-        fix += ("; it is planned for training because gradients are enabled: run inference "
-                "under torch.no_grad(), or name a lighter optimizer (optimizer='sgd', or 'none' "
-                "for no training step)")
+    what, fix = _resident_words(problem, "raise max_memory or plan for a topology with more memory")
     if resident > total:
         raise ValueError(
             f"the model needs {resident} bytes ({resident / 2**30:.2f} GiB) of {what} but the "
@@ -396,6 +390,17 @@ def check_fits(problem: PlacementProblem) -> None:
                 f"{t.peak_bytes} activations) but the largest device allows {biggest} bytes "
                 f"({_fmt_caps(caps)}); {hint}"
             )
+
+
+def _resident_words(problem: PlacementProblem, fix: str) -> tuple[str, str]:
+    """What a task's resident bytes hold, and ``fix`` with the training hint, for messages."""
+    if not problem.training:
+        return "parameters and buffers", fix
+    return (
+        "parameters, buffers, gradients, optimizer state and activations saved for backward",
+        fix + "; it is planned for training because gradients are enabled: run inference under "
+        "torch.no_grad(), or name a lighter optimizer (optimizer='sgd', or 'none' for no training step)",
+    )
 
 
 def _activation_peak(problem: PlacementProblem) -> int:
@@ -1261,11 +1266,11 @@ def _solve_milp(
         needed = sum(t.resident_bytes for t in problem.tasks)
         caps = {d: problem.capacity_bytes[d] for d in problem.devices}
         if status == "Infeasible":
+            what, fix = _resident_words(problem, "raise max_memory or raise max_groups to cut the graph finer")
             raise ValueError(
-                f"no placement fits in memory: the model needs {needed} bytes of parameters and "
-                f"buffers plus up to {_activation_peak(problem)} bytes of activations at once, "
-                f"and the devices allow {_fmt_caps(caps)}; raise max_memory or raise max_groups "
-                "to cut the graph finer"
+                f"no placement fits in memory: the model needs {needed} bytes of {what} plus up "
+                f"to {_activation_peak(problem)} bytes of activations at once, and the devices "
+                f"allow {_fmt_caps(caps)}; {fix}"
                 + ("; or allow a device several runs of tasks (contiguous_stages=False)" if contiguous else "")
             )
         raise ValueError(

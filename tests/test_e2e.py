@@ -662,6 +662,43 @@ def test_graph_break_each_graph_planned_and_recompile_on_new_shape():
     assert sum(c.metrics.num_calls for c in backend.compilations) == 2 * 3
 
 
+class _ViewBySize(nn.Module):
+    """``ids.view(-1, ids.size(1))``, as OPT and T5 do: a view whose size is symbolic."""
+
+    def __init__(self, dim: int = 64):
+        super().__init__()
+        self.emb = nn.Embedding(20, dim)
+        self.fc1, self.fc2 = nn.Linear(dim, dim), nn.Linear(dim, dim)
+
+    def forward(self, ids):
+        h = self.emb(ids.view(-1, ids.size(1)))
+        return self.fc2(torch.relu(self.fc1(h)))
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_a_dynamic_graph_is_planned_once_for_every_length(training):
+    """Re-running nodes to cost them adds no guard: Dynamo's eager backend and autopart both
+    compile one graph for three sequence lengths (the cost and training passes re-ran nodes in
+    Dynamo's fake mode, which guarded the first length)."""
+    torch.manual_seed(0)
+    model = _ViewBySize().train(training)
+    ref_model = copy.deepcopy(model)
+    backend = autopart.backend(**split_options(model, fraction=1.2 if training else 0.6, optimizer="sgd"))
+    compiled = torch.compile(model, backend=backend, dynamic=True)
+    with torch.set_grad_enabled(training):
+        for length in (12, 9, 7):
+            ids = torch.randint(0, 20, (2, length))
+            out = compiled(ids)
+            torch.testing.assert_close(out, ref_model(ids), rtol=RTOL, atol=ATOL)
+    assert len(backend.compilations) == 1
+    plan = check_plan(backend.compilations[0], PRESET_DEVICES)
+    assert len(plan.devices_used) >= 2
+    if training:
+        out.sum().backward()
+        ref_model(ids).sum().backward()
+        assert_same_grads(model, ref_model)
+
+
 def test_graph_break_dynamic_shapes():
     torch.manual_seed(0)
     model = TwoStage().eval()

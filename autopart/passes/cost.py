@@ -18,12 +18,11 @@ import torch
 import torch.fx
 from torch.utils._pytree import tree_leaves, tree_map
 
-from .._compat import detect_fake_mode
 from ..costmodel.ops import CostRecorder, OpCost, tensor_bytes
 from ..costmodel.roofline import ops_time_s
 from ..topology import Topology
 from .records import record
-from .shapes import fake_inputs, node_value
+from .shapes import fake_inputs, node_value, rerun_mode
 
 log = logging.getLogger(__name__)
 
@@ -96,9 +95,7 @@ def cost_pass(
         A :class:`CostReport` with totals and the nodes whose cost is a default estimate.
     """
     del example_inputs
-    fake_mode = detect_fake_mode(
-        [node_value(n) for n in gm.graph.nodes if n.op in ("placeholder", "call_function")]
-    )
+    fake_mode = rerun_mode(gm)
     unknown: dict[str, str] = {}
     total_flops = 0
     total_time = {d.name: 0.0 for d in topology.devices}

@@ -142,12 +142,37 @@ def in_fake_mode(value: Any, fake_mode) -> Any:
         )
 
 
+def rerun_mode(gm: torch.fx.GraphModule):
+    """A fake mode to re-run ``gm``'s nodes in at the sizes they were traced with (see
+    :func:`fake_inputs`), or None when the graph holds no fake values.
+
+    The mode has no ShapeEnv, on purpose: re-running nodes in Dynamo's mode would record
+    guards in the ShapeEnv the graph's guards come from (``view(-1, s1)`` of an input at its
+    hinted size guards ``s1 == 12``), which specializes a ``dynamic=True`` graph to its first
+    sizes, so that every new length compiles and plans again.
+    """
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    values = [node_value(n) for n in gm.graph.nodes if n.op in ("placeholder", "call_function")]
+    return None if detect_fake_mode(values) is None else FakeTensorMode(allow_non_fake_inputs=True)
+
+
+def hinted(value: Any) -> Any:
+    """``value`` with a SymInt (also as a slice bound) replaced by its hint, adding no guard."""
+    if isinstance(value, torch.SymInt):
+        return concrete_int(value)
+    if isinstance(value, slice):
+        return slice(hinted(value.start), hinted(value.stop), hinted(value.step))
+    return value
+
+
 def fake_inputs(node: torch.fx.Node, fake_mode) -> tuple[tuple, dict]:
-    """The node's args and kwargs with each input node replaced by its fake value, every fake
-    tensor in ``fake_mode`` (see :func:`in_fake_mode`): ready to re-run the node."""
+    """The node's args and kwargs with each input node replaced by its value, every fake tensor
+    in ``fake_mode`` (see :func:`in_fake_mode`) and every SymInt at its hint (:func:`hinted`):
+    ready to re-run the node in a :func:`rerun_mode`."""
 
     def fake(arg: Any) -> Any:
         value = node_value(arg) if isinstance(arg, torch.fx.Node) else arg
-        return in_fake_mode(value, fake_mode)
+        return in_fake_mode(hinted(value), fake_mode)
 
     return tree_map(fake, (node.args, node.kwargs))

@@ -27,10 +27,9 @@ import torch
 import torch.fx
 from torch.utils._pytree import tree_leaves, tree_map
 
-from .._compat import detect_fake_mode
 from .memory import MemoryReport, storage_key, storage_nbytes
 from .records import record
-from .shapes import in_fake_mode, node_value
+from .shapes import hinted, in_fake_mode, node_value, rerun_mode
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +75,12 @@ def _saved_storages(node: torch.fx.Node, fake_mode) -> list[tuple[Any, int]]:
         return t
 
     def grad_alias(arg: Any) -> Any:
-        value = node_value(arg) if isinstance(arg, torch.fx.Node) else arg
-        if not (isinstance(value, torch.Tensor) and value.is_floating_point()):
-            return in_fake_mode(value, fake_mode)
-        alias = in_fake_mode(value, fake_mode).detach().requires_grad_(True)
+        value = hinted(node_value(arg) if isinstance(arg, torch.fx.Node) else arg)
+        if not isinstance(value, torch.Tensor):
+            return value
+        alias = in_fake_mode(value, fake_mode)
+        if value.is_floating_point():
+            alias = alias.detach().requires_grad_(True)
         origin[storage_key(alias)] = storage_key(value)
         return alias
 
@@ -122,7 +123,7 @@ def training_memory_pass(
             f"unknown optimizer {optimizer!r}; expected one of {list(OPTIMIZER_STATE_PER_PARAM_BYTE)}"
         )
     nodes = list(gm.graph.nodes)
-    fake_mode = detect_fake_mode([node_value(n) for n in nodes if n.op != "output"])
+    fake_mode = rerun_mode(gm)
     held = {  # storages held whatever autograd saves: weights and user inputs
         storage_key(t)
         for n in nodes

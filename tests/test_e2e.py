@@ -663,7 +663,8 @@ def test_graph_break_each_graph_planned_and_recompile_on_new_shape():
 
 
 class _ViewBySize(nn.Module):
-    """``ids.view(-1, ids.size(1))``, as OPT and T5 do: a view whose size is symbolic."""
+    """``ids.view(-1, ids.size(1))`` and ``h.view(shape)``, as T5 and OPT do: views whose sizes
+    are symbolic (a SymInt, a ``torch.Size``)."""
 
     def __init__(self, dim: int = 64):
         super().__init__()
@@ -672,7 +673,9 @@ class _ViewBySize(nn.Module):
 
     def forward(self, ids):
         h = self.emb(ids.view(-1, ids.size(1)))
-        return self.fc2(torch.relu(self.fc1(h)))
+        shape = h.size()
+        h = self.fc1(h.reshape(-1, h.size(-1))).view(shape)
+        return self.fc2(torch.relu(h))
 
 
 @pytest.mark.parametrize("training", [False, True])

@@ -158,11 +158,16 @@ def rerun_mode(gm: torch.fx.GraphModule):
 
 
 def hinted(value: Any) -> Any:
-    """``value`` with a SymInt (also as a slice bound) replaced by its hint, adding no guard."""
+    """``value`` with each SymInt (also in a ``torch.Size``, a list or tuple, or as a slice
+    bound) replaced by its hint, adding no guard."""
     if isinstance(value, torch.SymInt):
         return concrete_int(value)
     if isinstance(value, slice):
         return slice(hinted(value.start), hinted(value.stop), hinted(value.step))
+    if isinstance(value, torch.Size):
+        return torch.Size(concrete_int(v) for v in value)
+    if type(value) in (tuple, list):
+        return type(value)(hinted(v) for v in value)
     return value
 
 

@@ -167,7 +167,9 @@ MODELS = {
     "electra": encoder(T.ElectraModel, T.ElectraConfig, embedding_size=16, **BERT_LIKE),
     "mpnet": encoder(T.MPNetModel, T.MPNetConfig, **BERT_LIKE),
     # encoder-decoders
-    "t5": seq2seq(T.T5ForConditionalGeneration, T.T5Config, key="logits", **T5_LIKE),
+    "t5": seq2seq(  # decoder_start_token_id: for generate (zoo.py's generate mode)
+        T.T5ForConditionalGeneration, T.T5Config, key="logits", decoder_start_token_id=0, **T5_LIKE
+    ),
     "mt5": seq2seq(T.MT5Model, T.MT5Config, **T5_LIKE),
     "bart": seq2seq(T.BartForConditionalGeneration, T.BartConfig, key="logits", **BART_LIKE),
     "pegasus": seq2seq(T.PegasusModel, T.PegasusConfig, **BART_LIKE),

@@ -11,12 +11,37 @@ weights) and each mode, compile the model with autopart and compare it with a co
   and audio at batch 1), which Dynamo compiles again.
 - ``output_inplace``: train mode; ``out.mul_(2)`` on the returned tensor, which must work and
   give eager's values.
+- ``dynamic``: as ``recompile``, compiled with ``torch.compile(dynamic=True)`` and the shorter
+  inputs made contiguous: the graph Dynamo captures on the first call has symbolic sizes and
+  the second call runs it again at the new size (graphs 1 unless the model breaks the graph).
+  Graphs the second call compiled are counted (``graphs_2nd_call``, shown in the graphs column);
+  more graphs than Dynamo's eager backend compiles for the same two calls fail the mode (stage
+  ``graphs``): the backend specialized the symbolic graph (added shape guards), and each new
+  length would be compiled and planned again.
+- ``bf16``: eval mode, ``torch.no_grad()``; the model cast to bfloat16 (float inputs too, integer
+  inputs kept) against the same bfloat16 model run eagerly, rtol and atol 1e-2 (the max abs diff is
+  recorded: autopart runs eager's ops, so it should be 0 or tiny). The caps are sized on the
+  bfloat16 bytes.
+- ``generate``: eval mode; ``model.generate(**inputs, max_new_tokens=5, do_sample=False)`` with
+  ``model.forward = torch.compile(model.forward, ...)`` (prefill and each decoding step are
+  Dynamo calls, with a growing KV cache): the token ids must equal eager generate's, and the max
+  abs diff of the step logits is recorded. Only for models that can generate and are causal LMs
+  or encoder-decoders (the ``*ForCausalLM`` and ``*ForConditionalGeneration`` models); the others
+  are recorded as ``n/a`` (not a pass: ``passed`` is null in the JSON).
+
+A run checks the first four modes unless ``--modes`` says otherwise: dynamic, bf16 and generate
+are opt-in, since they about double the run's time (generate compiles a graph per decoding
+shape, each planned by the solver).
 
 Tolerances: rtol 1e-4, atol 1e-5. The plans split each model over GPUs this machine need not
 have: topology ``4xa100-pcie-cpu``, ``max_memory`` 0.6 x the model's bytes on each of
 cuda:0..2 (0.8, then 0.95, only when planning refuses for lack of memory), ``device_map="cpu"``
 (every device runs on the CPU), ``strict=True`` (an error raises instead of falling back),
-``max_groups=16``.
+``max_groups=16``. Plans made with gradients enabled reserve what training holds
+(``autopart.Config.optimizer``): the training mode passes ``optimizer="sgd"`` (gradients and
+saved activations; it calls backward and takes no step) with caps of 1.0, then 1.25, then
+1.6 x the model's bytes (still short of the 2x it needs on one device), and output_inplace
+``optimizer="none"``.
 
 Each model runs all its modes in a process of its own (one torch thread) within ``--timeout``
 seconds, so a crash or hang fails that model's rows and the run goes on. ``--backend eager``
@@ -25,7 +50,8 @@ code is 0 whatever the models do, nonzero only when the harness itself breaks. A
 4 to 6 minutes on a 2-core CPU with ``--jobs 2``: a model takes 9-25 s, about 6 s of it
 importing torch and transformers.
 
-    python bench/zoo.py [--only t5 bart ...] [--modes inference training recompile output_inplace]
+    python bench/zoo.py [--only t5 bart ...] [--modes inference training recompile output_inplace
+                                                 dynamic bf16 generate]
                         [--jobs 2] [--timeout 300] [--backend autopart|eager] [--out bench/results]
                         [--no-write]
 
@@ -56,12 +82,24 @@ import autopart
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-MODES = ("inference", "training", "recompile", "output_inplace")
+MODES = ("inference", "training", "recompile", "output_inplace", "dynamic", "bf16", "generate")
+DEFAULT_MODES = MODES[:4]
+"""The modes a run without ``--modes`` checks (dynamic, bf16 and generate double its time)."""
 FRACTIONS = (0.6, 0.8, 0.95)
 """Caps tried in turn, as fractions of the model's bytes per capped device."""
+TRAINING = dict(optimizer="sgd")
+TRAINING_FRACTIONS = (1.0, 1.25, 1.6)
+"""The training mode's plan reserves each parameter's gradient (``optimizer="sgd"``: the mode
+calls backward but takes no step) and the activations autograd saves: 2x the weights and more,
+so its caps are larger; a device still cannot hold the whole model."""
+MODE_OPTIONS = {"training": TRAINING, "output_inplace": dict(optimizer="none")}
+"""Backend options per mode: output_inplace runs forward with gradients enabled, no backward."""
 CAPPED = ("cuda:0", "cuda:1", "cuda:2")
 OPTIONS = dict(topology="4xa100-pcie-cpu", device_map="cpu", strict=True, max_groups=16)
 RTOL, ATOL = 1e-4, 1e-5
+BF16_RTOL, BF16_ATOL = 1e-2, 1e-2
+NEW_TOKENS = 5
+"""Tokens the generate mode generates (greedy)."""
 WHOLE_BATCH = ("pixel_values", "input_features", "input_values")
 """Inputs that the recompile mode cuts to batch 1 (the others lose 3 tokens)."""
 
@@ -73,12 +111,22 @@ def model_bytes(model: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
 
 
-def compare(out: torch.Tensor, ref: torch.Tensor, rec: dict, where: str = "") -> None:
+class NotApplicable(Exception):
+    """Raised by a check whose mode does not apply to the model (recorded as n/a, not a pass)."""
+
+
+def compare(out: torch.Tensor, ref: torch.Tensor, rec: dict, where: str = "", rtol: float = RTOL,
+            atol: float = ATOL) -> None:
     rec["stage"] = "numerics" + where
     if out.shape == ref.shape:
         diff = (out.detach().float() - ref.detach().float()).abs().max().item()
         rec["max_abs_diff"] = max(rec.get("max_abs_diff", 0.0), diff)
-    torch.testing.assert_close(out.detach(), ref.detach(), rtol=RTOL, atol=ATOL)
+    torch.testing.assert_close(out.detach(), ref.detach(), rtol=rtol, atol=atol)
+
+
+def shorter(inputs: dict) -> dict:
+    """``inputs`` with other shapes: images and audio at batch 1, sequences 3 tokens shorter."""
+    return {k: v[:1] if k in WHOLE_BATCH else v[:, :-3] for k, v in inputs.items()}
 
 
 def compare_grads(model: torch.nn.Module, eager: torch.nn.Module, rec: dict) -> None:
@@ -128,8 +176,7 @@ def check_training(model, inputs, key, backend, rec) -> None:
 def check_recompile(model, inputs, key, backend, rec) -> None:
     model.eval()
     compiled = torch.compile(model, backend=backend)
-    shorter = {k: v[:1] if k in WHOLE_BATCH else v[:, :-3] for k, v in inputs.items()}
-    for where, args in (("", inputs), (" (2nd call)", shorter)):
+    for where, args in (("", inputs), (" (2nd call)", shorter(inputs))):
         with torch.no_grad():
             rec["stage"] = "eager" + where
             ref = model(**args)[key]
@@ -149,8 +196,101 @@ def check_output_inplace(model, inputs, key, backend, rec) -> None:
     compare(out, ref, rec)
 
 
+def graphs_compiled(model, calls: list[dict], backend) -> int:
+    """Graphs Dynamo hands ``backend`` over ``calls`` with ``dynamic=True`` (under no_grad)."""
+    graphs = []
+
+    def counting(gm, example_inputs):
+        graphs.append(gm)
+        return backend(gm, example_inputs)
+
+    compiled = torch.compile(model, backend=counting, dynamic=True)
+    with torch.no_grad():
+        for args in calls:
+            compiled(**args)
+    return len(graphs)
+
+
+def check_dynamic(model, inputs, key, backend, rec) -> None:
+    model.eval()
+    # contiguous: a sliced view's strides fail a stride guard and Dynamo would compile a second
+    # graph, where the point is to run the first (symbolic) graph on another size
+    other = {k: v.contiguous() for k, v in shorter(inputs).items()}
+    rec["stage"] = "eager backend"
+    eager_graphs = graphs_compiled(model, [inputs, other], lambda gm, example_inputs: gm.forward)
+    torch._dynamo.reset()
+    graphs = []
+
+    def counting(gm, example_inputs):
+        graphs.append(gm)
+        return backend(gm, example_inputs)
+
+    compiled = torch.compile(model, backend=counting, dynamic=True)
+    for where, args in (("", inputs), (" (2nd call)", other)):
+        rec["graphs_2nd_call"] = len(graphs)  # graphs compiled by the 2nd call, once it is done
+        with torch.no_grad():
+            rec["stage"] = "eager" + where
+            ref = model(**args)[key]
+            rec["stage"] = "call" + where
+            out = compiled(**args)[key]
+        compare(out, ref, rec, where)
+    rec["graphs_2nd_call"] = len(graphs) - rec["graphs_2nd_call"]
+    rec["stage"] = "graphs"
+    if len(graphs) > eager_graphs:
+        raise AssertionError(f"{len(graphs)} graphs compiled where Dynamo's eager backend compiles "
+                             f"{eager_graphs}: the backend specialized the symbolic graph")
+
+
+def to_bf16(model, inputs):
+    """``model`` (a copy already) in bfloat16 and ``inputs`` with float tensors cast to it."""
+    return model.to(torch.bfloat16), {k: v.to(torch.bfloat16) if v.is_floating_point() else v
+                                      for k, v in inputs.items()}
+
+
+def check_bf16(model, inputs, key, backend, rec) -> None:
+    # attempt() has cast the model and inputs (PREPARE), before sizing the caps on its bytes
+    assert next(model.parameters()).dtype == torch.bfloat16
+    model.eval()
+    with torch.no_grad():
+        ref = model(**inputs)[key]
+        rec["stage"] = "call"
+        out = torch.compile(model, backend=backend)(**inputs)[key]
+    compare(out, ref, rec, rtol=BF16_RTOL, atol=BF16_ATOL)
+
+
+def generates(model) -> bool:
+    """Whether ``model`` has ``generate`` and is a causal LM or an encoder-decoder with an LM head."""
+    causal = type(model).__name__.endswith("ForCausalLM")
+    seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
+    return callable(getattr(model, "generate", None)) and model.can_generate() and (causal or seq2seq)
+
+
+def check_generate(model, inputs, key, backend, rec) -> None:
+    if not generates(model):
+        raise NotApplicable(f"{type(model).__name__} is not a generating causal LM or encoder-decoder")
+    model.eval()
+    options = {"max_new_tokens": NEW_TOKENS, "do_sample": False, "return_dict_in_generate": True,
+               "output_logits": True}
+    with torch.no_grad():
+        ref = model.generate(**inputs, **options)
+        rec["stage"] = "call"
+        model.forward = torch.compile(model.forward, backend=backend)  # what generate calls per step
+        out = model.generate(**inputs, **options)
+    rec["stage"] = "numerics"
+    if len(out.logits) == len(ref.logits):
+        rec["max_abs_diff"] = max((o - r).abs().max().item() for o, r in zip(out.logits, ref.logits))
+    if out.sequences.shape != ref.sequences.shape or not torch.equal(out.sequences, ref.sequences):
+        differ = (out.sequences != ref.sequences).sum().item() if out.sequences.shape == ref.sequences.shape \
+            else "shapes"
+        raise AssertionError(f"token ids differ ({differ}): compiled {out.sequences.tolist()}, eager "
+                             f"{ref.sequences.tolist()}")
+
+
 CHECKS = {"inference": check_inference, "training": check_training, "recompile": check_recompile,
-          "output_inplace": check_output_inplace}
+          "output_inplace": check_output_inplace, "dynamic": check_dynamic, "bf16": check_bf16,
+          "generate": check_generate}
+PREPARE = {"bf16": to_bf16}
+"""Per mode, ``(model, inputs) -> (model, inputs)`` applied before the caps are sized."""
 
 
 def failure(exc: Exception) -> dict:
@@ -166,10 +306,12 @@ def attempt(model, inputs, key, mode: str, backend_name: str, fraction: float | 
     """One mode on ``model`` (which it may modify) with one cap; the record of its outcome."""
     torch._dynamo.reset()
     autopart.reset()
+    if mode in PREPARE:
+        model, inputs = PREPARE[mode](model, inputs)
     eager_graphs = []
     if backend_name == "autopart":
         cap = int(fraction * model_bytes(model))
-        backend = autopart.backend(max_memory={d: cap for d in CAPPED}, **OPTIONS)
+        backend = autopart.backend(max_memory={d: cap for d in CAPPED}, **OPTIONS, **MODE_OPTIONS.get(mode, {}))
     else:
         def backend(gm, example_inputs):  # Dynamo's "eager" backend, counting the graphs
             eager_graphs.append(gm)
@@ -178,6 +320,8 @@ def attempt(model, inputs, key, mode: str, backend_name: str, fraction: float | 
     try:
         CHECKS[mode](model, inputs, key, backend, rec)
         rec.update(passed=True, stage="")
+    except NotApplicable as exc:
+        rec.update(passed=None, stage="n/a", message=str(exc))
     except Exception as exc:
         rec.update(failure(exc))
         inner = getattr(exc, "inner_exception", None)
@@ -216,9 +360,10 @@ def worker(name: str, modes: list[str], backend_name: str, records: Path) -> Non
         start = time.perf_counter()
         rec, refused = dict(about), []
         if model is not None:
-            for fraction in FRACTIONS if backend_name == "autopart" else (None,):
+            ladder = TRAINING_FRACTIONS if mode == "training" else FRACTIONS
+            for fraction in ladder if backend_name == "autopart" else (None,):
                 rec = about | attempt(copy.deepcopy(model), inputs, key, mode, backend_name, fraction)
-                if not rec.pop("capacity_refused", False) or fraction == FRACTIONS[-1]:
+                if not rec.pop("capacity_refused", False) or fraction == ladder[-1]:
                     break
                 refused.append({"fraction": fraction, "message": rec["message"]})
         rec.update(model=name, mode=mode, refused=refused, wall_s=round(time.perf_counter() - start, 2))
@@ -254,8 +399,10 @@ def run_model(name: str, modes: list[str], backend_name: str, timeout: float) ->
         lost = {"stage": "crash", "exception": code, "message": tail[-1] if tail else ""}
     recs = [done.get(m) or dict(lost, model=name, mode=m, passed=False, output_tail=tail) for m in modes]
     wall = time.perf_counter() - start
-    failed = [f"{r['mode']} ({r['stage']})" for r in recs if not r["passed"]]
-    print(f"{name:14s} {len(modes) - len(failed)}/{len(modes)} passed in {wall:5.1f} s"
+    failed = [f"{r['mode']} ({r['stage']})" for r in recs if r["passed"] is False]
+    skipped = [r["mode"] for r in recs if r["passed"] is None]
+    print(f"{name:14s} {len(modes) - len(failed) - len(skipped)}/{len(modes) - len(skipped)} passed in "
+          f"{wall:5.1f} s" + (f"; n/a: {', '.join(skipped)}" if skipped else "")
           + (f"; failed: {', '.join(failed)}" if failed else ""), file=sys.stderr, flush=True)
     if harness_broke:
         print(f"{name}: the worker failed outside the checks:\n" + "\n".join(tail), file=sys.stderr)
@@ -279,19 +426,28 @@ def summary(results: list[dict], modes: list[str]) -> list[str]:
     lines = []
     for mode in modes:
         rows = [r for r in results if r["mode"] == mode]
-        failed = [r["model"] for r in rows if not r["passed"]]
-        lines.append(f"- {mode}: {len(rows) - len(failed)} / {len(rows)} passed"
-                     + (f" (failed: {', '.join(failed)})" if failed else ""))
+        failed = [r["model"] for r in rows if r["passed"] is False]
+        skipped = [r["model"] for r in rows if r["passed"] is None]
+        total = sum(r.get("wall_s") or 0 for r in rows)
+        lines.append(f"- {mode}: {len(rows) - len(failed) - len(skipped)} / {len(rows) - len(skipped)} "
+                     f"passed" + (f" (failed: {', '.join(failed)})" if failed else "")
+                     + (f"; not applicable to {len(skipped)}: {', '.join(skipped)}" if skipped else "")
+                     + f"; {total:.0f} s in all")
     return lines
+
+
+RESULT = {True: "pass", False: "FAIL", None: "n/a"}
 
 
 def render(payload: dict) -> str:
     env, s = payload["environment"], payload["settings"]
     fractions = ", then ".join(str(f) for f in FRACTIONS[1:])
+    training = ", ".join(str(f) for f in TRAINING_FRACTIONS)
     options = (f"autopart.backend(topology={OPTIONS['topology']!r}, max_memory = {FRACTIONS[0]} x the "
                f"model's bytes on each of {', '.join(CAPPED)} ({fractions} only when planning refuses "
-               f"for lack of memory), device_map={OPTIONS['device_map']!r}, strict=True, "
-               f"max_groups={OPTIONS['max_groups']})")
+               f"for lack of memory; training: {training} with optimizer='sgd', whose plans reserve "
+               f"gradients and saved activations; output_inplace: optimizer='none'), "
+               f"device_map={OPTIONS['device_map']!r}, strict=True, max_groups={OPTIONS['max_groups']})")
     lines = [
         f"# Architecture zoo: {s['backend']} against eager on {env['cpu']}", "",
         f"date {env['date']}, host {env['host']}, torch {env['torch']}, transformers {env['transformers']}, "
@@ -303,19 +459,28 @@ def render(payload: dict) -> str:
         + f"; rtol {RTOL:.0e}, atol {ATOL:.0e}. Modes: inference (eval, no_grad, main output); "
         "training (train, dropout 0, main.sum().backward(), output and every parameter's .grad, None "
         "against a tensor a mismatch); recompile (eval, a second call with 3 tokens fewer or batch 1); "
-        "output_inplace (train, out.mul_(2) on the returned tensor).", "",
+        "output_inplace (train, out.mul_(2) on the returned tensor); dynamic (eval, "
+        "torch.compile(dynamic=True), then a second call as recompile's, made contiguous); bf16 "
+        f"(eval, the model and float inputs in bfloat16, rtol {BF16_RTOL:.0e}, atol {BF16_ATOL:.0e}, "
+        "caps sized on the bfloat16 bytes); generate (causal LMs and encoder-decoders with an LM "
+        f"head: greedy generate of {NEW_TOKENS} tokens with model.forward compiled, token ids "
+        "equal; max abs diff over the step logits; n/a for other models).", "",
         "stage: where a failure happened (eager: the uncompiled reference; compile / run: the compiled "
         "call; numerics / grads: the comparison). cap: the fraction of the model's bytes each capped "
-        "device got. graphs: graphs Dynamo captured; devices: those the plans use.", "",
+        "device got. graphs: graphs Dynamo captured (dynamic: those the 2nd call compiled in "
+        "parentheses); devices: those the plans use; s: seconds of the mode, the uncompiled "
+        "reference included.", "",
         *summary(payload["results"], s["modes"]), "",
         "| model | mode | result | stage | exception | message | max abs diff | cap | graphs | devices | s |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in payload["results"]:
         lines.append(
-            f"| {r['model']} | {r['mode']} | {'pass' if r['passed'] else 'FAIL'} | {r['stage']} | "
+            f"| {r['model']} | {r['mode']} | {RESULT[r['passed']]} | {r['stage']} | "
             f"{r.get('exception', '')} | {cell(r.get('message'))} | {fmt_diff(r)} | "
-            f"{r.get('fraction') or ''} | {r.get('graphs', '')} | {' '.join(r.get('devices', []))} | "
+            f"{r.get('fraction') or ''} | {r.get('graphs', '')}"
+            + (f" ({r['graphs_2nd_call']} at 2nd call)" if r.get("graphs_2nd_call") else "")
+            + f" | {' '.join(r.get('devices', []))} | "
             f"{r.get('wall_s', '')} |")
     return "\n".join(lines)
 
@@ -323,7 +488,8 @@ def render(payload: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", nargs="+", metavar="NAME", help="models to run (default: all)")
-    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(DEFAULT_MODES),
+                        help=f"modes to check (default: {' '.join(DEFAULT_MODES)})")
     parser.add_argument("--jobs", type=int, default=2, help="models run at a time")
     parser.add_argument("--timeout", type=float, default=300, help="seconds per model, all modes")
     parser.add_argument("--backend", choices=("autopart", "eager"), default="autopart")

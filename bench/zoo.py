@@ -39,9 +39,9 @@ cuda:0..2 (0.8, then 0.95, only when planning refuses for lack of memory), ``dev
 (every device runs on the CPU), ``strict=True`` (an error raises instead of falling back),
 ``max_groups=16``. Plans made with gradients enabled reserve what training holds
 (``autopart.Config.optimizer``): the training mode passes ``optimizer="sgd"`` (gradients and
-saved activations; it calls backward and takes no step) with caps of 1.0, then 1.25, then
-1.6 x the model's bytes (still short of the 2x it needs on one device), and output_inplace
-``optimizer="none"``.
+saved activations; it calls backward and takes no step), output_inplace ``optimizer="none"``
+(saved activations), both with caps of 1.0, 1.25, 1.6, 2.5, then 4 x the model's bytes
+(:data:`GRAD_FRACTIONS`).
 
 Each model runs all its modes in a process of its own (one torch thread) within ``--timeout``
 seconds, so a crash or hang fails that model's rows and the run goes on. ``--backend eager``
@@ -87,12 +87,12 @@ DEFAULT_MODES = MODES[:4]
 """The modes a run without ``--modes`` checks (dynamic, bf16 and generate double its time)."""
 FRACTIONS = (0.6, 0.8, 0.95)
 """Caps tried in turn, as fractions of the model's bytes per capped device."""
-TRAINING = dict(optimizer="sgd")
-TRAINING_FRACTIONS = (1.0, 1.25, 1.6)
-"""The training mode's plan reserves each parameter's gradient (``optimizer="sgd"``: the mode
-calls backward but takes no step) and the activations autograd saves: 2x the weights and more,
-so its caps are larger; a device still cannot hold the whole model."""
-MODE_OPTIONS = {"training": TRAINING, "output_inplace": dict(optimizer="none")}
+GRAD_FRACTIONS = (1.0, 1.25, 1.6, 2.5, 4.0)
+"""Caps of the modes that run with gradients enabled, whose plans reserve the activations
+autograd saves (and, for training, each parameter's gradient: ``optimizer="sgd"``, as the mode
+calls backward but takes no step): larger than the weights alone; ALBERT, whose layers share
+one set of weights, saves activations several times its weights' bytes."""
+MODE_OPTIONS = {"training": dict(optimizer="sgd"), "output_inplace": dict(optimizer="none")}
 """Backend options per mode: output_inplace runs forward with gradients enabled, no backward."""
 CAPPED = ("cuda:0", "cuda:1", "cuda:2")
 OPTIONS = dict(topology="4xa100-pcie-cpu", device_map="cpu", strict=True, max_groups=16)
@@ -360,7 +360,7 @@ def worker(name: str, modes: list[str], backend_name: str, records: Path) -> Non
         start = time.perf_counter()
         rec, refused = dict(about), []
         if model is not None:
-            ladder = TRAINING_FRACTIONS if mode == "training" else FRACTIONS
+            ladder = GRAD_FRACTIONS if mode in MODE_OPTIONS else FRACTIONS
             for fraction in ladder if backend_name == "autopart" else (None,):
                 rec = about | attempt(copy.deepcopy(model), inputs, key, mode, backend_name, fraction)
                 if not rec.pop("capacity_refused", False) or fraction == ladder[-1]:
@@ -442,11 +442,11 @@ RESULT = {True: "pass", False: "FAIL", None: "n/a"}
 def render(payload: dict) -> str:
     env, s = payload["environment"], payload["settings"]
     fractions = ", then ".join(str(f) for f in FRACTIONS[1:])
-    training = ", ".join(str(f) for f in TRAINING_FRACTIONS)
+    grad = ", then ".join(str(f) for f in GRAD_FRACTIONS)
     options = (f"autopart.backend(topology={OPTIONS['topology']!r}, max_memory = {FRACTIONS[0]} x the "
                f"model's bytes on each of {', '.join(CAPPED)} ({fractions} only when planning refuses "
-               f"for lack of memory; training: {training} with optimizer='sgd', whose plans reserve "
-               f"gradients and saved activations; output_inplace: optimizer='none'), "
+               f"for lack of memory; training with optimizer='sgd' and output_inplace with "
+               f"optimizer='none', whose plans reserve saved activations (and gradients): {grad}), "
                f"device_map={OPTIONS['device_map']!r}, strict=True, max_groups={OPTIONS['max_groups']})")
     lines = [
         f"# Architecture zoo: {s['backend']} against eager on {env['cpu']}", "",

@@ -173,16 +173,31 @@ def check_training(model, inputs, key, backend, rec) -> None:
     compare_grads(model, eager, rec)
 
 
-def check_recompile(model, inputs, key, backend, rec) -> None:
-    model.eval()
-    compiled = torch.compile(model, backend=backend)
-    for where, args in (("", inputs), (" (2nd call)", shorter(inputs))):
+def compare_calls(model, compiled, calls: list[tuple[str, dict]], key, rec) -> None:
+    """Each ``(where, inputs)`` of ``calls`` through ``model`` and ``compiled``, compared."""
+    for where, args in calls:
         with torch.no_grad():
             rec["stage"] = "eager" + where
             ref = model(**args)[key]
             rec["stage"] = "call" + where
             out = compiled(**args)[key]
         compare(out, ref, rec, where)
+
+
+def counting(backend, graphs: list):
+    """``backend``, appending each graph it is handed to ``graphs``."""
+
+    def wrapped(gm, example_inputs):
+        graphs.append(gm)
+        return backend(gm, example_inputs)
+
+    return wrapped
+
+
+def check_recompile(model, inputs, key, backend, rec) -> None:
+    model.eval()
+    compiled = torch.compile(model, backend=backend)
+    compare_calls(model, compiled, [("", inputs), (" (2nd call)", shorter(inputs))], key, rec)
 
 
 def check_output_inplace(model, inputs, key, backend, rec) -> None:
@@ -196,49 +211,29 @@ def check_output_inplace(model, inputs, key, backend, rec) -> None:
     compare(out, ref, rec)
 
 
-def graphs_compiled(model, calls: list[dict], backend) -> int:
-    """Graphs Dynamo hands ``backend`` over ``calls`` with ``dynamic=True`` (under no_grad)."""
-    graphs = []
-
-    def counting(gm, example_inputs):
-        graphs.append(gm)
-        return backend(gm, example_inputs)
-
-    compiled = torch.compile(model, backend=counting, dynamic=True)
-    with torch.no_grad():
-        for args in calls:
-            compiled(**args)
-    return len(graphs)
-
-
 def check_dynamic(model, inputs, key, backend, rec) -> None:
     model.eval()
     # contiguous: a sliced view's strides fail a stride guard and Dynamo would compile a second
     # graph, where the point is to run the first (symbolic) graph on another size
     other = {k: v.contiguous() for k, v in shorter(inputs).items()}
     rec["stage"] = "eager backend"
-    eager_graphs = graphs_compiled(model, [inputs, other], lambda gm, example_inputs: gm.forward)
+    eager_graphs: list = []
+    eager = torch.compile(model, backend=counting(lambda gm, example_inputs: gm.forward, eager_graphs),
+                          dynamic=True)
+    with torch.no_grad():
+        for args in (inputs, other):
+            eager(**args)
     torch._dynamo.reset()
-    graphs = []
-
-    def counting(gm, example_inputs):
-        graphs.append(gm)
-        return backend(gm, example_inputs)
-
-    compiled = torch.compile(model, backend=counting, dynamic=True)
-    for where, args in (("", inputs), (" (2nd call)", other)):
-        rec["graphs_2nd_call"] = len(graphs)  # graphs compiled by the 2nd call, once it is done
-        with torch.no_grad():
-            rec["stage"] = "eager" + where
-            ref = model(**args)[key]
-            rec["stage"] = "call" + where
-            out = compiled(**args)[key]
-        compare(out, ref, rec, where)
-    rec["graphs_2nd_call"] = len(graphs) - rec["graphs_2nd_call"]
+    graphs: list = []
+    compiled = torch.compile(model, backend=counting(backend, graphs), dynamic=True)
+    compare_calls(model, compiled, [("", inputs)], key, rec)
+    first = len(graphs)
+    compare_calls(model, compiled, [(" (2nd call)", other)], key, rec)
+    rec["graphs_2nd_call"] = len(graphs) - first
     rec["stage"] = "graphs"
-    if len(graphs) > eager_graphs:
+    if len(graphs) > len(eager_graphs):
         raise AssertionError(f"{len(graphs)} graphs compiled where Dynamo's eager backend compiles "
-                             f"{eager_graphs}: the backend specialized the symbolic graph")
+                             f"{len(eager_graphs)}: the backend specialized the symbolic graph")
 
 
 def to_bf16(model, inputs):
@@ -313,9 +308,7 @@ def attempt(model, inputs, key, mode: str, backend_name: str, fraction: float | 
         cap = int(fraction * model_bytes(model))
         backend = autopart.backend(max_memory={d: cap for d in CAPPED}, **OPTIONS, **MODE_OPTIONS.get(mode, {}))
     else:
-        def backend(gm, example_inputs):  # Dynamo's "eager" backend, counting the graphs
-            eager_graphs.append(gm)
-            return gm.forward
+        backend = counting(lambda gm, example_inputs: gm.forward, eager_graphs)  # Dynamo's "eager" backend
     rec = {"passed": False, "stage": "eager", "fraction": fraction}
     try:
         CHECKS[mode](model, inputs, key, backend, rec)

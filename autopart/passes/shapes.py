@@ -164,9 +164,7 @@ def hinted(value: Any) -> Any:
         return concrete_int(value)
     if isinstance(value, slice):
         return slice(hinted(value.start), hinted(value.stop), hinted(value.step))
-    if isinstance(value, torch.Size):
-        return torch.Size(concrete_int(v) for v in value)
-    if type(value) in (tuple, list):
+    if type(value) in (tuple, list, torch.Size):
         return type(value)(hinted(v) for v in value)
     return value
 

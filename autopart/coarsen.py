@@ -10,8 +10,8 @@ ILP stays small. They keep variables of their own: autoparallel's clustering mak
 layers share one sharding decision, which suits SPMD sharding, where every layer is sharded
 alike; in a placement, identical layers must be free to go to different devices. What
 identical tasks give the solver instead is symmetry it exploits: classes of identical tasks
-in the throughput bound (:func:`autopart.solver.aggregated_bottleneck_bound_s`). Otherwise, and for the nodes before and after the layers, runs are formed in
-three steps:
+in the throughput bound (:func:`autopart.solver.aggregated_bottleneck_bound_s`). Otherwise,
+and for the nodes before and after the layers, runs are formed in three steps:
 
 1. one run per maximal stretch of nodes from the same innermost module
    (``meta["nn_module_stack"]``), never cutting before an ``operator.getitem`` (which must stay
@@ -46,8 +46,9 @@ class Task:
 
     ``time_s``: predicted seconds per device. ``resident_bytes``: parameters/buffers/constants
     it holds, and in a training graph their gradients and optimizer state and the activations
-    its nodes save for backward (held from the forward pass into the backward pass). ``peak_bytes``: activation bytes live inside it at its busiest step (storages that
-    are born and die inside the task). ``fixed_device``: inputs and outputs cannot move.
+    its nodes save for backward (held from the forward pass into the backward pass).
+    ``peak_bytes``: activation bytes live inside it at its busiest step (storages that are born
+    and die inside the task). ``fixed_device``: inputs and outputs cannot move.
     """
 
     name: str

@@ -34,7 +34,7 @@ from .passes import (
     record,
 )
 from .passes.cost import mutates_in_place
-from .passes.shapes import node_value
+from .passes.shapes import node_value, requires_grad
 from .passes.training import Optimizer, TrainingMemory, training_memory_pass
 from .pipeline import BatchSpec, auto_microbatches, batch_spec
 from .plan import Plan, make_plan
@@ -98,11 +98,7 @@ def is_training(gm: torch.fx.GraphModule) -> bool:
     requires grad (a trainable parameter, or an input that needs a gradient)."""
     if not torch.is_grad_enabled():
         return False
-    return any(
-        isinstance(v := n.meta.get("example_value"), torch.Tensor) and v.requires_grad
-        for n in gm.graph.nodes
-        if n.op == "placeholder"
-    )
+    return any(requires_grad(n) for n in gm.graph.nodes if n.op == "placeholder")
 
 
 def plan_graph(

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 import torch.fx
 from torch.fx.passes.split_module import split_module
-from torch.utils._pytree import tree_leaves, tree_map
+from torch.utils._pytree import tree_map
 
 from .kernels.transfer import (
     COALESCE_MAX_BYTES,
@@ -42,7 +42,7 @@ from .kernels.transfer import (
     wait_transfer,
 )
 from .passes.records import META_KEY, NodeRecord, record
-from .passes.shapes import node_value
+from .passes.shapes import node_value, requires_grad
 from .plan import Plan, Transfer
 from .topology import Topology, local_devices
 
@@ -285,7 +285,7 @@ def _coalesce(
     for copy_node, t, _ in inserted:
         value = node_value(copy_node)
         if (t.reason.startswith("weights streamed") or t.compression != "none"
-                or not isinstance(value, torch.Tensor) or _requires_grad(copy_node)):
+                or not isinstance(value, torch.Tensor) or requires_grad(copy_node)):
             continue
         if t.nbytes <= COALESCE_MAX_BYTES:
             groups.setdefault((run_of[copy_node], t.src_device), []).append((copy_node, t))
@@ -313,14 +313,6 @@ def _coalesce(
 _COPIES = (transfer, transfer_compressed, transfer_coalesced, start_transfer)
 
 
-def _requires_grad(node: torch.fx.Node) -> bool:
-    """Whether a tensor of the node's value requires grad, from Dynamo's ``example_value``: the
-    ``val`` FakeTensorProp writes (:mod:`autopart.passes.shapes`) never does. False for graphs
-    not captured by Dynamo."""
-    value = node.meta.get("example_value")
-    return any(isinstance(v, torch.Tensor) and v.requires_grad for v in tree_leaves(value))
-
-
 def _keep_grad_through_copies(graph: torch.fx.Graph, placement: dict[str, str]) -> None:
     """Run with grad enabled each copy that lands inside a ``torch.no_grad()`` region of the
     graph (before its first reader, or at the start of a partition) while a tensor it copies
@@ -345,7 +337,7 @@ def _keep_grad_through_copies(graph: torch.fx.Graph, placement: dict[str, str]) 
     for node in list(graph.nodes):
         if node.op != "call_function" or node.target not in _COPIES or modes[node]:
             continue
-        if not any(_requires_grad(n) for n in node.all_input_nodes):
+        if not any(requires_grad(n) for n in node.all_input_nodes):
             continue
         if not any(modes.get(r, False) for r in readers(node)):
             continue

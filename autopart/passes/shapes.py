@@ -142,6 +142,16 @@ def in_fake_mode(value: Any, fake_mode) -> Any:
         )
 
 
+def requires_grad(node: torch.fx.Node) -> bool | None:
+    """Whether a tensor of the node's value requires grad, from Dynamo's ``example_value`` (the
+    ``val`` FakeTensorProp writes never does); None for a node without one (graphs not captured
+    by Dynamo)."""
+    value = node.meta.get("example_value")
+    if value is None:
+        return None
+    return any(isinstance(v, torch.Tensor) and v.requires_grad for v in tree_leaves(value))
+
+
 def rerun_mode(gm: torch.fx.GraphModule):
     """A fake mode to re-run ``gm``'s nodes in at the sizes they were traced with (see
     :func:`fake_inputs`), or None when the graph holds no fake values.

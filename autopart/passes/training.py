@@ -29,7 +29,7 @@ from torch.utils._pytree import tree_leaves, tree_map
 
 from .memory import MemoryReport, storage_key, storage_nbytes
 from .records import record
-from .shapes import hinted, in_fake_mode, node_value, rerun_mode
+from .shapes import hinted, in_fake_mode, node_value, requires_grad, rerun_mode
 
 log = logging.getLogger(__name__)
 
@@ -182,9 +182,9 @@ def trainable(node: torch.fx.Node) -> bool:
     """Whether a parameter node gets a gradient: its Dynamo ``example_value`` requires grad
     (FakeTensorProp's ``val`` never does); without one (graphs not captured by Dynamo), whether
     it is floating point."""
-    example = node.meta.get("example_value")
-    if example is not None:
-        return any(t.requires_grad for t in _tensors(example))
+    known = requires_grad(node)
+    if known is not None:
+        return known
     return any(t.is_floating_point() for t in _tensors(node_value(node)))
 
 

@@ -6,8 +6,10 @@ import argparse
 import logging
 import sys
 import time
+import typing
 from collections.abc import Sequence
 
+from .passes.training import Optimizer
 from .topology import Topology, presets
 
 MODELS = ("gpt2", "bert", "llama", "vit", "resnet")
@@ -173,7 +175,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from .dynamo import plan_model_backend
 
     model, inputs = build_model(args.model, args.size)
-    planner = plan_model_backend(model, inputs, device_map=args.device_map, **_plan_options(args))
+    if args.training:
+        model.train()
+    planner = plan_model_backend(
+        model, inputs, device_map=args.device_map, training=args.training, optimizer=args.optimizer,
+        **_plan_options(args),
+    )
     _print_and_save(planner.plans, args.out)
     if args.export_graph:
         graphs = [c.analysis.graph for c in planner.compilations if c.analysis is not None]
@@ -344,6 +351,16 @@ def make_parser() -> argparse.ArgumentParser:
     )
     plan.add_argument(
         "--export-graph", metavar="FILE", help="save the annotated graph as JSON (for solve)"
+    )
+    plan.add_argument(
+        "--training", action="store_true",
+        help="plan a training step (model in train mode, gradients enabled): each device also "
+        "holds its parameters' gradients, the optimizer state and the activations saved for "
+        "backward (default: inference)",
+    )
+    plan.add_argument(
+        "--optimizer", choices=typing.get_args(Optimizer), default="adam",
+        help="with --training: the optimizer whose state is reserved (default adam)",
     )
     _add_plan_options(plan)
     plan.set_defaults(func=cmd_plan)

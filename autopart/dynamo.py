@@ -457,7 +457,9 @@ def backend(**options: Any) -> Backend:
     return b
 
 
-def plan_model(model: torch.nn.Module | Callable, example_inputs: Any, **options: Any) -> list[Plan]:
+def plan_model(
+    model: torch.nn.Module | Callable, example_inputs: Any, *, training: bool = False, **options: Any
+) -> list[Plan]:
     """Plan ``model`` without running the plans: one Plan per graph Dynamo captures.
 
     The model runs once, eagerly, on ``example_inputs`` (a tuple of positional arguments, a dict
@@ -465,14 +467,26 @@ def plan_model(model: torch.nn.Module | Callable, example_inputs: Any, **options
     the ``meta`` device (no memory, e.g. an 8B model on a laptop) can be planned too. The
     annotated graphs are in ``autopart.last_plans``' backend: see :func:`plan_model_backend`.
 
+    Args:
+        training: False (default): plan for inference (the model runs under ``torch.no_grad``).
+            True: plan for training, as ``torch.compile`` does for a call with gradients
+            enabled: each device also reserves its parameters' gradients, the state of
+            ``optimizer`` (an option, default ``"adam"``) and the activations saved for
+            backward. The model's train/eval mode is left as it is (dropout is captured only
+            in train mode).
+        options: :class:`~autopart.config.Config` fields (``topology``, ``max_memory``, ...).
+
     Raises:
         ValueError / TypeError: bad options, or a model that cannot be planned (e.g. too large
-            for ``max_memory``: the message gives needed and available bytes).
+            for ``max_memory``: the message gives needed and available bytes); with
+            ``training=True``, a model in which no parameter or input requires grad.
     """
-    return plan_model_backend(model, example_inputs, **options).plans
+    return plan_model_backend(model, example_inputs, training=training, **options).plans
 
 
-def plan_model_backend(model: torch.nn.Module | Callable, example_inputs: Any, **options: Any) -> Backend:
+def plan_model_backend(
+    model: torch.nn.Module | Callable, example_inputs: Any, *, training: bool = False, **options: Any
+) -> Backend:
     """As :func:`plan_model`, returning the planning :class:`Backend`, whose ``compilations``
     hold each graph's plan and analysis (``compilation.analysis.graph`` can be saved)."""
     options.setdefault("strict", True)
@@ -480,13 +494,18 @@ def plan_model_backend(model: torch.nn.Module | Callable, example_inputs: Any, *
     compiled = torch.compile(model, backend=planner)
     args, kwargs = _split_inputs(example_inputs)
     try:
-        with torch.no_grad():
+        with torch.enable_grad() if training else torch.no_grad():
             compiled(*args, **kwargs)
     except torch._dynamo.exc.BackendCompilerFailed as exc:
         inner = getattr(exc, "inner_exception", None) or exc.__cause__
         if isinstance(inner, (ValueError, TypeError)):
             raise inner from None
         raise
+    if training and not any(p.training for p in planner.plans):
+        raise ValueError(
+            "training=True, but no parameter or input of the model requires grad, so there is "
+            "nothing to train; call model.requires_grad_() first, or plan with training=False"
+        )
     return planner
 
 

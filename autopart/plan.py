@@ -98,6 +98,10 @@ class Plan:
     num_nodes: int
     device_map: dict[str, str] = field(default_factory=dict)
     """Topology device -> local device that ran it (empty when planned only)."""
+    training: bool = False
+    """Planned for training: each device's memory also holds its parameters' gradients, the
+    optimizer's state and the activations saved for backward (:mod:`autopart.passes.training`).
+    The predicted times are still the forward call's: backward is not costed."""
 
     @property
     def devices_used(self) -> list[str]:
@@ -115,7 +119,7 @@ class Plan:
         """A human-readable report: solver outcome, per-device load, transfers, tasks."""
         lines = [
             f"autopart plan for {self.graph_name} on {self.topology_name} "
-            f"(objective: {self.objective_name})",
+            f"(objective: {self.objective_name}{', for training' if self.training else ''})",
             f"solver {self.solver}: {self.solver_status}, objective {self._value(self.objective)}, "
             f"bound {self._value(self.bound)}, gap {_pct(self.gap)}, {self.solve_time_s:.2f} s, "
             f"{self.num_variables} variables, {self.num_constraints} constraints",
@@ -413,4 +417,5 @@ def make_plan(
         num_variables=solution.num_variables,
         num_constraints=solution.num_constraints,
         num_nodes=len(graph.nodes),
+        training=problem.training,
     )

@@ -50,6 +50,29 @@ def test_plan_saves_a_loadable_plan(tmp_path, capsys):
     assert "predicted time" in capsys.readouterr().out
 
 
+def test_plan_training_reserves_training_memory_and_exports_a_training_graph(tmp_path, capsys):
+    import torch
+
+    from autopart.graph import AnnotatedGraph
+
+    common = ["plan", "--model", "gpt2", "--size", "tiny", "--topology", "4xa100-pcie-cpu",
+              "--max-memory", "cuda:0=3MiB", "cuda:1=3MiB", "cuda:2=3MiB", "cuda:3=3MiB", "cpu=0"]
+    resident = {}
+    for mode, extra in (("inference", []), ("sgd", ["--training", "--optimizer", "sgd"]),
+                        ("adam", ["--training"])):
+        torch._dynamo.reset()
+        path, graph_path = tmp_path / f"{mode}.json", tmp_path / f"{mode}-graph.json"
+        assert main(common + extra + ["--out", str(path), "--export-graph", str(graph_path)]) == 0
+        plan = Plan.load(path)
+        assert plan.training == (mode != "inference")
+        assert AnnotatedGraph.load(graph_path).training == plan.training
+        resident[mode] = sum(t.resident_bytes for t in plan.tasks)
+    assert "(objective: latency, for training)" in capsys.readouterr().out
+    # weights (w) + gradients (w) + Adam's two moments (2w), plus saved activations
+    assert resident["sgd"] >= 2 * resident["inference"]
+    assert resident["adam"] >= resident["sgd"] + 2 * resident["inference"] * 0.99
+
+
 def test_bad_input_is_an_error_message_not_a_traceback(capsys):
     assert main(["plan", "--model", "gpt2", "--size", "tiny", "--topology", "no-such-preset"]) == 2
     assert "neither a preset" in capsys.readouterr().err

@@ -994,6 +994,28 @@ def test_plan_save_load_round_trip(tmp_path):
         autopart.Plan.load(tmp_path / "bad.json")
 
 
+def test_plan_model_training_plans_as_a_compiled_training_step_does():
+    """plan_model(training=True) reserves what a compiled call with gradients enabled does, and
+    the Plan says it was planned for training."""
+    torch.manual_seed(0)
+    model = _mlp().train()
+    options = split_options(model, fraction=1.5)
+    (offline,) = autopart.plan_model(model, torch.randn(4, 16), training=True, **options)
+    compiled = _devices_planned(model, grad=True, **options)
+    (inference,) = autopart.plan_model(model, torch.randn(4, 16), **options)
+    assert offline.training and compiled.training and not inference.training
+    assert offline.predicted_peak_bytes == compiled.predicted_peak_bytes
+    assert offline.placement == compiled.placement
+    assert len(offline.devices_used) == 3 and len(inference.devices_used) == 1
+    assert "for training" in offline.summary() and "for training" not in inference.summary()
+
+
+def test_plan_model_training_with_nothing_to_train_is_an_error():
+    model = _mlp().requires_grad_(False)
+    with pytest.raises(ValueError, match=r"training=True, but no parameter or input .*requires_grad_\(\)"):
+        autopart.plan_model(model, torch.randn(4, 16), training=True, **split_options(model, fraction=1.5))
+
+
 def test_plan_model_needs_no_local_devices_and_runs_nothing_planned():
     """plan_model plans for hardware this machine lacks (no device_map) and returns Plans."""
     torch.manual_seed(0)

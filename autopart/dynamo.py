@@ -116,8 +116,10 @@ def plan_graph(
     Args:
         mapping: topology device -> local device (see ``resolve_device_map``); it decides which
             topology device stands for the device the inputs were captured on.
-        ledger: parameters and buffers earlier graphs of the same model placed: their bytes are
-            taken from the devices' capacity, and tasks using them stay where they are.
+        ledger: what earlier graphs of the same model hold (parameters and buffers; in
+            training also their gradients, optimizer state and saved activations): their bytes
+            are taken from the devices' capacity, and tasks using those parameters and buffers
+            stay where they are.
 
     Raises:
         ValueError: bad options, a model that cannot fit (needed and available bytes), or no
@@ -134,7 +136,7 @@ def plan_graph(
     capacity = config.capacities_bytes(topology)
     pinned: dict[str, str] = {}
     if ledger is not None:
-        held = ledger.held_bytes()
+        held = ledger.held_bytes(frame_of(gm))
         capacity = {d: max(0, c - held.get(d, 0)) for d, c in capacity.items()}
         for node, example in _static_inputs(gm, example_inputs):
             device = ledger.device_of(example)
@@ -218,17 +220,22 @@ def _static_inputs(
 
 
 class ResidentLedger:
-    """Where the parameters and buffers of earlier graphs were placed, and their bytes.
+    """What earlier graphs of one model hold on each device while a later graph runs, in bytes.
 
     Every graph of one model (graph breaks, recompiles for new shapes) shares the devices'
-    memory: a tensor placed once stays there for all graphs (the runtime's copies are shared
-    through one ``StaticCopyCache``), so later plans see less free memory. In training the
-    parameters' gradients and optimizer state count too; the activations an earlier graph saves
-    for backward, alive while later graphs run their forward, do not (not modelled).
+    memory: a parameter or buffer placed once stays there for all graphs (the runtime's copies
+    are shared through one ``StaticCopyCache``), so later plans see less free memory. In
+    training the parameters' gradients and optimizer state count too, and so do the activations
+    each earlier graph saves for backward: they stay alive until the backward pass, while the
+    graphs after it run their forward. Saved activations are counted once per Dynamo frame (the
+    code a graph was captured from), the most any of its graphs saves on a device: a frame's
+    recompiles run instead of one another, not together. A frame run several times in one
+    forward (a graph break inside a repeated layer) is counted once (not modelled).
     """
 
     def __init__(self) -> None:
         self._entries: dict[int, tuple[weakref.ref, str, int]] = {}
+        self._saved: dict[object, dict[str, int]] = {}
 
     def device_of(self, tensor: torch.Tensor) -> str | None:
         entry = self._entries.get(id(tensor))
@@ -236,22 +243,44 @@ class ResidentLedger:
             return None
         return entry[1]
 
-    def held_bytes(self) -> dict[str, int]:
-        """Bytes held per device by tensors still alive."""
+    def held_bytes(self, frame: object = None) -> dict[str, int]:
+        """Bytes held per device by tensors still alive, and by the activations that frames
+        other than ``frame`` (see :func:`frame_of`) save for backward."""
         held: dict[str, int] = {}
         for ref, device, nbytes in self._entries.values():
             if ref() is not None:
                 held[device] = held.get(device, 0) + nbytes
+        for other, saved in self._saved.items():
+            if other != frame:
+                for device, nbytes in saved.items():
+                    held[device] = held.get(device, 0) + nbytes
         return held
 
-    def add(self, gm: torch.fx.GraphModule, example_inputs: Sequence[Any], plan: Plan) -> None:
+    def add(self, gm: torch.fx.GraphModule, example_inputs: Sequence[Any], plan: Plan, graph: AnnotatedGraph) -> None:
         """Record the devices ``plan`` gave the graph's parameters and buffers, with their bytes
-        (and, in a graph planned for training, their gradients' and optimizer state's)."""
+        (and, in a graph planned for training, their gradients' and optimizer state's, and the
+        activations its compute nodes save for backward)."""
         for node, tensor in _static_inputs(gm, example_inputs):
             device = plan.placement.get(node.name)
             if device is not None and self.device_of(tensor) is None:
                 nbytes = tensor.untyped_storage().nbytes() + record(node).training_bytes
                 self._entries[id(tensor)] = (weakref.ref(tensor), device, nbytes)
+        mine: dict[str, int] = {}
+        for node in graph.nodes:
+            device = plan.placement.get(node.name)
+            if node.role == "compute" and device is not None:
+                mine[device] = mine.get(device, 0) + node.training_bytes
+        saved = self._saved.setdefault(frame_of(gm), {})
+        for device, nbytes in mine.items():
+            saved[device] = max(saved.get(device, 0), nbytes)
+
+
+def frame_of(gm: torch.fx.GraphModule) -> object:
+    """The Dynamo frame ``gm`` was captured from (its compile id's ``frame_id``), or the graph
+    module itself for a graph not captured by Dynamo."""
+    compile_id = getattr(gm, "meta", {}).get("dynamo_compile_id")
+    frame = getattr(compile_id, "frame_id", None)
+    return ("frame", frame) if frame is not None else ("graph", id(gm))
 
 
 @dataclass
@@ -330,7 +359,7 @@ class Backend:
             comp.plan_s = time.perf_counter() - start
             log.info("autopart planned %s:\n%s", name, comp.plan.summary())
             if not self.execute:
-                self._ledger.add(gm, example_inputs, comp.plan)
+                self._ledger.add(gm, example_inputs, comp.plan, comp.analysis.graph)
                 return gm.forward
             start = time.perf_counter()
             rewritten = rewrite(gm, comp.plan, self._mapping)
@@ -358,7 +387,7 @@ class Backend:
                 batch=batch,
                 warn_if_unsplit=self.config.num_microbatches is not None,
             )
-            self._ledger.add(gm, example_inputs, comp.plan)
+            self._ledger.add(gm, example_inputs, comp.plan, comp.analysis.graph)
         except Exception as exc:
             if self.config.strict:
                 raise

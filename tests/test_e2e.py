@@ -721,7 +721,8 @@ def test_graph_break_dynamic_shapes():
 
 @pytest.mark.parametrize("training", [False, True])
 def test_graph_break_plans_share_the_memory_budget(training):
-    """Later graphs see what earlier ones hold: weights, and in training (SGD) their gradients."""
+    """Later graphs see what earlier ones hold: weights, and in training (SGD) their gradients
+    and the activations the first graph saves for backward."""
     torch.manual_seed(0)
     model = TwoStage().train(training)
     options = _two_stage_options(model, optimizer="sgd")
@@ -733,17 +734,44 @@ def test_graph_break_plans_share_the_memory_budget(training):
     assert len(backend.plans) == 2
     first, second = backend.plans
     held: dict[str, int] = {}
+    saved = 0
     for node in backend.compilations[0].analysis.graph.nodes:
+        device = first.placement[node.name]
         if node.role == "parameter":
-            device = first.placement[node.name]
             held[device] = held.get(device, 0) + (2 if training else 1) * node.tensors[0].nbytes
-    assert {d: first.capacity_bytes[d] - second.capacity_bytes[d] for d in held} == held
+        elif node.role == "compute":  # saved for backward: alive in the 2nd forward
+            held[device] = held.get(device, 0) + node.training_bytes
+            saved += node.training_bytes
+    assert {d: first.capacity_bytes[d] - second.capacity_bytes[d] for d in first.capacity_bytes} == {
+        d: held.get(d, 0) for d in first.capacity_bytes
+    }
+    assert (saved > 0) == training
     resident: dict[str, int] = {}
     for plan in backend.plans:
         for task in plan.tasks:
             resident[task.device] = resident.get(task.device, 0) + task.resident_bytes
     for device, nbytes in resident.items():
         assert nbytes <= first.capacity_bytes[device], (device, nbytes)
+
+
+def test_a_recompiled_frame_does_not_reserve_its_own_saved_activations():
+    """A frame's recompile (new batch size) runs instead of its first graph: the second plan
+    loses the weights and gradients the first placed, not the first graph's saved activations."""
+    torch.manual_seed(0)
+    model = _mlp().train()
+    backend = autopart.backend(**split_options(model, fraction=1.5, optimizer="sgd"))
+    compiled = torch.compile(model, backend=backend)
+    for batch in (4, 8):
+        compiled(torch.randn(batch, 16)).sum().backward()
+    first, second = backend.plans
+    held: dict[str, int] = {}
+    for node in backend.compilations[0].analysis.graph.nodes:
+        if node.role == "parameter":
+            device = first.placement[node.name]
+            held[device] = held.get(device, 0) + 2 * node.tensors[0].nbytes
+    assert {d: first.capacity_bytes[d] - second.capacity_bytes[d] for d in first.capacity_bytes} == {
+        d: held.get(d, 0) for d in first.capacity_bytes
+    }
 
 
 # --------------------------------------------------------------------------- 4. fallback

@@ -319,6 +319,7 @@ class Backend:
         self._mapping: dict[str, str] | None = None
         self._ledger = ResidentLedger()
         self._copies = StaticCopyCache()
+        self._configured: dict[str, Backend] = {}
 
     @property
     def topology(self) -> Topology:
@@ -336,7 +337,38 @@ class Backend:
             return {}  # planning only: nothing runs, so no local device is needed
         return resolve_device_map(self.topology, self.config.device_map)
 
-    def __call__(self, gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> Callable:
+    def __call__(
+        self,
+        gm: torch.fx.GraphModule,
+        example_inputs: Sequence[Any],
+        *,
+        options: dict[str, Any] | None = None,
+        mode: str | None = None,
+    ) -> Callable:
+        """Plan ``gm`` and return what runs it (Dynamo's backend protocol).
+
+        ``options`` are what ``torch.compile(model, backend="autopart", options={...})`` passes:
+        :class:`~autopart.config.Config` fields, as for :func:`backend`, over this backend's
+        own. Each set of options gets one backend, so that the graphs of one model compiled with
+        it share its memory ledger and weight copies.
+
+        Raises:
+            TypeError: an unknown option. ValueError: a bad option value, or a ``mode`` (Inductor's
+                ``"reduce-overhead"``, ``"max-autotune"``: autopart has none).
+        """
+        if mode is not None:
+            raise ValueError(
+                f"autopart takes no torch.compile mode (got mode={mode!r}); leave mode out, and "
+                "pass options={'inner': 'inductor'} to compile each partition with Inductor"
+            )
+        if options:
+            Config.from_options(**options)  # names an unknown option
+            config = dataclasses.replace(self.config, **options)
+            child = self._configured.get(repr(config))
+            if child is None:
+                child = self._configured[repr(config)] = Backend(config)
+                child._mapping = child._resolve_mapping()
+            return child(gm, example_inputs)
         compile_id = getattr(gm, "meta", {}).get("dynamo_compile_id")
         name = f"graph {len(self.compilations)}" + (f" (compile id {compile_id})" if compile_id else "")
         comp = Compilation(graph_name=name, graph=gm)

@@ -961,6 +961,31 @@ def test_compile_with_backend_name():
     assert plans and all(isinstance(p, autopart.Plan) for p in plans)
 
 
+def test_compile_with_backend_name_and_options():
+    """torch.compile(backend="autopart", options={...}) plans with those options; the graphs of
+    one model (a graph break) share one configured backend and so one memory ledger."""
+    torch.manual_seed(0)
+    model = TwoStage().eval()
+    options = _two_stage_options(model)
+    compiled = torch.compile(model, backend="autopart", options=options)
+    x = torch.randn(4, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x), rtol=RTOL, atol=ATOL)
+    first, second = autopart.last_plans()
+    assert first.topology_name == second.topology_name == PRESET
+    assert set(first.devices_used) | set(second.devices_used) == set(options["max_memory"])
+    assert sum(second.capacity_bytes.values()) < sum(first.capacity_bytes.values())  # first's weights
+
+
+def test_compile_with_backend_name_rejects_a_mode_and_unknown_options():
+    model = _mlp().eval()
+    with pytest.raises(torch._dynamo.exc.BackendCompilerFailed, match=r"mode='max-autotune'.*'inductor'"):
+        torch.compile(model, backend="autopart", mode="max-autotune")(torch.randn(4, 16))
+    torch._dynamo.reset()
+    with pytest.raises(torch._dynamo.exc.BackendCompilerFailed, match=r"unknown autopart option\(s\) \['max_memroy'\]"):
+        torch.compile(model, backend="autopart", options={"max_memroy": {}})(torch.randn(4, 16))
+
+
 def test_default_backend_runs_on_this_machine():
     """The object the entry point should load: default options, this machine's topology."""
     torch.manual_seed(0)

@@ -181,6 +181,11 @@ class Config:
     plan uses it only on copies it makes faster (slow links, large tensors), never for graph
     outputs or weights; ``Plan.transfers`` shows which. Bounds: ``autopart.kernels.compression``."""
 
+    monitor: bool = False
+    """Time every partition on every call after the first (CUDA events on GPUs, the wall clock
+    on CPUs) and compare with the plan: ``Compilation.report()`` gives each device's predicted
+    and measured busy time per call. Costs two timestamps per partition per call."""
+
     strict: bool = False
     """If True, a failure to plan or rewrite raises. If False, autopart warns once and runs the
     captured graph unchanged."""

@@ -37,7 +37,7 @@ from .passes.cost import mutates_in_place
 from .passes.shapes import node_value, requires_grad
 from .passes.training import Optimizer, TrainingMemory, training_memory_pass
 from .pipeline import BatchSpec, auto_microbatches, batch_spec
-from .plan import Plan, make_plan
+from .plan import Plan, _ms, _table, make_plan
 from .rewrite import origin_resolver, resolve_device_map, rewrite
 from .runtime import (
     DynamoMetadata,
@@ -275,6 +275,10 @@ class ResidentLedger:
             saved[device] = max(saved.get(device, 0), nbytes)
 
 
+def _ratio(measured: float, predicted: float) -> str:
+    return f"{measured / predicted:.2f}x" if predicted > 0 else "-"
+
+
 def frame_of(gm: torch.fx.GraphModule) -> object:
     """The Dynamo frame ``gm`` was captured from (its compile id's ``frame_id``), or the graph
     module itself for a graph not captured by Dynamo."""
@@ -299,6 +303,37 @@ class Compilation:
     @property
     def metrics(self) -> RuntimeMetrics | None:
         return self.runner.metrics if self.runner else None
+
+    def report(self) -> str:
+        """Predicted against measured: each device's busy time per call (its partitions:
+        compute and the copies it receives) and the whole call, averaged over the calls timed
+        with ``monitor=True`` (every call after the first). A ratio far from 1 means the cost
+        model or topology departs from this machine (e.g. a preset run on other hardware).
+
+        Raises:
+            ValueError: the graph was not compiled with ``monitor=True``, fell back to the
+                captured graph, or has not been called twice yet.
+        """
+        runner = self.runner
+        if runner is None or self.plan is None:
+            raise ValueError(f"{self.graph_name} runs as captured ({self.fallback_reason}): nothing to report")
+        if runner.timer is None:
+            raise ValueError(f"{self.graph_name} is not monitored: compile with autopart.backend(monitor=True)")
+        calls = runner.metrics.num_monitored_calls
+        if not calls:
+            raise ValueError(f"{self.graph_name} has no timed call yet: the first call is not timed, call it again")
+        measured = runner.measured_busy_s()
+        rows = [
+            [device, self.plan.device_map.get(device, device), _ms(self.plan.predicted_busy_s.get(device, 0.0)),
+             _ms(seconds), _ratio(seconds, self.plan.predicted_busy_s.get(device, 0.0))]
+            for device, seconds in measured.items()
+        ]
+        call_s = runner.metrics.monitored_call_s / calls
+        rows.append(["(call)", "-", _ms(self.plan.predicted_time_s), _ms(call_s),
+                     _ratio(call_s, self.plan.predicted_time_s)])
+        header = ["device", "runs on", "predicted", "measured", "measured/predicted"]
+        return "\n".join([f"autopart monitor for {self.graph_name}: busy time per call, mean of {calls} timed call(s)",
+                          *_table(header, rows)])
 
 
 _REGISTRY: list[Compilation] = []
@@ -418,6 +453,8 @@ class Backend:
                 num_microbatches=num_microbatches,
                 batch=batch,
                 warn_if_unsplit=self.config.num_microbatches is not None,
+                partition_devices=rewritten.partition_devices,
+                monitor=self.config.monitor,
             )
             self._ledger.add(gm, example_inputs, comp.plan, comp.analysis.graph)
         except Exception as exc:

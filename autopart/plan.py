@@ -98,6 +98,9 @@ class Plan:
     num_nodes: int
     device_map: dict[str, str] = field(default_factory=dict)
     """Topology device -> local device that ran it (empty when planned only)."""
+    predicted_busy_s: dict[str, float] = field(default_factory=dict)
+    """Per device, seconds of one call: its compute plus the copies it receives (the busiest is
+    ``predicted_bottleneck_s``), less what compression saves; what ``monitor`` measures."""
     training: bool = False
     """Planned for training: each device's memory also holds its parameters' gradients, the
     optimizer's state and the activations saved for backward (:mod:`autopart.passes.training`).
@@ -405,6 +408,7 @@ def make_plan(
         predicted_compute_s=ev.compute_s,
         predicted_transfer_s=ev.transfer_s - total_saved,
         predicted_bottleneck_s=max(busy.values(), default=0.0) if saved else ev.bottleneck_s,
+        predicted_busy_s=busy,
         predicted_energy_J=ev.energy_J - saved_J,
         predicted_peak_bytes={d: ev.peak_bytes.get(d, 0) for d in problem.capacity_bytes},
         capacity_bytes=dict(problem.capacity_bytes),

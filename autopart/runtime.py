@@ -9,6 +9,7 @@ each call cost.
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import time
 import warnings
@@ -56,6 +57,11 @@ class RuntimeMetrics:
     """Partition runs on the host worker thread, over all calls."""
     last_schedule: list[tuple[int, str, str]] = field(default_factory=list)
     """(micro-batch, partition, lane) of the last call, in the order issued."""
+    num_monitored_calls: int = 0
+    """Calls whose partitions were timed (with ``monitor``: every call after the first)."""
+    monitored_call_s: float = 0.0
+    """Wall-clock seconds of those calls, together (on a GPU: until the call returns, which
+    may be before its kernels finish)."""
 
 
 @dataclass
@@ -155,6 +161,62 @@ class StaticInputMover:
         self.metrics.static_copy_bytes += tensor.numel() * tensor.element_size()
 
 
+class PartitionTimer:
+    """Times each partition of a split graph while ``enabled``: forward pre- and post-hooks
+    take the wall clock on a CPU partition, and record CUDA events on the current stream of a
+    GPU partition's device, read once they are complete (:meth:`seconds`). A partition run
+    several times in a call (micro-batches) adds up.
+
+    Args:
+        module: the split graph (``submod_<i>`` partitions).
+        devices: partition name -> the local device it runs on.
+    """
+
+    def __init__(self, module: torch.fx.GraphModule, devices: dict[str, torch.device]) -> None:
+        self.enabled = False
+        self._total_s: dict[str, float] = dict.fromkeys(devices, 0.0)
+        self._open: dict[str, Any] = {}
+        self._pending: list[tuple[str, Any, Any]] = []
+        for name, device in devices.items():
+            part = module.get_submodule(name)
+            part.register_forward_pre_hook(functools.partial(self._start, name, device))
+            part.register_forward_hook(functools.partial(self._stop, name, device))
+
+    def _start(self, name: str, device: torch.device, *_: Any) -> None:
+        if not self.enabled:
+            return
+        if device.type == "cuda":
+            event = torch.cuda.Event(enable_timing=True)
+            event.record(torch.cuda.current_stream(device))
+            self._open[name] = event
+        else:
+            self._open[name] = time.perf_counter()
+
+    def _stop(self, name: str, device: torch.device, *_: Any) -> None:
+        start = self._open.pop(name, None)
+        if start is None:
+            return
+        if device.type == "cuda":
+            end = torch.cuda.Event(enable_timing=True)
+            end.record(torch.cuda.current_stream(device))
+            self._pending.append((name, start, end))
+            if len(self._pending) > 1024:  # bound what waits to be read
+                self._read()
+        else:
+            self._total_s[name] += time.perf_counter() - start
+
+    def _read(self) -> None:
+        for name, start, end in self._pending:
+            end.synchronize()
+            self._total_s[name] += start.elapsed_time(end) / 1e3
+        self._pending.clear()
+
+    def seconds(self) -> dict[str, float]:
+        """Partition name -> seconds measured over all timed calls (waits for pending events)."""
+        self._read()
+        return dict(self._total_s)
+
+
 @dataclass
 class PlacedGraph:
     """Runs one planned graph: ``module`` (the partitions) with static inputs moved, host
@@ -177,6 +239,10 @@ class PlacedGraph:
     """Warn (once) when ``num_microbatches`` > 1 cannot be honoured: the user asked for it."""
     pinned_inputs: list[int] = field(default_factory=list)
     """Inputs (weights streamed to a GPU) whose host memory is page-locked on the first call."""
+    partition_devices: dict[str, str] = field(default_factory=dict)
+    """Partition name -> the topology device it was planned for."""
+    monitor: bool = False
+    """Time the partitions of every call after the first (:class:`PartitionTimer`)."""
 
     flat: torch.fx.GraphModule | InductorPartition | None = None
     """The unpartitioned graph (an :class:`InductorPartition` of it when Inductor is the inner
@@ -189,18 +255,39 @@ class PlacedGraph:
         self._split_checked = False
         if self.num_microbatches > 1 and isinstance(self.batch, str):
             self._no_split(self.batch)
+        self.timer: PartitionTimer | None = None
+        if self.monitor:
+            local = {d: torch.device(self.plan.device_map.get(d, d)) for d in self.partition_devices.values()}
+            self.timer = PartitionTimer(self.module, {p: local[d] for p, d in self.partition_devices.items()})
 
     def __call__(self, *args: Any) -> Any:
         start = time.perf_counter()
+        if self.timer is not None:
+            self.timer.enabled = self.metrics.num_calls > 0  # the first call copies weights, warms up
         if self._direct is not None:
             out = self._direct(*args)
         else:
             out = self._call(args)
         elapsed = time.perf_counter() - start
+        if self.timer is not None and self.timer.enabled:
+            self.metrics.num_monitored_calls += 1
+            self.metrics.monitored_call_s += elapsed
         self.metrics.num_calls += 1
         self.metrics.last_call_s = elapsed
         self.metrics.total_call_s += elapsed
         return out
+
+    def measured_busy_s(self) -> dict[str, float]:
+        """Per topology device: the measured seconds of its partitions per timed call (with
+        ``monitor``; {} before the first timed call). Compare with ``plan.predicted_busy_s``."""
+        calls = self.metrics.num_monitored_calls
+        if self.timer is None or not calls:
+            return {}
+        busy: dict[str, float] = {}
+        for part, seconds in self.timer.seconds().items():
+            device = self.partition_devices[part]
+            busy[device] = busy.get(device, 0.0) + seconds / calls
+        return busy
 
     def _call(self, args: tuple[Any, ...]) -> Any:
         args_list = [*args, *(args[i] for i in self.replica_sources)]
@@ -231,6 +318,7 @@ class PlacedGraph:
         micro-batches, no weight copies, no worker thread."""
         return (
             sum(1 for step in self.schedule.steps if step.node.op == "call_module") == 1
+            and self.timer is None
             and self.num_microbatches == 1
             and not self.replica_sources
             and not self.schedule.concurrent

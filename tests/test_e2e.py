@@ -1027,6 +1027,8 @@ def test_plan_save_load_round_trip(tmp_path):
     assert len(plans) == 1
     (plan,) = plans
     assert len(plan.devices_used) >= 2 and plan.transfers
+    assert set(plan.predicted_busy_s) >= set(plan.devices_used)
+    assert max(plan.predicted_busy_s.values()) == plan.predicted_bottleneck_s
 
     path = tmp_path / "p.json"
     plan.save(path)

@@ -3,6 +3,7 @@ partition (kept to one small model: Inductor compiles C++ on the CPU), compared 
 
 from __future__ import annotations
 
+import time
 import warnings
 
 import pytest
@@ -256,3 +257,67 @@ def test_a_static_graph_on_one_device_calls_the_inductor_compiled_graph_itself()
     assert runner._direct is runner.flat._only is not None
     partitions = [m for m in runner.module.children() if isinstance(m, InductorPartition)]
     assert partitions and not any(p.compiled for p in partitions)  # compiled once, as captured
+
+
+def _monitored(monitor: bool = True, **extra):
+    torch.manual_seed(0)
+    model = Mlp().eval()
+    weight_bytes = sum(p.numel() * 4 for p in model.parameters())
+    topo = make_topology([make_device("cpu"), make_device("cuda:0"), make_device("cuda:1")])
+    cap = int(weight_bytes * 0.75)  # one linear per GPU
+    backend = autopart.backend(topology=topo, device_map="cpu", strict=True, monitor=monitor,
+                               max_memory={"cpu": 0, "cuda:0": cap, "cuda:1": cap}, **extra)
+    return model, backend, torch.compile(model, backend=backend)
+
+
+def test_monitor_times_each_device_and_reports_against_the_plan():
+    """Each partition's time goes to its device: a 20 ms delay added to one partition shows on
+    that device alone; the first call is not timed; outputs match eager."""
+    model, backend, compiled = _monitored()
+    x = torch.randn(8, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x), rtol=0, atol=0)
+        (comp,) = backend.compilations
+        with pytest.raises(ValueError, match="no timed call yet"):
+            comp.report()
+        devices = comp.runner.partition_devices
+        slow_part = next(p for p, d in devices.items() if d == "cuda:1")
+        comp.runner.module.get_submodule(slow_part).register_forward_pre_hook(lambda *_: time.sleep(0.02))
+        for _ in range(3):
+            torch.testing.assert_close(compiled(x), model(x), rtol=0, atol=0)
+    assert comp.metrics.num_calls == 4 and comp.metrics.num_monitored_calls == 3
+    busy = comp.runner.measured_busy_s()
+    assert set(busy) == set(devices.values()) >= {"cuda:0", "cuda:1"}
+    assert busy["cuda:1"] >= 0.02 > busy["cuda:0"] > 0
+    assert comp.metrics.monitored_call_s / 3 >= busy["cuda:1"]
+    report = comp.report()
+    assert "mean of 3 timed call(s)" in report
+    row = next(line.split() for line in report.splitlines() if line.startswith("cuda:1"))
+    predicted = comp.plan.predicted_busy_s["cuda:1"]
+    assert row[1:] == ["cpu", f"{predicted * 1e3:.3f}", "ms", f"{busy['cuda:1'] * 1e3:.3f}", "ms",
+                       f"{busy['cuda:1'] / predicted:.2f}x"]
+
+
+def test_monitor_counts_every_micro_batch():
+    """A partition run once per micro-batch adds up: the delay shows once per micro-batch."""
+    model, backend, compiled = _monitored(num_microbatches=4)
+    torch._dynamo.mark_dynamic(x := torch.randn(8, 32), 0)
+    with torch.no_grad():
+        compiled(x)
+        (comp,) = backend.compilations
+        part = next(p for p, d in comp.runner.partition_devices.items() if d == "cuda:0")
+        comp.runner.module.get_submodule(part).register_forward_pre_hook(lambda *_: time.sleep(0.01))
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-6, atol=1e-6)
+    assert comp.metrics.num_microbatches == 4
+    assert comp.runner.measured_busy_s()["cuda:0"] >= 0.04
+
+
+def test_report_needs_monitor():
+    _, backend, compiled = _monitored(monitor=False)
+    with torch.no_grad():
+        compiled(torch.randn(8, 32))
+        compiled(torch.randn(8, 32))
+    (comp,) = backend.compilations
+    with pytest.raises(ValueError, match=r"not monitored: compile with autopart.backend\(monitor=True\)"):
+        comp.report()
+    assert comp.runner.measured_busy_s() == {}

@@ -120,6 +120,15 @@ class PlacementProblem:
         """Devices the solver may use (capacity > 0), in topology order."""
         return [d for d in self.topology.device_names if self.capacity_bytes.get(d, 0) > 0]
 
+    def scaled(self, factors: dict[str, float]) -> PlacementProblem:
+        """This problem with every task's predicted time on device ``d`` multiplied by
+        ``factors[d]`` (1 for a device not named), e.g. measured over predicted time."""
+        tasks = tuple(
+            dataclasses.replace(t, time_s={d: s * factors.get(d, 1.0) for d, s in t.time_s.items()})
+            for t in self.tasks
+        )
+        return dataclasses.replace(self, tasks=tasks)
+
 
 def _common_depth(a: tuple[str, ...], b: tuple[str, ...]) -> int:
     depth = 0

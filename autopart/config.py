@@ -186,6 +186,14 @@ class Config:
     on CPUs) and compare with the plan: ``Compilation.report()`` gives each device's predicted
     and measured busy time per call. Costs two timestamps per partition per call."""
 
+    replan: float | None = None
+    """Re-plan a graph once when what runs departs from its plan: after ``REPLAN_CALLS`` (3)
+    calls timed as with ``monitor`` (implied), if two devices' measured/predicted busy-time
+    ratios differ by more than this factor (> 1, e.g. 1.5), the plan is solved again with each
+    device's predicted task times multiplied by its ratio, and replaces the old one if it is
+    predicted better by more than ``min_split_gain`` under those times
+    (:func:`autopart.dynamo.replan_factors`). None (default): never."""
+
     strict: bool = False
     """If True, a failure to plan or rewrite raises. If False, autopart warns once and runs the
     captured graph unchanged."""
@@ -221,6 +229,11 @@ class Config:
             raise ValueError(
                 f"num_microbatches must be a positive int or None (autopart chooses), got "
                 f"{self.num_microbatches!r}"
+            )
+        if self.replan is not None and not self.replan > 1:
+            raise ValueError(
+                f"replan must be a factor > 1 (e.g. 1.5: re-plan when two devices' measured/predicted "
+                f"time ratios differ by more than 1.5x) or None, got {self.replan!r}"
             )
         if not isinstance(self.max_groups, int) or self.max_groups < 1:
             raise ValueError(f"max_groups must be a positive int, got {self.max_groups!r}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import statistics
 import time
 import warnings
 import weakref
@@ -47,7 +48,7 @@ from .runtime import (
     StaticCopyCache,
     use_inductor,
 )
-from .solver import solve
+from .solver import evaluate, solve
 from .topology import Topology
 
 log = logging.getLogger(__name__)
@@ -174,6 +175,12 @@ def solve_annotated(
         max_groups=config.max_groups,
         pinned=pinned,
     )
+    return solve_problem(graph, problem, config, mapping), problem
+
+
+def solve_problem(graph: AnnotatedGraph, problem: PlacementProblem, config: Config, mapping: dict[str, str]) -> Plan:
+    """Solve ``problem`` (built from ``graph``) with ``config``'s solver options; the Plan
+    (``mapping``: topology device -> local device, recorded as its ``device_map``)."""
     solution = solve(
         problem,
         objective=config.objective,
@@ -186,7 +193,7 @@ def solve_annotated(
         contiguous_stages=config.contiguous_stages,
     )
     plan = make_plan(graph, problem, solution, objective_name=config.objective, compression=config.compression)
-    return dataclasses.replace(plan, device_map=dict(mapping)), problem
+    return dataclasses.replace(plan, device_map=dict(mapping))
 
 
 def solve_graph(graph: AnnotatedGraph | str | os.PathLike, **options: Any) -> Plan:
@@ -256,13 +263,19 @@ class ResidentLedger:
                     held[device] = held.get(device, 0) + nbytes
         return held
 
-    def add(self, gm: torch.fx.GraphModule, example_inputs: Sequence[Any], plan: Plan, graph: AnnotatedGraph) -> None:
+    def add(
+        self, gm: torch.fx.GraphModule, example_inputs: Sequence[Any], plan: Plan, graph: AnnotatedGraph,
+        *, replace: bool = False,
+    ) -> None:
         """Record the devices ``plan`` gave the graph's parameters and buffers, with their bytes
         (and, in a graph planned for training, their gradients' and optimizer state's, and the
-        activations its compute nodes save for backward)."""
+        activations its compute nodes save for backward). ``replace``: ``plan`` replaces an
+        earlier plan of the same graph (re-planning), whose records it overwrites."""
+        if replace:
+            self._saved.pop(frame_of(gm), None)
         for node, tensor in _static_inputs(gm, example_inputs):
             device = plan.placement.get(node.name)
-            if device is not None and self.device_of(tensor) is None:
+            if device is not None and (replace or self.device_of(tensor) is None):
                 nbytes = tensor.untyped_storage().nbytes() + record(node).training_bytes
                 self._entries[id(tensor)] = (weakref.ref(tensor), device, nbytes)
         mine: dict[str, int] = {}
@@ -273,6 +286,43 @@ class ResidentLedger:
         saved = self._saved.setdefault(frame_of(gm), {})
         for device, nbytes in mine.items():
             saved[device] = max(saved.get(device, 0), nbytes)
+
+
+#: Calls timed before the measured times are checked against the plan (``replan``).
+REPLAN_CALLS = 3
+
+#: Devices busy less than this share of the busiest one's predicted time are too short to
+#: measure well: they get the typical ratio (see :func:`replan_factors`).
+REPLAN_MIN_SHARE = 0.1
+
+
+def replan_factors(plan: Plan, measured_busy_s: dict[str, float]) -> tuple[dict[str, float], float]:
+    """How far each device's measured busy time departs from the plan's: ``(factors, spread)``.
+
+    ``factors[d]`` = measured / predicted busy seconds per call of device ``d``, for devices the
+    plan keeps busy at least ``REPLAN_MIN_SHARE`` of the busiest one's time; every other device
+    of the plan (idle, or too briefly busy to measure) gets the lower median of those ratios,
+    as if it departed from the model as a typical device does. ``spread`` = largest over
+    smallest measured ratio (1.0 with fewer than two): how differently the devices depart from
+    the model, which is what can change the best placement (all devices slower by the same
+    factor leaves it as it is). Returns ``({}, 1.0)`` when nothing was measured.
+    """
+    busiest = max(plan.predicted_busy_s.values(), default=0.0)
+    ratios = {
+        d: seconds / plan.predicted_busy_s[d]
+        for d, seconds in measured_busy_s.items()
+        if seconds > 0 and plan.predicted_busy_s.get(d, 0.0) >= REPLAN_MIN_SHARE * busiest > 0
+    }
+    if not ratios:
+        return {}, 1.0
+    typical = statistics.median_low(ratios.values())
+    factors = {d: ratios.get(d, typical) for d in plan.capacity_bytes}
+    return factors, max(ratios.values()) / min(ratios.values())
+
+
+def _assignment(plan: Plan) -> tuple[tuple[str, ...], frozenset[int]]:
+    """The solver's form of ``plan``: each task's device, and the tasks whose weights stream."""
+    return tuple(t.device for t in plan.tasks), frozenset(i for i, t in enumerate(plan.tasks) if t.streamed_from)
 
 
 def _ratio(measured: float, predicted: float) -> str:
@@ -299,6 +349,14 @@ class Compilation:
     fallback_reason: str | None = None
     plan_s: float = 0.0
     rewrite_s: float = 0.0
+    problem: PlacementProblem | None = None
+    """The placement problem ``plan`` solves (what re-planning scales)."""
+    replan_checked: bool = False
+    """Whether the measured times were checked against the plan (``replan``; done once)."""
+    replan_note: str | None = None
+    """What that check decided, and why."""
+    replanned_from: Plan | None = None
+    """The first plan, when re-planning replaced it by ``plan``."""
 
     @property
     def metrics(self) -> RuntimeMetrics | None:
@@ -414,7 +472,7 @@ class Backend:
             start = time.perf_counter()
             if self._mapping is None:
                 self._mapping = self._resolve_mapping()
-            comp.plan, _, comp.analysis = plan_graph(
+            comp.plan, comp.problem, comp.analysis = plan_graph(
                 gm,
                 example_inputs,
                 self.config,
@@ -429,33 +487,8 @@ class Backend:
                 self._ledger.add(gm, example_inputs, comp.plan, comp.analysis.graph)
                 return gm.forward
             start = time.perf_counter()
-            rewritten = rewrite(gm, comp.plan, self._mapping)
+            comp.runner = self._runner(gm, example_inputs, comp.plan)
             comp.rewrite_s = time.perf_counter() - start
-            flat: torch.fx.GraphModule | InductorPartition = rewritten.flat
-            if self.config.inner == "inductor":
-                static, dynamo_metadata = not _has_symbolic_shapes(gm), DynamoMetadata.of(gm)
-                use_inductor(rewritten.module, static=static, dynamo=dynamo_metadata)
-                flat = InductorPartition(rewritten.flat, "flat", static=static, dynamo=dynamo_metadata)
-            num_microbatches, batch = self._microbatches(gm, example_inputs, comp.plan)
-            comp.runner = PlacedGraph(
-                rewritten.module,
-                comp.plan,
-                rewritten.static_moves,
-                cache=self._copies,
-                replica_sources=rewritten.replica_sources,
-                pinned_inputs=rewritten.pinned_inputs,
-                flat=flat,
-                host_partitions={
-                    name
-                    for name, device in rewritten.partition_devices.items()
-                    if self.topology.device(device).kind == "cpu"
-                },
-                num_microbatches=num_microbatches,
-                batch=batch,
-                warn_if_unsplit=self.config.num_microbatches is not None,
-                partition_devices=rewritten.partition_devices,
-                monitor=self.config.monitor,
-            )
             self._ledger.add(gm, example_inputs, comp.plan, comp.analysis.graph)
         except Exception as exc:
             if self.config.strict:
@@ -468,7 +501,76 @@ class Backend:
                 stacklevel=2,
             )
             return gm.forward
-        return _guard_first_call(comp, gm, self.config.strict)
+        return _guard_first_call(comp, gm, self.config.strict, self if self.config.replan else None)
+
+    def _runner(self, gm: torch.fx.GraphModule, example_inputs: Sequence[Any], plan: Plan) -> PlacedGraph:
+        """Rewrite ``gm`` for ``plan`` and make the callable that runs it."""
+        rewritten = rewrite(gm, plan, self._mapping)
+        flat: torch.fx.GraphModule | InductorPartition = rewritten.flat
+        if self.config.inner == "inductor":
+            static, dynamo_metadata = not _has_symbolic_shapes(gm), DynamoMetadata.of(gm)
+            use_inductor(rewritten.module, static=static, dynamo=dynamo_metadata)
+            flat = InductorPartition(rewritten.flat, "flat", static=static, dynamo=dynamo_metadata)
+        num_microbatches, batch = self._microbatches(gm, example_inputs, plan)
+        return PlacedGraph(
+            rewritten.module,
+            plan,
+            rewritten.static_moves,
+            cache=self._copies,
+            replica_sources=rewritten.replica_sources,
+            pinned_inputs=rewritten.pinned_inputs,
+            flat=flat,
+            host_partitions={
+                name
+                for name, device in rewritten.partition_devices.items()
+                if self.topology.device(device).kind == "cpu"
+            },
+            num_microbatches=num_microbatches,
+            batch=batch,
+            warn_if_unsplit=self.config.num_microbatches is not None,
+            partition_devices=rewritten.partition_devices,
+            monitor=self.config.monitor or self.config.replan is not None,
+        )
+
+    def _maybe_replan(self, comp: Compilation, gm: torch.fx.GraphModule, args: Sequence[Any]) -> None:
+        """Once ``REPLAN_CALLS`` calls are timed: re-plan ``comp`` with the measured ratios
+        (:func:`replan_factors`) if they spread beyond ``config.replan``, and switch to the new
+        plan if it is predicted better under them. ``args``: this call's inputs (real tensors)."""
+        runner, plan, problem = comp.runner, comp.plan, comp.problem
+        assert runner is not None and plan is not None and problem is not None and comp.analysis is not None
+        comp.replan_checked = True
+        threshold = self.config.replan
+        assert threshold is not None
+        factors, spread = replan_factors(plan, runner.measured_busy_s())
+        if spread <= threshold:
+            comp.replan_note = f"kept: measured/predicted ratios spread {spread:.2f}x <= {threshold}x"
+            return
+        corrected = problem.scaled(factors)
+        new_plan = solve_problem(comp.analysis.graph, corrected, self.config, self._mapping)
+        objective, eta = self.config.objective, self.config.energy_eta
+        old_value = evaluate(corrected, *_assignment(plan)).value(objective, eta)
+        new_value = evaluate(corrected, *_assignment(new_plan)).value(objective, eta)
+        if not new_value < old_value * (1 - self.config.min_split_gain):
+            comp.replan_note = (f"kept: ratios spread {spread:.2f}x, but a new plan is predicted no better "
+                                f"({new_value:.4g} against {old_value:.4g})")
+            return
+        self._adopt(comp, gm, args, new_plan, self._runner(gm, args, new_plan))
+        comp.replanned_from = plan
+        comp.replan_note = (f"re-planned: measured/predicted ratios spread {spread:.2f}x > {threshold}x; "
+                            f"predicted {new_value:.4g} against {old_value:.4g} for the old plan under them")
+        log.info("autopart %s %s:\n%s", comp.graph_name, comp.replan_note, new_plan.summary())
+
+    def _adopt(
+        self, comp: Compilation, gm: torch.fx.GraphModule, args: Sequence[Any], plan: Plan, runner: PlacedGraph
+    ) -> None:
+        """Make ``plan`` (run by ``runner``) the plan of ``comp`` in place of its current one:
+        the ledger records it, and weight copies only the current plan used are dropped."""
+        assert comp.runner is not None and comp.analysis is not None
+        for i, device in comp.runner.static_moves.items():
+            if runner.static_moves.get(i) != device and isinstance(args[i], torch.Tensor):
+                self._copies.entries.pop((id(args[i]), device), None)
+        self._ledger.add(gm, args, plan, comp.analysis.graph, replace=True)
+        comp.plan, comp.runner = plan, runner
 
     def _microbatches(
         self, gm: torch.fx.GraphModule, example_inputs: Sequence[Any], plan: Plan
@@ -498,37 +600,66 @@ def _has_symbolic_shapes(gm: torch.fx.GraphModule) -> bool:
     return False
 
 
-def _guard_first_call(comp: Compilation, gm: torch.fx.GraphModule, strict: bool) -> Callable:
+def _guard_first_call(
+    comp: Compilation, gm: torch.fx.GraphModule, strict: bool, replanner: Backend | None = None
+) -> Callable:
     """Run the planned graph; if its first call fails (and not strict), fall back for good.
 
     Only a graph that mutates nothing in place is retried as captured, so a failed first call
-    can never apply an update twice.
+    can never apply an update twice. With ``replanner`` (a backend with ``replan`` set), the
+    measured times are checked once ``REPLAN_CALLS`` calls are timed; the first call of a new
+    plan is guarded in the same way, falling back to the old plan.
     """
-    runner = comp.runner
-    assert runner is not None
-    state = {"ok": False, "fallback": False}
+    assert comp.runner is not None
+    state: dict[str, Any] = {"ok": False, "fallback": False, "previous": None}
     retry_safe = not mutates_in_place(gm)
 
-    def run(*args: Any) -> Any:
-        if state["ok"]:
-            return runner(*args)
-        if state["fallback"]:
-            return gm(*args)
+    def guarded(args: tuple[Any, ...]) -> Any:
+        runner = comp.runner
+        assert runner is not None
         try:
             out = runner(*args)
         except Exception as exc:
             if strict or not retry_safe:
                 raise
-            comp.fallback_reason = f"first call failed: {type(exc).__name__}: {exc}"
+            previous = state["previous"]
+            what = "the re-planned graph's first call" if previous else "its first call"
+            comp.fallback_reason = f"{what} failed: {type(exc).__name__}: {exc}"
             warnings.warn(
-                f"autopart's plan for {comp.graph_name} failed on its first call "
-                f"({comp.fallback_reason}); running the captured graph unchanged",
+                f"autopart's plan for {comp.graph_name}: {comp.fallback_reason}; running "
+                f"{'the first plan' if previous else 'the captured graph unchanged'}",
                 AutopartWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
-            state["fallback"] = True
-            return gm(*args)
-        state["ok"] = True
+            if previous is None:
+                state["fallback"] = True
+                return gm(*args)
+            assert replanner is not None
+            replanner._adopt(comp, gm, args, *previous)
+            comp.replanned_from, state["previous"], state["ok"] = None, None, True
+            return previous[1](*args)
+        state["ok"], state["previous"] = True, None
+        return out
+
+    def run(*args: Any) -> Any:
+        if not state["ok"]:
+            return gm(*args) if state["fallback"] else guarded(args)
+        runner = comp.runner
+        out = runner(*args)  # type: ignore[misc]
+        if replanner is not None and not comp.replan_checked and (
+            runner.metrics.num_monitored_calls >= REPLAN_CALLS  # type: ignore[union-attr]
+        ):
+            previous = (comp.plan, runner)
+            try:
+                replanner._maybe_replan(comp, gm, args)
+            except Exception as exc:
+                if strict:
+                    raise
+                comp.replan_note = f"re-planning failed: {type(exc).__name__}: {exc}"
+                warnings.warn(f"autopart could not re-plan {comp.graph_name} ({comp.replan_note}); "
+                              "it keeps its plan", AutopartWarning, stacklevel=2)
+            if comp.runner is not runner:
+                state["ok"], state["previous"] = False, previous
         return out
 
     run.compilation = comp  # type: ignore[attr-defined]

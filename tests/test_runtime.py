@@ -3,6 +3,7 @@ partition (kept to one small model: Inductor compiles C++ on the CPU), compared 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 
@@ -321,3 +322,96 @@ def test_report_needs_monitor():
     with pytest.raises(ValueError, match=r"not monitored: compile with autopart.backend\(monitor=True\)"):
         comp.report()
     assert comp.runner.measured_busy_s() == {}
+
+
+def _three_gpus(**options):
+    """Mlp on three identical GPUs, each holding one of its two linears: the plan uses two."""
+    torch.manual_seed(0)
+    model = Mlp().eval()
+    weight_bytes = sum(p.numel() * 4 for p in model.parameters())
+    topo = make_topology([make_device("cpu"), *(make_device(f"cuda:{i}") for i in range(3))])
+    cap = int(weight_bytes * 0.75)
+    backend = autopart.backend(topology=topo, device_map="cpu", max_memory={"cpu": 0, **{f"cuda:{i}": cap for i in range(3)}},
+                               **options)
+    return model, backend, torch.compile(model, backend=backend)
+
+
+def _slow_down(comp, device: str, seconds: float) -> None:
+    for part, d in comp.runner.partition_devices.items():
+        if d == device:
+            comp.runner.module.get_submodule(part).register_forward_pre_hook(lambda *_: time.sleep(seconds))
+
+
+def test_replan_moves_work_off_a_device_slower_than_planned():
+    """A GPU that runs 20 ms slower than its plan says is left out of the new plan; outputs
+    match eager before and after, and the ledger follows the parameters to their new device."""
+    model, backend, compiled = _three_gpus(replan=1.5, strict=True)
+    x = torch.randn(8, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x), rtol=0, atol=0)
+        (comp,) = backend.compilations
+        first = comp.plan
+        slow = next(d for d in first.devices_used if d.startswith("cuda"))
+        _slow_down(comp, slow, 0.02)
+        for _ in range(autopart.dynamo.REPLAN_CALLS + 2):
+            torch.testing.assert_close(compiled(x), model(x), rtol=0, atol=0)
+    assert comp.replanned_from is first and comp.replan_note.startswith("re-planned"), comp.replan_note
+    assert slow in first.devices_used and slow not in comp.plan.devices_used
+    assert len([d for d in comp.plan.devices_used if d.startswith("cuda")]) == 2
+    assert comp.runner.metrics.num_calls == 2  # the new plan ran the last two calls
+    ledger = backend._ledger
+    held = {ledger.device_of(p) for p in model.parameters()}
+    assert held == {d for d in comp.plan.devices_used if d.startswith("cuda")} and slow not in held
+
+
+def test_a_failing_replanned_graph_falls_back_to_the_first_plan(monkeypatch):
+    model, backend, compiled = _three_gpus(replan=1.5)
+    x = torch.randn(8, 32)
+    with torch.no_grad():
+        compiled(x)
+        (comp,) = backend.compilations
+        first, first_runner = comp.plan, comp.runner
+        _slow_down(comp, next(d for d in first.devices_used if d.startswith("cuda")), 0.02)
+        for _ in range(autopart.dynamo.REPLAN_CALLS):
+            compiled(x)
+        assert comp.replanned_from is first
+        monkeypatch.setattr(comp.runner, "_call", lambda args: 1 / 0)
+        with pytest.warns(autopart.AutopartWarning, match="re-planned graph's first call failed: ZeroDivisionError.*first plan"):
+            out = compiled(x)
+        torch.testing.assert_close(out, model(x), rtol=0, atol=0)
+        assert comp.plan is first and comp.runner is first_runner and comp.replanned_from is None
+        torch.testing.assert_close(compiled(x), model(x), rtol=0, atol=0)
+
+
+def test_a_failing_first_call_falls_back_to_the_captured_graph(monkeypatch):
+    model, backend, compiled = _three_gpus()
+    monkeypatch.setattr(autopart.runtime.PlacedGraph, "_call", lambda self, args: 1 / 0)
+    x = torch.randn(8, 32)
+    with torch.no_grad(), pytest.warns(autopart.AutopartWarning, match="first call failed: ZeroDivisionError.*captured graph"):
+        torch.testing.assert_close(compiled(x), model(x), rtol=0, atol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x), rtol=0, atol=0)
+    assert backend.compilations[0].fallback_reason.startswith("its first call failed")
+
+
+def test_replan_factors_scale_by_measured_over_predicted():
+    _, backend, compiled = _three_gpus()
+    with torch.no_grad():
+        compiled(torch.randn(8, 32))
+    plan = backend.compilations[0].plan
+    a, b = (d for d in plan.devices_used if d.startswith("cuda"))
+    idle = next(d for d in ("cuda:0", "cuda:1", "cuda:2") if d not in (a, b))
+    plan = dataclasses.replace(plan, predicted_busy_s={a: 1e-3, b: 1e-3, "cpu": 1e-5})  # cpu: too short
+    factors, spread = autopart.dynamo.replan_factors(plan, {a: 3e-3, b: 1.5e-3, "cpu": 1.0})
+    assert factors[a] == pytest.approx(3) and factors[b] == pytest.approx(1.5)
+    assert factors[idle] == factors["cpu"] == pytest.approx(1.5)  # the lower median of a's and b's
+    assert spread == pytest.approx(2)
+    assert autopart.dynamo.replan_factors(plan, {}) == ({}, 1.0)
+    scaled = backend.compilations[0].problem.scaled(factors)
+    for before, after in zip(backend.compilations[0].problem.tasks, scaled.tasks):
+        assert after.time_s == {d: s * factors.get(d, 1.0) for d, s in before.time_s.items()}
+
+
+def test_replan_must_be_a_factor_above_one():
+    with pytest.raises(ValueError, match=r"replan must be a factor > 1 .* got 0.5"):
+        autopart.backend(replan=0.5)

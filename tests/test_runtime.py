@@ -9,6 +9,8 @@ import warnings
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from _util import make_device, make_topology
 from torch import nn
 
@@ -415,3 +417,37 @@ def test_replan_factors_scale_by_measured_over_predicted():
 def test_replan_must_be_a_factor_above_one():
     with pytest.raises(ValueError, match=r"replan must be a factor > 1 .* got 0.5"):
         autopart.backend(replan=0.5)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    busy=st.lists(st.floats(1e-6, 1.0), min_size=1, max_size=4),
+    ratios=st.lists(st.floats(0.1, 10.0), min_size=4, max_size=4),
+    common=st.floats(0.1, 10.0),
+)
+def test_replan_factors_invariants(busy, ratios, common):
+    """Each measured device's factor is its measured/predicted ratio; slowing every device by
+    one common factor scales the factors by it and leaves the spread (what triggers a re-plan)."""
+    devices = [f"cuda:{i}" for i in range(len(busy))]
+    plan = dataclasses.replace(_PLAN_FOR_FACTORS, predicted_busy_s=dict(zip(devices, busy)),
+                               capacity_bytes={d: 1 for d in [*devices, "cpu"]})
+    measured = {d: b * r for d, b, r in zip(devices, busy, ratios)}
+    factors, spread = autopart.dynamo.replan_factors(plan, measured)
+    significant = [d for d, b in zip(devices, busy) if b >= autopart.dynamo.REPLAN_MIN_SHARE * max(busy)]
+    for d, r in zip(devices, ratios):
+        if d in significant:
+            assert factors[d] == pytest.approx(r)
+    assert set(factors) == {*devices, "cpu"} and factors["cpu"] in [factors[d] for d in significant]
+    assert spread == pytest.approx(max(factors[d] for d in significant) / min(factors[d] for d in significant))
+    slower, slower_spread = autopart.dynamo.replan_factors(plan, {d: m * common for d, m in measured.items()})
+    assert slower_spread == pytest.approx(spread)
+    assert slower == pytest.approx({d: f * common for d, f in factors.items()})
+
+
+_PLAN_FOR_FACTORS = autopart.Plan(
+    graph_name="g", topology_name="t", objective_name="latency", placement={}, tasks=(), transfers=(),
+    replicas=(), predicted_time_s=0.0, predicted_compute_s=0.0, predicted_transfer_s=0.0,
+    predicted_bottleneck_s=0.0, predicted_energy_J=0.0, predicted_peak_bytes={}, capacity_bytes={},
+    solver="none", solver_status="trivial", objective=0.0, bound=None, gap=None, solve_time_s=0.0,
+    num_variables=0, num_constraints=0, num_nodes=0,
+)

@@ -9,9 +9,9 @@ import warnings
 
 import pytest
 import torch
+from _util import make_device, make_topology
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from _util import make_device, make_topology
 from torch import nn
 
 import autopart

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -81,3 +82,13 @@ def test_bad_input_is_an_error_message_not_a_traceback(capsys):
 def test_build_model_rejects_unknown_names():
     with pytest.raises(ValueError, match="unknown model 'bloom'"):
         build_model("bloom")
+
+
+def test_demo_matches_eager_and_reports_predicted_against_measured(capsys):
+    assert main(["demo", "--size", "tiny", "--rows", "2"]) == 0
+    out = capsys.readouterr().out
+    diffs = [float(line.rsplit(" ", 1)[1]) for line in out.splitlines() if line.startswith("largest absolute")]
+    assert len(diffs) == 2 and max(diffs) < 1e-5
+    assert out.count("autopart monitor for graph 0") == 2 and "measured/predicted" in out
+    used = re.search(r"on \d+ device\(s\): (.*)", out.split("=== 4xa100-pcie-cpu")[1]).group(1)
+    assert len([d for d in used.split(", ") if d.startswith("cuda")]) >= 2, used

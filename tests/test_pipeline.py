@@ -312,3 +312,15 @@ def test_the_worker_thread_ends_with_its_schedule():
     gc.collect()
     thread.join(timeout=10)
     assert not thread.is_alive()
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_batch_norm_refuses_micro_batches_only_in_training(training):
+    """Batch norm updates its running statistics in place only in training mode; in eval mode
+    it reads them, and a batch splits."""
+    model = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU()).train(training)
+    with torch.set_grad_enabled(training):
+        spec = batch_spec(_capture(model, torch.randn(6, 4, 5, 5)))
+    assert isinstance(spec, str) == training, spec
+    if training:
+        assert "in place" in spec

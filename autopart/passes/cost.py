@@ -44,13 +44,19 @@ def is_inplace(node: torch.fx.Node) -> bool:
 
 
 def mutates_in_place(gm: torch.fx.GraphModule) -> bool:
-    """True if a node of ``gm`` updates a tensor in place (an in-place call, or batch norm,
-    which updates its running statistics in training mode)."""
-    return any(
-        is_inplace(node)
-        or (node.op == "call_function" and node.target is torch.nn.functional.batch_norm)
-        for node in gm.graph.nodes
-    )
+    """True if a node of ``gm`` updates a tensor in place (an in-place call, or batch norm in
+    training mode with running statistics, which it updates)."""
+    return any(is_inplace(node) or _updates_running_stats(node) for node in gm.graph.nodes)
+
+
+def _updates_running_stats(node: torch.fx.Node) -> bool:
+    """``F.batch_norm(input, running_mean, running_var, weight, bias, training, ...)`` with
+    ``training`` not False and running statistics given."""
+    if node.op != "call_function" or node.target is not torch.nn.functional.batch_norm:
+        return False
+    running_mean = node.kwargs.get("running_mean", node.args[1] if len(node.args) > 1 else None)
+    training = node.kwargs.get("training", node.args[5] if len(node.args) > 5 else False)
+    return running_mean is not None and training is not False
 
 
 def _rerun(gm: torch.fx.GraphModule, node: torch.fx.Node, fake_mode) -> list[OpCost]:

@@ -29,6 +29,7 @@ with the whole-batch ones.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import functools
 import logging
 import weakref
@@ -300,7 +301,7 @@ class PartitionSchedule:
         host = deque(mi for mi in order if self.steps[mi[1]].lane == HOST)
         done: set[tuple[int, torch.fx.Node]] = set()
         futures: list[concurrent.futures.Future] = []
-        grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+        modes = ThreadModes.capture()
 
         def ready(m: int, step: _Step) -> bool:
             return all(
@@ -315,7 +316,7 @@ class PartitionSchedule:
                 args, kwargs = self._inputs(env, m, step, resolve=False)
                 if trace is not None and step.node.op == "call_module":
                     trace.append((m, step.partition, HOST))
-                future = self._pool().submit(_run_host, step.fn, args, kwargs, grad, inference)
+                future = self._pool().submit(_run_host, step.fn, args, kwargs, modes)
                 env[(m, step.node)] = future
                 futures.append(future)
 
@@ -371,7 +372,38 @@ def _resolve(value: Any) -> Any:
     return value
 
 
-def _run_host(fn: Callable, args: Any, kwargs: Any, grad: bool, inference: bool) -> Any:
-    # Grad and inference modes are thread-local: carry the caller's into the worker.
-    with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+@dataclass(frozen=True)
+class ThreadModes:
+    """The calling thread's modes that a host partition, run on the worker thread, must run
+    under too (each is thread-local): grad mode, inference mode and autocast."""
+
+    grad: bool
+    inference: bool
+    autocast: tuple[tuple[str, torch.dtype], ...]
+    """(device type, dtype) of each device type whose autocast is on."""
+    autocast_cache: bool
+
+    @staticmethod
+    def capture() -> ThreadModes:
+        return ThreadModes(
+            grad=torch.is_grad_enabled(),
+            inference=torch.is_inference_mode_enabled(),
+            autocast=tuple(
+                (d, torch.get_autocast_dtype(d)) for d in ("cpu", "cuda") if torch.is_autocast_enabled(d)
+            ),
+            autocast_cache=torch.is_autocast_cache_enabled(),
+        )
+
+    def __call__(self) -> contextlib.ExitStack:
+        """A context that enters these modes."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.inference_mode(self.inference))
+        stack.enter_context(torch.set_grad_enabled(self.grad))
+        for device_type, dtype in self.autocast:
+            stack.enter_context(torch.autocast(device_type, dtype=dtype, cache_enabled=self.autocast_cache))
+        return stack
+
+
+def _run_host(fn: Callable, args: Any, kwargs: Any, modes: ThreadModes) -> Any:
+    with modes():
         return fn(*_resolve(args), **_resolve(kwargs))

@@ -324,3 +324,19 @@ def test_batch_norm_refuses_micro_batches_only_in_training(training):
     assert isinstance(spec, str) == training, spec
     if training:
         assert "in place" in spec
+
+
+def test_host_partitions_run_under_the_callers_autocast():
+    """Autocast is thread-local: the worker thread running host partitions enters the caller's."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 1024), nn.Linear(1024, 64), nn.Linear(64, 64), nn.Linear(64, 64))
+    backend = autopart.backend(topology="4xa100-pcie-cpu", device_map="cpu", strict=True,
+                               max_memory={"cuda:0": 620_000, "cpu": 40_000})  # the small layers on the host
+    compiled = torch.compile(model, backend=backend)
+    x = torch.randn(8, 64)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out, ref = compiled(x), model(x)
+    assert out.dtype == ref.dtype == torch.bfloat16
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    comp = backend.compilations[-1]
+    assert {"cpu", "cuda:0"} <= set(comp.plan.devices_used) and comp.metrics.num_host_steps >= 1

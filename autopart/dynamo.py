@@ -394,7 +394,7 @@ class Compilation:
                           *_table(header, rows)])
 
 
-_REGISTRY: list[Compilation] = []
+_REGISTRY: list[weakref.ref[Compilation]] = []  # weak: a deleted backend's graphs are freed
 _LAST_BACKEND: list[Backend] = []
 
 
@@ -420,6 +420,23 @@ class Backend:
         if self._topology is None:
             self._topology = self.config.resolve_topology()
         return self._topology
+
+    def reset(self) -> None:
+        """Forget every graph compiled, and free what they hold: worker threads, weight copies,
+        the memory ledger. ``torch._dynamo.reset()`` calls this for backends it compiled with.
+        A compiled function still called afterwards runs, starting a new worker thread and
+        copying its weights again."""
+        mine = {id(c) for c in self.compilations}
+        _REGISTRY[:] = [r for r in _REGISTRY if r() is not None and id(r()) not in mine]
+        for comp in self.compilations:  # a compiled function Dynamo keeps may still call these
+            if comp.runner is not None:
+                comp.runner.schedule.close()  # its next run starts a new worker
+        self._copies.entries.clear()  # its next call copies the weights again
+        for child in self._configured.values():
+            child.reset()
+        self.compilations.clear()
+        self._configured.clear()
+        self._ledger = ResidentLedger()
 
     @property
     def plans(self) -> list[Plan]:
@@ -466,7 +483,7 @@ class Backend:
         name = f"graph {len(self.compilations)}" + (f" (compile id {compile_id})" if compile_id else "")
         comp = Compilation(graph_name=name, graph=gm)
         self.compilations.append(comp)
-        _REGISTRY.append(comp)
+        _REGISTRY[:] = [r for r in _REGISTRY if r() is not None] + [weakref.ref(comp)]
         _LAST_BACKEND[:] = [self]
         try:
             start = time.perf_counter()
@@ -752,8 +769,9 @@ def last_plans() -> list[Plan]:
 
 
 def compilations() -> list[Compilation]:
-    """Every graph compiled by any autopart backend since the last :func:`reset`."""
-    return list(_REGISTRY)
+    """Every graph compiled by an autopart backend still alive (or the last one used) since the
+    last :func:`reset` or ``torch._dynamo.reset()``, in compile order."""
+    return [c for c in (r() for r in _REGISTRY) if c is not None]
 
 
 def reset() -> None:

@@ -1084,3 +1084,41 @@ def test_plan_model_needs_no_local_devices_and_runs_nothing_planned():
     assert set(plan.devices_used) == {"cuda:0", "cuda:1"}
     for device, peak in plan.predicted_peak_bytes.items():
         assert peak <= plan.capacity_bytes[device]
+
+
+def test_deleted_models_free_their_worker_threads():
+    """After the model is gone and Dynamo is reset, nothing of its plans stays alive: no host
+    worker thread, and autopart.compilations() forgets its graphs."""
+    import gc
+    import threading
+
+    before = set(threading.enumerate())
+    for _ in range(3):
+        model = TwoStage().eval()
+        cap = _two_stage_options(model)["max_memory"]["cuda:0"]
+        backend = autopart.backend(**{**_two_stage_options(model), "max_memory": {"cpu": cap, "cuda:0": 3 * cap}})
+        with torch.no_grad():
+            torch.compile(model, backend=backend)(torch.randn(4, 32))
+        assert any(c.metrics.num_host_steps for c in backend.compilations)  # a worker thread ran
+        del model, backend
+        torch._dynamo.reset()
+        gc.collect()
+    workers = [t for t in set(threading.enumerate()) - before if t.name.startswith("autopart-host")]
+    for thread in workers:
+        thread.join(timeout=10)
+    assert not [t for t in workers if t.is_alive()]
+    assert autopart.compilations() == []
+
+
+def test_a_model_still_runs_after_its_backend_is_reset():
+    torch.manual_seed(0)
+    model = TwoStage().eval()
+    cap = _two_stage_options(model)["max_memory"]["cuda:0"]
+    backend = autopart.backend(**{**_two_stage_options(model), "max_memory": {"cpu": cap, "cuda:0": 3 * cap}})
+    compiled = torch.compile(model, backend=backend)
+    x = torch.randn(4, 32)
+    with torch.no_grad():
+        compiled(x)
+        backend.reset()
+        assert backend.compilations == [] and not backend._copies.entries
+        torch.testing.assert_close(compiled(x), model(x), rtol=0, atol=0)

@@ -230,12 +230,15 @@ class Config:
                 f"num_microbatches must be a positive int or None (autopart chooses), got "
                 f"{self.num_microbatches!r}"
             )
+        for name in ("contiguous_stages", "monitor", "strict"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.replan is not None and not self.replan > 1:
             raise ValueError(
                 f"replan must be a factor > 1 (e.g. 1.5: re-plan when two devices' measured/predicted "
                 f"time ratios differ by more than 1.5x) or None, got {self.replan!r}"
             )
-        if not isinstance(self.max_groups, int) or self.max_groups < 1:
+        if isinstance(self.max_groups, bool) or not isinstance(self.max_groups, int) or self.max_groups < 1:
             raise ValueError(f"max_groups must be a positive int, got {self.max_groups!r}")
         if self.max_memory is not None:
             if not isinstance(self.max_memory, dict):

@@ -694,12 +694,13 @@ def backend(**options: Any) -> Backend:
     device_map="cpu", max_memory={"cuda:0": "200MB", "cuda:1": "200MB"}))``.
 
     Raises:
-        TypeError: an unknown option. ValueError: an invalid option value (the topology and
-            device map are resolved here, so a bad preset name or device fails now, not at the
-            first compile).
+        TypeError: an unknown option. ValueError: an invalid option value (the topology, device
+            map and ``max_memory`` devices are resolved here, so a bad preset name or device
+            fails now, not at the first compile).
     """
     b = Backend(Config.from_options(**options))
     b._mapping = b._resolve_mapping()
+    b.config.capacities_bytes(b.topology)  # names a max_memory device the topology lacks
     return b
 
 

@@ -65,6 +65,11 @@ def test_config_rejects_bad_values_with_their_name():
         Config(energy_eta=-0.5)
     with pytest.raises(ValueError, match="min_split_gain must be >= 0 .*got -1"):
         Config(min_split_gain=-1)
+    with pytest.raises(ValueError, match="max_groups must be a positive int, got True"):
+        Config(max_groups=True)
+    for name in ("contiguous_stages", "monitor", "strict"):
+        with pytest.raises(TypeError, match=f"{name} must be True or False, got 'false'"):
+            Config(**{name: "false"})
 
 
 def test_unknown_option_is_named():
@@ -80,6 +85,13 @@ def test_capacities_follow_accelerate_semantics():
     assert default == {d.name: d.memory_bytes // 2 for d in topo.devices}
     with pytest.raises(ValueError, match=r"max_memory names device 'cuda:7'.* its devices are"):
         Config(max_memory={"cuda:7": "1GB"}).capacities_bytes(topo)
+
+
+def test_backend_names_a_max_memory_device_the_topology_lacks_at_once():
+    import autopart
+
+    with pytest.raises(ValueError, match=r"max_memory names device 'cuda0'.*'4xa100-pcie-cpu'"):
+        autopart.backend(topology="4xa100-pcie-cpu", device_map="cpu", max_memory={"cuda0": "1MB"})
 
 
 def test_topology_resolution(tmp_path):

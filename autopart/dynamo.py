@@ -241,12 +241,14 @@ class ResidentLedger:
     """
 
     def __init__(self) -> None:
-        self._entries: dict[int, tuple[weakref.ref, str, int]] = {}
+        self._entries: dict[int, tuple[weakref.ref, str, int, int]] = {}  # ref, device, bytes, data_ptr
         self._saved: dict[object, dict[str, int]] = {}
 
     def device_of(self, tensor: torch.Tensor) -> str | None:
+        """Where an earlier plan put ``tensor``; None if none did, or if its data has been
+        replaced since (``model.to(dtype)`` sets ``param.data``: the next plan places it anew)."""
         entry = self._entries.get(id(tensor))
-        if entry is None or entry[0]() is not tensor:
+        if entry is None or entry[0]() is not tensor or entry[3] != tensor.data_ptr():
             return None
         return entry[1]
 
@@ -254,8 +256,9 @@ class ResidentLedger:
         """Bytes held per device by tensors still alive, and by the activations that frames
         other than ``frame`` (see :func:`frame_of`) save for backward."""
         held: dict[str, int] = {}
-        for ref, device, nbytes in self._entries.values():
-            if ref() is not None:
+        for ref, device, nbytes, data_ptr in self._entries.values():
+            tensor = ref()
+            if tensor is not None and tensor.data_ptr() == data_ptr:
                 held[device] = held.get(device, 0) + nbytes
         for other, saved in self._saved.items():
             if other != frame:
@@ -277,7 +280,7 @@ class ResidentLedger:
             device = plan.placement.get(node.name)
             if device is not None and (replace or self.device_of(tensor) is None):
                 nbytes = tensor.untyped_storage().nbytes() + record(node).training_bytes
-                self._entries[id(tensor)] = (weakref.ref(tensor), device, nbytes)
+                self._entries[id(tensor)] = (weakref.ref(tensor), device, nbytes, tensor.data_ptr())
         mine: dict[str, int] = {}
         for node in graph.nodes:
             device = plan.placement.get(node.name)

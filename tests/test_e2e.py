@@ -1122,3 +1122,23 @@ def test_a_model_still_runs_after_its_backend_is_reset():
         backend.reset()
         assert backend.compilations == [] and not backend._copies.entries
         torch.testing.assert_close(compiled(x), model(x), rtol=0, atol=0)
+
+
+def test_a_model_converted_after_compiling_is_planned_anew_within_memory():
+    """model.to(float64) replaces each parameter's data: the recompiled plan places the new,
+    larger weights within max_memory instead of where the old ones were."""
+    torch.manual_seed(0)
+    model = nn.Sequential(*[nn.Linear(64, 64) for _ in range(4)]).eval()
+    options = split_options(model, fraction=1.2)  # fp32 fits one GPU, fp64 needs two
+    backend = autopart.backend(**options)
+    compiled = torch.compile(model, backend=backend)
+    with torch.no_grad():
+        compiled(torch.randn(8, 64))
+        model.to(torch.float64)
+        x = torch.randn(8, 64, dtype=torch.float64)
+        torch.testing.assert_close(compiled(x), model(x), rtol=0, atol=0)
+    first, second = backend.plans
+    assert len(first.devices_used) == 1 and len(second.devices_used) == 2
+    for plan in (first, second):
+        for device, nbytes in plan.predicted_peak_bytes.items():
+            assert nbytes <= plan.capacity_bytes[device], (device, plan.summary())

@@ -294,9 +294,11 @@ def build_problem(
         origin_device: maps a device string of the captured graph (``"cpu"``) to the topology
             device that holds user inputs and receives outputs there.
         max_groups: coarsening target (number of compute tasks).
-        pinned: node name -> device for parameters/buffers an earlier graph already placed: their
-            task is fixed to that device and their bytes are not counted again. (A task holding
-            tensors pinned to two devices stays free and counts them as new copies.)
+        pinned: node name -> device: parameters/buffers an earlier graph already placed (their
+            bytes are not counted again), and compute nodes that must run on a device (an
+            in-place update of a user input, on that input's device). Their task is fixed to
+            that device. (A task with nodes pinned to two devices stays free, and counts pinned
+            parameters in it as new copies.)
     """
     pinned = pinned or {}
     nodes = graph.nodes
@@ -358,7 +360,9 @@ def build_problem(
                 nodes=tuple(m.name for m in members),
                 time_s=time_s,
                 resident_bytes=sum(
-                    m.resident_bytes + m.training_bytes for m in members if not (fixed and m.name in pinned)
+                    m.resident_bytes + m.training_bytes
+                    for m in members
+                    if not (fixed and m.name in pinned and m.role in _RESIDENT_ROLES)
                 ),
                 fixed_device=fixed,
             )

@@ -34,7 +34,8 @@ from .passes import (
     propagate_shapes_pass,
     record,
 )
-from .passes.cost import mutates_in_place
+from .passes.cost import is_inplace, mutates_in_place
+from .passes.memory import storage_key
 from .passes.shapes import node_value, requires_grad
 from .passes.training import Optimizer, TrainingMemory, training_memory_pass
 from .pipeline import BatchSpec, auto_microbatches, batch_spec
@@ -135,7 +136,7 @@ def plan_graph(
                  analysis.training.optimizer_state_bytes, optimizer,
                  analysis.training.saved_activation_bytes)
     capacity = config.capacities_bytes(topology)
-    pinned: dict[str, str] = {}
+    pinned = _input_mutations(gm, origin_resolver(topology, mapping))
     if ledger is not None:
         held = ledger.held_bytes(frame_of(gm))
         capacity = {d: max(0, c - held.get(d, 0)) for d, c in capacity.items()}
@@ -147,6 +148,25 @@ def plan_graph(
         analysis.graph, config, topology, mapping=mapping, capacity=capacity, pinned=pinned
     )
     return plan, problem, analysis
+
+
+def _input_mutations(gm: torch.fx.GraphModule, origin: Callable[[str], str]) -> dict[str, str]:
+    """In-place updates of a user input (or a view of one), each pinned to the topology device
+    that input lives on: there it updates the caller's tensor, as eager does (on another device
+    it would update a copy)."""
+    inputs = {}
+    for node in gm.graph.nodes:
+        value = node_value(node)
+        if node.op == "placeholder" and record(node).role == "input" and isinstance(value, torch.Tensor):
+            inputs[storage_key(value)] = str(value.device)
+    pinned = {}
+    for node in gm.graph.nodes:
+        if is_inplace(node) and node.args and isinstance(node.args[0], torch.fx.Node):
+            value = node_value(node.args[0])
+            device = inputs.get(storage_key(value)) if isinstance(value, torch.Tensor) else None
+            if device is not None:
+                pinned[node.name] = origin(device)
+    return pinned
 
 
 def solve_annotated(

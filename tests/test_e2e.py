@@ -1142,3 +1142,37 @@ def test_a_model_converted_after_compiling_is_planned_anew_within_memory():
     for plan in (first, second):
         for device, nbytes in plan.predicted_peak_bytes.items():
             assert nbytes <= plan.capacity_bytes[device], (device, plan.summary())
+
+
+class UpdatesItsInput(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Sequential(*[nn.Linear(256, 256) for _ in range(3)])
+        self.b = nn.Sequential(*[nn.Linear(256, 256) for _ in range(3)])
+
+    def forward(self, x):
+        a = self.a(x) + x
+        b = self.b(x)
+        x[:, :128].add_(b[:, :128])  # an in-place update of (a view of) the caller's tensor
+        return a, b
+
+
+def test_an_in_place_update_of_an_input_reaches_the_callers_tensor():
+    """The update runs on the input's device, so it updates the caller's tensor, not a copy."""
+    torch.manual_seed(0)
+    model = UpdatesItsInput()
+    nb = model_bytes(model)
+    backend = autopart.backend(topology=PRESET, device_map="cpu", strict=True,
+                               max_memory={"cpu": int(nb * 0.75), "cuda:0": int(nb * 0.75)})
+    compiled = torch.compile(model, backend=backend)
+    x = torch.randn(64, 256)
+    ours, theirs = x.clone(), x.clone()
+    with torch.no_grad():
+        out, ref = compiled(ours), model(theirs)
+    for o, r in zip(out, ref):
+        torch.testing.assert_close(o, r, rtol=0, atol=0)
+    assert not torch.equal(theirs, x)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+    plan = backend.plans[0]
+    assert len(plan.devices_used) == 2
+    assert [plan.placement[n] for n in plan.placement if n.startswith("add_")] == ["cpu"]

@@ -38,7 +38,7 @@ from .passes.cost import is_inplace, mutates_in_place
 from .passes.memory import storage_key
 from .passes.shapes import node_value, requires_grad
 from .passes.training import Optimizer, TrainingMemory, training_memory_pass
-from .pipeline import BatchSpec, auto_microbatches, batch_spec
+from .pipeline import BatchSpec, auto_microbatches, batch_spec, is_random
 from .plan import Plan, _ms, _table, make_plan
 from .rewrite import origin_resolver, resolve_device_map, rewrite
 from .runtime import (
@@ -552,6 +552,10 @@ class Backend:
             use_inductor(rewritten.module, static=static, dynamo=dynamo_metadata)
             flat = InductorPartition(rewritten.flat, "flat", static=static, dynamo=dynamo_metadata)
         num_microbatches, batch = self._microbatches(gm, example_inputs, plan)
+        host = {p for p, d in rewritten.partition_devices.items() if self.topology.device(d).kind == "cpu"}
+        on_cpu = {p for p, d in rewritten.partition_devices.items() if torch.device(self._mapping.get(d, d)).type == "cpu"}
+        if on_cpu - host and host and any(n.op == "call_function" and is_random(n) for n in gm.graph.nodes):
+            host = set()  # both lanes would draw from the CPU generator at once: keep eager's order
         return PlacedGraph(
             rewritten.module,
             plan,
@@ -560,11 +564,7 @@ class Backend:
             replica_sources=rewritten.replica_sources,
             pinned_inputs=rewritten.pinned_inputs,
             flat=flat,
-            host_partitions={
-                name
-                for name, device in rewritten.partition_devices.items()
-                if self.topology.device(device).kind == "cpu"
-            },
+            host_partitions=host,
             num_microbatches=num_microbatches,
             batch=batch,
             warn_if_unsplit=self.config.num_microbatches is not None,

@@ -146,7 +146,7 @@ def batch_spec(gm: torch.fx.GraphModule) -> BatchSpec | str:
         else:
             outputs.append(False)
     for node in gm.graph.nodes:
-        if node.op == "call_function" and _is_random(node):
+        if node.op == "call_function" and is_random(node):
             return f"node {node.name} ({node.target}) draws random numbers"
     if mutates_in_place(gm):
         return "the graph updates tensors in place (e.g. batch-norm statistics)"
@@ -184,7 +184,8 @@ _DROPOUTS = {
 }
 
 
-def _is_random(node: torch.fx.Node) -> bool:
+def is_random(node: torch.fx.Node) -> bool:
+    """Whether ``node`` draws random numbers (dropout in training, ``torch.rand*``, seeded ops)."""
     if node.target in _DROPOUTS:  # (input, p=0.5, training=..., inplace=False)
         training = node.kwargs.get("training", node.args[2] if len(node.args) > 2 else True)
         return bool(training) and node.kwargs.get("p", node.args[1] if len(node.args) > 1 else 0.5) > 0

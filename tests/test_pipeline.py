@@ -340,3 +340,35 @@ def test_host_partitions_run_under_the_callers_autocast():
     torch.testing.assert_close(out, ref, rtol=0, atol=0)
     comp = backend.compilations[-1]
     assert {"cpu", "cuda:0"} <= set(comp.plan.devices_used) and comp.metrics.num_host_steps >= 1
+
+
+class TwoNoisyBranches(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Sequential(nn.Linear(64, 256), nn.Dropout(0.5), nn.Linear(256, 64))
+        self.b = nn.Sequential(nn.Linear(64, 256), nn.Dropout(0.5), nn.Linear(256, 64))
+
+    def forward(self, x):
+        return self.a(x) + self.b(x)
+
+
+def test_random_ops_draw_in_eagers_order_when_both_lanes_run_on_the_cpu():
+    """With host and accelerator partitions both mapped onto the CPU, two lanes would draw from
+    one generator at once: a graph with random ops then runs in one lane, and a seed gives
+    eager's numbers on every call."""
+    torch.manual_seed(0)
+    model = TwoNoisyBranches().train()
+    weights = sum(p.numel() * 4 for p in model.parameters())
+    backend = autopart.backend(topology=hetero_topology(), device_map="cpu", strict=True,
+                               max_memory={"cpu": int(weights * 0.8), "cuda:0": int(weights * 0.8)})
+    compiled = torch.compile(model, backend=backend)
+    x = torch.randn(32, 64)
+    with torch.no_grad():  # dropout still draws: the model is in train mode
+        for _ in range(5):
+            torch.manual_seed(123)
+            out = compiled(x)
+            torch.manual_seed(123)
+            torch.testing.assert_close(out, model(x), rtol=0, atol=0)
+    (comp,) = backend.compilations
+    assert {"cpu", "cuda:0"} <= set(comp.plan.devices_used)
+    assert not comp.runner.schedule.concurrent and comp.metrics.num_host_steps == 0

@@ -125,6 +125,14 @@ def batch_spec(gm: torch.fx.GraphModule) -> BatchSpec | str:
                 return f"dim 0 of the first input is {symbol}, not a plain batch symbol"
         if _leading_is(value, symbol):
             tensor_inputs.append(i)
+        elif value.dim() and isinstance(value.shape[0], torch.SymInt) and value.shape[0].node.expr == symbol:
+            return (
+                f"input {node.name} has shape {tuple(value.shape)}: its batch size equals another "
+                "of its sizes, and Dynamo gives equal sizes one symbol (duck sizing), so a split "
+                "cannot tell them apart; call torch._dynamo.mark_dynamic(x, 0) on the batched "
+                "input before compiling (its batch size then gets a symbol of its own), or set "
+                "torch.fx.experimental._config.use_duck_shape = False"
+            )
         elif _mentions(value, symbol):
             return f"input {node.name} has shape {tuple(value.shape)}, with the batch not on dim 0"
     if symbol is None:

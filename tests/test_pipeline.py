@@ -137,7 +137,7 @@ def test_an_error_on_the_host_lane_reaches_the_caller():
 # --------------------------------------------------------------------------- batch spec
 
 
-def _capture(model, *inputs, dynamic_dim0=True):
+def _capture(model, *inputs, dynamic_dim0=True, dynamic=None):
     graphs = []
 
     def grab(gm, example_inputs):
@@ -147,7 +147,7 @@ def _capture(model, *inputs, dynamic_dim0=True):
 
     if dynamic_dim0:
         torch._dynamo.mark_dynamic(inputs[0], 0)
-    torch.compile(model, backend=grab)(*inputs)
+    torch.compile(model, backend=grab, dynamic=dynamic)(*inputs)
     return graphs[0]
 
 
@@ -372,3 +372,15 @@ def test_random_ops_draw_in_eagers_order_when_both_lanes_run_on_the_cpu():
     (comp,) = backend.compilations
     assert {"cpu", "cuda:0"} <= set(comp.plan.devices_used)
     assert not comp.runner.schedule.concurrent and comp.metrics.num_host_steps == 0
+
+
+def test_a_batch_size_equal_to_an_image_size_is_explained_and_the_fix_works(monkeypatch):
+    model = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.ReLU())
+    reason = batch_spec(_capture(model, torch.randn(8, 4, 8, 8), dynamic_dim0=False, dynamic=True))
+    assert "duck sizing" in reason and "mark_dynamic(x, 0)" in reason and "use_duck_shape = False" in reason
+    torch._dynamo.reset()
+    assert not isinstance(batch_spec(_capture(model, torch.randn(8, 4, 8, 8), dynamic=True)), str)  # marked
+    torch._dynamo.reset()
+    monkeypatch.setattr(torch.fx.experimental._config, "use_duck_shape", False)
+    spec = batch_spec(_capture(model, torch.randn(8, 4, 8, 8), dynamic_dim0=False, dynamic=True))
+    assert not isinstance(spec, str), spec

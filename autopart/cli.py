@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 import typing
@@ -82,7 +83,7 @@ def _parse_pairs(pairs: Sequence[str] | None, what: str) -> dict[str, str] | Non
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key or not value:
-            raise SystemExit(f"autopart: {what} expects DEVICE=VALUE, got {pair!r}")
+            raise ValueError(f"{what} expects DEVICE=VALUE, got {pair!r}")
         out[key] = value
     return out
 
@@ -147,6 +148,10 @@ def _cache_folder(cache_dir: str | None) -> str:
 
 
 def _plan_options(args: argparse.Namespace) -> dict:
+    for flag in ("out", "export_graph"):
+        path = getattr(args, flag, None)
+        if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            raise ValueError(f"--{flag.replace('_', '-')} {path}: its folder does not exist")
     return dict(
         topology=args.topology,
         max_memory=_parse_pairs(args.max_memory, "--max-memory"),
@@ -174,12 +179,12 @@ def _print_and_save(plans: list, out: str | None) -> None:
 def cmd_plan(args: argparse.Namespace) -> int:
     from .dynamo import plan_model_backend
 
+    options = _plan_options(args)
     model, inputs = build_model(args.model, args.size)
     if args.training:
         model.train()
     planner = plan_model_backend(
-        model, inputs, device_map=args.device_map, training=args.training, optimizer=args.optimizer,
-        **_plan_options(args),
+        model, inputs, device_map=args.device_map, training=args.training, optimizer=args.optimizer, **options
     )
     _print_and_save(planner.plans, args.out)
     if args.export_graph:

@@ -62,6 +62,8 @@ def parse_bytes(value: MemorySize, *, what: str = "size") -> int:
         )
     if isinstance(value, int):
         nbytes = value
+    elif value.strip().startswith("-"):
+        raise ValueError(f"{what}: memory size must be >= 0 bytes, got {value!r}")
     else:
         match = _SIZE_RE.match(value)
         unit = match.group(2).upper() if match else None

@@ -207,8 +207,14 @@ class Plan:
         """Rebuild a Plan from :meth:`to_dict` output.
 
         Raises:
-            ValueError: a missing or unknown field, or another format version.
+            ValueError: not a JSON object, an annotated graph, a missing or unknown field, or
+                another format version.
         """
+        if not isinstance(d, dict):
+            raise ValueError(f"a plan is a JSON object, got {type(d).__name__}")
+        if "nodes" in d and "placement" not in d:
+            raise ValueError("this is an annotated graph, not a plan: plan it with `autopart solve "
+                             "--graph FILE` or autopart.solve_graph")
         d = dict(d)
         version = d.pop("format_version", None)
         if version != PLAN_FORMAT_VERSION:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from autopart import Plan, Topology
 from autopart.cli import build_model, main
+
+GPT2_GRAPH = Path(__file__).resolve().parent.parent / "bench" / "graphs" / "gpt2.json"
 
 
 def test_help_for_every_subcommand(capsys):
@@ -92,3 +95,26 @@ def test_demo_matches_eager_and_reports_predicted_against_measured(capsys):
     assert out.count("autopart monitor for graph 0") == 2 and "measured/predicted" in out
     used = re.search(r"on \d+ device\(s\): (.*)", out.split("=== 4xa100-pcie-cpu")[1]).group(1)
     assert len([d for d in used.split(", ") if d.startswith("cuda")]) >= 2, used
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--max-memory", "cuda:0"], "--max-memory expects DEVICE=VALUE, got 'cuda:0'"),
+        (["--max-memory", "cuda:0=-5MB"], "memory size must be >= 0 bytes, got '-5MB'"),
+        (["--out", "/no/such/folder/p.json"], "--out /no/such/folder/p.json: its folder does not exist"),
+    ],
+)
+def test_bad_plan_arguments_fail_before_planning(argv, message, capsys):
+    assert main(["solve", "--graph", str(GPT2_GRAPH), "--topology", "4xa100-pcie-cpu", *argv]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("autopart: error: ") and message in captured.err
+    assert captured.out == ""  # nothing was planned or printed
+
+
+def test_plan_load_names_what_a_file_is_instead(tmp_path):
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="a plan is a JSON object, got list"):
+        Plan.load(tmp_path / "list.json")
+    with pytest.raises(ValueError, match="this is an annotated graph, not a plan: plan it with `autopart solve"):
+        Plan.load(GPT2_GRAPH)

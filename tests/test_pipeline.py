@@ -374,13 +374,13 @@ def test_random_ops_draw_in_eagers_order_when_both_lanes_run_on_the_cpu():
     assert not comp.runner.schedule.concurrent and comp.metrics.num_host_steps == 0
 
 
-def test_a_batch_size_equal_to_an_image_size_is_explained_and_the_fix_works(monkeypatch):
+def test_a_batch_size_equal_to_an_image_size_is_explained_and_the_fix_works():
     model = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.ReLU())
     reason = batch_spec(_capture(model, torch.randn(8, 4, 8, 8), dynamic_dim0=False, dynamic=True))
     assert "duck sizing" in reason and "mark_dynamic(x, 0)" in reason and "use_duck_shape = False" in reason
     torch._dynamo.reset()
     assert not isinstance(batch_spec(_capture(model, torch.randn(8, 4, 8, 8), dynamic=True)), str)  # marked
     torch._dynamo.reset()
-    monkeypatch.setattr(torch.fx.experimental._config, "use_duck_shape", False)
-    spec = batch_spec(_capture(model, torch.randn(8, 4, 8, 8), dynamic_dim0=False, dynamic=True))
+    with torch.fx.experimental._config.patch(use_duck_shape=False):
+        spec = batch_spec(_capture(model, torch.randn(8, 4, 8, 8), dynamic_dim0=False, dynamic=True))
     assert not isinstance(spec, str), spec

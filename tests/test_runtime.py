@@ -262,21 +262,23 @@ def test_a_static_graph_on_one_device_calls_the_inductor_compiled_graph_itself()
     assert partitions and not any(p.compiled for p in partitions)  # compiled once, as captured
 
 
-def _monitored(monitor: bool = True, **extra):
+def _mlp_on_gpus(gpus: int = 2, **options):
+    """Mlp compiled for ``gpus`` identical GPUs (mapped onto the CPU), each holding one of its
+    two linears: the plan uses two of them."""
     torch.manual_seed(0)
     model = Mlp().eval()
     weight_bytes = sum(p.numel() * 4 for p in model.parameters())
-    topo = make_topology([make_device("cpu"), make_device("cuda:0"), make_device("cuda:1")])
-    cap = int(weight_bytes * 0.75)  # one linear per GPU
-    backend = autopart.backend(topology=topo, device_map="cpu", strict=True, monitor=monitor,
-                               max_memory={"cpu": 0, "cuda:0": cap, "cuda:1": cap}, **extra)
+    topo = make_topology([make_device("cpu"), *(make_device(f"cuda:{i}") for i in range(gpus))])
+    cap = int(weight_bytes * 0.75)
+    backend = autopart.backend(topology=topo, device_map="cpu",
+                               max_memory={"cpu": 0, **{f"cuda:{i}": cap for i in range(gpus)}}, **options)
     return model, backend, torch.compile(model, backend=backend)
 
 
 def test_monitor_times_each_device_and_reports_against_the_plan():
     """Each partition's time goes to its device: a 20 ms delay added to one partition shows on
     that device alone; the first call is not timed; outputs match eager."""
-    model, backend, compiled = _monitored()
+    model, backend, compiled = _mlp_on_gpus(strict=True, monitor=True)
     x = torch.randn(8, 32)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), model(x), rtol=0, atol=0)
@@ -303,7 +305,7 @@ def test_monitor_times_each_device_and_reports_against_the_plan():
 
 def test_monitor_counts_every_micro_batch():
     """A partition run once per micro-batch adds up: the delay shows once per micro-batch."""
-    model, backend, compiled = _monitored(num_microbatches=4)
+    model, backend, compiled = _mlp_on_gpus(strict=True, monitor=True, num_microbatches=4)
     torch._dynamo.mark_dynamic(x := torch.randn(8, 32), 0)
     with torch.no_grad():
         compiled(x)
@@ -316,7 +318,7 @@ def test_monitor_counts_every_micro_batch():
 
 
 def test_report_needs_monitor():
-    _, backend, compiled = _monitored(monitor=False)
+    _, backend, compiled = _mlp_on_gpus(strict=True)
     with torch.no_grad():
         compiled(torch.randn(8, 32))
         compiled(torch.randn(8, 32))
@@ -324,18 +326,6 @@ def test_report_needs_monitor():
     with pytest.raises(ValueError, match=r"not monitored: compile with autopart.backend\(monitor=True\)"):
         comp.report()
     assert comp.runner.measured_busy_s() == {}
-
-
-def _three_gpus(**options):
-    """Mlp on three identical GPUs, each holding one of its two linears: the plan uses two."""
-    torch.manual_seed(0)
-    model = Mlp().eval()
-    weight_bytes = sum(p.numel() * 4 for p in model.parameters())
-    topo = make_topology([make_device("cpu"), *(make_device(f"cuda:{i}") for i in range(3))])
-    cap = int(weight_bytes * 0.75)
-    backend = autopart.backend(topology=topo, device_map="cpu", max_memory={"cpu": 0, **{f"cuda:{i}": cap for i in range(3)}},
-                               **options)
-    return model, backend, torch.compile(model, backend=backend)
 
 
 def _slow_down(comp, device: str, seconds: float) -> None:
@@ -347,7 +337,7 @@ def _slow_down(comp, device: str, seconds: float) -> None:
 def test_replan_moves_work_off_a_device_slower_than_planned():
     """A GPU that runs 20 ms slower than its plan says is left out of the new plan; outputs
     match eager before and after, and the ledger follows the parameters to their new device."""
-    model, backend, compiled = _three_gpus(replan=1.5, strict=True)
+    model, backend, compiled = _mlp_on_gpus(3, replan=1.5, strict=True)
     x = torch.randn(8, 32)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), model(x), rtol=0, atol=0)
@@ -367,7 +357,7 @@ def test_replan_moves_work_off_a_device_slower_than_planned():
 
 
 def test_a_failing_replanned_graph_falls_back_to_the_first_plan(monkeypatch):
-    model, backend, compiled = _three_gpus(replan=1.5)
+    model, backend, compiled = _mlp_on_gpus(3, replan=1.5)
     x = torch.randn(8, 32)
     with torch.no_grad():
         compiled(x)
@@ -386,7 +376,7 @@ def test_a_failing_replanned_graph_falls_back_to_the_first_plan(monkeypatch):
 
 
 def test_a_failing_first_call_falls_back_to_the_captured_graph(monkeypatch):
-    model, backend, compiled = _three_gpus()
+    model, backend, compiled = _mlp_on_gpus(3)
     monkeypatch.setattr(autopart.runtime.PlacedGraph, "_call", lambda self, args: 1 / 0)
     x = torch.randn(8, 32)
     with torch.no_grad(), pytest.warns(autopart.AutopartWarning, match="first call failed: ZeroDivisionError.*captured graph"):
@@ -397,7 +387,7 @@ def test_a_failing_first_call_falls_back_to_the_captured_graph(monkeypatch):
 
 
 def test_replan_factors_scale_by_measured_over_predicted():
-    _, backend, compiled = _three_gpus()
+    _, backend, compiled = _mlp_on_gpus(3)
     with torch.no_grad():
         compiled(torch.randn(8, 32))
     plan = backend.compilations[0].plan

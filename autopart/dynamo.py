@@ -155,9 +155,9 @@ def _input_mutations(gm: torch.fx.GraphModule, origin: Callable[[str], str]) -> 
     that input lives on: there it updates the caller's tensor, as eager does (on another device
     it would update a copy)."""
     inputs = {}
-    for node in gm.graph.nodes:
+    for node in gm.graph.find_nodes(op="placeholder"):
         value = node_value(node)
-        if node.op == "placeholder" and record(node).role == "input" and isinstance(value, torch.Tensor):
+        if record(node).role == "input" and isinstance(value, torch.Tensor):
             inputs[storage_key(value)] = str(value.device)
     pinned = {}
     for node in gm.graph.nodes:

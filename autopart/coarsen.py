@@ -44,7 +44,8 @@ _RESIDENT_ROLES = ("parameter", "buffer", "constant")
 class Task:
     """A group of FX nodes placed together.
 
-    ``time_s``: predicted seconds per device. ``resident_bytes``: parameters/buffers/constants
+    ``time_s``: predicted seconds per device of one call: the forward, and in a training graph
+    also the backward, whose part is ``backward_time_s``. ``resident_bytes``: parameters/buffers/constants
     it holds, and in a training graph their gradients and optimizer state and the activations
     its nodes save for backward (held from the forward pass into the backward pass).
     ``peak_bytes``: activation bytes live inside it at its busiest step (storages that are born
@@ -57,6 +58,7 @@ class Task:
     resident_bytes: int = 0
     peak_bytes: int = 0
     fixed_device: str | None = None
+    backward_time_s: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,8 @@ class Value:
     """Tensors produced in one task and read in others: candidates for transfers.
 
     ``nbytes`` bytes in ``count`` tensors, produced by task ``producer``, read by ``consumers``.
+    In a training graph, ``grad_nbytes`` of them in ``grad_count`` tensors need a gradient,
+    which backward sends back from each consumer's device to the producer's.
     """
 
     producer: int
@@ -71,6 +75,8 @@ class Value:
     nbytes: int
     count: int
     nodes: tuple[str, ...]
+    grad_nbytes: int = 0
+    grad_count: int = 0
 
 
 @dataclass(frozen=True)
@@ -123,11 +129,27 @@ class PlacementProblem:
     def scaled(self, factors: dict[str, float]) -> PlacementProblem:
         """This problem with every task's predicted time on device ``d`` multiplied by
         ``factors[d]`` (1 for a device not named), e.g. measured over predicted time."""
+
+        def scale(times: dict[str, float]) -> dict[str, float]:
+            return {d: s * factors.get(d, 1.0) for d, s in times.items()}
+
         tasks = tuple(
-            dataclasses.replace(t, time_s={d: s * factors.get(d, 1.0) for d, s in t.time_s.items()})
+            dataclasses.replace(t, time_s=scale(t.time_s), backward_time_s=scale(t.backward_time_s))
             for t in self.tasks
         )
         return dataclasses.replace(self, tasks=tasks)
+
+    def forward_only(self) -> PlacementProblem:
+        """This problem without the backward pass: tasks' ``backward_time_s`` taken out of
+        their ``time_s`` and no gradient copies (the forward call ``monitor`` times)."""
+        tasks = tuple(
+            dataclasses.replace(
+                t, time_s={d: s - t.backward_time_s.get(d, 0.0) for d, s in t.time_s.items()}, backward_time_s={}
+            )
+            for t in self.tasks
+        )
+        values = tuple(dataclasses.replace(v, grad_nbytes=0, grad_count=0) for v in self.values)
+        return dataclasses.replace(self, tasks=tasks, values=values)
 
 
 def _common_depth(a: tuple[str, ...], b: tuple[str, ...]) -> int:
@@ -305,6 +327,7 @@ def build_problem(
     users = graph.users
     position = graph.index
     times = graph.node_times(topology)
+    backward_times = graph.node_times(topology, backward=True)
     compute = [n for n in nodes if n.is_compute]
     candidates = [d for d in topology.device_names if capacity_bytes.get(d, 0) > 0]
 
@@ -351,7 +374,8 @@ def build_problem(
         for n in group:
             members += attached.get(n.name, [])
             members.append(n)
-        time_s = {d: sum(times[n.name][d] for n in group) for d in topology.device_names}
+        backward_s = {d: sum(backward_times[n.name][d] for n in group) for d in topology.device_names}
+        time_s = {d: sum(times[n.name][d] for n in group) + backward_s[d] for d in topology.device_names}
         homes = {pinned[m.name] for m in members if m.name in pinned}
         fixed = homes.pop() if len(homes) == 1 else None
         add_task(
@@ -365,6 +389,7 @@ def build_problem(
                     if not (fixed and m.name in pinned and m.role in _RESIDENT_ROLES)
                 ),
                 fixed_device=fixed,
+                backward_time_s=backward_s if any(backward_s.values()) else {},
             )
         )
 
@@ -407,6 +432,7 @@ def _values(
     merged: dict[tuple[int, tuple[int, ...]], list] = {}
     shared: list[SharedWeight] = []
     users = graph.users
+    has_backward = graph.has_backward
     for n in graph.nodes:
         if n.name not in task_of or n.output_bytes == 0:
             continue
@@ -417,13 +443,16 @@ def _values(
         if n.role in _RESIDENT_ROLES:
             shared.append(SharedWeight(n.name, producer, consumers, n.output_bytes))
             continue
-        entry = merged.setdefault((producer, consumers), [0, 0, []])
+        entry = merged.setdefault((producer, consumers), [0, 0, [], 0, 0])
         entry[0] += n.output_bytes
         entry[1] += 1
         entry[2].append(n.name)
+        if n.requires_grad and has_backward:
+            entry[3] += n.output_bytes
+            entry[4] += 1
     values = tuple(
-        Value(producer=p, consumers=c, nbytes=b, count=k, nodes=tuple(ns))
-        for (p, c), (b, k, ns) in merged.items()
+        Value(producer=p, consumers=c, nbytes=b, count=k, nodes=tuple(ns), grad_nbytes=gb, grad_count=gk)
+        for (p, c), (b, k, ns, gb, gk) in merged.items()
     )
     return values, tuple(shared)
 

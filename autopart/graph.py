@@ -14,8 +14,10 @@ JSON (``format_version`` 1)::
     nodes         [{"name", "op", "target", "role", "inputs": [names], "module_path": [str],
                     "tensors": [{"shape", "dtype", "device", "nbytes"}], "resident_bytes",
                     "ops": [{"flops", "bytes_read", "bytes_written", "launches", "dtype",
-                    "kind", "aligned"}], "sticky": bool, "training_bytes"}]
-                  (``aligned`` and ``training_bytes`` may be absent: true and 0)
+                    "kind", "aligned"}], "sticky": bool, "training_bytes",
+                    "requires_grad": bool, "backward_ops": [like "ops"]}]
+                  (``aligned``, ``training_bytes``, ``requires_grad`` and ``backward_ops`` may
+                  be absent: true, 0, false and [])
     storages      [{"producer", "nbytes", "first", "last", "kind"}]   (indices into nodes)
 """
 
@@ -67,6 +69,10 @@ class GraphNode:
     """Bytes a training step adds to the node's device (0 for graphs planned for inference):
     the activations autograd saves at a compute node; a parameter's gradient and optimizer
     state (:mod:`autopart.passes.training`)."""
+    requires_grad: bool = False
+    """In a training graph, its value needs a gradient: one flows back over its cut edges."""
+    backward_ops: tuple[OpCost, ...] = ()
+    """The aten ops of its backward pass in a training graph (:mod:`autopart.passes.training`)."""
 
     @property
     def output_bytes(self) -> int:
@@ -103,6 +109,12 @@ class AnnotatedGraph:
         """Whether the graph was analysed for training (some node has ``training_bytes``)."""
         return any(n.training_bytes for n in self.nodes)
 
+    @cached_property
+    def has_backward(self) -> bool:
+        """Whether the graph was analysed for a training step with a backward pass (some node
+        has ``backward_ops``)."""
+        return any(n.backward_ops for n in self.nodes)
+
     @property
     def output(self) -> GraphNode:
         return next(n for n in self.nodes if n.op == "output")
@@ -110,11 +122,15 @@ class AnnotatedGraph:
     def node(self, name: str) -> GraphNode:
         return self.nodes[self.index[name]]
 
-    def node_times(self, topology: Topology) -> dict[str, dict[str, float]]:
-        """Predicted seconds of every node on every device of ``topology``."""
+    def node_times(self, topology: Topology, *, backward: bool = False) -> dict[str, dict[str, float]]:
+        """Predicted seconds of every node's forward (with ``backward``: of its backward pass)
+        on every device of ``topology``."""
         devices = [(d.name, d, calibration_of(d)) for d in topology.devices]
         return {
-            n.name: {name: sum(roofline_time_s(op, dev, cal) for op in n.ops) for name, dev, cal in devices}
+            n.name: {
+                name: sum(roofline_time_s(op, dev, cal) for op in (n.backward_ops if backward else n.ops))
+                for name, dev, cal in devices
+            }
             for n in self.nodes
         }
 
@@ -142,6 +158,8 @@ class AnnotatedGraph:
                     ops=tuple(rec.ops),
                     sticky=node.op == "call_function" and node.target is operator.getitem,
                     training_bytes=rec.training_bytes,
+                    requires_grad=rec.requires_grad,
+                    backward_ops=tuple(rec.backward_ops),
                 )
             )
         return cls(name=name, nodes=tuple(nodes), storages=memory.storages)
@@ -181,6 +199,7 @@ class AnnotatedGraph:
                             "module_path": tuple(raw["module_path"]),
                             "tensors": tuple(TensorInfo(**{**t, "shape": tuple(t["shape"])}) for t in raw["tensors"]),
                             "ops": tuple(OpCost(**op) for op in raw["ops"]),
+                            "backward_ops": tuple(OpCost(**op) for op in raw.get("backward_ops", ())),
                         }
                     )
                 )

@@ -99,12 +99,15 @@ class Plan:
     device_map: dict[str, str] = field(default_factory=dict)
     """Topology device -> local device that ran it (empty when planned only)."""
     predicted_busy_s: dict[str, float] = field(default_factory=dict)
-    """Per device, seconds of one call: its compute plus the copies it receives (the busiest is
-    ``predicted_bottleneck_s``), less what compression saves; what ``monitor`` measures."""
+    """Per device, seconds of one forward call: its compute plus the copies it receives, less
+    what compression saves; what ``monitor`` measures. (For inference plans the busiest is
+    ``predicted_bottleneck_s``; a training plan's other times count backward too.)"""
     training: bool = False
     """Planned for training: each device's memory also holds its parameters' gradients, the
-    optimizer's state and the activations saved for backward (:mod:`autopart.passes.training`).
-    The predicted times are still the forward call's: backward is not costed."""
+    optimizer's state and the activations saved for backward, and the predicted times (but
+    ``predicted_busy_s``) count the backward pass and the gradients' copies back
+    (:mod:`autopart.passes.training`; not with ``optimizer="none"``, which runs no backward).
+    The optimizer step is not costed."""
 
     @property
     def devices_used(self) -> list[str]:
@@ -386,6 +389,9 @@ def make_plan(
     transfers, saved = choose_compression(transfers, graph, problem.topology, compression)
     ev = evaluate(problem, solution.assignment, solution.streamed)
     busy = {d: b - saved.get(d, 0.0) for d, b in ev.busy_s.items()}
+    forward = ev
+    if any(t.backward_time_s for t in problem.tasks):
+        forward = evaluate(problem.forward_only(), solution.assignment, solution.streamed)
     total_saved = sum(saved.values())
     watts = {d: power_W(problem, d) for d in ev.busy_s}  # (active, idle)
     saved_J = sum((watts[d][0] - watts[d][1]) * s for d, s in saved.items()) + total_saved * sum(
@@ -414,7 +420,7 @@ def make_plan(
         predicted_compute_s=ev.compute_s,
         predicted_transfer_s=ev.transfer_s - total_saved,
         predicted_bottleneck_s=max(busy.values(), default=0.0) if saved else ev.bottleneck_s,
-        predicted_busy_s=busy,
+        predicted_busy_s={d: b - saved.get(d, 0.0) for d, b in forward.busy_s.items()},
         predicted_energy_J=ev.energy_J - saved_J,
         predicted_peak_bytes={d: ev.peak_bytes.get(d, 0) for d in problem.capacity_bytes},
         capacity_bytes=dict(problem.capacity_bytes),

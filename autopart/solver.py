@@ -60,6 +60,12 @@ and alpha-beta transfer cost :math:`c_{v,s,d} = k_v \alpha_{s,d} + b_v / \beta_{
 topology's link (or route), device :math:`d` is busy
 :math:`B_d = \sum_t \tau_{t,d} x_{t,d} + \sum_{v,s} c_{v,s,d} y_{v,s,d}` (its compute plus the
 copies it receives).
+In a training problem (``PlacementProblem.training`` with a backward pass), :math:`\tau_{t,d}`
+is the task's forward plus backward time (:mod:`autopart.passes.training` costs each node's
+backward ops) and :math:`c_{v,s,d}` adds the gradient's way back,
+:math:`k^g_v \alpha_{d,s} + b^g_v / \beta_{d,s}`. Backward runs every task's path in reverse on
+the same devices, so the critical path of the step is the forward path's length with both
+directions counted on each task and edge; the send and the return are charged to one device.
 
     makespan (:func:`add_precedence`, latency and energy): start times :math:`S_t \ge 0` with
     task :math:`t` busy for :math:`\delta_t = \sum_d \tau_{t,d} x_{t,d}` (plus its streamed
@@ -254,9 +260,15 @@ def stream_time_s(problem: PlacementProblem, task: int, device: str) -> float:
 
 def copy_time_s(problem: PlacementProblem, v: Value, src: str, dst: str) -> float:
     """Seconds to send value ``v`` from ``src`` to ``dst``: ``count * latency_s + nbytes /
-    bandwidth_Bps`` over ``topology.link(src, dst)`` (alpha-beta, one latency per tensor)."""
+    bandwidth_Bps`` over ``topology.link(src, dst)`` (alpha-beta, one latency per tensor), plus,
+    in a training graph, its gradients' way back: ``grad_count * latency_s + grad_nbytes /
+    bandwidth_Bps`` over ``topology.link(dst, src)``."""
     link = problem.topology.link(src, dst)
-    return v.count * link.latency_s + v.nbytes / link.bandwidth_Bps
+    seconds = v.count * link.latency_s + v.nbytes / link.bandwidth_Bps
+    if v.grad_count:
+        back = problem.topology.link(dst, src)
+        seconds += v.grad_count * back.latency_s + v.grad_nbytes / back.bandwidth_Bps
+    return seconds
 
 
 def values_read_by(problem: PlacementProblem) -> dict[int, list[Value]]:

@@ -212,6 +212,94 @@ def test_each_node_records_what_training_adds_to_its_device(optimizer, per_byte)
     compute = [n for n in graph.nodes if n.is_compute]
     assert sum(n.training_bytes for n in compute) == tm.saved_activation_bytes > 0
     assert graph.training
+    assert graph.has_backward == (optimizer != "none")
+
+
+def _analysed_for_training(model: nn.Module, x: torch.Tensor, optimizer: str = "adam"):
+    """The annotated graph of ``model`` captured by Dynamo with gradients enabled, after the
+    shape, memory, cost and training passes, and the training report."""
+    from autopart import AnnotatedGraph
+    from autopart.passes import cost_pass
+
+    seen = {}
+
+    def backend(gm, example_inputs):
+        propagate_shapes_pass(gm, example_inputs)
+        memory = memory_pass(gm)
+        cost_pass(gm, example_inputs, topology=make_topology([make_device("cpu")]))
+        seen["tm"] = training_memory_pass(gm, example_inputs, memory=memory, optimizer=optimizer)
+        seen["graph"] = AnnotatedGraph.from_fx(gm, memory)
+        return gm.forward
+
+    torch._dynamo.reset()
+    torch.compile(model, backend=backend)(x)
+    return seen["graph"], seen["tm"]
+
+
+def _backward_matmul_flops_by_autograd(model: nn.Module, x: torch.Tensor) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    out = model(x)
+    with FlopCounterMode(display=False) as counter:
+        out.backward(torch.ones_like(out))
+    return counter.get_total_flops()
+
+
+@pytest.mark.parametrize("input_grad", [False, True])
+@pytest.mark.parametrize("frozen_fc1", [False, True])
+def test_backward_ops_are_those_autograd_runs(input_grad, frozen_fc1):
+    """Each node's backward ops are what autograd dispatches: their matrix-product FLOPs add up
+    to torch.utils.flop_counter's count of a real backward pass, which drops the first layer's
+    input gradient when the input needs none and the whole first layer when it is frozen; the
+    saved activations still match what autograd saves."""
+    torch.manual_seed(0)
+    model, x = _Net(), torch.randn(4, 16, requires_grad=input_grad)
+    model.fc1.requires_grad_(not frozen_fc1)
+    graph, tm = _analysed_for_training(model, x)
+    predicted = sum(op.flops for n in graph.nodes for op in n.backward_ops if op.kind.startswith("matmul"))
+    assert tm.unknown == ()
+    assert predicted == _backward_matmul_flops_by_autograd(model, x) > 0
+    assert tm.saved_activation_bytes == _saved_by_autograd(model, x)
+    fc1 = next(n for n in graph.nodes if n.is_compute and n.target == "linear")
+    assert bool(fc1.backward_ops) == (input_grad or not frozen_fc1) == fc1.requires_grad
+
+
+def test_a_value_read_twice_sums_its_gradients_once():
+    class Residual(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(8, 8)
+
+        def forward(self, x):
+            h = self.fc(x)
+            return h * h.sigmoid() + h
+
+    graph, _ = _analysed_for_training(Residual(), torch.randn(3, 8))
+    h = next(n for n in graph.nodes if n.target == "linear")
+    adds = [op for op in h.backward_ops if op.flops == 3 * 8 and op.bytes_read == 2 * 3 * 8 * 4]
+    assert len(adds) == 2  # three readers (mul, sigmoid, add): two additions
+
+
+def test_no_backward_is_costed_without_a_training_step():
+    graph, tm = _analysed_for_training(_Net(), torch.randn(4, 16), optimizer="none")
+    assert tm.saved_activation_bytes > 0 and graph.training
+    assert not graph.has_backward and all(n.backward_ops == () for n in graph.nodes)
+
+
+def test_a_module_kept_whole_is_costed_at_twice_its_forward():
+    """symbolic_trace keeps nn.Linear whole: it cannot be re-run with gradients, so its backward
+    is the rule of thumb, twice its forward ops, and it is reported."""
+    from autopart.passes import cost_pass
+    from autopart.passes.records import record
+
+    gm = torch.fx.symbolic_trace(_Net())
+    propagate_shapes_pass(gm, [torch.randn(2, 16)])
+    memory = memory_pass(gm)
+    cost_pass(gm, topology=make_topology([make_device("cpu")]))
+    tm = training_memory_pass(gm, memory=memory, optimizer="sgd")
+    fc1 = next(n for n in gm.graph.nodes if n.target == "fc1")
+    assert "fc1" in tm.unknown and record(fc1).requires_grad
+    assert record(fc1).backward_ops == record(fc1).ops * 2 and record(fc1).ops
 
 
 def test_training_memory_rejects_unknown_optimizer():

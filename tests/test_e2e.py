@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 import autopart
+from autopart.dynamo import plan_model_backend
 from autopart.runtime import RuntimeMetrics, StaticInputMover
 
 transformers = pytest.importorskip("transformers")
@@ -1063,6 +1064,28 @@ def test_plan_model_training_plans_as_a_compiled_training_step_does():
     assert offline.placement == compiled.placement
     assert len(offline.devices_used) == 3 and len(inference.devices_used) == 1
     assert "for training" in offline.summary() and "for training" not in inference.summary()
+
+
+def test_a_training_plan_costs_forward_and_backward_and_monitors_the_forward():
+    """A training plan's compute is each node's forward plus backward time on its device; its
+    ``predicted_busy_s`` (what monitor measures) is the forward's alone."""
+    torch.manual_seed(0)
+    model = _mlp().train()
+    options = split_options(model, fraction=1.5)
+    backend = plan_model_backend(model, torch.randn(4, 16), training=True, **options)
+    (comp,) = backend.compilations
+    plan, graph = comp.plan, comp.analysis.graph
+    topology = comp.problem.topology
+    forward, backward = graph.node_times(topology), graph.node_times(topology, backward=True)
+    compute = [n for n in graph.nodes if n.is_compute]
+    fwd_s = sum(forward[n.name][plan.placement[n.name]] for n in compute)
+    bwd_s = sum(backward[n.name][plan.placement[n.name]] for n in compute)
+    assert bwd_s > fwd_s > 0  # two matrix products back for each one forward, but the first's
+    assert plan.predicted_compute_s == pytest.approx(fwd_s + bwd_s)
+    forward_copies = sum(plan.predicted_busy_s.values()) - fwd_s
+    assert forward_copies > 0 and plan.predicted_transfer_s > forward_copies  # gradients come back
+    (inference,) = autopart.plan_model(model, torch.randn(4, 16), **options)
+    assert sum(inference.predicted_busy_s.values()) == pytest.approx(inference.predicted_compute_s + inference.predicted_transfer_s)
 
 
 def test_plan_model_training_with_nothing_to_train_is_an_error():

@@ -15,6 +15,7 @@ from autopart.baselines import run_baselines
 from autopart.coarsen import LiveRange, PlacementProblem, SharedWeight, Task, Value
 from autopart.solver import (
     aggregated_bottleneck_bound_s,
+    copy_time_s,
     critical_path_s,
     evaluate,
     greedy_placement,
@@ -170,6 +171,35 @@ def _chain(times: list[dict[str, float]], resident: list[int], caps: dict[str, i
     tasks = [Task(name=f"t{i}", nodes=(f"n{i}",), time_s=t, resident_bytes=r) for i, (t, r) in enumerate(zip(times, resident))]
     values = [Value(producer=i, consumers=(i + 1,), nbytes=edge_bytes, count=1, nodes=(f"n{i}",)) for i in range(len(tasks) - 1)]
     return PlacementProblem(tasks=tuple(tasks), values=tuple(values), live_ranges=(), capacity_bytes=caps, topology=topo)
+
+
+def test_a_training_value_sends_its_gradient_back_over_the_reverse_link():
+    """A value that needs a gradient costs its copy forward plus its gradient's copy back, over
+    the link in the other direction (alpha-beta both ways); without a gradient, forward only."""
+    topo = make_topology([make_device("cuda:0"), make_device("cuda:1")], link_gbps=10.0, latency_s=1e-4)
+    slow_back = dataclasses.replace(topo.link("cuda:1", "cuda:0"), bandwidth_Bps=1e9, latency_s=2e-4)
+    topo = dataclasses.replace(topo, links=(topo.link("cuda:0", "cuda:1"), slow_back))
+    p = _chain([{"cuda:0": 1e-3, "cuda:1": 1e-3}] * 2, [0, 0], {"cuda:0": 10**9, "cuda:1": 10**9}, 10 * MB, topo)
+    forward = 1e-4 + 10 * MB / 10e9
+    assert copy_time_s(p, p.values[0], "cuda:0", "cuda:1") == pytest.approx(forward)
+    grad = dataclasses.replace(p.values[0], grad_nbytes=4 * MB, grad_count=2)
+    assert copy_time_s(p, grad, "cuda:0", "cuda:1") == pytest.approx(forward + 2 * 2e-4 + 4 * MB / 1e9)
+    split = evaluate(dataclasses.replace(p, values=(grad,)), ("cuda:0", "cuda:1"))
+    assert split.time_s == pytest.approx(2e-3 + forward + 2 * 2e-4 + 4 * MB / 1e9)
+
+
+def test_forward_only_takes_out_backward_time_and_gradient_copies():
+    p = _chain([{"a": 3.0, "b": 6.0}, {"a": 1.0, "b": 2.0}], [0, 0], {"a": 10**9, "b": 10**9}, 100)
+    tasks = (dataclasses.replace(p.tasks[0], backward_time_s={"a": 2.0, "b": 4.0}), p.tasks[1])
+    values = (dataclasses.replace(p.values[0], grad_nbytes=100, grad_count=1),)
+    p = dataclasses.replace(p, tasks=tasks, values=values, training=True)
+    fwd = p.forward_only()
+    assert fwd.tasks[0].time_s == {"a": 1.0, "b": 2.0} and fwd.tasks[0].backward_time_s == {}
+    assert fwd.tasks[1].time_s == {"a": 1.0, "b": 2.0}
+    assert fwd.values[0].grad_nbytes == 0 == fwd.values[0].grad_count
+    scaled = p.scaled({"b": 0.5})
+    assert scaled.tasks[0].time_s == {"a": 3.0, "b": 3.0} and scaled.tasks[0].backward_time_s == {"a": 2.0, "b": 2.0}
+    assert scaled.forward_only().tasks[0].time_s == {"a": 1.0, "b": 1.0}
 
 
 def test_known_optimum_memory_forces_a_split():

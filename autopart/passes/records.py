@@ -54,6 +54,10 @@ class NodeRecord:
     training_bytes: int = 0
     """Bytes a training step adds to the node's device: ``saved_bytes`` for a compute node; the
     gradient and optimizer state of a parameter that requires grad."""
+    requires_grad: bool = False
+    """The node's value needs a gradient in backward (a gradient crosses its cut edges back)."""
+    backward_ops: tuple = ()
+    """The aten ops of the node's backward pass, as :class:`OpCost` (empty for inference)."""
 
     # cost_pass
     ops: tuple = ()

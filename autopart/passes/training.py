@@ -1,10 +1,22 @@
-"""Training memory: what autograd saves for backward, gradients, and optimizer state.
+"""Training: what autograd saves for backward, gradients, optimizer state, and the backward
+pass's own work.
 
-Each compute node is re-run on fake tensors with gradients enabled, under
-``torch.autograd.graph.saved_tensors_hooks``, so the tensors autograd really saves for the
-backward pass are seen (inputs of a matmul, the output of a softmax, the mean and rstd of a
-layer norm, ...) rather than guessed per op. Saved tensors are counted once per storage;
-parameters, buffers and user inputs are not counted (they are held anyway).
+Each compute node is re-run on fake tensors with gradients enabled for the inputs that need
+one (:func:`needs_grad_flags`), under ``torch.autograd.graph.saved_tensors_hooks``, so the
+tensors autograd really saves for the backward pass are seen (inputs of a matmul, the output
+of a softmax, the mean and rstd of a layer norm, ...) rather than guessed per op. Saved
+tensors are counted once per storage; parameters, buffers and user inputs are not counted
+(they are held anyway).
+
+The node's backward is then run on those fake tensors too (``torch.autograd.grad`` of its
+outputs), and the aten ops autograd dispatches are costed by the same rules as the forward
+(:mod:`autopart.costmodel.ops`): a linear layer's backward is two matrix products when its
+input needs a gradient and one when it does not (the first layer, a frozen trunk's head), a
+softmax's is its own backward kernel, a view's costs nothing. A value read by ``k`` nodes
+that pass gradients back adds ``k - 1`` gradient additions. A node that cannot be re-run is
+costed at twice its forward ops, the usual rule of thumb (backward ~ 2x forward FLOPs:
+J. Kaplan et al., "Scaling Laws for Neural Language Models", 2020, section 2.1). Not
+counted: the optimizer step, and accumulating into ``.grad`` that already holds a gradient.
 
     training bytes = parameters + gradients + optimizer state + saved activations
                      + the forward pass's own activation peak
@@ -27,6 +39,8 @@ import torch
 import torch.fx
 from torch.utils._pytree import tree_leaves, tree_map
 
+from ..costmodel.ops import CostRecorder, OpCost
+from .cost import is_inplace
 from .memory import MemoryReport, storage_key, storage_nbytes
 from .records import record
 from .shapes import hinted, in_fake_mode, node_value, requires_grad, rerun_mode
@@ -47,7 +61,8 @@ class TrainingMemory:
     saved_activation_bytes: int
     forward_peak_bytes: int
     unknown: tuple[str, ...]
-    """Nodes whose saved tensors could not be measured (counted as saving their inputs)."""
+    """Nodes that could not be re-run with gradients: counted as saving their inputs, and their
+    backward as twice their forward ops."""
 
     @property
     def total_bytes(self) -> int:
@@ -60,15 +75,23 @@ class TrainingMemory:
         )
 
 
-def _saved_storages(node: torch.fx.Node, fake_mode) -> list[tuple[Any, int]]:
-    """(storage key, bytes) of each tensor autograd saves when the node runs with gradients.
+def _rerun_with_grad(
+    node: torch.fx.Node, fake_mode, needs_grad: dict[str, bool], *, backward: bool
+) -> tuple[list[tuple[Any, int]], list[OpCost]]:
+    """Re-run ``node`` on fake tensors with gradients enabled: the (storage key, bytes) of each
+    tensor autograd saves for backward and, with ``backward``, the aten ops of its backward pass
+    (``torch.autograd.grad`` of its outputs, seeded with ones, with respect to the inputs that
+    need a gradient), recorded by a :class:`~autopart.costmodel.ops.CostRecorder`.
 
-    Inputs are re-run through gradient-requiring aliases; a saved alias (or output) is reported
-    under the storage of the input node's (or this node's) own value, so that a tensor saved by
-    two nodes counts once and weights and user inputs can be told apart.
+    Inputs that need a gradient (``needs_grad``) are re-run as gradient-requiring leaves (cloned
+    first for an in-place node, which may not update a leaf); a saved alias (or output) is
+    reported under the storage of the input node's (or this node's) own value, so that a tensor
+    saved by two nodes counts once and weights and user inputs can be told apart.
     """
     saved: list[torch.Tensor] = []
     origin: dict[Any, Any] = {}  # alias storage -> the input node's storage
+    leaves: list[torch.Tensor] = []
+    inplace = is_inplace(node)
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         saved.append(t)
@@ -79,8 +102,11 @@ def _saved_storages(node: torch.fx.Node, fake_mode) -> list[tuple[Any, int]]:
         if not isinstance(value, torch.Tensor):
             return value
         alias = in_fake_mode(value, fake_mode)
-        if value.is_floating_point():
-            alias = alias.detach().requires_grad_(True)
+        if isinstance(arg, torch.fx.Node) and needs_grad.get(arg.name) and alias.is_floating_point():
+            leaf = alias.detach().requires_grad_(True)
+            leaves.append(leaf)
+            with fake_mode:
+                alias = leaf.clone() if inplace else leaf
         origin[storage_key(alias)] = storage_key(value)
         return alias
 
@@ -95,11 +121,55 @@ def _saved_storages(node: torch.fx.Node, fake_mode) -> list[tuple[Any, int]]:
     # A saved output is the node's own value, which later readers save again: one storage.
     for new, own in zip(_tensors(result), _tensors(node_value(node))):
         origin[storage_key(new)] = storage_key(own)
-    out = []
-    for t in saved:
-        key = storage_key(t)
-        out.append((origin.get(key, key), storage_nbytes(t)))
-    return out
+    storages = [(origin.get(storage_key(t), storage_key(t)), storage_nbytes(t)) for t in saved]
+
+    ops: list[OpCost] = []
+    outputs = [t for t in _tensors(result) if t.requires_grad]
+    if backward and outputs and leaves:
+        with fake_mode:
+            seeds = [torch.ones_like(t) for t in outputs]
+        recorder = CostRecorder()
+        with fake_mode, recorder:
+            torch.autograd.grad(outputs, leaves, seeds, allow_unused=True)
+        ops = [op for op in recorder.ops if op.launches or op.flops or op.bytes_accessed]
+    return storages, ops
+
+
+def needs_grad_flags(gm: torch.fx.GraphModule) -> dict[str, bool]:
+    """Node name -> whether its value needs a gradient in backward: Dynamo's ``example_value``
+    says so where there is one; otherwise a trainable parameter (:func:`trainable`) does, a
+    user input, buffer or constant does not, and a compute node does when it outputs a
+    floating-point tensor and an input of it (or, for a module kept whole, a parameter of the
+    module) does."""
+    flags: dict[str, bool] = {}
+    for node in gm.graph.nodes:
+        known = requires_grad(node)
+        role = record(node).role
+        if known is not None:
+            flags[node.name] = known
+        elif role == "parameter":
+            flags[node.name] = trainable(node)
+        elif role != "compute" or node.op not in ("call_function", "call_method", "call_module"):
+            flags[node.name] = False
+        else:
+            own = node.op == "call_module" and any(
+                p.requires_grad for p in gm.get_submodule(node.target).parameters()
+            )
+            flags[node.name] = (own or any(flags.get(a.name, False) for a in node.all_input_nodes)) and any(
+                t.is_floating_point() for t in _tensors(node_value(node))
+            )
+    return flags
+
+
+def _gradient_sums(node: torch.fx.Node, needs_grad: dict[str, bool]) -> list[OpCost]:
+    """The additions autograd makes to sum the gradients of a value read by several nodes
+    that pass a gradient back: one elementwise add per reader after the first."""
+    readers = sum(1 for u in node.users if needs_grad.get(u.name))
+    floats = [t for t in record(node).tensors if t.dtype.startswith(("float", "bfloat"))]
+    if readers < 2 or not floats:
+        return []
+    nbytes = sum(t.nbytes for t in floats)
+    return [OpCost(sum(t.numel for t in floats), 2 * nbytes, nbytes, 1, floats[0].dtype)] * (readers - 1)
 
 
 def training_memory_pass(
@@ -109,10 +179,11 @@ def training_memory_pass(
     memory: MemoryReport,
     optimizer: Optimizer = "adam",
 ) -> TrainingMemory:
-    """Training memory of ``gm``'s forward graph (after ``propagate_shapes_pass`` and
-    ``memory_pass``, whose report is ``memory``). Writes ``saved_bytes`` and ``training_bytes``
-    into node records. Gradients and optimizer state count parameters that require grad
-    (:func:`trainable`) only.
+    """Training memory and backward work of ``gm``'s forward graph (after
+    ``propagate_shapes_pass``, ``memory_pass``, whose report is ``memory``, and ``cost_pass``).
+    Writes ``requires_grad``, ``saved_bytes``, ``training_bytes`` and ``backward_ops`` (none for
+    ``optimizer="none"``, which runs no backward) into node records. Gradients and optimizer
+    state count parameters that require grad (:func:`trainable`) only.
 
     Raises:
         ValueError: an unknown optimizer name.
@@ -124,6 +195,8 @@ def training_memory_pass(
         )
     nodes = list(gm.graph.nodes)
     fake_mode = rerun_mode(gm)
+    needs_grad = needs_grad_flags(gm)
+    backward = optimizer != "none"
     held = {  # storages held whatever autograd saves: weights and user inputs
         storage_key(t)
         for n in nodes
@@ -136,12 +209,14 @@ def training_memory_pass(
     for node in nodes:
         rec = record(node)
         rec.saved_bytes = 0
+        rec.requires_grad = needs_grad.get(node.name, False)
+        rec.backward_ops = ()
         if node.op not in ("call_function", "call_method", "call_module") or not rec.tensors:
             continue
         try:
             if fake_mode is None:
                 raise RuntimeError("graph has no fake tensors")
-            storages = _saved_storages(node, fake_mode)
+            storages, backward_ops = _rerun_with_grad(node, fake_mode, needs_grad, backward=backward)
         except Exception as exc:  # noqa: BLE001 - count the node's inputs instead
             log.debug("saved tensors of %s unknown: %s", node.name, exc)
             unknown.append(node.name)
@@ -150,6 +225,9 @@ def training_memory_pass(
                 for a in node.all_input_nodes
                 for t in _tensors(node_value(a))
             ]
+            backward_ops = list(rec.ops) * 2 if rec.requires_grad else []
+        if backward:
+            rec.backward_ops = (*backward_ops, *_gradient_sums(node, needs_grad))
         for key, nbytes in storages:
             if key in held or key in counted:
                 continue

@@ -280,6 +280,21 @@ def test_a_value_read_twice_sums_its_gradients_once():
     assert len(adds) == 2  # three readers (mul, sigmoid, add): two additions
 
 
+def test_a_tied_weight_sums_its_two_gradients_at_its_first_reader():
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(50, 8)
+
+        def forward(self, ids):
+            return self.embed(ids) @ self.embed.weight.T
+
+    graph, _ = _analysed_for_training(Tied(), torch.randint(0, 50, (2, 5)))
+    lookup = next(n for n in graph.nodes if n.target == "embedding")
+    adds = [op for op in lookup.backward_ops if op.bytes_read == 2 * op.bytes_written == 2 * 50 * 8 * 4]
+    assert len(adds) == 1
+
+
 def test_no_backward_is_costed_without_a_training_step():
     graph, tm = _analysed_for_training(_Net(), torch.randn(4, 16), optimizer="none")
     assert tm.saved_activation_bytes > 0 and graph.training
@@ -456,6 +471,17 @@ def test_roofline_uses_the_calibrated_fit_of_the_op_class():
     assert roofline_time_s(norm, dev) == pytest.approx(5e-6 + 8e6 / 10e9)
     view = OpCost(0, 0, 0, 0, "float32", "elementwise")
     assert roofline_time_s(view, dev) == 0.0
+
+
+def test_a_byte_class_op_beyond_its_fit_samples_is_held_to_memory_bandwidth():
+    """The elementwise fit (50 GB/s) was sampled up to 12 MB: a 120 MB op beyond it runs at
+    the device's memory bandwidth (10 GB/s), one within it at the fitted rate."""
+    dev = _calibrated_device()
+    dev.measured["calibration"]["classes"]["elementwise"]["samples"] = [[1.2e6, 1e-6], [12e6, 2e-4]]
+    inside = OpCost(10**6, 8 * 10**6, 4 * 10**6, 1, "float32", "elementwise")
+    assert roofline_time_s(inside, dev) == pytest.approx(1e-6 + 12e6 / 5e10)
+    beyond = OpCost(10**7, 8 * 10**7, 4 * 10**7, 1, "float32", "elementwise")
+    assert roofline_time_s(beyond, dev) == pytest.approx(1e-6 + 120e6 / 10e9)
 
 
 def test_matmul_correction_follows_the_nearest_samples():

@@ -15,13 +15,17 @@ Calibrated (``Device.measured["calibration"]`` has a fit for the op's class -- f
 
 with ``x`` the op's FLOPs for the matmul class (its rate scaled by ``peak_flops(dtype) /
 peak_flops("float32")`` for other dtypes) and its bytes for the other classes; the other bound
-is the plain roofline's memory (matmul) or compute (others) time. A matmul's time is then
+is the plain roofline's memory (matmul) or compute (others) time. A byte-class op larger than
+every sample of its fit is also held to the device's ``mem_bandwidth_Bps``: the samples may
+have fitted in the caches (on an AMD EPYC VM the elementwise fit reached 150 GB/s up to 50 MB
+while a 460 MB gradient sum ran below 35 GB/s, the profiled memory bandwidth). A matmul's time is then
 scaled by :func:`autopart.costmodel.calibration.matmul_correction` (the calibration samples
 most like it, of the same output row alignment).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -53,7 +57,10 @@ def roofline_time_s(op: OpCost, device: Device, calibration: dict[str, Any] | No
         rate = fit["rate"] * device.peak_flops_for(op.dtype) / device.peak_flops_for("float32")
         line = op.launches * fit["overhead_s"] + max(op.flops / rate, memory_s)
         return line * matmul_correction(fit, op.flops, op.bytes_accessed, op.aligned)
-    return op.launches * fit["overhead_s"] + max(op.bytes_accessed / fit["rate"], compute_s)
+    bytes_s = op.bytes_accessed / fit["rate"]
+    if op.bytes_accessed > max((s[0] for s in fit.get("samples", ())), default=math.inf):
+        bytes_s = max(bytes_s, memory_s)  # beyond the samples, which may have fitted in cache
+    return op.launches * fit["overhead_s"] + max(bytes_s, compute_s)
 
 
 def ops_time_s(ops: Iterable[OpCost], device: Device) -> float:

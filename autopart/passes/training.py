@@ -13,7 +13,8 @@ outputs), and the aten ops autograd dispatches are costed by the same rules as t
 (:mod:`autopart.costmodel.ops`): a linear layer's backward is two matrix products when its
 input needs a gradient and one when it does not (the first layer, a frozen trunk's head), a
 softmax's is its own backward kernel, a view's costs nothing. A value read by ``k`` nodes
-that pass gradients back adds ``k - 1`` gradient additions. A node that cannot be re-run is
+that pass gradients back adds ``k - 1`` gradient additions (for a weight or an input, such as
+a tied embedding, to its first reader's backward). A node that cannot be re-run is
 costed at twice its forward ops, the usual rule of thumb (backward ~ 2x forward FLOPs:
 J. Kaplan et al., "Scaling Laws for Neural Language Models", 2020, section 2.1). Not
 counted: the optimizer step, and accumulating into ``.grad`` that already holds a gradient.
@@ -203,6 +204,8 @@ def training_memory_pass(
         if record(n).role in ("parameter", "buffer", "constant", "input")
         for t in _tensors(node_value(n))
     }
+    position = {n: i for i, n in enumerate(nodes)}
+    first_reader = {n: min(n.users, key=position.__getitem__) for n in nodes if n.op in ("placeholder", "get_attr") and n.users}
     counted: set[Any] = set()
     saved_total = 0
     unknown: list[str] = []
@@ -227,7 +230,9 @@ def training_memory_pass(
             ]
             backward_ops = list(rec.ops) * 2 if rec.requires_grad else []
         if backward:
-            rec.backward_ops = (*backward_ops, *_gradient_sums(node, needs_grad))
+            # the sums of a weight's or input's gradients run where its first reader runs
+            sums = [op for a in node.all_input_nodes if first_reader.get(a) is node for op in _gradient_sums(a, needs_grad)]
+            rec.backward_ops = (*backward_ops, *_gradient_sums(node, needs_grad), *sums)
         for key, nbytes in storages:
             if key in held or key in counted:
                 continue

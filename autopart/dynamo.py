@@ -388,7 +388,8 @@ class Compilation:
     def report(self) -> str:
         """Predicted against measured: each device's busy time per call (its partitions:
         compute and the copies it receives) and the whole call, averaged over the calls timed
-        with ``monitor=True`` (every call after the first). A ratio far from 1 means the cost
+        with ``monitor=True`` (every call after the first). A call is the forward pass: a
+        training plan's backward is not timed. A ratio far from 1 means the cost
         model or topology departs from this machine (e.g. a preset run on other hardware).
 
         Raises:
@@ -410,8 +411,8 @@ class Compilation:
             for device, seconds in measured.items()
         ]
         call_s = runner.metrics.monitored_call_s / calls
-        rows.append(["(call)", "-", _ms(self.plan.predicted_time_s), _ms(call_s),
-                     _ratio(call_s, self.plan.predicted_time_s)])
+        rows.append(["(call)", "-", _ms(self.plan.predicted_forward_s), _ms(call_s),
+                     _ratio(call_s, self.plan.predicted_forward_s)])
         header = ["device", "runs on", "predicted", "measured", "measured/predicted"]
         return "\n".join([f"autopart monitor for {self.graph_name}: busy time per call, mean of {calls} timed call(s)",
                           *_table(header, rows)])

@@ -108,6 +108,9 @@ class Plan:
     ``predicted_busy_s``) count the backward pass and the gradients' copies back
     (:mod:`autopart.passes.training`; not with ``optimizer="none"``, which runs no backward).
     The optimizer step is not costed."""
+    predicted_forward_s: float = 0.0
+    """Seconds of the forward call alone (what ``monitor`` times as a call): ``predicted_time_s``
+    less, in a training plan, the backward pass."""
 
     @property
     def devices_used(self) -> list[str]:
@@ -421,6 +424,7 @@ def make_plan(
         predicted_transfer_s=ev.transfer_s - total_saved,
         predicted_bottleneck_s=max(busy.values(), default=0.0) if saved else ev.bottleneck_s,
         predicted_busy_s={d: b - saved.get(d, 0.0) for d, b in forward.busy_s.items()},
+        predicted_forward_s=forward.time_s - total_saved,
         predicted_energy_J=ev.energy_J - saved_J,
         predicted_peak_bytes={d: ev.peak_bytes.get(d, 0) for d in problem.capacity_bytes},
         capacity_bytes=dict(problem.capacity_bytes),

@@ -218,22 +218,27 @@ def test_each_node_records_what_training_adds_to_its_device(optimizer, per_byte)
 def _analysed_for_training(model: nn.Module, x: torch.Tensor, optimizer: str = "adam"):
     """The annotated graph of ``model`` captured by Dynamo with gradients enabled, after the
     shape, memory, cost and training passes, and the training report."""
-    from autopart import AnnotatedGraph
-    from autopart.passes import cost_pass
-
     seen = {}
 
     def backend(gm, example_inputs):
-        propagate_shapes_pass(gm, example_inputs)
-        memory = memory_pass(gm)
-        cost_pass(gm, example_inputs, topology=make_topology([make_device("cpu")]))
-        seen["tm"] = training_memory_pass(gm, example_inputs, memory=memory, optimizer=optimizer)
-        seen["graph"] = AnnotatedGraph.from_fx(gm, memory)
+        seen["graph"], seen["tm"] = _analysed_graph(gm, example_inputs, optimizer, report=True)
         return gm.forward
 
     torch._dynamo.reset()
     torch.compile(model, backend=backend)(x)
     return seen["graph"], seen["tm"]
+
+
+def _analysed_graph(gm, example_inputs, optimizer="adam", *, report=False):
+    from autopart import AnnotatedGraph
+    from autopart.passes import cost_pass
+
+    propagate_shapes_pass(gm, example_inputs)
+    memory = memory_pass(gm)
+    cost_pass(gm, example_inputs, topology=make_topology([make_device("cpu")]))
+    tm = training_memory_pass(gm, example_inputs, memory=memory, optimizer=optimizer)
+    graph = AnnotatedGraph.from_fx(gm, memory)
+    return (graph, tm) if report else graph
 
 
 def _backward_matmul_flops_by_autograd(model: nn.Module, x: torch.Tensor) -> int:
@@ -262,6 +267,34 @@ def test_backward_ops_are_those_autograd_runs(input_grad, frozen_fc1):
     assert tm.saved_activation_bytes == _saved_by_autograd(model, x)
     fc1 = next(n for n in graph.nodes if n.is_compute and n.target == "linear")
     assert bool(fc1.backward_ops) == (input_grad or not frozen_fc1) == fc1.requires_grad
+
+
+def test_attention_and_convolution_backward_are_their_kernels_at_twice_the_forward_flops():
+    """Both gradients of a convolution and the three of an attention are matrix products of
+    twice the forward's FLOPs (torch.utils.flop_counter's formulas; the CPU flash kernel's by
+    autopart's rule), in the class calibrated on their forward kernels."""
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, bias=False)
+
+        def forward(self, img, q, k, v):
+            return self.conv(img).sum() + torch.nn.functional.scaled_dot_product_attention(q, k, v).sum()
+
+    inputs = [torch.randn(2, 3, 10, 10, requires_grad=True)] + [torch.randn(2, 4, 16, 8, requires_grad=True) for _ in range(3)]
+    seen = {}
+
+    def backend(gm, example_inputs):
+        seen["graph"] = _analysed_graph(gm, example_inputs)
+        return gm.forward
+
+    torch._dynamo.reset()
+    torch.compile(M(), backend=backend)(*inputs)
+    for target, kind in [("conv2d", "matmul:convolution"), ("scaled_dot_product_attention", "matmul:attention")]:
+        node = next(n for n in seen["graph"].nodes if n.target.endswith(target))
+        forward = sum(op.flops for op in node.ops if op.kind == kind)
+        assert forward > 0 and sum(op.flops for op in node.backward_ops if op.kind == kind) == 2 * forward
 
 
 def test_a_value_read_twice_sums_its_gradients_once():

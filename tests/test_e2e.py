@@ -1084,8 +1084,10 @@ def test_a_training_plan_costs_forward_and_backward_and_monitors_the_forward():
     assert plan.predicted_compute_s == pytest.approx(fwd_s + bwd_s)
     forward_copies = sum(plan.predicted_busy_s.values()) - fwd_s
     assert forward_copies > 0 and plan.predicted_transfer_s > forward_copies  # gradients come back
+    assert 0 < plan.predicted_forward_s < plan.predicted_time_s
     (inference,) = autopart.plan_model(model, torch.randn(4, 16), **options)
     assert sum(inference.predicted_busy_s.values()) == pytest.approx(inference.predicted_compute_s + inference.predicted_transfer_s)
+    assert inference.predicted_forward_s == inference.predicted_time_s
 
 
 def test_plan_model_training_with_nothing_to_train_is_an_error():

@@ -51,14 +51,18 @@ _ATTENTION = {
     "_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention",
     "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention",
     "_flash_attention_forward", "_efficient_attention_forward",
+    "_scaled_dot_product_flash_attention_for_cpu_backward", "_scaled_dot_product_flash_attention_backward",
+    "_scaled_dot_product_efficient_attention_backward", "_scaled_dot_product_cudnn_attention_backward",
+    "_flash_attention_backward", "_efficient_attention_backward",
 }
-"""Fused attention kernels: class ``"matmul:attention"``, fitted apart from the matmul line
-(on an AMD EPYC the CPU flash kernel ran at 0.55-0.7x the rate of the matmuls it fuses, in
-models whose q, k, v are transposed views)."""
-_CONVOLUTION = {"convolution", "_convolution", "mkldnn_convolution", "cudnn_convolution"}
-"""Convolutions: class ``"matmul:convolution"``, fitted apart from the matmul line (on an AMD
-EPYC with torch 2.13's oneDNN, ResNet-50's 1x1 convolutions at batch 1 ran 15-40% below the
-rate of matrix products of their FLOPs and bytes, its 3x3 convolutions at about that rate)."""
+"""Fused attention kernels and their backward: class ``"matmul:attention"``, fitted apart from
+the matmul line (on an AMD EPYC the CPU flash kernel ran at 0.55-0.7x the rate of the matmuls
+it fuses, in models whose q, k, v are transposed views)."""
+_CONVOLUTION = {"convolution", "_convolution", "mkldnn_convolution", "cudnn_convolution", "convolution_backward"}
+"""Convolutions and their backward: class ``"matmul:convolution"``, fitted apart from the
+matmul line (on an AMD EPYC with torch 2.13's oneDNN, ResNet-50's 1x1 convolutions at batch 1
+ran 15-40% below the rate of matrix products of their FLOPs and bytes, its 3x3 convolutions at
+about that rate)."""
 _MATMUL = {"mm", "addmm", "bmm", "baddbmm", "_int_mm"}
 _TRANSCENDENTAL = {
     "tanh", "exp", "exp2", "log", "log2", "log1p", "expm1", "sigmoid", "gelu", "erf", "erfc",
@@ -262,6 +266,21 @@ def _embedding_cost(func, args, kwargs, out) -> OpCost:
     """A lookup reads the indices and only the rows it gathers, not the whole table."""
     rows = tensor_bytes(out)
     return OpCost(0, tensor_bytes(args[1]) + rows, rows, 1, _dtype_of(args, out))
+
+
+@register_cost(aten._scaled_dot_product_flash_attention_for_cpu_backward)
+def _sdpa_cpu_backward_cost(func, args, kwargs, out) -> OpCost:
+    """The CPU flash-attention backward kernel, which torch.utils.flop_counter has no formula for.
+
+    FLOPs of dQ, dK (2 b h s_q s_k d each), dV and dP (2 b h s_q s_k d_v each), as
+    ``torch.utils.flop_counter.sdpa_backward_flop_count`` counts them for the GPU kernels (the
+    recomputed scores are not counted, as there).
+    """
+    q, k, v = args[1:4]
+    b, h, s_q, d = (concrete_int(x) for x in q.shape)
+    s_k, d_v = concrete_int(k.shape[-2]), concrete_int(v.shape[-1])
+    flops = 4 * b * h * s_q * s_k * d + 4 * b * h * s_q * s_k * d_v
+    return OpCost(flops, tensor_bytes((args, kwargs)), tensor_bytes(out), 1, _dtype_of(args, out))
 
 
 @register_cost(aten._scaled_dot_product_flash_attention_for_cpu)

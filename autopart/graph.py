@@ -37,7 +37,7 @@ from torch.utils._pytree import tree_leaves
 
 from ._io import atomic_write_text
 from .costmodel.ops import OpCost
-from .costmodel.roofline import calibration_of, roofline_time_s
+from .costmodel.roofline import calibration_of, first_touch_Bps, roofline_time_s
 from .passes.memory import MemoryReport, StorageLife
 from .passes.records import TensorInfo, record
 from .topology import Topology
@@ -124,15 +124,38 @@ class AnnotatedGraph:
 
     def node_times(self, topology: Topology, *, backward: bool = False) -> dict[str, dict[str, float]]:
         """Predicted seconds of every node's forward (with ``backward``: of its backward pass)
-        on every device of ``topology``."""
-        devices = [(d.name, d, calibration_of(d)) for d in topology.devices]
+        on every device of ``topology``: the roofline time of its ops, plus, on a device that
+        pays for first touches (:func:`~autopart.costmodel.roofline.first_touch_Bps`), the
+        bytes it first writes fresh in each training step (:meth:`fresh_bytes`)."""
+        devices = [(d.name, d, calibration_of(d), first_touch_Bps(d)) for d in topology.devices]
+        fresh = self.fresh_bytes(backward=backward)
         return {
             n.name: {
                 name: sum(roofline_time_s(op, dev, cal) for op in (n.backward_ops if backward else n.ops))
-                for name, dev, cal in devices
+                + (fresh.get(n.name, 0) / touch if touch else 0.0)
+                for name, dev, cal, touch in devices
             }
             for n in self.nodes
         }
+
+    def fresh_bytes(self, *, backward: bool = False) -> dict[str, int]:
+        """Node name -> bytes a training step allocates there anew and keeps: in the forward,
+        the activations a compute node saves for backward (they outlive the allocator's reuse
+        of freed buffers); in the backward, each trainable parameter's gradient, at the
+        parameter's first reader (``optimizer.zero_grad()`` sets gradients to None). Empty
+        for inference graphs."""
+        if not backward:
+            return {n.name: n.training_bytes for n in self.nodes if n.is_compute and n.training_bytes}
+        if not self.has_backward:
+            return {}
+        users, position = self.users, self.index
+        fresh: dict[str, int] = {}
+        for n in self.nodes:
+            readers = [u for u in users[n.name] if self.node(u).is_compute]
+            if n.role == "parameter" and n.training_bytes and readers:
+                first = min(readers, key=position.__getitem__)
+                fresh[first] = fresh.get(first, 0) + n.output_bytes
+        return fresh
 
     # --- conversion ----------------------------------------------------------------------
     @classmethod

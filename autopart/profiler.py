@@ -18,6 +18,16 @@ Per device (:func:`profile_device`):
   last-level cache of current CPUs and GPUs, so it is the DRAM/HBM rate).
 * **launch overhead**: the median time per call of ``x.add_(1)`` on a 1-element tensor,
   issued back to back (eager dispatch plus, on CUDA, the kernel launch).
+* **first touch** (CPU): ``torch.empty(n).fill_(1)`` of a new 64 MiB tensor against
+  ``x.fill_(1)`` of one kept: what writing memory fresh from the operating system (page
+  faults) costs beyond the write. glibc's malloc returns allocations of 32 MiB and more (and
+  the free top of its heap) to the system at once, so each such allocation faults anew; a
+  caching allocator (jemalloc, tcmalloc, or glibc with ``MALLOC_MMAP_THRESHOLD_`` and
+  ``MALLOC_TRIM_THRESHOLD_`` raised) keeps them and measures no cost. ``first_touch_Bps`` is
+  ``64 MiB / (fresh - kept)``, None when that difference is under 10% of the kept write. The
+  cost model charges it on what a training step allocates and keeps (saved activations,
+  gradients: :meth:`autopart.graph.AnnotatedGraph.node_times`). Not on CUDA, whose caching
+  allocator keeps memory.
 * **calibration**: representative ops of each op class timed and fitted
   (:func:`autopart.costmodel.calibration.calibrate_device`), for the cost model.
 
@@ -34,16 +44,16 @@ current stream; across two CUDA devices with ``time.perf_counter`` between
 ``torch.cuda.synchronize`` of both.
 
 Time budget: :func:`profile_topology` splits ``budget_s`` over its tasks by weight (a matmul
-sweep weighs 3, a copy sweep 1, a link fit per host-memory kind 1, the launch probe 0.5), each
-task getting its weight's share of the time still left; a sweep checks the predicted cost of
-its next size against its share and stops early. The smallest size of each sweep is always
+sweep weighs 3, a copy sweep 1, a link fit per host-memory kind 1, the launch and first-touch
+probes 0.5 each), each task getting its weight's share of the time still left; a sweep checks
+the predicted cost of its next size against its share and stops early. The smallest size of each sweep is always
 measured, so even a tiny budget returns numbers (and overruns it by a little).
 
 The ``measured`` dict
 ---------------------
 :func:`profile_device` returns (and :func:`profile_topology` stores in ``Device.measured``)::
 
-    format            5 (PROFILE_FORMAT_VERSION)
+    format            6 (PROFILE_FORMAT_VERSION)
     profiler          "autopart.profiler"
     date              ISO 8601 UTC time of the profile
     torch             torch.__version__
@@ -57,6 +67,7 @@ The ``measured`` dict
     mem_bandwidth_Bps the rate of the largest copy
     copy_bytes        the size of that copy
     launch_overhead_s median seconds per x.add_(1)
+    first_touch_Bps   bytes/s of first writes to fresh memory (CPU; null: no cost measured)
     calibration       per-class fits of representative ops (autopart.costmodel.calibration)
     elapsed_s         wall time of this profile
 
@@ -105,7 +116,7 @@ __all__ = [
 
 #: Version of the ``measured`` dicts written here (bump when their keys or the calibration's
 #: classes change: cached profiles of another version are re-measured, see :mod:`autopart.cache`).
-PROFILE_FORMAT_VERSION = 5
+PROFILE_FORMAT_VERSION = 6
 
 #: Square matmul sizes tried, ascending (n for an n x n x n product).
 MATMUL_SIZES = (64, 128, 256, 512, 1024, 2048, 4096, 8192)
@@ -488,6 +499,24 @@ def _launch_overhead_s(dev: torch.device, budget: _Budget) -> float:
     return t
 
 
+FIRST_TOUCH_BYTES = 64 * 2**20
+"""Size of the first-touch probe: above glibc's largest dynamic mmap threshold (32 MiB)."""
+
+
+def _first_touch_Bps(dev: torch.device, budget: _Budget) -> float | None:
+    """Bytes/s of first writes to fresh memory beyond a write to memory kept (module
+    docstring); None when the difference is under 10% of the kept write."""
+    n = FIRST_TOUCH_BYTES // 4
+    kept = torch.empty(n, device=dev)
+    point_s = min(0.5, max(budget.left_s(), 0.0) / 2)
+    with torch.no_grad():
+        kept_s, _, _ = median_time_s(lambda: kept.fill_(1.0), [], time_s=point_s)
+        del kept
+        fresh_s, _, _ = median_time_s(lambda: torch.empty(n, device=dev).fill_(1.0), [], time_s=point_s)
+    extra_s = fresh_s - kept_s
+    return FIRST_TOUCH_BYTES / extra_s if extra_s > 0.1 * kept_s else None
+
+
 def _sizes(lo: int, hi: int) -> list[int]:
     out, n = [], lo
     while n <= hi:
@@ -531,6 +560,9 @@ def _device_tasks(
     def launch(budget: _Budget) -> None:
         result["launch_overhead_s"] = _launch_overhead_s(dev, budget)
 
+    def first_touch(budget: _Budget) -> None:
+        result["first_touch_Bps"] = _first_touch_Bps(dev, budget)
+
     def calibrate(budget: _Budget) -> None:
         from .costmodel.calibration import calibrate_device
 
@@ -538,6 +570,8 @@ def _device_tasks(
 
     tasks.append((f"{dev} copy", _WEIGHT_COPY, copy))
     tasks.append((f"{dev} launch", _WEIGHT_LAUNCH, launch))
+    if dev.type == "cpu":
+        tasks.append((f"{dev} first touch", _WEIGHT_LAUNCH, first_touch))
     tasks.append((f"{dev} calibrate", _WEIGHT_CALIBRATE, calibrate))
     return tasks
 

@@ -328,6 +328,32 @@ def test_a_tied_weight_sums_its_two_gradients_at_its_first_reader():
     assert len(adds) == 1
 
 
+def test_first_touches_are_charged_on_saved_activations_and_gradients():
+    """On a device whose profile measured a first-touch cost, a training step's forward pays it
+    on the activations each node saves, its backward on each trainable weight's gradient (at
+    the weight's first reader); a device without one pays nothing more."""
+    import dataclasses
+
+    torch.manual_seed(0)
+    model = _Net()
+    model.fc2.requires_grad_(False)
+    graph, _ = _analysed_for_training(model, torch.randn(4, 16), optimizer="sgd")
+    plain = make_device("cpu")
+    touched = dataclasses.replace(plain, name="touched", measured={"first_touch_Bps": 1e9})
+    topo = make_topology([plain, touched])
+    for backward in (False, True):
+        times = graph.node_times(topo, backward=backward)
+        extra = {n: t["touched"] - t["cpu"] for n, t in times.items()}
+        assert sum(extra.values()) > 0 and all(e >= 0 for e in extra.values())
+        for name, nbytes in graph.fresh_bytes(backward=backward).items():
+            assert extra[name] == pytest.approx(nbytes / 1e9)
+    compute = [n for n in graph.nodes if n.is_compute]
+    assert graph.fresh_bytes() == {n.name: n.training_bytes for n in compute if n.training_bytes}
+    fc1 = next(n for n in compute if n.target == "linear")  # weight and bias: 16*32+32 floats
+    norm = next(n for n in compute if n.target == "layer_norm")  # 32+32 floats; fc2 is frozen
+    assert graph.fresh_bytes(backward=True) == {fc1.name: (16 * 32 + 32) * 4, norm.name: 64 * 4}
+
+
 def test_no_backward_is_costed_without_a_training_step():
     graph, tm = _analysed_for_training(_Net(), torch.randn(4, 16), optimizer="none")
     assert tm.saved_activation_bytes > 0 and graph.training

@@ -40,6 +40,14 @@ def calibration_of(device: Device) -> dict[str, Any]:
     return (measured.get("calibration") or {}).get("classes") or {}
 
 
+def first_touch_Bps(device: Device) -> float | None:
+    """Bytes/s at which the device first writes memory fresh from the operating system, beyond
+    the write itself (page faults; profiled on CPUs: :mod:`autopart.profiler`); None when not
+    measured or when its allocator keeps memory (no cost)."""
+    value = (device.measured or {}).get("first_touch_Bps")
+    return float(value) if value else None
+
+
 def roofline_time_s(op: OpCost, device: Device, calibration: dict[str, Any] | None = None) -> float:
     """Predicted seconds for ``op`` on ``device`` (see module docstring).
 

@@ -272,7 +272,8 @@ def test_backward_ops_are_those_autograd_runs(input_grad, frozen_fc1):
 def test_attention_and_convolution_backward_are_their_kernels_at_twice_the_forward_flops():
     """Both gradients of a convolution and the three of an attention are matrix products of
     twice the forward's FLOPs (torch.utils.flop_counter's formulas; the CPU flash kernel's by
-    autopart's rule), in the class calibrated on their forward kernels."""
+    autopart's rule): attention's in the class of its forward kernel, convolutions' in a class
+    of their own."""
 
     class M(nn.Module):
         def __init__(self):
@@ -291,10 +292,11 @@ def test_attention_and_convolution_backward_are_their_kernels_at_twice_the_forwa
 
     torch._dynamo.reset()
     torch.compile(M(), backend=backend)(*inputs)
-    for target, kind in [("conv2d", "matmul:convolution"), ("scaled_dot_product_attention", "matmul:attention")]:
+    for target, kind, backward in [("conv2d", "matmul:convolution", "matmul:convolution_backward"),
+                                   ("scaled_dot_product_attention", "matmul:attention", "matmul:attention")]:
         node = next(n for n in seen["graph"].nodes if n.target.endswith(target))
         forward = sum(op.flops for op in node.ops if op.kind == kind)
-        assert forward > 0 and sum(op.flops for op in node.backward_ops if op.kind == kind) == 2 * forward
+        assert forward > 0 and sum(op.flops for op in node.backward_ops if op.kind == backward) == 2 * forward
 
 
 def test_a_value_read_twice_sums_its_gradients_once():
@@ -488,6 +490,7 @@ def test_calibration_blocks_are_as_long_as_the_budget_allows(monkeypatch, budget
 def test_op_classes():
     assert op_class(aten.mm.default) == op_class(aten.bmm.default) == "matmul"
     assert op_class(aten.convolution.default) == op_class(aten.mkldnn_convolution.default) == "matmul:convolution"
+    assert op_class(aten.convolution_backward.default) == "matmul:convolution_backward"
     assert op_class(aten.tanh.default) == "transcendental:tanh"
     assert op_class(aten.sin.default) == "transcendental"
     assert op_class(aten.mean.dim) == op_class(aten.sum.dim_IntList) == "reduction"
@@ -609,7 +612,7 @@ def test_calibrating_this_cpu_fits_every_class():
         "matmul", "transcendental", "reduction", "copy", "elementwise",
         "transcendental:tanh", "transcendental:gelu", "transcendental:silu", "transcendental:exp",
         "reduction:max_pool2d_with_indices", "elementwise:native_batch_norm", "matmul:attention",
-        "matmul:convolution",
+        "matmul:convolution", "matmul:convolution_backward",
         "reduction:_softmax", "reduction:native_layer_norm",
     }
     for fit in cal["classes"].values():

@@ -58,11 +58,14 @@ _ATTENTION = {
 """Fused attention kernels and their backward: class ``"matmul:attention"``, fitted apart from
 the matmul line (on an AMD EPYC the CPU flash kernel ran at 0.55-0.7x the rate of the matmuls
 it fuses, in models whose q, k, v are transposed views)."""
-_CONVOLUTION = {"convolution", "_convolution", "mkldnn_convolution", "cudnn_convolution", "convolution_backward"}
-"""Convolutions and their backward: class ``"matmul:convolution"``, fitted apart from the
-matmul line (on an AMD EPYC with torch 2.13's oneDNN, ResNet-50's 1x1 convolutions at batch 1
-ran 15-40% below the rate of matrix products of their FLOPs and bytes, its 3x3 convolutions at
-about that rate)."""
+_CONVOLUTION = {"convolution", "_convolution", "mkldnn_convolution", "cudnn_convolution"}
+"""Convolutions: class ``"matmul:convolution"``, fitted apart from the matmul line (on an AMD
+EPYC with torch 2.13's oneDNN, ResNet-50's 1x1 convolutions at batch 1 ran 15-40% below the
+rate of matrix products of their FLOPs and bytes, its 3x3 convolutions at about that rate)."""
+_CONVOLUTION_BACKWARD = {"convolution_backward", "mkldnn_convolution_backward", "cudnn_convolution_backward"}
+"""Their backward (input and weight gradients): class ``"matmul:convolution_backward"`` (on the
+same EPYC, ResNet-50's convolution backward at batch 1 ran about 30% below the forward
+convolutions' rate)."""
 _MATMUL = {"mm", "addmm", "bmm", "baddbmm", "_int_mm"}
 _TRANSCENDENTAL = {
     "tanh", "exp", "exp2", "log", "log2", "log1p", "expm1", "sigmoid", "gelu", "erf", "erfc",
@@ -95,13 +98,16 @@ def op_class(func: Any) -> str:
     """The class of an aten op, for calibration (:mod:`autopart.costmodel.calibration`):
     ``"matmul"``, ``"transcendental"``, ``"reduction"``, ``"copy"``, else ``"elementwise"``;
     ``"<class>:<op>"`` for the ops in :data:`CALIBRATED_ONE_BY_ONE`, ``"matmul:attention"``
-    for every fused attention kernel and ``"matmul:convolution"`` for every convolution."""
+    for every fused attention kernel (and its backward), ``"matmul:convolution"`` for every
+    convolution and ``"matmul:convolution_backward"`` for their backward."""
     packet = getattr(func, "overloadpacket", func)
     name = getattr(packet, "__name__", str(packet)).split(".")[-1]
     if name in _ATTENTION:
         return "matmul:attention"
     if name in _CONVOLUTION:
         return "matmul:convolution"
+    if name in _CONVOLUTION_BACKWARD:
+        return "matmul:convolution_backward"
     if name in _MATMUL:
         return "matmul"
     base = "elementwise"

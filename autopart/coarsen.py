@@ -45,9 +45,10 @@ class Task:
     """A group of FX nodes placed together.
 
     ``time_s``: predicted seconds per device of one call: the forward, and in a training graph
-    also the backward, whose part is ``backward_time_s``. ``resident_bytes``: parameters/buffers/constants
-    it holds, and in a training graph their gradients and optimizer state and the activations
-    its nodes save for backward (held from the forward pass into the backward pass).
+    also the backward, whose part is ``backward_time_s``. ``resident_bytes``: parameters,
+    buffers and constants it holds, and in a training graph their gradients and optimizer state
+    and the activations its nodes save for backward (held from the forward pass into the
+    backward pass).
     ``peak_bytes``: activation bytes live inside it at its busiest step (storages that are born
     and die inside the task). ``fixed_device``: inputs and outputs cannot move.
     """

@@ -19,15 +19,15 @@ Per device (:func:`profile_device`):
 * **launch overhead**: the median time per call of ``x.add_(1)`` on a 1-element tensor,
   issued back to back (eager dispatch plus, on CUDA, the kernel launch).
 * **first touch** (CPU): ``torch.empty(n).fill_(1)`` of a new 64 MiB tensor against
-  ``x.fill_(1)`` of one kept: what writing memory fresh from the operating system (page
-  faults) costs beyond the write. glibc's malloc returns allocations of 32 MiB and more (and
-  the free top of its heap) to the system at once, so each such allocation faults anew; a
-  caching allocator (jemalloc, tcmalloc, or glibc with ``MALLOC_MMAP_THRESHOLD_`` and
-  ``MALLOC_TRIM_THRESHOLD_`` raised) keeps them and measures no cost. ``first_touch_Bps`` is
-  ``64 MiB / (fresh - kept)``, None when that difference is under 10% of the kept write. The
-  cost model charges it on what a training step allocates and keeps (saved activations,
-  gradients: :meth:`autopart.graph.AnnotatedGraph.node_times`). Not on CUDA, whose caching
-  allocator keeps memory.
+  ``x.fill_(1)`` of one kept, the least time of each over alternating calls: what writing
+  memory fresh from the operating system (page faults) costs beyond the write. glibc's malloc
+  returns allocations of 32 MiB and more (and the free top of its heap) to the system at once,
+  so each such allocation faults anew; a caching allocator (jemalloc, tcmalloc, or glibc with
+  ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_`` raised) keeps them and measures no
+  cost. ``first_touch_Bps`` is ``64 MiB / (fresh - kept)``, None when that difference is under
+  10% of the kept write. The cost model charges it on what a training step allocates and keeps
+  (saved activations, gradients: :meth:`autopart.graph.AnnotatedGraph.node_times`). Not on
+  CUDA, whose caching allocator keeps memory.
 * **calibration**: representative ops of each op class timed and fitted
   (:func:`autopart.costmodel.calibration.calibrate_device`), for the cost model.
 
@@ -505,16 +505,31 @@ FIRST_TOUCH_BYTES = 64 * 2**20
 
 def _first_touch_Bps(dev: torch.device, budget: _Budget) -> float | None:
     """Bytes/s of first writes to fresh memory beyond a write to memory kept (module
-    docstring); None when the difference is under 10% of the kept write."""
+    docstring), from the least time of each over alternating calls (other tenants only add
+    time; at least 5 pairs, more while the budget lasts, at most 25); None when the
+    difference is under 10% of the kept write."""
     n = FIRST_TOUCH_BYTES // 4
-    kept = torch.empty(n, device=dev)
-    point_s = min(0.5, max(budget.left_s(), 0.0) / 2)
+    kept = torch.empty(n, device=dev).fill_(0.0)
+    kept_s = fresh_s = math.inf
     with torch.no_grad():
-        kept_s, _, _ = median_time_s(lambda: kept.fill_(1.0), [], time_s=point_s)
-        del kept
-        fresh_s, _, _ = median_time_s(lambda: torch.empty(n, device=dev).fill_(1.0), [], time_s=point_s)
+        for i in range(25):
+            start = time.perf_counter()
+            kept.fill_(1.0)
+            kept_s = min(kept_s, time.perf_counter() - start)
+            start = time.perf_counter()
+            torch.empty(n, device=dev).fill_(1.0)
+            fresh_s = min(fresh_s, time.perf_counter() - start)
+            if i >= 4 and budget.left_s() <= 0:
+                break
+    return first_touch_rate(FIRST_TOUCH_BYTES, kept_s, fresh_s)
+
+
+def first_touch_rate(nbytes: int, kept_s: float, fresh_s: float) -> float | None:
+    """Bytes/s of first touches: ``nbytes / (fresh_s - kept_s)``, from the seconds to write
+    ``nbytes`` to memory kept and to fresh memory; None when the difference is under 10% of
+    ``kept_s`` (no cost worth charging)."""
     extra_s = fresh_s - kept_s
-    return FIRST_TOUCH_BYTES / extra_s if extra_s > 0.1 * kept_s else None
+    return nbytes / extra_s if extra_s > 0.1 * kept_s else None
 
 
 def _sizes(lo: int, hi: int) -> list[int]:

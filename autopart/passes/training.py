@@ -62,8 +62,8 @@ class TrainingMemory:
     saved_activation_bytes: int
     forward_peak_bytes: int
     unknown: tuple[str, ...]
-    """Nodes that could not be re-run with gradients: counted as saving their inputs, and their
-    backward as twice their forward ops."""
+    """Nodes that could not be re-run with gradients (counted as saving their inputs), or whose
+    backward could not (costed as twice their forward ops)."""
 
     @property
     def total_bytes(self) -> int:
@@ -78,11 +78,12 @@ class TrainingMemory:
 
 def _rerun_with_grad(
     node: torch.fx.Node, fake_mode, needs_grad: dict[str, bool], *, backward: bool
-) -> tuple[list[tuple[Any, int]], list[OpCost]]:
+) -> tuple[list[tuple[Any, int]], list[OpCost] | None]:
     """Re-run ``node`` on fake tensors with gradients enabled: the (storage key, bytes) of each
     tensor autograd saves for backward and, with ``backward``, the aten ops of its backward pass
     (``torch.autograd.grad`` of its outputs, seeded with ones, with respect to the inputs that
-    need a gradient), recorded by a :class:`~autopart.costmodel.ops.CostRecorder`.
+    need a gradient), recorded by a :class:`~autopart.costmodel.ops.CostRecorder`; None for
+    a backward that fails on fake tensors.
 
     Inputs that need a gradient (``needs_grad``) are re-run as gradient-requiring leaves (cloned
     first for an in-place node, which may not update a leaf); a saved alias (or output) is
@@ -124,15 +125,19 @@ def _rerun_with_grad(
         origin[storage_key(new)] = storage_key(own)
     storages = [(origin.get(storage_key(t), storage_key(t)), storage_nbytes(t)) for t in saved]
 
-    ops: list[OpCost] = []
+    ops: list[OpCost] | None = []
     outputs = [t for t in _tensors(result) if t.requires_grad]
     if backward and outputs and leaves:
-        with fake_mode:
-            seeds = [torch.ones_like(t) for t in outputs]
         recorder = CostRecorder()
-        with fake_mode, recorder:
-            torch.autograd.grad(outputs, leaves, seeds, allow_unused=True)
-        ops = [op for op in recorder.ops if op.launches or op.flops or op.bytes_accessed]
+        try:
+            with fake_mode:
+                seeds = [torch.ones_like(t) for t in outputs]
+            with fake_mode, recorder:
+                torch.autograd.grad(outputs, leaves, seeds, allow_unused=True)
+            ops = [op for op in recorder.ops if op.launches or op.flops or op.bytes_accessed]
+        except Exception as exc:  # noqa: BLE001 - the caller costs a default backward
+            log.debug("backward of %s not re-run: %s", node.name, exc)
+            ops = None
     return storages, ops
 
 
@@ -205,7 +210,9 @@ def training_memory_pass(
         for t in _tensors(node_value(n))
     }
     position = {n: i for i, n in enumerate(nodes)}
-    first_reader = {n: min(n.users, key=position.__getitem__) for n in nodes if n.op in ("placeholder", "get_attr") and n.users}
+    first_reader = {
+        n: min(n.users, key=position.__getitem__) for n in nodes if n.op in ("placeholder", "get_attr") and n.users
+    }
     counted: set[Any] = set()
     saved_total = 0
     unknown: list[str] = []
@@ -228,10 +235,15 @@ def training_memory_pass(
                 for a in node.all_input_nodes
                 for t in _tensors(node_value(a))
             ]
+            backward_ops = None
+        if backward_ops is None:  # costed by the rule of thumb
+            if node.name not in unknown[-1:]:
+                unknown.append(node.name)
             backward_ops = list(rec.ops) * 2 if rec.requires_grad else []
         if backward:
             # the sums of a weight's or input's gradients run where its first reader runs
-            sums = [op for a in node.all_input_nodes if first_reader.get(a) is node for op in _gradient_sums(a, needs_grad)]
+            sums = [op for a in node.all_input_nodes if first_reader.get(a) is node
+                    for op in _gradient_sums(a, needs_grad)]
             rec.backward_ops = (*backward_ops, *_gradient_sums(node, needs_grad), *sums)
         for key, nbytes in storages:
             if key in held or key in counted:

@@ -18,9 +18,9 @@ peak_flops("float32")`` for other dtypes) and its bytes for the other classes; t
 is the plain roofline's memory (matmul) or compute (others) time. A byte-class op larger than
 every sample of its fit is also held to the device's ``mem_bandwidth_Bps``: the samples may
 have fitted in the caches (on an AMD EPYC VM the elementwise fit reached 150 GB/s up to 50 MB
-while a 460 MB gradient sum ran below 35 GB/s, the profiled memory bandwidth). A matmul's time is then
-scaled by :func:`autopart.costmodel.calibration.matmul_correction` (the calibration samples
-most like it, of the same output row alignment).
+while a 460 MB gradient sum ran below 35 GB/s, the profiled memory bandwidth). A matmul's
+time is then scaled by :func:`autopart.costmodel.calibration.matmul_correction` (the
+calibration samples most like it, of the same output row alignment).
 """
 
 from __future__ import annotations

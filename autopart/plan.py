@@ -134,7 +134,9 @@ class Plan:
             f"{self.num_variables} variables, {self.num_constraints} constraints",
             f"predicted time {_ms(self.predicted_time_s)} (compute "
             f"{_ms(self.predicted_compute_s)} and transfers {_ms(self.predicted_transfer_s)}, "
-            "overlapped where independent); "
+            "overlapped where independent"
+            + (f"; forward {_ms(self.predicted_forward_s)}" if self.predicted_forward_s < self.predicted_time_s else "")
+            + "); "
             f"busiest device {_ms(self.predicted_bottleneck_s)}; energy "
             f"{self.predicted_energy_J:.3g} J; "
             f"{self.num_nodes} nodes in {len(self.tasks)} tasks on {len(self.devices_used)} "

@@ -1085,6 +1085,7 @@ def test_a_training_plan_costs_forward_and_backward_and_monitors_the_forward():
     forward_copies = sum(plan.predicted_busy_s.values()) - fwd_s
     assert forward_copies > 0 and plan.predicted_transfer_s > forward_copies  # gradients come back
     assert 0 < plan.predicted_forward_s < plan.predicted_time_s
+    assert f"; forward {plan.predicted_forward_s * 1e3:.3f} ms)" in plan.summary()
     (inference,) = autopart.plan_model(model, torch.randn(4, 16), **options)
     assert sum(inference.predicted_busy_s.values()) == pytest.approx(inference.predicted_compute_s + inference.predicted_transfer_s)
     assert inference.predicted_forward_s == inference.predicted_time_s

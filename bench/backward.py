@@ -38,25 +38,10 @@ from pathlib import Path
 
 import torch
 from _common import git_state, machine_name
-from costmodel import RESULTS, build, rel, time_samples_s
+from costmodel import RESULTS, build, capture, rel, time_samples_s
 
 import autopart
 from autopart.profiler import profile_topology
-
-
-def capture_for_training(model, inputs):
-    """The first graph Dynamo captures with gradients enabled, and its real example inputs."""
-    seen = {}
-
-    def backend(gm, example_inputs):
-        if "gm" not in seen:
-            seen["gm"], seen["inputs"] = gm, list(example_inputs)
-        return gm.forward
-
-    torch._dynamo.reset()
-    with torch.enable_grad():
-        torch.compile(model, backend=backend)(**inputs)
-    return seen["gm"], seen["inputs"]
 
 
 def step_timers(gm, inputs):
@@ -157,7 +142,7 @@ def main(argv=None) -> int:
     captured = {}
     for name in args.models:
         model, inputs = build(name)
-        captured[name] = capture_for_training(model.to(device), {k: v.to(device) for k, v in inputs.items()})
+        captured[name] = capture(model.to(device), {k: v.to(device) for k, v in inputs.items()}, grad=True)
     by_model: dict[str, list[dict]] = defaultdict(list)
     for i in range(args.rounds):
         if args.topology:

@@ -90,8 +90,9 @@ def build(name: str):
     return model.eval(), inputs
 
 
-def capture(model, inputs):
-    """The first graph Dynamo captures and its real example inputs."""
+def capture(model, inputs, grad: bool = False):
+    """The first graph Dynamo captures (with gradients enabled if ``grad``, as for a training
+    step) and its real example inputs."""
     seen = {}
 
     def backend(gm, example_inputs):
@@ -100,7 +101,7 @@ def capture(model, inputs):
         return gm.forward
 
     torch._dynamo.reset()
-    with torch.no_grad():
+    with torch.set_grad_enabled(grad):
         torch.compile(model, backend=backend)(**inputs)
     return seen["gm"], seen["inputs"]
 

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 from _common import git_state, machine_name
-from costmodel import RESULTS, build, capture, rel, time_samples_s
+from costmodel import RESULTS, capture_models, rel, time_samples_s
 
 import autopart
 from autopart.profiler import profile_topology
@@ -136,13 +136,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error(f"--rounds must be at least 1, got {args.rounds}")
-    torch.manual_seed(0)
-    dev = torch.device(args.device)
-    device = f"cuda:{dev.index or 0}" if dev.type == "cuda" else dev.type
-    captured = {}
-    for name in args.models:
-        model, inputs = build(name)
-        captured[name] = capture(model.to(device), {k: v.to(device) for k, v in inputs.items()}, grad=True)
+    device, captured = capture_models(args.models, args.device, grad=True)
     by_model: dict[str, list[dict]] = defaultdict(list)
     for i in range(args.rounds):
         if args.topology:

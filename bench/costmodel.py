@@ -106,6 +106,19 @@ def capture(model, inputs, grad: bool = False):
     return seen["gm"], seen["inputs"]
 
 
+def capture_models(names: list[str], device_name: str, grad: bool = False) -> tuple[str, dict]:
+    """(the topology name of ``device_name``, {model name: (graph, example inputs)}): each model
+    of :func:`build` moved to the device and captured (:func:`capture`), seeded alike."""
+    torch.manual_seed(0)
+    dev = torch.device(device_name)
+    device = f"cuda:{dev.index or 0}" if dev.type == "cuda" else dev.type
+    captured = {}
+    for name in names:
+        model, inputs = build(name)
+        captured[name] = capture(model.to(device), {k: v.to(device) for k, v in inputs.items()}, grad=grad)
+    return device, captured
+
+
 def time_samples_s(fn, repeats: int, min_time_s: float = 0.02) -> list[float]:
     """``repeats`` samples of fn's seconds per call; each sample loops enough calls to last
     ``min_time_s``, so that timer resolution does not matter for tiny ops. On CUDA each sample
@@ -326,13 +339,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error(f"--rounds must be at least 1, got {args.rounds}")
-    torch.manual_seed(0)
-    dev = torch.device(args.device)
-    device = f"cuda:{dev.index or 0}" if dev.type == "cuda" else dev.type
-    captured = {}
-    for name in args.models:
-        model, inputs = build(name)
-        captured[name] = capture(model.to(device), {k: v.to(device) for k, v in inputs.items()})
+    device, captured = capture_models(args.models, args.device)
     by_model: dict[str, list[dict]] = defaultdict(list)
     for i in range(args.rounds):
         for name, (gm, example_inputs) in captured.items():

@@ -21,7 +21,7 @@ from .kernels.compression import packed_element_size
 from .solver import Solution, evaluate, power_W, stream_host
 from .topology import Topology
 
-PLAN_FORMAT_VERSION = 4
+PLAN_FORMAT_VERSION = 5
 
 
 @dataclass(frozen=True)

@@ -151,8 +151,10 @@ class AnnotatedGraph:
         users, position = self.users, self.index
         fresh: dict[str, int] = {}
         for n in self.nodes:
+            if n.role != "parameter" or not n.training_bytes:
+                continue
             readers = [u for u in users[n.name] if self.node(u).is_compute]
-            if n.role == "parameter" and n.training_bytes and readers:
+            if readers:
                 first = min(readers, key=position.__getitem__)
                 fresh[first] = fresh.get(first, 0) + n.output_bytes
         return fresh

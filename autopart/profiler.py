@@ -46,8 +46,9 @@ current stream; across two CUDA devices with ``time.perf_counter`` between
 Time budget: :func:`profile_topology` splits ``budget_s`` over its tasks by weight (a matmul
 sweep weighs 3, a copy sweep 1, a link fit per host-memory kind 1, the launch and first-touch
 probes 0.5 each), each task getting its weight's share of the time still left; a sweep checks
-the predicted cost of its next size against its share and stops early. The smallest size of each sweep is always
-measured, so even a tiny budget returns numbers (and overruns it by a little).
+the predicted cost of its next size against its share and stops early. The smallest size of
+each sweep is always measured, so even a tiny budget returns numbers (and overruns it by a
+little).
 
 The ``measured`` dict
 ---------------------

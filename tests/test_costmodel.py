@@ -215,30 +215,25 @@ def test_each_node_records_what_training_adds_to_its_device(optimizer, per_byte)
     assert graph.has_backward == (optimizer != "none")
 
 
-def _analysed_for_training(model: nn.Module, x: torch.Tensor, optimizer: str = "adam"):
+def _analysed_for_training(model: nn.Module, *inputs: torch.Tensor, optimizer: str = "adam"):
     """The annotated graph of ``model`` captured by Dynamo with gradients enabled, after the
     shape, memory, cost and training passes, and the training report."""
-    seen = {}
-
-    def backend(gm, example_inputs):
-        seen["graph"], seen["tm"] = _analysed_graph(gm, example_inputs, optimizer, report=True)
-        return gm.forward
-
-    torch._dynamo.reset()
-    torch.compile(model, backend=backend)(x)
-    return seen["graph"], seen["tm"]
-
-
-def _analysed_graph(gm, example_inputs, optimizer="adam", *, report=False):
     from autopart import AnnotatedGraph
     from autopart.passes import cost_pass
 
-    propagate_shapes_pass(gm, example_inputs)
-    memory = memory_pass(gm)
-    cost_pass(gm, example_inputs, topology=make_topology([make_device("cpu")]))
-    tm = training_memory_pass(gm, example_inputs, memory=memory, optimizer=optimizer)
-    graph = AnnotatedGraph.from_fx(gm, memory)
-    return (graph, tm) if report else graph
+    seen = {}
+
+    def backend(gm, example_inputs):
+        propagate_shapes_pass(gm, example_inputs)
+        memory = memory_pass(gm)
+        cost_pass(gm, example_inputs, topology=make_topology([make_device("cpu")]))
+        seen["tm"] = training_memory_pass(gm, example_inputs, memory=memory, optimizer=optimizer)
+        seen["graph"] = AnnotatedGraph.from_fx(gm, memory)
+        return gm.forward
+
+    torch._dynamo.reset()
+    torch.compile(model, backend=backend)(*inputs)
+    return seen["graph"], seen["tm"]
 
 
 def _backward_matmul_flops_by_autograd(model: nn.Module, x: torch.Tensor) -> int:
@@ -284,17 +279,10 @@ def test_attention_and_convolution_backward_are_their_kernels_at_twice_the_forwa
             return self.conv(img).sum() + torch.nn.functional.scaled_dot_product_attention(q, k, v).sum()
 
     inputs = [torch.randn(2, 3, 10, 10, requires_grad=True)] + [torch.randn(2, 4, 16, 8, requires_grad=True) for _ in range(3)]
-    seen = {}
-
-    def backend(gm, example_inputs):
-        seen["graph"] = _analysed_graph(gm, example_inputs)
-        return gm.forward
-
-    torch._dynamo.reset()
-    torch.compile(M(), backend=backend)(*inputs)
+    graph, _ = _analysed_for_training(M(), *inputs)
     for target, kind, backward in [("conv2d", "matmul:convolution", "matmul:convolution_backward"),
                                    ("scaled_dot_product_attention", "matmul:attention", "matmul:attention")]:
-        node = next(n for n in seen["graph"].nodes if n.target.endswith(target))
+        node = next(n for n in graph.nodes if n.target.endswith(target))
         forward = sum(op.flops for op in node.ops if op.kind == kind)
         assert forward > 0 and sum(op.flops for op in node.backward_ops if op.kind == backward) == 2 * forward
 

@@ -319,10 +319,13 @@ REPLAN_CALLS = 3
 REPLAN_MIN_SHARE = 0.1
 
 
-def replan_factors(plan: Plan, measured_busy_s: dict[str, float]) -> tuple[dict[str, float], float]:
+def replan_factors(
+    plan: Plan, measured_busy_s: dict[str, float], measured_backward_s: dict[str, float] | None = None
+) -> tuple[dict[str, float], float]:
     """How far each device's measured busy time departs from the plan's: ``(factors, spread)``.
 
-    ``factors[d]`` = measured / predicted busy seconds per call of device ``d``, for devices the
+    ``factors[d]`` = measured / predicted busy seconds per call of device ``d`` (forward, plus
+    backward when ``measured_backward_s`` has the backward's: a training step), for devices the
     plan keeps busy at least ``REPLAN_MIN_SHARE`` of the busiest one's time; every other device
     of the plan (idle, or too briefly busy to measure) gets the lower median of those ratios,
     as if it departed from the model as a typical device does. ``spread`` = largest over
@@ -330,11 +333,17 @@ def replan_factors(plan: Plan, measured_busy_s: dict[str, float]) -> tuple[dict[
     the model, which is what can change the best placement (all devices slower by the same
     factor leaves it as it is). Returns ``({}, 1.0)`` when nothing was measured.
     """
-    busiest = max(plan.predicted_busy_s.values(), default=0.0)
+    backward = measured_backward_s or {}
+    predicted = {
+        d: plan.predicted_busy_s.get(d, 0.0) + (plan.predicted_backward_busy_s.get(d, 0.0) if backward else 0.0)
+        for d in {*plan.predicted_busy_s, *plan.predicted_backward_busy_s}
+    }
+    measured = {d: measured_busy_s.get(d, 0.0) + backward.get(d, 0.0) for d in {*measured_busy_s, *backward}}
+    busiest = max(predicted.values(), default=0.0)
     ratios = {
-        d: seconds / plan.predicted_busy_s[d]
-        for d, seconds in measured_busy_s.items()
-        if seconds > 0 and plan.predicted_busy_s.get(d, 0.0) >= REPLAN_MIN_SHARE * busiest > 0
+        d: seconds / predicted[d]
+        for d, seconds in measured.items()
+        if seconds > 0 and predicted.get(d, 0.0) >= REPLAN_MIN_SHARE * busiest > 0
     }
     if not ratios:
         return {}, 1.0
@@ -388,34 +397,44 @@ class Compilation:
     def report(self) -> str:
         """Predicted against measured: each device's busy time per call (its partitions:
         compute and the copies it receives) and the whole call, averaged over the calls timed
-        with ``monitor=True`` (every call after the first). A call is the forward pass: a
-        training plan's backward is not timed. A ratio far from 1 means the cost
-        model or topology departs from this machine (e.g. a preset run on other hardware).
+        with ``monitor=True`` (every call after the first). A call is the forward pass. When
+        the backward of timed calls ran (a training step), three more columns give each
+        device's backward (its partitions' autograd nodes, and the gradients it sends back)
+        and the backward pass of the graph. A ratio far from 1 means the cost model or topology
+        departs from this machine (e.g. a preset run on other hardware).
 
         Raises:
             ValueError: the graph was not compiled with ``monitor=True``, fell back to the
                 captured graph, or has not been called twice yet.
         """
-        runner = self.runner
-        if runner is None or self.plan is None:
+        runner, plan = self.runner, self.plan
+        if runner is None or plan is None:
             raise ValueError(f"{self.graph_name} runs as captured ({self.fallback_reason}): nothing to report")
         if runner.timer is None:
             raise ValueError(f"{self.graph_name} is not monitored: compile with autopart.backend(monitor=True)")
         calls = runner.metrics.num_monitored_calls
         if not calls:
             raise ValueError(f"{self.graph_name} has no timed call yet: the first call is not timed, call it again")
-        measured = runner.measured_busy_s()
-        rows = [
-            [device, self.plan.device_map.get(device, device), _ms(self.plan.predicted_busy_s.get(device, 0.0)),
-             _ms(seconds), _ratio(seconds, self.plan.predicted_busy_s.get(device, 0.0))]
-            for device, seconds in measured.items()
-        ]
+        backward, backward_span_s = runner.measured_backward_s()
+
+        def columns(predicted: float, measured: float) -> list[str]:
+            return [_ms(predicted), _ms(measured), _ratio(measured, predicted)]
+
+        rows = []
+        for device, seconds in runner.measured_busy_s().items():
+            row = [device, plan.device_map.get(device, device), *columns(plan.predicted_busy_s.get(device, 0.0), seconds)]
+            if backward:
+                row += columns(plan.predicted_backward_busy_s.get(device, 0.0), backward.get(device, 0.0))
+            rows.append(row)
         call_s = runner.metrics.monitored_call_s / calls
-        rows.append(["(call)", "-", _ms(self.plan.predicted_forward_s), _ms(call_s),
-                     _ratio(call_s, self.plan.predicted_forward_s)])
+        rows.append(["(call)", "-", *columns(plan.predicted_forward_s, call_s)])
         header = ["device", "runs on", "predicted", "measured", "measured/predicted"]
-        return "\n".join([f"autopart monitor for {self.graph_name}: busy time per call, mean of {calls} timed call(s)",
-                          *_table(header, rows)])
+        title = f"autopart monitor for {self.graph_name}: busy time per call, mean of {calls} timed call(s)"
+        if backward:
+            rows[-1] += columns(plan.predicted_time_s - plan.predicted_forward_s, backward_span_s)
+            header += ["backward predicted", "measured", "measured/predicted"]
+            title += f"; backward: mean of {runner.timer.backward_seconds()[1]} pass(es)"
+        return "\n".join([title, *_table(header, rows)])
 
 
 _REGISTRY: list[weakref.ref[Compilation]] = []  # weak: a deleted backend's graphs are freed
@@ -582,7 +601,7 @@ class Backend:
         comp.replan_checked = True
         threshold = self.config.replan
         assert threshold is not None
-        factors, spread = replan_factors(plan, runner.measured_busy_s())
+        factors, spread = replan_factors(plan, runner.measured_busy_s(), runner.measured_backward_s()[0])
         if spread <= threshold:
             comp.replan_note = f"kept: measured/predicted ratios spread {spread:.2f}x <= {threshold}x"
             return

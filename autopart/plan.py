@@ -21,7 +21,7 @@ from .kernels.compression import packed_element_size
 from .solver import Solution, evaluate, power_W, stream_host
 from .topology import Topology
 
-PLAN_FORMAT_VERSION = 5
+PLAN_FORMAT_VERSION = 6
 
 
 @dataclass(frozen=True)
@@ -111,6 +111,10 @@ class Plan:
     predicted_forward_s: float = 0.0
     """Seconds of the forward call alone (what ``monitor`` times as a call): ``predicted_time_s``
     less, in a training plan, the backward pass."""
+    predicted_backward_busy_s: dict[str, float] = field(default_factory=dict)
+    """Per device, seconds of one backward pass of a training plan: its backward compute plus
+    the gradients it sends back for the copies it received (what ``monitor`` measures as the
+    device's backward); {} for a plan that runs no backward."""
 
     @property
     def devices_used(self) -> list[str]:
@@ -394,9 +398,10 @@ def make_plan(
     transfers, saved = choose_compression(transfers, graph, problem.topology, compression)
     ev = evaluate(problem, solution.assignment, solution.streamed)
     busy = {d: b - saved.get(d, 0.0) for d, b in ev.busy_s.items()}
-    forward = ev
+    forward, backward_busy = ev, {}
     if any(t.backward_time_s for t in problem.tasks):
         forward = evaluate(problem.forward_only(), solution.assignment, solution.streamed)
+        backward_busy = {d: b - forward.busy_s.get(d, 0.0) for d, b in ev.busy_s.items()}
     total_saved = sum(saved.values())
     watts = {d: power_W(problem, d) for d in ev.busy_s}  # (active, idle)
     saved_J = sum((watts[d][0] - watts[d][1]) * s for d, s in saved.items()) + total_saved * sum(
@@ -427,6 +432,7 @@ def make_plan(
         predicted_bottleneck_s=max(busy.values(), default=0.0) if saved else ev.bottleneck_s,
         predicted_busy_s={d: b - saved.get(d, 0.0) for d, b in forward.busy_s.items()},
         predicted_forward_s=forward.time_s - total_saved,
+        predicted_backward_busy_s=backward_busy,
         predicted_energy_J=ev.energy_J - saved_J,
         predicted_peak_bytes={d: ev.peak_bytes.get(d, 0) for d in problem.capacity_bytes},
         capacity_bytes=dict(problem.capacity_bytes),

@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 import torch
 import torch.fx
+from torch.utils._pytree import tree_leaves
 
 from .config import AutopartWarning
 from .kernels.transfer import (
@@ -162,10 +163,19 @@ class StaticInputMover:
 
 
 class PartitionTimer:
-    """Times each partition of a split graph while ``enabled``: forward pre- and post-hooks
-    take the wall clock on a CPU partition, and record CUDA events on the current stream of a
-    GPU partition's device, read once they are complete (:meth:`seconds`). A partition run
-    several times in a call (micro-batches) adds up.
+    """Times each partition of a split graph, forward and backward, while ``enabled``.
+
+    Forward: pre- and post-hooks take the wall clock on a CPU partition, and record CUDA events
+    on the current stream of a GPU partition's device, read once they are complete
+    (:meth:`seconds`). A partition run several times in a call (micro-batches) adds up.
+
+    Backward, when a call records autograd history: the forward post-hook walks the autograd
+    graph the partition just built, from its outputs' ``grad_fn`` back to its inputs' (leaves'
+    ``AccumulateGrad``, which only stores a gradient, is left out), and hooks each node, so the
+    partition's backward time is the sum of its nodes' times, taken as its forward's are. Gaps
+    between them, where autograd runs other partitions' nodes, are not counted. The hooks live
+    on that call's autograd nodes and die with them; a call whose backward never runs adds
+    nothing.
 
     Args:
         module: the split graph (``submod_<i>`` partitions).
@@ -175,46 +185,125 @@ class PartitionTimer:
     def __init__(self, module: torch.fx.GraphModule, devices: dict[str, torch.device]) -> None:
         self.enabled = False
         self._total_s: dict[str, float] = dict.fromkeys(devices, 0.0)
+        self._backward_s: dict[str, float] = dict.fromkeys(devices, 0.0)
         self._open: dict[str, Any] = {}
-        self._pending: list[tuple[str, Any, Any]] = []
+        self._boundary: dict[str, set[int]] = {}
+        self._pending: list[tuple[dict[str, float], str, Any, Any]] = []
+        self._call = 0
+        self._claimed: set[int] = set()
+        self._spans: dict[int, list[float]] = {}
+        """Timed call -> host clock at its backward's first node start and last node end."""
+        self._fold_floor = 1
+        self._span_total_s = 0.0
+        self._num_backwards = 0
         for name, device in devices.items():
             part = module.get_submodule(name)
             part.register_forward_pre_hook(functools.partial(self._start, name, device))
             part.register_forward_hook(functools.partial(self._stop, name, device))
 
-    def _start(self, name: str, device: torch.device, *_: Any) -> None:
-        if not self.enabled:
-            return
+    def begin_call(self) -> None:
+        """Mark the start of a timed call (before its partitions run)."""
+        self._call += 1
+        self._claimed.clear()
+        for call in [c for c in self._spans if c < self._call - 1]:  # their backward has run
+            self._fold(call)
+
+    def _fold(self, call: int) -> None:
+        first, last = self._spans.pop(call)
+        self._span_total_s += last - first
+        self._num_backwards += 1
+        self._fold_floor = max(self._fold_floor, call + 1)  # a late node of it adds no span
+
+    def _clock(self, device: torch.device) -> Any:
         if device.type == "cuda":
             event = torch.cuda.Event(enable_timing=True)
             event.record(torch.cuda.current_stream(device))
-            self._open[name] = event
-        else:
-            self._open[name] = time.perf_counter()
+            return event
+        return time.perf_counter()
 
-    def _stop(self, name: str, device: torch.device, *_: Any) -> None:
-        start = self._open.pop(name, None)
-        if start is None:
-            return
+    def _add(self, totals: dict[str, float], name: str, device: torch.device, start: Any) -> None:
         if device.type == "cuda":
-            end = torch.cuda.Event(enable_timing=True)
-            end.record(torch.cuda.current_stream(device))
-            self._pending.append((name, start, end))
+            self._pending.append((totals, name, start, self._clock(device)))
             if len(self._pending) > 1024:  # bound what waits to be read
                 self._read()
         else:
-            self._total_s[name] += time.perf_counter() - start
+            totals[name] += time.perf_counter() - start
+
+    def _start(self, name: str, device: torch.device, _module: Any, args: tuple[Any, ...]) -> None:
+        if not self.enabled:
+            return
+        self._open[name] = self._clock(device)
+        if torch.is_grad_enabled():
+            self._boundary[name] = {
+                id(t.grad_fn) for t in tree_leaves(args) if isinstance(t, torch.Tensor) and t.grad_fn is not None
+            }
+
+    def _stop(self, name: str, device: torch.device, _module: Any, _args: Any, output: Any) -> None:
+        start = self._open.pop(name, None)
+        if start is None:
+            return
+        self._add(self._total_s, name, device, start)
+        boundary = self._boundary.pop(name, None)
+        if boundary is not None:
+            for node in self._backward_nodes(output, boundary):
+                self._hook(node, name, device)
+
+    def _backward_nodes(self, output: Any, boundary: set[int]) -> list[Any]:
+        """The autograd nodes ``output`` was built by since the inputs (ids in ``boundary``),
+        less those another partition of this call claimed."""
+        stack = [t.grad_fn for t in tree_leaves(output) if isinstance(t, torch.Tensor) and t.grad_fn is not None]
+        nodes = []
+        while stack:
+            node = stack.pop()
+            if node is None or id(node) in boundary or id(node) in self._claimed:
+                continue
+            if isinstance(node, torch._C._functions.AccumulateGrad):  # a leaf's: lives as long as it
+                continue
+            self._claimed.add(id(node))
+            nodes.append(node)
+            stack.extend(next_node for next_node, _ in node.next_functions)
+        return nodes
+
+    def _hook(self, node: Any, name: str, device: torch.device) -> None:
+        call, opened = self._call, []
+
+        def pre(_grad_outputs: Any) -> None:
+            opened.append(self._clock(device))
+            if call >= self._fold_floor:
+                now = time.perf_counter()
+                self._spans.setdefault(call, [now, now])
+
+        def post(_grad_inputs: Any, _grad_outputs: Any) -> None:
+            if opened:
+                self._add(self._backward_s, name, device, opened.pop())
+            span = self._spans.get(call)
+            if span is not None:
+                span[1] = time.perf_counter()
+
+        node.register_prehook(pre)
+        node.register_hook(post)
 
     def _read(self) -> None:
-        for name, start, end in self._pending:
+        for totals, name, start, end in self._pending:
             end.synchronize()
-            self._total_s[name] += start.elapsed_time(end) / 1e3
+            totals[name] += start.elapsed_time(end) / 1e3
         self._pending.clear()
 
     def seconds(self) -> dict[str, float]:
-        """Partition name -> seconds measured over all timed calls (waits for pending events)."""
+        """Partition name -> forward seconds measured over all timed calls (waits for pending
+        events)."""
         self._read()
         return dict(self._total_s)
+
+    def backward_seconds(self) -> tuple[dict[str, float], int, float]:
+        """``(per_partition, num_backwards, span_s)``: partition name -> backward seconds over
+        all timed calls; how many timed calls' backward ran; and the wall-clock seconds of those
+        backwards together, from their first node's start to their last node's end (on a GPU:
+        as the host saw them, which may be before their kernels finish)."""
+        self._read()
+        for call in list(self._spans):
+            self._fold(call)
+        return dict(self._backward_s), self._num_backwards, self._span_total_s
 
 
 @dataclass
@@ -264,6 +353,8 @@ class PlacedGraph:
         start = time.perf_counter()
         if self.timer is not None:
             self.timer.enabled = self.metrics.num_calls > 0  # the first call copies weights, warms up
+            if self.timer.enabled:
+                self.timer.begin_call()
         if self._direct is not None:
             out = self._direct(*args)
         else:
@@ -283,10 +374,27 @@ class PlacedGraph:
         calls = self.metrics.num_monitored_calls
         if self.timer is None or not calls:
             return {}
+        return self._per_device(self.timer.seconds(), calls)
+
+    def measured_backward_s(self) -> tuple[dict[str, float], float]:
+        """``(busy, span_s)`` of the backward passes of the timed calls (with ``monitor``;
+        ``({}, 0.0)`` before one ran): per topology device, the measured seconds of its
+        partitions' backward per backward pass, and the wall-clock seconds of one backward pass
+        of this graph, from its first autograd node to its last (see :class:`PartitionTimer`).
+        Compare with ``plan.predicted_backward_busy_s`` and ``plan.predicted_time_s -
+        plan.predicted_forward_s``."""
+        if self.timer is None:
+            return {}, 0.0
+        seconds, count, span_s = self.timer.backward_seconds()
+        if not count:
+            return {}, 0.0
+        return self._per_device(seconds, count), span_s / count
+
+    def _per_device(self, per_partition: dict[str, float], count: int) -> dict[str, float]:
         busy: dict[str, float] = {}
-        for part, seconds in self.timer.seconds().items():
+        for part, seconds in per_partition.items():
             device = self.partition_devices[part]
-            busy[device] = busy.get(device, 0.0) + seconds / calls
+            busy[device] = busy.get(device, 0.0) + seconds / count
         return busy
 
     def _call(self, args: tuple[Any, ...]) -> Any:

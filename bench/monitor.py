@@ -22,9 +22,14 @@ each; see bench/overhead.py):
    alternating rounds against the first compile (the first plan, not monitored); what was
    decided, and the ratio of the times per call.
 
-    python bench/monitor.py [--rounds 7] [--calls 5] [--replan 1.5]
+With ``--training`` a call is a training step: the forward with gradients, then the backward of
+the mean of the logits (gradients set to None after each step; no optimizer step). The plans
+are for training with ``optimizer="sgd"`` (no optimizer state), each GPU held to 140% of the
+weights (a parameter and its gradient make 200%); the report adds each device's backward.
 
-Writes bench/results/monitor-<machine>-<date>.{md,json}.
+    python bench/monitor.py [--rounds 7] [--calls 5] [--replan 1.5] [--training]
+
+Writes bench/results/monitor[-training]-<machine>-<date>.{md,json}.
 """
 
 from __future__ import annotations
@@ -48,16 +53,31 @@ from autopart.dynamo import REPLAN_CALLS
 RESULTS = Path(__file__).parent / "results"
 
 
-def timed_calls(fn, args, n: int) -> list[float]:
-    """Seconds of each of ``n`` calls (GPU work waited for)."""
+def timed_calls(step, n: int) -> list[float]:
+    """Seconds of each of ``n`` calls of ``step()`` (GPU work waited for)."""
     out = []
     for _ in range(n):
         sync()
         start = time.perf_counter()
-        fn(*args)
+        step()
         sync()
         out.append(time.perf_counter() - start)
     return out
+
+
+def steps(fn, ids, training: bool):
+    """A call of compiled model ``fn``: its forward under ``no_grad``, or a training step."""
+    if not training:
+        def forward():
+            with torch.no_grad():
+                fn(ids)
+        return forward
+
+    def train_step():
+        fn(ids).logits.mean().backward()
+        for p in fn.parameters():
+            p.grad = None
+    return train_step
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=7, help="alternating rounds (default 7)")
     parser.add_argument("--calls", type=int, default=5, help="calls per round (default 5)")
     parser.add_argument("--replan", type=float, default=1.5, help="replan factor (default 1.5)")
+    parser.add_argument("--training", action="store_true", help="time training steps (forward and backward)")
     args = parser.parse_args(argv)
 
     cuda = torch.cuda.is_available()
@@ -73,41 +94,47 @@ def main(argv: list[str] | None = None) -> int:
     model = tf.GPT2LMHeadModel(tf.GPT2Config()).eval().to(device)
     ids = torch.randint(0, 50257, (1, 128), generator=torch.Generator().manual_seed(0)).to(device)
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    cap = int(0.6 * weights)
+    share = 1.4 if args.training else 0.6
+    cap = int(share * weights)
+    held = f"held to {share:.0%} of the weights"
     if cuda:
-        setup = "this machine, cuda:0 held to 60% of the weights"
+        setup = f"this machine, cuda:0 {held}"
         options = dict(max_memory={"cuda:0": cap, "cpu": 64 * 2**30})
         topology = autopart.Topology.discover()
     else:
-        setup = "hetero-a100-t4-cpu mapped onto this CPU, each GPU held to 60% of the weights"
+        setup = f"hetero-a100-t4-cpu mapped onto this CPU, each GPU {held}"
         options = dict(topology="hetero-a100-t4-cpu", device_map="cpu", max_memory={"cuda:0": cap, "cuda:1": cap})
         topology = autopart.Topology.preset("hetero-a100-t4-cpu")
     machine = machine_name(autopart.Topology.discover())
 
+    if args.training:
+        options["optimizer"] = "sgd"
+        model.train()
+        setup += "; training steps, optimizer='sgd'"
+
     def compiled(**extra):
         backend = autopart.backend(strict=True, **options, **extra)
-        return backend, torch.compile(copy.deepcopy(model), backend=backend)
+        return backend, steps(torch.compile(copy.deepcopy(model), backend=backend), ids, args.training)
 
     started = time.perf_counter()
-    with torch.no_grad():
-        (_, plain), (monitored_backend, monitored) = compiled(), compiled(monitor=True)
-        for fn in (plain, monitored):
-            timed_calls(fn, (ids,), 3)
-        per_call: dict[str, list[float]] = {"off": [], "on": []}
-        for _ in range(args.rounds):
-            for key, fn in (("off", plain), ("on", monitored)):
-                per_call[key].append(statistics.median(timed_calls(fn, (ids,), args.calls)))
-        off, on = (statistics.median(per_call[k]) for k in ("off", "on"))
-        (comp,) = monitored_backend.compilations
-        report = comp.report()
+    (_, plain), (monitored_backend, monitored) = compiled(), compiled(monitor=True)
+    for step in (plain, monitored):
+        timed_calls(step, 3)
+    per_call: dict[str, list[float]] = {"off": [], "on": []}
+    for _ in range(args.rounds):
+        for key, step in (("off", plain), ("on", monitored)):
+            per_call[key].append(statistics.median(timed_calls(step, args.calls)))
+    off, on = (statistics.median(per_call[k]) for k in ("off", "on"))
+    (comp,) = monitored_backend.compilations
+    report = comp.report()
 
-        replan_backend, replanned = compiled(replan=args.replan)
-        timed_calls(replanned, (ids,), 1 + REPLAN_CALLS + 1)  # the check runs after call 1 + REPLAN_CALLS
-        (rcomp,) = replan_backend.compilations
-        versus: dict[str, list[float]] = {"first plan": [], "after the check": []}
-        for _ in range(args.rounds):
-            for key, fn in (("first plan", plain), ("after the check", replanned)):
-                versus[key].append(statistics.median(timed_calls(fn, (ids,), args.calls)))
+    replan_backend, replanned = compiled(replan=args.replan)
+    timed_calls(replanned, 1 + REPLAN_CALLS + 1)  # the check runs after call 1 + REPLAN_CALLS
+    (rcomp,) = replan_backend.compilations
+    versus: dict[str, list[float]] = {"first plan": [], "after the check": []}
+    for _ in range(args.rounds):
+        for key, step in (("first plan", plain), ("after the check", replanned)):
+            versus[key].append(statistics.median(timed_calls(step, args.calls)))
     first = rcomp.replanned_from or rcomp.plan
 
     result = dict(
@@ -117,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         autopart=git_state("bench/monitor.py"),
         setup=setup,
         device=torch.cuda.get_device_name() if cuda else topology.device("cpu").model,
+        training=args.training,
         rounds=args.rounds,
         calls=args.calls,
         per_call_s={"monitor off": off, "monitor on": on},
@@ -176,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join(lines) + "\n"
     print(text)
     RESULTS.mkdir(exist_ok=True)
-    stem = RESULTS / f"monitor-{machine}-{result['date']}"
+    stem = RESULTS / f"monitor{'-training' if args.training else ''}-{machine}-{result['date']}"
     stem.with_suffix(".md").write_text(text)
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {stem}.md and .json")

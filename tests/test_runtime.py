@@ -3,7 +3,9 @@ partition (kept to one small model: Inductor compiles C++ on the CPU), compared 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import re
 import time
 import warnings
 
@@ -13,6 +15,7 @@ from _util import make_device, make_topology
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
+from torch.utils._pytree import tree_leaves
 
 import autopart
 from autopart.kernels.compression import max_abs_error
@@ -22,12 +25,14 @@ pytestmark = pytest.mark.usefixtures("fresh_dynamo")
 
 
 class Mlp(nn.Module):
-    def __init__(self, width: int = 32) -> None:
+    def __init__(self, width: int = 32, squash: bool = True) -> None:
         super().__init__()
         self.a, self.b = nn.Linear(width, width), nn.Linear(width, width)
+        self.squash = squash
 
     def forward(self, x):
-        return self.b(torch.relu(self.a(x))).sigmoid()
+        y = self.b(torch.relu(self.a(x)))
+        return y.sigmoid() if self.squash else y
 
 
 def test_inductor_partitions_match_eager_forward_and_backward(capfd):
@@ -262,14 +267,15 @@ def test_a_static_graph_on_one_device_calls_the_inductor_compiled_graph_itself()
     assert partitions and not any(p.compiled for p in partitions)  # compiled once, as captured
 
 
-def _mlp_on_gpus(gpus: int = 2, **options):
+def _mlp_on_gpus(gpus: int = 2, training: bool = False, squash: bool = True, **options):
     """Mlp compiled for ``gpus`` identical GPUs (mapped onto the CPU), each holding one of its
-    two linears: the plan uses two of them."""
+    two linears: the plan uses two of them. ``training``: room for Adam's training memory (a
+    parameter, its gradient and two state tensors), for calls with gradients."""
     torch.manual_seed(0)
-    model = Mlp().eval()
+    model = Mlp(squash=squash).eval()
     weight_bytes = sum(p.numel() * 4 for p in model.parameters())
     topo = make_topology([make_device("cpu"), *(make_device(f"cuda:{i}") for i in range(gpus))])
-    cap = int(weight_bytes * 0.75)
+    cap = int(weight_bytes * (4 if training else 1) * 0.75)
     backend = autopart.backend(topology=topo, device_map="cpu",
                                max_memory={"cpu": 0, **{f"cuda:{i}": cap for i in range(gpus)}}, **options)
     return model, backend, torch.compile(model, backend=backend)
@@ -303,6 +309,74 @@ def test_monitor_times_each_device_and_reports_against_the_plan():
                        f"{busy['cuda:1'] / predicted:.2f}x"]
 
 
+def _slow_backward(comp, device: str, seconds: float) -> None:
+    """Add ``seconds`` to the backward of ``device``'s partitions: a pre-hook on each output's
+    autograd node, put there after the timer's own (so inside what it times)."""
+
+    def delay(_module, _args, output):
+        for t in tree_leaves(output):
+            if isinstance(t, torch.Tensor) and t.grad_fn is not None:
+                t.grad_fn.register_prehook(lambda _: time.sleep(seconds))
+
+    for part, d in comp.runner.partition_devices.items():
+        if d == device:
+            comp.runner.module.get_submodule(part).register_forward_hook(delay)
+
+
+def test_monitor_times_the_backward_of_each_device():
+    """A training step: each device's partitions' backward goes to that device; 20 ms added to
+    one device's backward shows there alone; a call whose backward never runs adds no backward
+    pass; an in-place update of the output is still allowed; gradients match eager."""
+    model, backend, compiled = _mlp_on_gpus(training=True, squash=False, strict=True, monitor=True)
+    reference = copy.deepcopy(model)
+    x = torch.randn(8, 32)
+    compiled(x).sum().backward()  # the first call: not timed
+    (comp,) = backend.compilations
+    plan = comp.plan
+    assert set(plan.devices_used) >= {"cuda:0", "cuda:1"}
+    assert all(plan.predicted_backward_busy_s[d] > 0 for d in ("cuda:0", "cuda:1"))
+    _slow_backward(comp, "cuda:1", 0.02)
+    compiled(x)  # timed; its backward never runs
+    for _ in range(2):
+        compiled(x).mul_(3).sum().backward()
+    reference(x).sum().backward()
+    for _ in range(2):
+        reference(x).mul_(3).sum().backward()
+    for p, q in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(p.grad, q.grad)
+    busy, span_s = comp.runner.measured_backward_s()
+    assert busy["cuda:1"] >= 0.02 > busy["cuda:0"] > 0
+    assert span_s >= busy["cuda:1"]
+    report = comp.report()
+    assert "mean of 3 timed call(s); backward: mean of 2 pass(es)" in report
+    row = next(line.split() for line in report.splitlines() if line.startswith("cuda:1"))
+    predicted = plan.predicted_backward_busy_s["cuda:1"]
+    assert row[-5:] == [f"{predicted * 1e3:.3f}", "ms", f"{busy['cuda:1'] * 1e3:.3f}", "ms",
+                        f"{busy['cuda:1'] / predicted:.2f}x"]
+
+
+def test_replan_sees_a_device_slower_than_planned_in_backward_alone():
+    """Re-planning a training step weighs its backward too: a GPU whose backward alone runs
+    20 ms slower than planned is left out of the new plan; gradients match eager."""
+    model, backend, compiled = _mlp_on_gpus(3, training=True, replan=1.5, strict=True)
+    reference = copy.deepcopy(model)
+    x = torch.randn(8, 32)
+    compiled(x).sum().backward()
+    (comp,) = backend.compilations
+    first = comp.plan
+    slow = next(d for d in first.devices_used if d.startswith("cuda"))
+    _slow_backward(comp, slow, 0.02)
+    for _ in range(autopart.dynamo.REPLAN_CALLS + 2):
+        compiled(x).sum().backward()
+    for _ in range(autopart.dynamo.REPLAN_CALLS + 3):
+        reference(x).sum().backward()
+    assert comp.replanned_from is first and comp.replan_note.startswith("re-planned"), comp.replan_note
+    assert _replan_spread(comp) > 20
+    assert slow in first.devices_used and slow not in comp.plan.devices_used
+    for p, q in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(p.grad, q.grad)
+
+
 def test_monitor_counts_every_micro_batch():
     """A partition run once per micro-batch adds up: the delay shows once per micro-batch."""
     model, backend, compiled = _mlp_on_gpus(strict=True, monitor=True, num_microbatches=4)
@@ -334,6 +408,11 @@ def _slow_down(comp, device: str, seconds: float) -> None:
             comp.runner.module.get_submodule(part).register_forward_pre_hook(lambda *_: time.sleep(seconds))
 
 
+def _replan_spread(comp) -> float:
+    """The measured/predicted spread the re-planning note gives."""
+    return float(re.search(r"spread ([0-9.]+)x", comp.replan_note).group(1))
+
+
 def test_replan_moves_work_off_a_device_slower_than_planned():
     """A GPU that runs 20 ms slower than its plan says is left out of the new plan; outputs
     match eager before and after, and the ledger follows the parameters to their new device."""
@@ -348,6 +427,7 @@ def test_replan_moves_work_off_a_device_slower_than_planned():
         for _ in range(autopart.dynamo.REPLAN_CALLS + 2):
             torch.testing.assert_close(compiled(x), model(x), rtol=0, atol=0)
     assert comp.replanned_from is first and comp.replan_note.startswith("re-planned"), comp.replan_note
+    assert _replan_spread(comp) > 20  # the 20 ms, not the noise of timing microsecond partitions
     assert slow in first.devices_used and slow not in comp.plan.devices_used
     assert len([d for d in comp.plan.devices_used if d.startswith("cuda")]) == 2
     assert comp.runner.metrics.num_calls == 2  # the new plan ran the last two calls
@@ -399,6 +479,11 @@ def test_replan_factors_scale_by_measured_over_predicted():
     assert factors[idle] == factors["cpu"] == pytest.approx(1.5)  # the lower median of a's and b's
     assert spread == pytest.approx(2)
     assert autopart.dynamo.replan_factors(plan, {}) == ({}, 1.0)
+    step = dataclasses.replace(plan, predicted_backward_busy_s={a: 2e-3, b: 1e-3})
+    step_factors, step_spread = autopart.dynamo.replan_factors(step, {a: 3e-3, b: 1.5e-3}, {a: 6e-3, b: 1e-3})
+    assert step_factors[a] == pytest.approx((3 + 6) / (1 + 2)) and step_factors[b] == pytest.approx((1.5 + 1) / (1 + 1))
+    assert step_spread == pytest.approx(3 / 1.25)
+    assert autopart.dynamo.replan_factors(step, {a: 3e-3, b: 1.5e-3}) == (factors, spread)  # no backward ran
     scaled = backend.compilations[0].problem.scaled(factors)
     for before, after in zip(backend.compilations[0].problem.tasks, scaled.tasks):
         assert after.time_s == {d: s * factors.get(d, 1.0) for d, s in before.time_s.items()}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The checks that need a CUDA GPU, for a machine with torch and CUDA but no package registry.
 #
-#   bash scripts/gpu_check.sh STEP...     steps: env profile offload cudatests tests overhead costmodel backward monitor
+#   bash scripts/gpu_check.sh STEP...     steps: env profile offload cudatests tests overhead costmodel backward monitor monitor-training
 #
 # Wheels of the packages the machine lacks (pulp, highspy, platformdirs) are taken from .whl/
 # (see /work/.library/device/README.md); autopart itself is installed next to them, so that Dynamo
@@ -53,6 +53,7 @@ for s in "$@"; do
         [ -f "$TOPO" ] && topology=(--topology "$TOPO")
         step backward 200 python3 bench/backward.py --device cuda:0 --repeats 5 --rounds 2 --budget 15 "${topology[@]}" ;;
     monitor) step monitor 150 python3 bench/monitor.py --rounds 7 --calls 5 ;;  # after profile: plans from it
+    monitor-training) step monitor-training 200 python3 bench/monitor.py --training --rounds 7 --calls 3 ;;
     *) echo "unknown step $s" | tee -a "$LOG" ;;
     esac
 done

@@ -39,7 +39,7 @@ from .passes.memory import storage_key
 from .passes.shapes import node_value, requires_grad
 from .passes.training import Optimizer, TrainingMemory, training_memory_pass
 from .pipeline import BatchSpec, auto_microbatches, batch_spec, is_random
-from .plan import Plan, _ms, _table, make_plan
+from .plan import Plan, _ms, _table, make_plan, step_copies
 from .rewrite import origin_resolver, resolve_device_map, rewrite
 from .runtime import (
     DynamoMetadata,
@@ -213,7 +213,7 @@ def solve_problem(graph: AnnotatedGraph, problem: PlacementProblem, config: Conf
         contiguous_stages=config.contiguous_stages,
     )
     plan = make_plan(graph, problem, solution, objective_name=config.objective, compression=config.compression)
-    return dataclasses.replace(plan, device_map=dict(mapping))
+    return dataclasses.replace(plan, device_map=dict(mapping), step_copies=step_copies(graph, plan, mapping))
 
 
 def solve_graph(graph: AnnotatedGraph | str | os.PathLike, **options: Any) -> Plan:

@@ -115,6 +115,12 @@ class Plan:
     """Per device, seconds of one backward pass of a training plan: its backward compute plus
     the gradients it sends back for the copies it received (what ``monitor`` measures as the
     device's backward); {} for a plan that runs no backward."""
+    step_copies: tuple[Transfer, ...] = ()
+    """Trainable parameters planned on a device other than the one they live on. The runtime
+    leaves the model where it is, so a training step copies each of them to its planned device
+    under autograd, its gradient comes back, and the optimizer steps where it lives
+    (:func:`step_copies`). Not in the predicted times or memory yet; empty for inference
+    plans and where both devices are one local device (e.g. ``device_map="cpu"``)."""
 
     @property
     def devices_used(self) -> list[str]:
@@ -174,6 +180,17 @@ class Plan:
                 ["from", "to", "size", "tensor", "why"],
                 [[t.src_device, t.dst_device, _mib(t.nbytes), t.source_node, t.reason] for t in self.replicas],
             )
+        if self.step_copies:
+            copied = sum(t.nbytes for t in self.step_copies)
+            lines += ["", f"trainable weights copied to their planned device every step, gradients back "
+                          f"(not in the predicted time): {len(self.step_copies)} ({_mib(copied)} each way)"]
+            lines += _table(
+                ["from", "to", "size", "tensor"],
+                [[t.src_device, t.dst_device, _mib(t.nbytes), t.source_node]
+                 for t in sorted(self.step_copies, key=lambda t: -t.nbytes)[:max_rows]],
+            )
+            if len(self.step_copies) > max_rows:
+                lines.append(f"... {len(self.step_copies) - max_rows} more")
         lines += ["", f"transfers per call: {len(self.transfers)} ({_mib(total)})"]
         if self.transfers:
             rows = [
@@ -242,6 +259,7 @@ class Plan:
         d["tasks"] = tuple(TaskPlacement(**t) for t in d["tasks"])
         d["transfers"] = tuple(Transfer(**t) for t in d["transfers"])
         d["replicas"] = tuple(Transfer(**t) for t in d["replicas"])
+        d["step_copies"] = tuple(Transfer(**t) for t in d["step_copies"])
         return cls(**d)
 
     def save(self, path: str | os.PathLike) -> None:
@@ -366,6 +384,25 @@ def choose_compression(
             t = dataclasses.replace(t, compression=method)
         chosen.append(t)
     return tuple(chosen), saved
+
+
+def step_copies(graph: AnnotatedGraph, plan: Plan, device_map: dict[str, str]) -> tuple[Transfer, ...]:
+    """The trainable parameters of ``graph`` that ``plan`` puts on a device whose local device
+    (``device_map``, topology device -> local; absent: the same name) is not the one the
+    parameter lives on (its recorded tensor device): what a training step copies there and
+    back (see :attr:`Plan.step_copies`). The copy's source is the topology device run by the
+    parameter's device, or that device's own name when none is."""
+    copies = []
+    for node in graph.nodes:
+        planned = plan.placement.get(node.name)
+        if node.role != "parameter" or not node.requires_grad or len(node.tensors) != 1 or planned is None:
+            continue
+        live = node.tensors[0].device
+        if device_map.get(planned, planned) == live:
+            continue
+        home = next((d for d in plan.capacity_bytes if device_map.get(d, d) == live), live)
+        copies.append(Transfer(node.name, home, planned, node.tensors[0].nbytes, "trainable parameter"))
+    return tuple(copies)
 
 
 def make_plan(

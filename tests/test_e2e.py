@@ -1091,6 +1091,29 @@ def test_a_training_plan_costs_forward_and_backward_and_monitors_the_forward():
     assert inference.predicted_forward_s == inference.predicted_time_s
 
 
+def test_a_training_plan_lists_the_parameters_each_step_copies_to_another_device():
+    """The model's parameters stay where it keeps them: a training plan lists each trainable
+    one it puts on another device (copied there every step, its gradient back) with its bytes;
+    frozen parameters, inference plans and devices run by one local device list none."""
+    torch.manual_seed(0)
+    model = _mlp().train()
+    model[0].requires_grad_(False)
+    mapped = split_options(model, fraction=1.5)
+    (on_this_cpu,) = autopart.plan_model(model, torch.randn(4, 16), training=True, **mapped)
+    assert len(on_this_cpu.devices_used) == 3 and on_this_cpu.step_copies == ()
+    unmapped = {k: v for k, v in mapped.items() if k != "device_map"}
+    (plan,) = autopart.plan_model(model, torch.randn(4, 16), training=True, **unmapped)
+    (inference,) = autopart.plan_model(model, torch.randn(4, 16), **unmapped)
+    assert inference.step_copies == ()
+    sizes = [p.numel() * 4 for p in model.parameters() if p.requires_grad]
+    assert sorted(c.nbytes for c in plan.step_copies) == sorted(sizes) and len(sizes) == 6
+    for c in plan.step_copies:
+        assert c.src_device == "cpu" and c.dst_device == plan.placement[c.source_node] != "cpu"
+    total = sum(sizes) / 2**20
+    assert f"gradients back (not in the predicted time): 6 ({total:.1f} MiB each way)" in plan.summary()
+    assert autopart.Plan.from_dict(plan.to_dict()) == plan
+
+
 def test_plan_model_training_with_nothing_to_train_is_an_error():
     model = _mlp().requires_grad_(False)
     with pytest.raises(ValueError, match=r"training=True, but no parameter or input .*requires_grad_\(\)"):

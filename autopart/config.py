@@ -20,6 +20,7 @@ from .topology import Topology
 ObjectiveName = Literal["latency", "throughput", "energy"]
 SolverName = Literal["auto", "highs", "cbc"]
 InnerName = Literal["eager", "inductor"]
+TrainableParameters = Literal["copy", "move"]
 ProfileMode = Literal["cached", "always", "never"]
 
 MemorySize = Union[int, str]
@@ -183,6 +184,19 @@ class Config:
     plan uses it only on copies it makes faster (slow links, large tensors), never for graph
     outputs or weights; ``Plan.transfers`` shows which. Bounds: ``autopart.kernels.compression``."""
 
+    trainable_parameters: TrainableParameters = "copy"
+    """What a training step does with a parameter that requires grad and lives on another
+    device than its plan's: ``"copy"`` (default) copies it there under autograd on every step,
+    so its gradient comes back and the optimizer steps where it lives (``Plan.step_copies``
+    lists these). ``"move"`` moves it to its planned device, in place (``param.data``, and its
+    ``.grad``), on the first step that needs it, so that its gradient and optimizer state stay
+    there as the plan reserves them; optimizer state already made elsewhere follows it before
+    the next ``optimizer.step()`` (a global ``torch.optim`` step pre-hook, for state tensors
+    shaped as the parameter). The model then runs only where autopart runs it: its own
+    ``forward`` outside ``torch.compile`` meets parameters on several devices. A parameter is
+    moved once; a later plan that wants it elsewhere copies it. Checked on CUDA only by
+    ``tests/test_e2e.py::test_moved_trainable_parameters_train_on_their_planned_gpu``."""
+
     monitor: bool = False
     """Time every partition on every call after the first (CUDA events on GPUs, the wall clock
     on CPUs) and compare with the plan: ``Compilation.report()`` gives each device's predicted
@@ -232,6 +246,7 @@ class Config:
                 f"num_microbatches must be a positive int or None (autopart chooses), got "
                 f"{self.num_microbatches!r}"
             )
+        _check_choice("trainable_parameters", self.trainable_parameters, TrainableParameters)
         for name in ("contiguous_stages", "monitor", "strict"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")

@@ -213,7 +213,8 @@ def solve_problem(graph: AnnotatedGraph, problem: PlacementProblem, config: Conf
         contiguous_stages=config.contiguous_stages,
     )
     plan = make_plan(graph, problem, solution, objective_name=config.objective, compression=config.compression)
-    return dataclasses.replace(plan, device_map=dict(mapping), step_copies=step_copies(graph, plan, mapping))
+    copies = step_copies(graph, plan, mapping) if config.trainable_parameters == "copy" else ()
+    return dataclasses.replace(plan, device_map=dict(mapping), step_copies=copies)
 
 
 def solve_graph(graph: AnnotatedGraph | str | os.PathLike, **options: Any) -> Plan:
@@ -590,6 +591,7 @@ class Backend:
             warn_if_unsplit=self.config.num_microbatches is not None,
             partition_devices=rewritten.partition_devices,
             monitor=self.config.monitor or self.config.replan is not None,
+            move_trainable=self.config.trainable_parameters == "move",
         )
 
     def _maybe_replan(self, comp: Compilation, gm: torch.fx.GraphModule, args: Sequence[Any]) -> None:

@@ -120,7 +120,8 @@ class Plan:
     leaves the model where it is, so a training step copies each of them to its planned device
     under autograd, its gradient comes back, and the optimizer steps where it lives
     (:func:`step_copies`). Not in the predicted times or memory yet; empty for inference
-    plans and where both devices are one local device (e.g. ``device_map="cpu"``)."""
+    plans, where both devices are one local device (e.g. ``device_map="cpu"``), and with
+    ``trainable_parameters="move"`` (they move to their planned device once instead)."""
 
     @property
     def devices_used(self) -> list[str]:

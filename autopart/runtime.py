@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.fx
 from torch.utils._pytree import tree_leaves
+from torch.utils.weak import WeakIdKeyDictionary
 
 from .config import AutopartWarning
 from .kernels.transfer import (
@@ -116,14 +117,57 @@ class StaticCopyCache:
         return count
 
 
+_MOVED = WeakIdKeyDictionary()
+"""Parameters :func:`move_parameter` moved (each at most once), as keys."""
+
+
+def movable(param: torch.Tensor, device: torch.device) -> bool:
+    """Whether ``param.data`` can be set to a tensor on ``device`` (dense CPU and GPU tensors
+    can; ``meta`` or sparse ones cannot, and are copied instead)."""
+    return torch._has_compatible_shallow_copy_type(param, torch.empty((), device=device))
+
+
+def move_parameter(param: torch.Tensor, device: torch.device) -> None:
+    """Move leaf ``param`` (and its ``.grad``) to ``device`` in place, keeping the object that
+    optimizers and the module hold; optimizer state made for it elsewhere follows before the
+    next ``optimizer.step()`` (:func:`_state_follows_parameters`)."""
+    global _STATE_HOOK
+    with torch.no_grad():
+        param.data = param.data.to(device)
+        if param.grad is not None:
+            param.grad = param.grad.to(device)
+    _MOVED[param] = device
+    if _STATE_HOOK is None:
+        _STATE_HOOK = torch.optim.optimizer.register_optimizer_step_pre_hook(_state_follows_parameters)
+
+
+_STATE_HOOK: Any = None
+
+
+def _state_follows_parameters(optimizer: torch.optim.Optimizer, *_: Any) -> None:
+    """Step pre-hook of every optimizer: state tensors shaped as a parameter autopart moved
+    (Adam's moments, SGD's momentum) go to the parameter's device. Scalars such as Adam's
+    ``step`` stay where the optimizer keeps them (on the CPU unless ``capturable``)."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            if param not in _MOVED:
+                continue
+            state = optimizer.state.get(param)
+            for key, value in (state or {}).items():
+                if isinstance(value, torch.Tensor) and value.shape == param.shape and value.device != param.device:
+                    state[key] = value.to(param.device)
+
+
 class StaticInputMover:
     """Puts the parameters and buffers (placeholders Dynamo lifted) of one graph on their
     planned devices, through a :class:`StaticCopyCache`.
 
     An in-place update of the original (an optimizer step) or ``param.data = ...`` makes a fresh
     copy. When autograd needs the parameter's gradient, the copy is made under autograd on every
-    call, so gradients reach the original. Buffers the graph mutates in place on their device
-    copy (e.g. batch-norm running statistics) are copied back into the original after the call.
+    call, so gradients reach the original; with ``move_trainable`` such a leaf is instead moved
+    to its target device once, where it can be (:func:`movable`, :func:`move_parameter`). Buffers the graph mutates in place on
+    their device copy (e.g. batch-norm running statistics) are copied back into the original
+    after the call.
     """
 
     def __init__(
@@ -131,10 +175,12 @@ class StaticInputMover:
         targets: dict[int, torch.device],
         metrics: RuntimeMetrics,
         cache: StaticCopyCache | None = None,
+        move_trainable: bool = False,
     ) -> None:
         self.targets = targets
         self.metrics = metrics
         self.cache = cache if cache is not None else StaticCopyCache()
+        self.move_trainable = move_trainable
         self._used: list[tuple[int, torch.device]] = []
 
     def move(self, args: list[Any]) -> None:
@@ -145,7 +191,12 @@ class StaticInputMover:
             if not isinstance(original, torch.Tensor) or original.device == device:
                 continue
             if original.requires_grad and torch.is_grad_enabled():
-                args[i] = original.to(device)
+                if self.move_trainable and original.is_leaf and original not in _MOVED and movable(original, device):
+                    move_parameter(original, device)
+                    for key in [k for k in self.cache.entries if k[0] == id(original)]:
+                        del self.cache.entries[key]  # copies of it made for inference
+                else:
+                    args[i] = original.to(device)
                 self._count(original)
                 continue
             args[i], made = self.cache.get(original, device)
@@ -332,6 +383,9 @@ class PlacedGraph:
     """Partition name -> the topology device it was planned for."""
     monitor: bool = False
     """Time the partitions of every call after the first (:class:`PartitionTimer`)."""
+    move_trainable: bool = False
+    """Move trainable parameters to their planned device once, rather than copy them on every
+    step (``Config.trainable_parameters="move"``; :class:`StaticInputMover`)."""
 
     flat: torch.fx.GraphModule | InductorPartition | None = None
     """The unpartitioned graph (an :class:`InductorPartition` of it when Inductor is the inner
@@ -339,7 +393,7 @@ class PlacedGraph:
 
     def __post_init__(self) -> None:
         self._direct: Callable[..., Any] | None = None
-        self._mover = StaticInputMover(self.static_moves, self.metrics, self.cache)
+        self._mover = StaticInputMover(self.static_moves, self.metrics, self.cache, self.move_trainable)
         self.schedule = PartitionSchedule(self.module, self.host_partitions)
         self._split_checked = False
         if self.num_microbatches > 1 and isinstance(self.batch, str):

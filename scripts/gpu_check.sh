@@ -41,7 +41,8 @@ for s in "$@"; do
         topology --profile --refresh --budget 60 --save "$TOPO" ;;
     offload) step offload 330 python3 bench/offload.py --budget 20 --repeats 5 --trace ;;
     cudatests) step cudatests 200 python3 -m pytest -q -p no:cacheprovider -n 4 tests/test_transfer.py tests/test_compression.py \
-        tests/test_profiler.py tests/test_topology.py tests/test_e2e.py::test_steady_state_copies_to_a_real_gpu ;;
+        tests/test_profiler.py tests/test_topology.py tests/test_e2e.py::test_steady_state_copies_to_a_real_gpu \
+        tests/test_e2e.py::test_moved_trainable_parameters_train_on_their_planned_gpu ;;
     tests) step tests 240 python3 -m pytest -q -p no:cacheprovider -n 8 ${TESTS:-} ;;  # TESTS: files or -k
     overhead) step overhead 200 python3 bench/overhead.py --rounds 31 ;;
     costmodel)  # the profile step's topology when it ran, else the benchmark profiles per model

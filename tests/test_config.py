@@ -51,6 +51,8 @@ def test_config_rejects_bad_values_with_their_name():
         Config(objective="fastest")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="solver='gurobi'"):
         Config(solver="gurobi")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"trainable_parameters='keep' is not one of \['copy', 'move'\]"):
+        Config(trainable_parameters="keep")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="time_limit_s must be > 0"):
         Config(time_limit_s=0)
     with pytest.raises(ValueError, match="memory_fraction must be in"):

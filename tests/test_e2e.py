@@ -540,6 +540,72 @@ def test_steady_state_copies_to_a_real_gpu():
     assert len(backend.compilations) == 1
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_moved_trainable_parameters_train_on_their_planned_gpu():
+    """trainable_parameters="move": parameters planned on the GPU move there on the first step
+    and stay (later steps copy nothing), Adam's moments are made there, and the losses and
+    parameters follow eager training on the CPU."""
+    torch.manual_seed(0)
+    model = _mlp().train()
+    reference = copy.deepcopy(model)
+    options = split_options(model, fraction=1.5)
+    options["device_map"] = {name: "cpu" for name in PRESET_DEVICES} | {"cuda:0": "cuda:0"}
+    backend = autopart.backend(trainable_parameters="move", **options)
+    compiled = torch.compile(model, backend=backend)
+    opt, ref_opt = (torch.optim.Adam(m.parameters(), lr=1e-2) for m in (model, reference))
+    x = torch.randn(4, 16)
+    tol = dict(rtol=1e-4, atol=1e-5)  # GPU and CPU sum in different orders
+
+    def train_step(m, o):
+        loss = m(x).square().mean()
+        loss.backward()
+        o.step()
+        o.zero_grad()
+        return loss.detach().cpu()
+
+    for step in range(4):
+        if step == 3:
+            copies = backend.compilations[-1].metrics.num_static_copies
+        torch.testing.assert_close(train_step(compiled, opt), train_step(reference, ref_opt), **tol)
+    assert backend.compilations[-1].metrics.num_static_copies == copies  # nothing copied at steady state
+    on_gpu = [p for p in model.parameters() if p.device.type == "cuda"]
+    assert on_gpu, backend.compilations[-1].plan.summary()
+    for p in on_gpu:
+        assert opt.state[p]["exp_avg"].device == opt.state[p]["exp_avg_sq"].device == p.device
+    for p, q in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(p.detach().cpu(), q.detach(), **tol)
+    assert backend.compilations[-1].plan.step_copies == ()
+
+
+def test_a_trainable_parameter_that_cannot_move_is_copied_under_autograd():
+    """move_trainable moves only what ``param.data`` can hold (dense CPU and GPU tensors): a
+    ``meta`` target gets a copy made under autograd every step, the parameter stays."""
+    metrics = RuntimeMetrics()
+    weight = nn.Parameter(torch.randn(4, 8))
+    meta = torch.device("meta")
+    assert not autopart.runtime.movable(weight, meta) and autopart.runtime.movable(weight, torch.device("cpu"))
+    with torch.enable_grad():
+        args = [weight, torch.randn(2, 8)]
+        StaticInputMover({0: meta}, metrics, move_trainable=True).move(args)
+    assert args[0] is not weight and args[0].device == meta and args[0].grad_fn is not None
+    assert weight.device.type == "cpu" and weight not in autopart.runtime._MOVED
+
+
+def test_optimizer_state_follows_a_moved_parameter():
+    """Before a step, state tensors shaped as a parameter autopart moved go to its device;
+    Adam's scalar step count stays on the CPU; other parameters' state is left alone."""
+    moved = nn.Parameter(torch.empty(4, 8, device="meta"))
+    other = nn.Parameter(torch.empty(4, 8, device="meta"))
+    opt = torch.optim.Adam([moved, other])
+    for p in (moved, other):
+        opt.state[p] = {"step": torch.tensor(1.0), "exp_avg": torch.zeros(4, 8), "exp_avg_sq": torch.zeros(4, 8)}
+    autopart.runtime._MOVED[moved] = moved.device  # as move_parameter records it
+    autopart.runtime._state_follows_parameters(opt)
+    assert opt.state[moved]["exp_avg"].is_meta and opt.state[moved]["exp_avg_sq"].is_meta
+    assert opt.state[moved]["step"].device.type == "cpu"
+    assert opt.state[other]["exp_avg"].device.type == "cpu"
+
+
 def test_static_input_mover_reuses_copies_until_the_original_changes():
     """The copy cache of the runtime, on a target device that really differs (meta)."""
     metrics = RuntimeMetrics()

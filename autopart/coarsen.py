@@ -45,7 +45,8 @@ class Task:
     """A group of FX nodes placed together.
 
     ``time_s``: predicted seconds per device of one call: the forward, and in a training graph
-    also the backward, whose part is ``backward_time_s``. ``resident_bytes``: parameters,
+    also the backward, whose part is ``backward_time_s``; both with the copies of trainable
+    parameters that do not live on that device (``build_problem``'s ``copy_trainable``). ``resident_bytes``: parameters,
     buffers and constants it holds, and in a training graph their gradients and optimizer state
     and the activations its nodes save for backward (held from the forward pass into the
     backward pass).
@@ -309,6 +310,8 @@ def build_problem(
     origin_device: Callable[[str], str],
     max_groups: int = 32,
     pinned: Mapping[str, str] | None = None,
+    local_device: Callable[[str], str] | None = None,
+    copy_trainable: bool = True,
 ) -> PlacementProblem:
     """Contract ``graph`` into a :class:`PlacementProblem` for ``topology``.
 
@@ -322,6 +325,15 @@ def build_problem(
             in-place update of a user input, on that input's device). Their task is fixed to
             that device. (A task with nodes pinned to two devices stays free, and counts pinned
             parameters in it as new copies.)
+        local_device: topology device -> the local device that runs it (default: the same
+            name), to tell where a parameter lives from where it is planned.
+        copy_trainable: a parameter that requires grad, planned on a device whose local device
+            is not the one it lives on, is copied there on every call under autograd, and in a
+            training step its gradient comes back (``Config.trainable_parameters="copy"``, the
+            runtime's :class:`~autopart.runtime.StaticInputMover`). Its task's time on such a
+            device counts both copies (alpha-beta over the links from and to the topology device
+            ``origin_device`` gives for where it lives), the gradient's as backward time. False:
+            such parameters move to their planned device once, and cost nothing per call.
     """
     pinned = pinned or {}
     nodes = graph.nodes
@@ -331,6 +343,25 @@ def build_problem(
     backward_times = graph.node_times(topology, backward=True)
     compute = [n for n in nodes if n.is_compute]
     candidates = [d for d in topology.device_names if capacity_bytes.get(d, 0) > 0]
+    local = local_device or (lambda d: d)
+    has_backward = graph.has_backward
+
+    def copy_s(members: list[GraphNode]) -> tuple[dict[str, float], dict[str, float]]:
+        """Per device: seconds to copy ``members``' trainable parameters there from where they
+        live, and (training step) their gradients back (``copy_trainable``)."""
+        forward: dict[str, float] = dict.fromkeys(topology.device_names, 0.0)
+        backward = dict(forward)
+        for m in members:
+            if not (copy_trainable and m.role == "parameter" and m.requires_grad and len(m.tensors) == 1):
+                continue
+            live = m.tensors[0].device
+            home = origin_device(live)
+            for d in topology.device_names:
+                if local(d) != live and d != home:
+                    forward[d] += topology.transfer_time_s(home, d, m.tensors[0].nbytes)
+                    if has_backward:
+                        backward[d] += topology.transfer_time_s(d, home, m.tensors[0].nbytes)
+        return forward, backward
 
     # Resident tensors join their first user.
     attached: dict[str, list[GraphNode]] = defaultdict(list)
@@ -375,8 +406,13 @@ def build_problem(
         for n in group:
             members += attached.get(n.name, [])
             members.append(n)
-        backward_s = {d: sum(backward_times[n.name][d] for n in group) for d in topology.device_names}
-        time_s = {d: sum(times[n.name][d] for n in group) + backward_s[d] for d in topology.device_names}
+        copy_forward_s, copy_backward_s = copy_s(members)
+        backward_s = {
+            d: sum(backward_times[n.name][d] for n in group) + copy_backward_s[d] for d in topology.device_names
+        }
+        time_s = {
+            d: sum(times[n.name][d] for n in group) + copy_forward_s[d] + backward_s[d] for d in topology.device_names
+        }
         homes = {pinned[m.name] for m in members if m.name in pinned}
         fixed = homes.pop() if len(homes) == 1 else None
         add_task(

@@ -194,6 +194,8 @@ def solve_annotated(
         origin_device=origin_resolver(topology, mapping),
         max_groups=config.max_groups,
         pinned=pinned,
+        local_device=lambda d: mapping.get(d, d),
+        copy_trainable=config.trainable_parameters == "copy",
     )
     return solve_problem(graph, problem, config, mapping), problem
 

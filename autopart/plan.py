@@ -119,9 +119,11 @@ class Plan:
     """Trainable parameters planned on a device other than the one they live on. The runtime
     leaves the model where it is, so a training step copies each of them to its planned device
     under autograd, its gradient comes back, and the optimizer steps where it lives
-    (:func:`step_copies`). Not in the predicted times or memory yet; empty for inference
-    plans, where both devices are one local device (e.g. ``device_map="cpu"``), and with
-    ``trainable_parameters="move"`` (they move to their planned device once instead)."""
+    (:func:`step_copies`). The predicted times count both copies as their tasks' time on the
+    planned device (:func:`autopart.coarsen.build_problem`); the memory model does not follow
+    the gradients and state home yet. Empty for inference plans, where both devices are one
+    local device (e.g. ``device_map="cpu"``), and with ``trainable_parameters="move"`` (they
+    move to their planned device once instead)."""
 
     @property
     def devices_used(self) -> list[str]:
@@ -184,7 +186,7 @@ class Plan:
         if self.step_copies:
             copied = sum(t.nbytes for t in self.step_copies)
             lines += ["", f"trainable weights copied to their planned device every step, gradients back "
-                          f"(not in the predicted time): {len(self.step_copies)} ({_mib(copied)} each way)"]
+                          f"(counted in the tasks' time): {len(self.step_copies)} ({_mib(copied)} each way)"]
             lines += _table(
                 ["from", "to", "size", "tensor"],
                 [[t.src_device, t.dst_device, _mib(t.nbytes), t.source_node]

@@ -111,7 +111,10 @@ directions counted on each task and edge; the send and the return are charged to
 Not modelled (yet): the order of tasks on one device (the makespan relaxation above), a
 copy's time on the sending device and on the link (it is charged to the receiver only), overlap
 of a streamed weight's copy with earlier tasks (the runtime prefetches one layer ahead), copies
-held on the receiving device, and pipelining across calls.
+held on the receiving device, pipelining across calls, and, in a training step whose
+parameters are copied each step to a device they do not live on (``trainable_parameters=
+"copy"``; the copies are part of :math:`\tau_{t,d}`), their gradients and optimizer state held
+where they live rather than on :math:`d`.
 
 Starting points: the best of a greedy placement and the baselines (sequential fill, balanced
 fill, m-ETF, contiguous-stage dynamic programs; :mod:`autopart.baselines`) is handed to HiGHS as

@@ -1176,8 +1176,38 @@ def test_a_training_plan_lists_the_parameters_each_step_copies_to_another_device
     for c in plan.step_copies:
         assert c.src_device == "cpu" and c.dst_device == plan.placement[c.source_node] != "cpu"
     total = sum(sizes) / 2**20
-    assert f"gradients back (not in the predicted time): 6 ({total:.1f} MiB each way)" in plan.summary()
+    assert f"gradients back (counted in the tasks' time): 6 ({total:.1f} MiB each way)" in plan.summary()
     assert autopart.Plan.from_dict(plan.to_dict()) == plan
+
+
+@pytest.mark.parametrize("trainable_parameters", ["copy", "move"])
+def test_training_plans_count_the_copies_of_parameters_planned_away_from_their_device(trainable_parameters):
+    """With "copy", a task's time on a device its trainable parameters do not live on counts
+    their copy there (forward) and their gradients' way back (backward), alpha-beta over the
+    links; on their own device, and with "move" or one local device, it is its nodes' time."""
+    torch.manual_seed(0)
+    model = _mlp().train()
+    model[0].requires_grad_(False)
+    x = torch.randn(4, 16)
+    mapped = split_options(model, fraction=1.5, trainable_parameters=trainable_parameters)
+    unmapped = {k: v for k, v in mapped.items() if k != "device_map"}
+    for options in (mapped, unmapped):
+        (comp,) = plan_model_backend(model, x, training=True, **options).compilations
+        graph, problem = comp.analysis.graph, comp.problem
+        topology = problem.topology
+        forward, backward = graph.node_times(topology), graph.node_times(topology, backward=True)
+        copies = trainable_parameters == "copy" and options is unmapped
+        assert (comp.plan.step_copies != ()) == copies
+        for task in problem.tasks:
+            members = [graph.node(name) for name in task.nodes]
+            sizes = [m.tensors[0].nbytes for m in members if m.role == "parameter" and m.requires_grad]
+            for d in ("cpu", "cuda:0", "cuda:1"):
+                up = sum(topology.transfer_time_s("cpu", d, n) for n in sizes) if copies and d != "cpu" else 0.0
+                down = sum(topology.transfer_time_s(d, "cpu", n) for n in sizes) if copies and d != "cpu" else 0.0
+                nodes_back = sum(backward[m.name][d] for m in members if m.is_compute)
+                nodes_all = sum(forward[m.name][d] for m in members if m.is_compute) + nodes_back
+                assert task.time_s.get(d, 0.0) == pytest.approx(nodes_all + up + down)
+                assert task.backward_time_s.get(d, 0.0) == pytest.approx(nodes_back + down)
 
 
 def test_plan_model_training_with_nothing_to_train_is_an_error():

@@ -46,10 +46,10 @@ class Task:
 
     ``time_s``: predicted seconds per device of one call: the forward, and in a training graph
     also the backward, whose part is ``backward_time_s``; both with the copies of trainable
-    parameters that do not live on that device (``build_problem``'s ``copy_trainable``). ``resident_bytes``: parameters,
-    buffers and constants it holds, and in a training graph their gradients and optimizer state
-    and the activations its nodes save for backward (held from the forward pass into the
-    backward pass).
+    parameters that do not live on that device (``build_problem``'s ``copy_trainable``).
+    ``resident_bytes``: parameters, buffers and constants it holds, and in a training graph
+    their gradients and optimizer state and the activations its nodes save for backward (held
+    from the forward pass into the backward pass).
     ``peak_bytes``: activation bytes live inside it at its busiest step (storages that are born
     and die inside the task). ``fixed_device``: inputs and outputs cannot move.
     """
@@ -302,6 +302,25 @@ def _group_runs(
     return [r.nodes for r in runs if r.alive]
 
 
+def home_if_copied(
+    node: GraphNode, device: str, local_device: Callable[[str], str], origin_device: Callable[[str], str]
+) -> str | None:
+    """The topology device a trainable parameter ``node`` lives on, when a call that runs it on
+    topology device ``device`` copies it there under autograd (``device`` is run by another
+    local device than the parameter's; see ``Config.trainable_parameters``); else None.
+
+    Args:
+        local_device: topology device -> the local device that runs it.
+        origin_device: local device -> the topology device standing for it
+            (:func:`autopart.rewrite.origin_resolver`).
+    """
+    if node.role != "parameter" or not node.requires_grad or len(node.tensors) != 1:
+        return None
+    live = node.tensors[0].device
+    home = origin_device(live)
+    return home if local_device(device) != live and device != home else None
+
+
 def build_problem(
     graph: AnnotatedGraph,
     topology: Topology,
@@ -351,13 +370,10 @@ def build_problem(
         live, and (training step) their gradients back (``copy_trainable``)."""
         forward: dict[str, float] = dict.fromkeys(topology.device_names, 0.0)
         backward = dict(forward)
-        for m in members:
-            if not (copy_trainable and m.role == "parameter" and m.requires_grad and len(m.tensors) == 1):
-                continue
-            live = m.tensors[0].device
-            home = origin_device(live)
+        for m in members if copy_trainable else ():
             for d in topology.device_names:
-                if local(d) != live and d != home:
+                home = home_if_copied(m, d, local, origin_device)
+                if home is not None:
                     forward[d] += topology.transfer_time_s(home, d, m.tensors[0].nbytes)
                     if has_backward:
                         backward[d] += topology.transfer_time_s(d, home, m.tensors[0].nbytes)

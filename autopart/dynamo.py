@@ -215,7 +215,9 @@ def solve_problem(graph: AnnotatedGraph, problem: PlacementProblem, config: Conf
         contiguous_stages=config.contiguous_stages,
     )
     plan = make_plan(graph, problem, solution, objective_name=config.objective, compression=config.compression)
-    copies = step_copies(graph, plan, mapping) if config.trainable_parameters == "copy" else ()
+    copies = ()
+    if config.trainable_parameters == "copy":
+        copies = step_copies(graph, plan, lambda d: mapping.get(d, d), origin_resolver(problem.topology, mapping))
     return dataclasses.replace(plan, device_map=dict(mapping), step_copies=copies)
 
 

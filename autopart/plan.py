@@ -9,13 +9,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from ._io import atomic_write_text
-from .coarsen import PlacementProblem
+from .coarsen import PlacementProblem, home_if_copied
 from .graph import AnnotatedGraph
 from .kernels.compression import packed_element_size
 from .solver import Solution, evaluate, power_W, stream_host
@@ -389,22 +390,18 @@ def choose_compression(
     return tuple(chosen), saved
 
 
-def step_copies(graph: AnnotatedGraph, plan: Plan, device_map: dict[str, str]) -> tuple[Transfer, ...]:
-    """The trainable parameters of ``graph`` that ``plan`` puts on a device whose local device
-    (``device_map``, topology device -> local; absent: the same name) is not the one the
-    parameter lives on (its recorded tensor device): what a training step copies there and
-    back (see :attr:`Plan.step_copies`). The copy's source is the topology device run by the
-    parameter's device, or that device's own name when none is."""
+def step_copies(
+    graph: AnnotatedGraph, plan: Plan, local_device: Callable[[str], str], origin_device: Callable[[str], str]
+) -> tuple[Transfer, ...]:
+    """The trainable parameters of ``graph`` that ``plan`` puts on a device they do not live on
+    (:func:`autopart.coarsen.home_if_copied`, whose arguments these are): what a training step
+    copies there and back (see :attr:`Plan.step_copies`)."""
     copies = []
     for node in graph.nodes:
         planned = plan.placement.get(node.name)
-        if node.role != "parameter" or not node.requires_grad or len(node.tensors) != 1 or planned is None:
-            continue
-        live = node.tensors[0].device
-        if device_map.get(planned, planned) == live:
-            continue
-        home = next((d for d in plan.capacity_bytes if device_map.get(d, d) == live), live)
-        copies.append(Transfer(node.name, home, planned, node.tensors[0].nbytes, "trainable parameter"))
+        home = None if planned is None else home_if_copied(node, planned, local_device, origin_device)
+        if home is not None:
+            copies.append(Transfer(node.name, home, planned, node.tensors[0].nbytes, "trainable parameter"))
     return tuple(copies)
 
 

@@ -119,6 +119,8 @@ class StaticCopyCache:
 
 _MOVED = WeakIdKeyDictionary()
 """Parameters :func:`move_parameter` moved (each at most once), as keys."""
+_STATE_HOOK: Any = None
+"""The handle of :func:`_state_follows_parameters`, registered with the first move."""
 
 
 def movable(param: torch.Tensor, device: torch.device) -> bool:
@@ -139,9 +141,6 @@ def move_parameter(param: torch.Tensor, device: torch.device) -> None:
     _MOVED[param] = device
     if _STATE_HOOK is None:
         _STATE_HOOK = torch.optim.optimizer.register_optimizer_step_pre_hook(_state_follows_parameters)
-
-
-_STATE_HOOK: Any = None
 
 
 def _state_follows_parameters(optimizer: torch.optim.Optimizer, *_: Any) -> None:
@@ -165,9 +164,9 @@ class StaticInputMover:
     An in-place update of the original (an optimizer step) or ``param.data = ...`` makes a fresh
     copy. When autograd needs the parameter's gradient, the copy is made under autograd on every
     call, so gradients reach the original; with ``move_trainable`` such a leaf is instead moved
-    to its target device once, where it can be (:func:`movable`, :func:`move_parameter`). Buffers the graph mutates in place on
-    their device copy (e.g. batch-norm running statistics) are copied back into the original
-    after the call.
+    to its target device once, where it can be (:func:`movable`, :func:`move_parameter`).
+    Buffers the graph mutates in place on their device copy (e.g. batch-norm running
+    statistics) are copied back into the original after the call.
     """
 
     def __init__(

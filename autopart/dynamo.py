@@ -47,6 +47,7 @@ from .runtime import (
     PlacedGraph,
     RuntimeMetrics,
     StaticCopyCache,
+    moved_storage,
     use_inductor,
 )
 from .solver import evaluate, solve
@@ -271,9 +272,10 @@ class ResidentLedger:
 
     def device_of(self, tensor: torch.Tensor) -> str | None:
         """Where an earlier plan put ``tensor``; None if none did, or if its data has been
-        replaced since (``model.to(dtype)`` sets ``param.data``: the next plan places it anew)."""
+        replaced since (``model.to(dtype)`` sets ``param.data``: the next plan places it anew),
+        unless autopart itself moved it there (``trainable_parameters="move"``)."""
         entry = self._entries.get(id(tensor))
-        if entry is None or entry[0]() is not tensor or entry[3] != tensor.data_ptr():
+        if entry is None or entry[0]() is not tensor or not _same_storage(tensor, entry[3]):
             return None
         return entry[1]
 
@@ -283,7 +285,7 @@ class ResidentLedger:
         held: dict[str, int] = {}
         for ref, device, nbytes, data_ptr in self._entries.values():
             tensor = ref()
-            if tensor is not None and tensor.data_ptr() == data_ptr:
+            if tensor is not None and _same_storage(tensor, data_ptr):
                 held[device] = held.get(device, 0) + nbytes
         for other, saved in self._saved.items():
             if other != frame:
@@ -314,6 +316,12 @@ class ResidentLedger:
         saved = self._saved.setdefault(frame_of(gm), {})
         for device, nbytes in mine.items():
             saved[device] = max(saved.get(device, 0), nbytes)
+
+
+def _same_storage(tensor: torch.Tensor, data_ptr: int) -> bool:
+    """Whether ``tensor`` still has the storage recorded as ``data_ptr``, or the one autopart
+    moved it to since (:func:`autopart.runtime.move_parameter`)."""
+    return tensor.data_ptr() in (data_ptr, moved_storage(tensor))
 
 
 #: Calls timed before the measured times are checked against the plan (``replan``).

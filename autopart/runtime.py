@@ -118,7 +118,13 @@ class StaticCopyCache:
 
 
 _MOVED = WeakIdKeyDictionary()
-"""Parameters :func:`move_parameter` moved (each at most once), as keys."""
+"""Parameters :func:`move_parameter` moved (each at most once) -> their ``data_ptr()`` after it."""
+
+
+def moved_storage(param: torch.Tensor) -> int | None:
+    """``param.data_ptr()`` as :func:`move_parameter` left it (None: never moved), so that a
+    record of ``param`` made before the move can tell the move from a user's ``param.data =``."""
+    return _MOVED.get(param)
 _STATE_HOOK: Any = None
 """The handle of :func:`_state_follows_parameters`, registered with the first move."""
 
@@ -138,7 +144,7 @@ def move_parameter(param: torch.Tensor, device: torch.device) -> None:
         param.data = param.data.to(device)
         if param.grad is not None:
             param.grad = param.grad.to(device)
-    _MOVED[param] = device
+    _MOVED[param] = param.data_ptr()
     if _STATE_HOOK is None:
         _STATE_HOOK = torch.optim.optimizer.register_optimizer_step_pre_hook(_state_follows_parameters)
 

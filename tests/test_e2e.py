@@ -599,11 +599,30 @@ def test_optimizer_state_follows_a_moved_parameter():
     opt = torch.optim.Adam([moved, other])
     for p in (moved, other):
         opt.state[p] = {"step": torch.tensor(1.0), "exp_avg": torch.zeros(4, 8), "exp_avg_sq": torch.zeros(4, 8)}
-    autopart.runtime._MOVED[moved] = moved.device  # as move_parameter records it
+    autopart.runtime._MOVED[moved] = moved.data_ptr()  # as move_parameter records it
     autopart.runtime._state_follows_parameters(opt)
     assert opt.state[moved]["exp_avg"].is_meta and opt.state[moved]["exp_avg_sq"].is_meta
     assert opt.state[moved]["step"].device.type == "cpu"
     assert opt.state[other]["exp_avg"].device.type == "cpu"
+
+
+def test_the_ledger_still_counts_a_parameter_autopart_moved():
+    """A parameter whose data autopart moved (to its planned device) still counts there for the
+    model's later graphs; one whose data the user replaced is placed anew."""
+    torch.manual_seed(0)
+    model = _mlp().train()
+    backend = autopart.backend(**split_options(model, fraction=1.5))
+    torch.compile(model, backend=backend)(torch.randn(4, 16))
+    ledger = backend._ledger
+    moved, replaced = list(model.parameters())[:2]
+    device, before = ledger.device_of(moved), ledger.held_bytes()
+    assert device is not None and ledger.device_of(replaced) is not None
+    moved.data = moved.data.clone()
+    autopart.runtime._MOVED[moved] = moved.data_ptr()  # as move_parameter leaves it
+    replaced_bytes = ledger._entries[id(replaced)][2]
+    replaced.data = replaced.data.clone()  # the user's own replacement
+    assert ledger.device_of(moved) == device and ledger.device_of(replaced) is None
+    assert sum(before.values()) - sum(ledger.held_bytes().values()) == replaced_bytes > 0
 
 
 def test_static_input_mover_reuses_copies_until_the_original_changes():

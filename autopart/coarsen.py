@@ -45,7 +45,8 @@ class Task:
     """A group of FX nodes placed together.
 
     ``time_s``: predicted seconds per device of one call: the forward, and in a training graph
-    also the backward, whose part is ``backward_time_s``; both with the copies of trainable
+    also the backward, whose part is ``backward_time_s``, and the optimizer's update of the
+    task's parameters, whose part is ``step_time_s``; both passes with the copies of trainable
     parameters that do not live on that device (``build_problem``'s ``copy_trainable``).
     ``resident_bytes``: parameters, buffers and constants it holds, and in a training graph
     their gradients and optimizer state and the activations its nodes save for backward (held
@@ -61,6 +62,7 @@ class Task:
     peak_bytes: int = 0
     fixed_device: str | None = None
     backward_time_s: dict[str, float] = field(default_factory=dict)
+    step_time_s: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -136,19 +138,38 @@ class PlacementProblem:
             return {d: s * factors.get(d, 1.0) for d, s in times.items()}
 
         tasks = tuple(
-            dataclasses.replace(t, time_s=scale(t.time_s), backward_time_s=scale(t.backward_time_s))
+            dataclasses.replace(
+                t,
+                time_s=scale(t.time_s),
+                backward_time_s=scale(t.backward_time_s),
+                step_time_s=scale(t.step_time_s),
+            )
+            for t in self.tasks
+        )
+        return dataclasses.replace(self, tasks=tasks)
+
+    def without_step(self) -> PlacementProblem:
+        """This problem without the optimizer step: tasks' ``step_time_s`` taken out of their
+        ``time_s`` (the forward and backward passes, which ``monitor`` times)."""
+        tasks = tuple(
+            dataclasses.replace(
+                t, time_s={d: s - t.step_time_s.get(d, 0.0) for d, s in t.time_s.items()}, step_time_s={}
+            )
             for t in self.tasks
         )
         return dataclasses.replace(self, tasks=tasks)
 
     def forward_only(self) -> PlacementProblem:
-        """This problem without the backward pass: tasks' ``backward_time_s`` taken out of
-        their ``time_s`` and no gradient copies (the forward call ``monitor`` times)."""
+        """This problem without the backward pass and the optimizer step: tasks'
+        ``backward_time_s`` and ``step_time_s`` taken out of their ``time_s``, and no gradient
+        copies (the forward call ``monitor`` times)."""
         tasks = tuple(
             dataclasses.replace(
-                t, time_s={d: s - t.backward_time_s.get(d, 0.0) for d, s in t.time_s.items()}, backward_time_s={}
+                t,
+                time_s={d: s - t.backward_time_s.get(d, 0.0) for d, s in t.time_s.items()},
+                backward_time_s={},
             )
-            for t in self.tasks
+            for t in self.without_step().tasks
         )
         values = tuple(dataclasses.replace(v, grad_nbytes=0, grad_count=0) for v in self.values)
         return dataclasses.replace(self, tasks=tasks, values=values)
@@ -360,6 +381,7 @@ def build_problem(
     position = graph.index
     times = graph.node_times(topology)
     backward_times = graph.node_times(topology, backward=True)
+    step_times = graph.node_times(topology, step=True) if any(n.step_ops for n in nodes) else {}
     compute = [n for n in nodes if n.is_compute]
     candidates = [d for d in topology.device_names if capacity_bytes.get(d, 0) > 0]
     local = local_device or (lambda d: d)
@@ -378,6 +400,18 @@ def build_problem(
                     if has_backward:
                         backward[d] += topology.transfer_time_s(d, home, m.tensors[0].nbytes)
         return forward, backward
+
+    def step_s(members: list[GraphNode]) -> dict[str, float]:
+        """Per device: seconds of the optimizer's update of ``members``' parameters, where it
+        runs: on the device, or where a parameter the device copies lives."""
+        seconds = dict.fromkeys(topology.device_names, 0.0)
+        for m in members:
+            if m.name not in step_times:
+                continue
+            for d in topology.device_names:
+                home = home_if_copied(m, d, local, origin_device) if copy_trainable else None
+                seconds[d] += step_times[m.name][home or d]
+        return seconds
 
     # Resident tensors join their first user.
     attached: dict[str, list[GraphNode]] = defaultdict(list)
@@ -423,12 +457,11 @@ def build_problem(
             members += attached.get(n.name, [])
             members.append(n)
         copy_forward_s, copy_backward_s = copy_s(members)
-        backward_s = {
-            d: sum(backward_times[n.name][d] for n in group) + copy_backward_s[d] for d in topology.device_names
-        }
-        time_s = {
-            d: sum(times[n.name][d] for n in group) + copy_forward_s[d] + backward_s[d] for d in topology.device_names
-        }
+        devices = topology.device_names
+        backward_s = {d: sum(backward_times[n.name][d] for n in group) + copy_backward_s[d] for d in devices}
+        optimizer_s = step_s(members) if step_times else {}
+        forward_s = {d: sum(times[n.name][d] for n in group) + copy_forward_s[d] for d in devices}
+        time_s = {d: forward_s[d] + backward_s[d] + optimizer_s.get(d, 0.0) for d in devices}
         homes = {pinned[m.name] for m in members if m.name in pinned}
         fixed = homes.pop() if len(homes) == 1 else None
         add_task(
@@ -443,6 +476,7 @@ def build_problem(
                 ),
                 fixed_device=fixed,
                 backward_time_s=backward_s if any(backward_s.values()) else {},
+                step_time_s=optimizer_s if any(optimizer_s.values()) else {},
             )
         )
 

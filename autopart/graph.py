@@ -15,9 +15,9 @@ JSON (``format_version`` 1)::
                     "tensors": [{"shape", "dtype", "device", "nbytes"}], "resident_bytes",
                     "ops": [{"flops", "bytes_read", "bytes_written", "launches", "dtype",
                     "kind", "aligned"}], "sticky": bool, "training_bytes",
-                    "requires_grad": bool, "backward_ops": [like "ops"]}]
-                  (``aligned``, ``training_bytes``, ``requires_grad`` and ``backward_ops`` may
-                  be absent: true, 0, false and [])
+                    "requires_grad": bool, "backward_ops": [like "ops"], "step_ops": [like "ops"]}]
+                  (``aligned``, ``training_bytes``, ``requires_grad``, ``backward_ops`` and
+                  ``step_ops`` may be absent: true, 0, false, [] and [])
     storages      [{"producer", "nbytes", "first", "last", "kind"}]   (indices into nodes)
 """
 
@@ -40,7 +40,7 @@ from .costmodel.ops import OpCost
 from .costmodel.roofline import calibration_of, first_touch_Bps, roofline_time_s
 from .passes.memory import MemoryReport, StorageLife
 from .passes.records import TensorInfo, record
-from .topology import Topology
+from .topology import Device, Topology
 
 GRAPH_FORMAT = "autopart-graph"
 GRAPH_FORMAT_VERSION = 1
@@ -73,6 +73,9 @@ class GraphNode:
     """In a training graph, its value needs a gradient: one flows back over its cut edges."""
     backward_ops: tuple[OpCost, ...] = ()
     """The aten ops of its backward pass in a training graph (:mod:`autopart.passes.training`)."""
+    step_ops: tuple[OpCost, ...] = ()
+    """A trainable parameter's update by the optimizer in a training graph
+    (:func:`autopart.passes.training.optimizer_step_ops`)."""
 
     @property
     def output_bytes(self) -> int:
@@ -122,17 +125,32 @@ class AnnotatedGraph:
     def node(self, name: str) -> GraphNode:
         return self.nodes[self.index[name]]
 
-    def node_times(self, topology: Topology, *, backward: bool = False) -> dict[str, dict[str, float]]:
-        """Predicted seconds of every node's forward (with ``backward``: of its backward pass)
-        on every device of ``topology``: the roofline time of its ops, plus, on a device that
-        pays for first touches (:func:`~autopart.costmodel.roofline.first_touch_Bps`), the
-        bytes it first writes fresh in each training step (:meth:`fresh_bytes`)."""
+    def node_times(
+        self, topology: Topology, *, backward: bool = False, step: bool = False
+    ) -> dict[str, dict[str, float]]:
+        """Predicted seconds of every node's forward (with ``backward``: of its backward pass;
+        with ``step``: of the optimizer's update of a trainable parameter) on every device of
+        ``topology``: the roofline time of its ops, plus, in the forward and backward on a
+        device that pays for first touches (:func:`~autopart.costmodel.roofline.first_touch_Bps`),
+        the bytes it first writes fresh in each training step (:meth:`fresh_bytes`; the
+        optimizer's state is made once and kept). An optimizer update off the CPU costs its
+        FLOPs and bytes at the device's peak rates without launches: torch.optim's default
+        there (``foreach``) updates all parameters in one launch per op."""
         devices = [(d.name, d, calibration_of(d), first_touch_Bps(d)) for d in topology.devices]
-        fresh = self.fresh_bytes(backward=backward)
+        fresh = {} if step else self.fresh_bytes(backward=backward)
+
+        def seconds(n: GraphNode, dev: Device, cal: dict[str, Any]) -> float:
+            if step and dev.kind != "cpu":
+                return sum(
+                    max(op.flops / dev.peak_flops_for(op.dtype), op.bytes_accessed / dev.mem_bandwidth_Bps)
+                    for op in n.step_ops
+                )
+            ops = n.step_ops if step else n.backward_ops if backward else n.ops
+            return sum(roofline_time_s(op, dev, cal) for op in ops)
+
         return {
             n.name: {
-                name: sum(roofline_time_s(op, dev, cal) for op in (n.backward_ops if backward else n.ops))
-                + (fresh.get(n.name, 0) / touch if touch else 0.0)
+                name: seconds(n, dev, cal) + (fresh.get(n.name, 0) / touch if touch else 0.0)
                 for name, dev, cal, touch in devices
             }
             for n in self.nodes
@@ -185,6 +203,7 @@ class AnnotatedGraph:
                     training_bytes=rec.training_bytes,
                     requires_grad=rec.requires_grad,
                     backward_ops=tuple(rec.backward_ops),
+                    step_ops=tuple(rec.step_ops),
                 )
             )
         return cls(name=name, nodes=tuple(nodes), storages=memory.storages)
@@ -225,6 +244,7 @@ class AnnotatedGraph:
                             "tensors": tuple(TensorInfo(**{**t, "shape": tuple(t["shape"])}) for t in raw["tensors"]),
                             "ops": tuple(OpCost(**op) for op in raw["ops"]),
                             "backward_ops": tuple(OpCost(**op) for op in raw.get("backward_ops", ())),
+                            "step_ops": tuple(OpCost(**op) for op in raw.get("step_ops", ())),
                         }
                     )
                 )

@@ -106,9 +106,9 @@ class Plan:
     training: bool = False
     """Planned for training: each device's memory also holds its parameters' gradients, the
     optimizer's state and the activations saved for backward, and the predicted times (but
-    ``predicted_busy_s``) count the backward pass and the gradients' copies back
-    (:mod:`autopart.passes.training`; not with ``optimizer="none"``, which runs no backward).
-    The optimizer step is not costed."""
+    ``predicted_busy_s``) count the backward pass, the gradients' copies back and the
+    optimizer's update of each parameter (:mod:`autopart.passes.training`; not with
+    ``optimizer="none"``, which runs no backward)."""
     predicted_forward_s: float = 0.0
     """Seconds of the forward call alone (what ``monitor`` times as a call): ``predicted_time_s``
     less, in a training plan, the backward pass."""
@@ -116,6 +116,10 @@ class Plan:
     """Per device, seconds of one backward pass of a training plan: its backward compute plus
     the gradients it sends back for the copies it received (what ``monitor`` measures as the
     device's backward); {} for a plan that runs no backward."""
+    predicted_optimizer_s: float = 0.0
+    """Seconds of the optimizer step of a training plan, all devices' updates together (the
+    step runs after the backward pass, outside the compiled graph: ``monitor`` does not time
+    it); counted in ``predicted_time_s``."""
     step_copies: tuple[Transfer, ...] = ()
     """Trainable parameters planned on a device other than the one they live on. The runtime
     leaves the model where it is, so a training step copies each of them to its planned device
@@ -150,6 +154,7 @@ class Plan:
             f"{_ms(self.predicted_compute_s)} and transfers {_ms(self.predicted_transfer_s)}, "
             "overlapped where independent"
             + (f"; forward {_ms(self.predicted_forward_s)}" if self.predicted_forward_s < self.predicted_time_s else "")
+            + (f"; optimizer step {_ms(self.predicted_optimizer_s)}" if self.predicted_optimizer_s else "")
             + "); "
             f"busiest device {_ms(self.predicted_bottleneck_s)}; energy "
             f"{self.predicted_energy_J:.3g} J; "
@@ -436,9 +441,10 @@ def make_plan(
     ev = evaluate(problem, solution.assignment, solution.streamed)
     busy = {d: b - saved.get(d, 0.0) for d, b in ev.busy_s.items()}
     forward, backward_busy = ev, {}
-    if any(t.backward_time_s for t in problem.tasks):
+    if any(t.backward_time_s or t.step_time_s for t in problem.tasks):
         forward = evaluate(problem.forward_only(), solution.assignment, solution.streamed)
-        backward_busy = {d: b - forward.busy_s.get(d, 0.0) for d, b in ev.busy_s.items()}
+        passes = evaluate(problem.without_step(), solution.assignment, solution.streamed)
+        backward_busy = {d: b - forward.busy_s.get(d, 0.0) for d, b in passes.busy_s.items()}
     total_saved = sum(saved.values())
     watts = {d: power_W(problem, d) for d in ev.busy_s}  # (active, idle)
     saved_J = sum((watts[d][0] - watts[d][1]) * s for d, s in saved.items()) + total_saved * sum(
@@ -470,6 +476,9 @@ def make_plan(
         predicted_busy_s={d: b - saved.get(d, 0.0) for d, b in forward.busy_s.items()},
         predicted_forward_s=forward.time_s - total_saved,
         predicted_backward_busy_s=backward_busy,
+        predicted_optimizer_s=sum(
+            t.step_time_s.get(d, 0.0) for t, d in zip(problem.tasks, solution.assignment)
+        ),
         predicted_energy_J=ev.energy_J - saved_J,
         predicted_peak_bytes={d: ev.peak_bytes.get(d, 0) for d in problem.capacity_bytes},
         capacity_bytes=dict(problem.capacity_bytes),

@@ -12,16 +12,20 @@ runs for each node's backward) and measure, alternately, the best (least) time o
   seeded with ones (parameters' ``.grad`` set to None before each run, as
   ``optimizer.zero_grad()`` does);
 
-backward = step - forward. Why the least time: see bench/costmodel.py. Prints predicted against
-measured per model and round (from the round with the median step error), and writes
-bench/results/backward-<machine>-<date>.{md,json}. The optimizer step is not part of either.
+backward = step - forward. Then the optimizer step on its own: ``--optimizer`` (torch.optim's
+default settings) over the parameters, after a first step that makes its state; predicted as
+the sum of each trainable parameter's update (:func:`autopart.passes.training.optimizer_step_ops`).
+Why the least time: see bench/costmodel.py. Prints predicted against measured per model and
+round (from the round with the median step error), and writes
+bench/results/backward-<machine>-<date>.{md,json}.
 
     python bench/backward.py [--models gpt2 bert llama resnet] [--rounds 2] [--repeats 7]
-        [--budget 30] [--topology FILE] [--device cpu|cuda:0] [--out bench/results] [--tag TAG]
+        [--budget 30] [--topology FILE] [--device cpu|cuda:0] [--optimizer adam|adamw|sgd|sgd_momentum]
+        [--out bench/results] [--tag TAG]
 
 The header records the host allocator's settings (``LD_PRELOAD``, glibc's ``MALLOC_*``
 variables): with glibc's defaults a CPU training step pays page faults on memory it allocates
-anew (saved activations, gradients), which the cost model does not count.
+anew (saved activations, gradients), which the profile measures and the cost model counts.
 """
 
 from __future__ import annotations
@@ -61,18 +65,31 @@ def step_timers(gm, inputs):
     return forward, step
 
 
-def measure(name: str, gm, inputs, topology, device: str, repeats: int) -> dict:
+OPTIMIZERS = {
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "sgd": lambda params: torch.optim.SGD(params, lr=1e-3),
+    "sgd_momentum": lambda params: torch.optim.SGD(params, lr=1e-3, momentum=0.9),
+}
+
+
+def measure(name: str, gm, inputs, topology, device: str, repeats: int, optimizer: str) -> dict:
     """One round for one model: predict with ``topology``, then measure."""
-    analysis = autopart.analyze(gm, inputs, topology, optimizer="sgd")
+    analysis = autopart.analyze(gm, inputs, topology, optimizer=optimizer)
     graph = analysis.graph
     fwd_pred = sum(t[device] for t in graph.node_times(topology).values())
     bwd_pred = sum(t[device] for t in graph.node_times(topology, backward=True).values())
+    opt_pred = sum(t[device] for t in graph.node_times(topology, step=True).values())
     forward, step = step_timers(gm, inputs)
     fwd, both = [], []
     for _ in range(repeats):  # alternate, so that both see the same moments of the machine
         fwd += time_samples_s(forward, 1, min_time_s=0.0)
         both += time_samples_s(step, 1, min_time_s=0.0)
     fwd_meas, step_meas = min(fwd), min(both)
+    params = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad and t.grad is not None]
+    update = OPTIMIZERS[optimizer](params)
+    update.step()  # makes the state
+    opt = time_samples_s(update.step, repeats, min_time_s=0.0)
     return {
         "model": name,
         "nodes": sum(n.is_compute for n in graph.nodes),
@@ -85,6 +102,10 @@ def measure(name: str, gm, inputs, topology, device: str, repeats: int) -> dict:
         "step_median_s": statistics.median(both),
         "step_predicted_s": fwd_pred + bwd_pred,
         "step_error": rel(fwd_pred + bwd_pred, step_meas),
+        "optimizer": optimizer,
+        "optimizer_measured_s": min(opt),
+        "optimizer_predicted_s": opt_pred,
+        "optimizer_error": rel(opt_pred, min(opt)),
         "forward_samples_s": fwd,
         "step_samples_s": both,
     }
@@ -104,10 +125,13 @@ def report(by_model: dict[str, list[dict]], machine: str, source: str) -> str:
              f"date {datetime.date.today()}, torch {torch.__version__}, autopart {git_state('bench/backward.py')}, "
              f"{n_rounds} round(s); {source}; allocator: {allocator()}", "",
              "Best runs of the forward (gradients enabled) and of forward + backward; backward = the "
-             "difference. Columns from the round with the median step error.", "",
+             f"difference; then of the optimizer step ({next(iter(by_model.values()))[0]['optimizer']}, "
+             "torch.optim's defaults), not part of the step columns. Columns from the round with the "
+             "median step error.", "",
              "| model | nodes | forward measured | predicted | error | backward measured | predicted | error | "
-             "bwd/fwd measured | predicted | step measured | predicted | error | error per round |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "bwd/fwd measured | predicted | step measured | predicted | error | error per round | "
+             "optimizer measured | predicted | error |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for rounds in by_model.values():
         r = sorted(rounds, key=lambda x: x["step_error"])[(len(rounds) - 1) // 2]
         ms = lambda s: f"{s * 1e3:.1f} ms"  # noqa: E731
@@ -118,7 +142,8 @@ def report(by_model: dict[str, list[dict]], machine: str, source: str) -> str:
             f"{r['backward_measured_s'] / r['forward_measured_s']:.2f} | "
             f"{r['backward_predicted_s'] / r['forward_predicted_s']:.2f} | {ms(r['step_measured_s'])} | "
             f"{ms(r['step_predicted_s'])} | {r['step_error']:+.1%} | "
-            f"{', '.join(format(x['step_error'], '+.1%') for x in rounds)} |"
+            f"{', '.join(format(x['step_error'], '+.1%') for x in rounds)} | "
+            f"{ms(r['optimizer_measured_s'])} | {ms(r['optimizer_predicted_s'])} | {r['optimizer_error']:+.1%} |"
         )
     return "\n".join(lines)
 
@@ -131,6 +156,7 @@ def main(argv=None) -> int:
     parser.add_argument("--topology", help="a profiled topology file (default: profile each round)")
     parser.add_argument("--budget", type=float, default=30.0, help="seconds per profile")
     parser.add_argument("--device", default="cpu", help='the device measured ("cpu", "cuda:0")')
+    parser.add_argument("--optimizer", default="adam", choices=sorted(OPTIMIZERS), help="the optimizer measured")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the results files")
     parser.add_argument("--tag", default="", help="appended to the results files' names (e.g. tuned-malloc)")
     args = parser.parse_args(argv)
@@ -146,7 +172,7 @@ def main(argv=None) -> int:
             topology = profile_topology(autopart.Topology.discover(), budget_s=args.budget, progress=False)
         for name, (gm, inputs) in captured.items():
             print(f"round {i + 1}: measuring {name} ...", file=sys.stderr, flush=True)
-            by_model[name].append(measure(name, gm, inputs, topology, device, args.repeats))
+            by_model[name].append(measure(name, gm, inputs, topology, device, args.repeats, args.optimizer))
     source = f"predicted with {args.topology}" if args.topology else f"each round profiles first ({args.budget:.0f} s)"
     text = report(by_model, topology.device(device).model or platform.processor() or "cpu", source)
     print(text)

@@ -366,6 +366,60 @@ def test_a_module_kept_whole_is_costed_at_twice_its_forward():
     assert record(fc1).backward_ops == record(fc1).ops * 2 and record(fc1).ops
 
 
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd", "sgd_momentum"])
+def test_optimizer_step_ops_are_those_a_real_step_runs(optimizer):
+    """The update recorded on ``meta`` tensors is the one torch.optim runs on a real CPU
+    parameter (same ops on parameter-shaped tensors, bytes and FLOPs), also when recorded while
+    Dynamo compiles; its bytes grow with the parameter's."""
+    from autopart.passes.training import _OPTIMIZERS, _ShapedLikeRecorder, optimizer_step_ops
+
+    param = nn.Parameter(torch.randn(32, 16))
+    param.grad = torch.randn(32, 16)
+    real = _OPTIMIZERS[optimizer](param)
+    real.step()
+    with _ShapedLikeRecorder(param) as recorder:
+        real.step()
+    optimizer_step_ops.cache_clear()
+    recorded = optimizer_step_ops(optimizer, (32, 16), torch.float32)
+    assert recorded == tuple(recorder.ops) and recorded
+
+    while_compiling = {}
+
+    def backend(gm, example_inputs):
+        optimizer_step_ops.cache_clear()
+        while_compiling["ops"] = optimizer_step_ops(optimizer, (32, 16), torch.float32)
+        return gm.forward
+
+    torch._dynamo.reset()
+    torch.compile(lambda x: x + 1, backend=backend)(torch.randn(3))
+    compiling = while_compiling["ops"]  # a few scalars are 0-dim tensors there, not floats
+    assert [(op.kind, op.flops, op.bytes_written) for op in compiling] == [
+        (op.kind, op.flops, op.bytes_written) for op in recorded
+    ]
+    assert sum(op.bytes_read for op in compiling) == pytest.approx(sum(op.bytes_read for op in recorded), rel=0.01)
+    larger = optimizer_step_ops(optimizer, (64, 16), torch.float32)
+    assert sum(op.bytes_accessed for op in larger) == 2 * sum(op.bytes_accessed for op in recorded) > 0
+    assert optimizer_step_ops("none", (32, 16), torch.float32) == ()
+    with pytest.raises(ValueError, match="unknown optimizer 'lamb'"):
+        optimizer_step_ops("lamb", (32, 16), torch.float32)  # type: ignore[arg-type]
+
+
+def test_only_trainable_parameters_get_an_optimizer_step():
+    """The training pass gives each trainable parameter its optimizer's update, Adam's costing
+    more bytes than SGD's; a frozen parameter, a compute node and ``"none"`` get none."""
+    model = _Net()
+    model.fc1.requires_grad_(False)
+    by_optimizer = {}
+    for optimizer in ("adam", "sgd", "none"):
+        graph, _ = _analysed_for_training(model, torch.randn(4, 16), optimizer=optimizer)
+        stepped = {n.name: sum(op.bytes_accessed for op in n.step_ops) for n in graph.nodes if n.step_ops}
+        assert all(n.role == "parameter" and "fc1" not in n.name for n in graph.nodes if n.name in stepped)
+        by_optimizer[optimizer] = stepped
+    assert by_optimizer["none"] == {} and len(by_optimizer["adam"]) == sum(p.requires_grad for p in model.parameters())
+    assert by_optimizer["adam"].keys() == by_optimizer["sgd"].keys()
+    assert all(by_optimizer["adam"][n] > by_optimizer["sgd"][n] > 0 for n in by_optimizer["adam"])
+
+
 def test_training_memory_rejects_unknown_optimizer():
     gm = torch.fx.symbolic_trace(_Net())
     propagate_shapes_pass(gm, [torch.randn(2, 16)])

@@ -58,6 +58,9 @@ class NodeRecord:
     """The node's value needs a gradient in backward (a gradient crosses its cut edges back)."""
     backward_ops: tuple = ()
     """The aten ops of the node's backward pass, as :class:`OpCost` (empty for inference)."""
+    step_ops: tuple = ()
+    """The aten ops of the optimizer's update of a trainable parameter, as :class:`OpCost`
+    (empty for other nodes, for inference, and for ``optimizer="none"``)."""
 
     # cost_pass
     ops: tuple = ()

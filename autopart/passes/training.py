@@ -17,7 +17,12 @@ that pass gradients back adds ``k - 1`` gradient additions (for a weight or an i
 a tied embedding, to its first reader's backward). A node that cannot be re-run is
 costed at twice its forward ops, the usual rule of thumb (backward ~ 2x forward FLOPs:
 J. Kaplan et al., "Scaling Laws for Neural Language Models", 2020, section 2.1). Not
-counted: the optimizer step, and accumulating into ``.grad`` that already holds a gradient.
+counted: accumulating into ``.grad`` that already holds a gradient.
+
+The optimizer step is recorded the same way, per trainable parameter
+(:func:`optimizer_step_ops`): torch.optim's own update, run on ``meta`` tensors shaped as the
+parameter. Adam reads and writes the parameter's bytes 19 times over (its moments, the
+denominator, the update), which on a CPU is about a third of GPT-2's training step.
 
     training bytes = parameters + gradients + optimizer state + saved activations
                      + the forward pass's own activation peak
@@ -31,6 +36,7 @@ not under ``torch.no_grad()``).
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,7 +46,8 @@ import torch
 import torch.fx
 from torch.utils._pytree import tree_leaves, tree_map
 
-from ..costmodel.ops import CostRecorder, OpCost
+from .._compat import concrete_int
+from ..costmodel.ops import CostRecorder, OpCost, aten_op_cost
 from .cost import is_inplace
 from .memory import MemoryReport, storage_key, storage_nbytes
 from .records import record
@@ -187,8 +194,9 @@ def training_memory_pass(
 ) -> TrainingMemory:
     """Training memory and backward work of ``gm``'s forward graph (after
     ``propagate_shapes_pass``, ``memory_pass``, whose report is ``memory``, and ``cost_pass``).
-    Writes ``requires_grad``, ``saved_bytes``, ``training_bytes`` and ``backward_ops`` (none for
-    ``optimizer="none"``, which runs no backward) into node records. Gradients and optimizer
+    Writes ``requires_grad``, ``saved_bytes``, ``training_bytes``, ``backward_ops`` (none for
+    ``optimizer="none"``, which runs no backward) and ``step_ops`` (trainable parameters'
+    updates) into node records. Gradients and optimizer
     state count parameters that require grad (:func:`trainable`) only.
 
     Raises:
@@ -257,12 +265,17 @@ def training_memory_pass(
     for node in nodes:
         rec = record(node)
         if rec.role != "parameter":
-            rec.training_bytes = rec.saved_bytes
+            rec.training_bytes, rec.step_ops = rec.saved_bytes, ()
             continue
         trained = trainable(node) and optimizer != "none"
         nbytes = sum(storage_nbytes(t) for t in _tensors(node_value(node))) if trained else 0
         trained_bytes += nbytes
         rec.training_bytes = (1 + state_per_byte) * nbytes
+        rec.step_ops = tuple(
+            op
+            for t in (_tensors(node_value(node)) if trained else ())
+            for op in optimizer_step_ops(optimizer, tuple(concrete_int(d) for d in t.shape), t.dtype)
+        )
     return TrainingMemory(
         parameter_bytes=memory.resident_bytes,
         gradient_bytes=trained_bytes,
@@ -271,6 +284,63 @@ def training_memory_pass(
         forward_peak_bytes=memory.peak_activation_bytes,
         unknown=tuple(unknown),
     )
+
+
+_OPTIMIZERS = {
+    "adam": lambda p: torch.optim.Adam([p], foreach=False),
+    "adamw": lambda p: torch.optim.AdamW([p], foreach=False),
+    "sgd": lambda p: torch.optim.SGD([p], lr=0.1, foreach=False),
+    "sgd_momentum": lambda p: torch.optim.SGD([p], lr=0.1, momentum=0.9, foreach=False),
+}
+
+
+@functools.lru_cache(maxsize=256)
+def optimizer_step_ops(
+    optimizer: Optimizer, shape: tuple[int, ...], dtype: torch.dtype
+) -> tuple[OpCost, ...]:
+    """The aten ops of one steady-state step of ``optimizer`` (torch.optim's default settings)
+    on a parameter of ``shape`` and ``dtype``: the update torch.optim's single-tensor
+    implementation runs (its default on CPUs; on GPUs its ``foreach`` implementation does the
+    same passes over memory in fewer launches), recorded on ``meta`` tensors after a first
+    step that makes the state. Only ops whose output is shaped as the parameter are kept: the
+    step counter's scalar arithmetic is host bookkeeping, and torch.optim does more of it
+    while Dynamo compiles (``torch.compiler.is_compiling()``), where this may run.
+    ``()`` for ``"none"``.
+
+    Raises:
+        ValueError: an unknown optimizer name.
+    """
+    if optimizer == "none":
+        return ()
+    if optimizer not in _OPTIMIZERS:
+        raise ValueError(
+            f"unknown optimizer {optimizer!r}; expected one of {list(OPTIMIZER_STATE_PER_PARAM_BYTE)}"
+        )
+    param = torch.nn.Parameter(torch.empty(shape, dtype=dtype, device="meta"))
+    param.grad = torch.empty_like(param)
+    step = _OPTIMIZERS[optimizer](param)
+    step.step()
+    recorder = _ShapedLikeRecorder(param)
+    with recorder:
+        step.step()
+    return tuple(recorder.ops)
+
+
+class _ShapedLikeRecorder(CostRecorder):
+    """A :class:`CostRecorder` of the ops whose output has the device and shape of ``like``."""
+
+    def __init__(self, like: torch.Tensor) -> None:
+        super().__init__()
+        self.like = like
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if any(
+            isinstance(t, torch.Tensor) and t.device == self.like.device and t.shape == self.like.shape
+            for t in tree_leaves(out)
+        ):
+            self.ops.append(aten_op_cost(func, args, kwargs or {}, out))
+        return out
 
 
 def trainable(node: torch.fx.Node) -> bool:

@@ -15,9 +15,11 @@ JSON (``format_version`` 1)::
                     "tensors": [{"shape", "dtype", "device", "nbytes"}], "resident_bytes",
                     "ops": [{"flops", "bytes_read", "bytes_written", "launches", "dtype",
                     "kind", "aligned"}], "sticky": bool, "training_bytes",
-                    "requires_grad": bool, "backward_ops": [like "ops"], "step_ops": [like "ops"]}]
-                  (``aligned``, ``training_bytes``, ``requires_grad``, ``backward_ops`` and
-                  ``step_ops`` may be absent: true, 0, false, [] and [])
+                    "requires_grad": bool, "backward_ops": [like "ops"], "step_ops": [like "ops"],
+                    "step_temporary_bytes"}]
+                  (``aligned``, ``training_bytes``, ``requires_grad``, ``backward_ops``,
+                  ``step_ops`` and ``step_temporary_bytes`` may be absent: true, 0, false, [],
+                  [] and 0)
     storages      [{"producer", "nbytes", "first", "last", "kind"}]   (indices into nodes)
 """
 
@@ -75,7 +77,9 @@ class GraphNode:
     """The aten ops of its backward pass in a training graph (:mod:`autopart.passes.training`)."""
     step_ops: tuple[OpCost, ...] = ()
     """A trainable parameter's update by the optimizer in a training graph
-    (:func:`autopart.passes.training.optimizer_step_ops`)."""
+    (:func:`autopart.passes.training.optimizer_step`)."""
+    step_temporary_bytes: int = 0
+    """Bytes of temporaries that update allocates anew in every step."""
 
     @property
     def output_bytes(self) -> int:
@@ -132,12 +136,16 @@ class AnnotatedGraph:
         with ``step``: of the optimizer's update of a trainable parameter) on every device of
         ``topology``: the roofline time of its ops, plus, in the forward and backward on a
         device that pays for first touches (:func:`~autopart.costmodel.roofline.first_touch_Bps`),
-        the bytes it first writes fresh in each training step (:meth:`fresh_bytes`; the
-        optimizer's state is made once and kept). An optimizer update off the CPU costs its
-        FLOPs and bytes at the device's peak rates without launches: torch.optim's default
-        there (``foreach``) updates all parameters in one launch per op."""
+        the bytes it first writes fresh in each training step (:meth:`fresh_bytes`; in the
+        optimizer's update, its temporaries: glibc returns a freed block this large, or the
+        heap's top, to the system; the optimizer's state is made once and kept). An update off
+        the CPU costs its FLOPs and bytes at the device's peak rates without launches:
+        torch.optim's default there (``foreach``) updates all parameters in one launch per op."""
         devices = [(d.name, d, calibration_of(d), first_touch_Bps(d)) for d in topology.devices]
-        fresh = {} if step else self.fresh_bytes(backward=backward)
+        if step:
+            fresh = {n.name: n.step_temporary_bytes for n in self.nodes}
+        else:
+            fresh = self.fresh_bytes(backward=backward)
 
         def seconds(n: GraphNode, dev: Device, cal: dict[str, Any]) -> float:
             if step and dev.kind != "cpu":
@@ -204,6 +212,7 @@ class AnnotatedGraph:
                     requires_grad=rec.requires_grad,
                     backward_ops=tuple(rec.backward_ops),
                     step_ops=tuple(rec.step_ops),
+                    step_temporary_bytes=rec.step_temporary_bytes,
                 )
             )
         return cls(name=name, nodes=tuple(nodes), storages=memory.storages)

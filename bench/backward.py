@@ -14,7 +14,7 @@ runs for each node's backward) and measure, alternately, the best (least) time o
 
 backward = step - forward. Then the optimizer step on its own: ``--optimizer`` (torch.optim's
 default settings) over the parameters, after a first step that makes its state; predicted as
-the sum of each trainable parameter's update (:func:`autopart.passes.training.optimizer_step_ops`).
+the sum of each trainable parameter's update (:func:`autopart.passes.training.optimizer_step`).
 Why the least time: see bench/costmodel.py. Prints predicted against measured per model and
 round (from the round with the median step error), and writes
 bench/results/backward-<machine>-<date>.{md,json}.

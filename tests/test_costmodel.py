@@ -344,6 +344,27 @@ def test_first_touches_are_charged_on_saved_activations_and_gradients():
     assert graph.fresh_bytes(backward=True) == {fc1.name: (16 * 32 + 32) * 4, norm.name: 64 * 4}
 
 
+def test_optimizer_temporaries_pay_first_touches():
+    """Adam's update allocates two temporaries per parameter anew each step: on a device that
+    pays first touches, each parameter's update costs their bytes at its first-touch rate
+    more; SGD's, which allocates none, costs nothing more."""
+    import dataclasses
+
+    plain = make_device("cpu")
+    touched = dataclasses.replace(plain, name="touched", measured={"first_touch_Bps": 1e9})
+    topo = make_topology([plain, touched])
+    for optimizer, temporaries in (("adam", 2), ("sgd", 0)):
+        graph, _ = _analysed_for_training(_Net(), torch.randn(4, 16), optimizer=optimizer)
+        times = graph.node_times(topo, step=True)
+        params = [n for n in graph.nodes if n.role == "parameter"]
+        for node in params:
+            assert node.step_temporary_bytes == temporaries * node.output_bytes
+            assert times[node.name]["cpu"] > 0
+            assert times[node.name]["touched"] - times[node.name]["cpu"] == pytest.approx(
+                node.step_temporary_bytes / 1e9
+            )
+
+
 def test_no_backward_is_costed_without_a_training_step():
     graph, tm = _analysed_for_training(_Net(), torch.randn(4, 16), optimizer="none")
     assert tm.saved_activation_bytes > 0 and graph.training
@@ -371,7 +392,7 @@ def test_optimizer_step_ops_are_those_a_real_step_runs(optimizer):
     """The update recorded on ``meta`` tensors is the one torch.optim runs on a real CPU
     parameter (same ops on parameter-shaped tensors, bytes and FLOPs), also when recorded while
     Dynamo compiles; its bytes grow with the parameter's."""
-    from autopart.passes.training import _OPTIMIZERS, _ShapedLikeRecorder, optimizer_step_ops
+    from autopart.passes.training import _OPTIMIZERS, _ShapedLikeRecorder, optimizer_step
 
     param = nn.Parameter(torch.randn(32, 16))
     param.grad = torch.randn(32, 16)
@@ -379,15 +400,15 @@ def test_optimizer_step_ops_are_those_a_real_step_runs(optimizer):
     real.step()
     with _ShapedLikeRecorder(param) as recorder:
         real.step()
-    optimizer_step_ops.cache_clear()
-    recorded = optimizer_step_ops(optimizer, (32, 16), torch.float32)
+    optimizer_step.cache_clear()
+    recorded = optimizer_step(optimizer, (32, 16), torch.float32).ops
     assert recorded == tuple(recorder.ops) and recorded
 
     while_compiling = {}
 
     def backend(gm, example_inputs):
-        optimizer_step_ops.cache_clear()
-        while_compiling["ops"] = optimizer_step_ops(optimizer, (32, 16), torch.float32)
+        optimizer_step.cache_clear()
+        while_compiling["ops"] = optimizer_step(optimizer, (32, 16), torch.float32).ops
         return gm.forward
 
     torch._dynamo.reset()
@@ -397,11 +418,30 @@ def test_optimizer_step_ops_are_those_a_real_step_runs(optimizer):
         (op.kind, op.flops, op.bytes_written) for op in recorded
     ]
     assert sum(op.bytes_read for op in compiling) == pytest.approx(sum(op.bytes_read for op in recorded), rel=0.01)
-    larger = optimizer_step_ops(optimizer, (64, 16), torch.float32)
+    larger = optimizer_step(optimizer, (64, 16), torch.float32).ops
     assert sum(op.bytes_accessed for op in larger) == 2 * sum(op.bytes_accessed for op in recorded) > 0
-    assert optimizer_step_ops("none", (32, 16), torch.float32) == ()
+    assert optimizer_step("none", (32, 16), torch.float32) == ((), 0)
     with pytest.raises(ValueError, match="unknown optimizer 'lamb'"):
-        optimizer_step_ops("lamb", (32, 16), torch.float32)  # type: ignore[arg-type]
+        optimizer_step("lamb", (32, 16), torch.float32)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd", "sgd_momentum"])
+def test_optimizer_step_temporaries_are_what_a_real_step_allocates(optimizer):
+    """The temporaries recorded for an update are the parameter-sized blocks torch's profiler
+    sees a real step allocate (Adam's: two; SGD's: none)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from autopart.passes.training import _OPTIMIZERS, optimizer_step
+
+    param = nn.Parameter(torch.randn(64, 32))
+    param.grad = torch.randn(64, 32)
+    real = _OPTIMIZERS[optimizer](param)
+    real.step()
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        real.step()
+    nbytes = param.numel() * param.element_size()
+    allocated = sum(e.cpu_memory_usage for e in prof.events() if e.cpu_memory_usage >= nbytes)
+    assert optimizer_step(optimizer, (64, 32), torch.float32).temporary_bytes == allocated
 
 
 def test_only_trainable_parameters_get_an_optimizer_step():

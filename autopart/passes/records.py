@@ -61,6 +61,8 @@ class NodeRecord:
     step_ops: tuple = ()
     """The aten ops of the optimizer's update of a trainable parameter, as :class:`OpCost`
     (empty for other nodes, for inference, and for ``optimizer="none"``)."""
+    step_temporary_bytes: int = 0
+    """Bytes of temporaries that update allocates anew in each step."""
 
     # cost_pass
     ops: tuple = ()

@@ -20,7 +20,7 @@ J. Kaplan et al., "Scaling Laws for Neural Language Models", 2020, section 2.1).
 counted: accumulating into ``.grad`` that already holds a gradient.
 
 The optimizer step is recorded the same way, per trainable parameter
-(:func:`optimizer_step_ops`): torch.optim's own update, run on ``meta`` tensors shaped as the
+(:func:`optimizer_step`): torch.optim's own update, run on ``meta`` tensors shaped as the
 parameter. Adam reads and writes the parameter's bytes 19 times over (its moments, the
 denominator, the update), which on a CPU is about a third of GPT-2's training step.
 
@@ -40,7 +40,7 @@ import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.fx
@@ -195,8 +195,8 @@ def training_memory_pass(
     """Training memory and backward work of ``gm``'s forward graph (after
     ``propagate_shapes_pass``, ``memory_pass``, whose report is ``memory``, and ``cost_pass``).
     Writes ``requires_grad``, ``saved_bytes``, ``training_bytes``, ``backward_ops`` (none for
-    ``optimizer="none"``, which runs no backward) and ``step_ops`` (trainable parameters'
-    updates) into node records. Gradients and optimizer
+    ``optimizer="none"``, which runs no backward), ``step_ops`` and ``step_temporary_bytes``
+    (trainable parameters' updates) into node records. Gradients and optimizer
     state count parameters that require grad (:func:`trainable`) only.
 
     Raises:
@@ -265,17 +265,18 @@ def training_memory_pass(
     for node in nodes:
         rec = record(node)
         if rec.role != "parameter":
-            rec.training_bytes, rec.step_ops = rec.saved_bytes, ()
+            rec.training_bytes, rec.step_ops, rec.step_temporary_bytes = rec.saved_bytes, (), 0
             continue
         trained = trainable(node) and optimizer != "none"
         nbytes = sum(storage_nbytes(t) for t in _tensors(node_value(node))) if trained else 0
         trained_bytes += nbytes
         rec.training_bytes = (1 + state_per_byte) * nbytes
-        rec.step_ops = tuple(
-            op
+        steps = [
+            optimizer_step(optimizer, tuple(concrete_int(d) for d in t.shape), t.dtype)
             for t in (_tensors(node_value(node)) if trained else ())
-            for op in optimizer_step_ops(optimizer, tuple(concrete_int(d) for d in t.shape), t.dtype)
-        )
+        ]
+        rec.step_ops = tuple(op for step in steps for op in step.ops)
+        rec.step_temporary_bytes = sum(step.temporary_bytes for step in steps)
     return TrainingMemory(
         parameter_bytes=memory.resident_bytes,
         gradient_bytes=trained_bytes,
@@ -294,24 +295,32 @@ _OPTIMIZERS = {
 }
 
 
+class OptimizerStep(NamedTuple):
+    """One parameter's update by an optimizer (:func:`optimizer_step`)."""
+
+    ops: tuple[OpCost, ...]
+    """The aten ops, as :class:`OpCost`."""
+    temporary_bytes: int
+    """Bytes of the temporaries it allocates (outputs of ops not in place, e.g. Adam's square
+    root of ``exp_avg_sq`` and its quotient), freed within the step and allocated anew in the
+    next one."""
+
+
 @functools.lru_cache(maxsize=256)
-def optimizer_step_ops(
-    optimizer: Optimizer, shape: tuple[int, ...], dtype: torch.dtype
-) -> tuple[OpCost, ...]:
-    """The aten ops of one steady-state step of ``optimizer`` (torch.optim's default settings)
-    on a parameter of ``shape`` and ``dtype``: the update torch.optim's single-tensor
-    implementation runs (its default on CPUs; on GPUs its ``foreach`` implementation does the
-    same passes over memory in fewer launches), recorded on ``meta`` tensors after a first
-    step that makes the state. Only ops whose output is shaped as the parameter are kept: the
-    step counter's scalar arithmetic is host bookkeeping, and torch.optim does more of it
-    while Dynamo compiles (``torch.compiler.is_compiling()``), where this may run.
-    ``()`` for ``"none"``.
+def optimizer_step(optimizer: Optimizer, shape: tuple[int, ...], dtype: torch.dtype) -> OptimizerStep:
+    """One steady-state step of ``optimizer`` (torch.optim's default settings) on a parameter of
+    ``shape`` and ``dtype``: the update torch.optim's single-tensor implementation runs (its
+    default on CPUs; on GPUs its ``foreach`` implementation makes the same passes over memory in
+    fewer launches), recorded on ``meta`` tensors after a first step that makes the state. Only
+    ops whose output is shaped as the parameter are kept: the step counter's scalar arithmetic
+    is host bookkeeping, and torch.optim does more of it while Dynamo compiles
+    (``torch.compiler.is_compiling()``), where this may run. No ops for ``"none"``.
 
     Raises:
         ValueError: an unknown optimizer name.
     """
     if optimizer == "none":
-        return ()
+        return OptimizerStep((), 0)
     if optimizer not in _OPTIMIZERS:
         raise ValueError(
             f"unknown optimizer {optimizer!r}; expected one of {list(OPTIMIZER_STATE_PER_PARAM_BYTE)}"
@@ -323,23 +332,28 @@ def optimizer_step_ops(
     recorder = _ShapedLikeRecorder(param)
     with recorder:
         step.step()
-    return tuple(recorder.ops)
+    return OptimizerStep(tuple(recorder.ops), recorder.allocated_bytes)
 
 
 class _ShapedLikeRecorder(CostRecorder):
-    """A :class:`CostRecorder` of the ops whose output has the device and shape of ``like``."""
+    """A :class:`CostRecorder` of the ops whose output has the device and shape of ``like``;
+    ``allocated_bytes`` adds up the outputs of those not in place."""
 
     def __init__(self, like: torch.Tensor) -> None:
         super().__init__()
         self.like = like
+        self.allocated_bytes = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        if any(
-            isinstance(t, torch.Tensor) and t.device == self.like.device and t.shape == self.like.shape
-            for t in tree_leaves(out)
-        ):
+        shaped = [
+            t for t in tree_leaves(out)
+            if isinstance(t, torch.Tensor) and t.device == self.like.device and t.shape == self.like.shape
+        ]
+        if shaped:
             self.ops.append(aten_op_cost(func, args, kwargs or {}, out))
+            if not func.overloadpacket.__name__.endswith("_") and "out" not in (kwargs or {}):
+                self.allocated_bytes += sum(t.numel() * t.element_size() for t in shaped)
         return out
 
 

@@ -54,7 +54,7 @@ The ``measured`` dict
 ---------------------
 :func:`profile_device` returns (and :func:`profile_topology` stores in ``Device.measured``)::
 
-    format            6 (PROFILE_FORMAT_VERSION)
+    format            7 (PROFILE_FORMAT_VERSION)
     profiler          "autopart.profiler"
     date              ISO 8601 UTC time of the profile
     torch             torch.__version__
@@ -117,7 +117,7 @@ __all__ = [
 
 #: Version of the ``measured`` dicts written here (bump when their keys or the calibration's
 #: classes change: cached profiles of another version are re-measured, see :mod:`autopart.cache`).
-PROFILE_FORMAT_VERSION = 6
+PROFILE_FORMAT_VERSION = 7
 
 #: Square matmul sizes tried, ascending (n for an n x n x n product).
 MATMUL_SIZES = (64, 128, 256, 512, 1024, 2048, 4096, 8192)

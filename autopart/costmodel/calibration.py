@@ -11,7 +11,11 @@ fitted one by one, as ``<class>:<op>``: tanh, gelu, silu and exp, softmax
 (``elementwise:native_batch_norm``), the fused attention kernels (``matmul:attention``),
 convolutions (``matmul:convolution``, with their own nearest-sample correction, as matmuls) and
 their backward (``matmul:convolution_backward``: ResNet-50's backward convolutions ran about
-30% below the forward's rate on an AMD EPYC).
+30% below the forward's rate on an AMD EPYC). The optimizer step is fitted per parameter
+update (``optimizer:adam`` for Adam and AdamW, ``optimizer:sgd`` for SGD with or without
+momentum; :func:`autopart.passes.training.optimizer_step`): its ``overhead_s`` holds the
+dispatch of the update's ops and torch.optim's own Python per parameter, which made Adam on
+ResNet-50's 161 parameters three times slower than its bytes alone on an AMD EPYC.
 
 For each class, representative ops at several sizes are timed (in each of ``ROUNDS`` passes
 spread across the budget the median of repeated blocks of up to ``BLOCK_S``,
@@ -188,6 +192,8 @@ def _samples(device: torch.device, large: bool | None = None) -> dict[str, list[
     ]
     copy = [(lambda a=t(n): a.clone()) for n in sizes]
     copy += [(lambda a=t(n // 2), b=t(n // 2): torch.cat([a, b])) for n in sizes[1::2]]
+    one_by_one["optimizer:adam"] = [_OptimizerUpdate("adam", n, device) for n in [tiny, *sizes[::2]]]
+    one_by_one["optimizer:sgd"] = [_OptimizerUpdate("sgd_momentum", n, device) for n in [tiny, *sizes[::2]]]
     return {
         "matmul": matmul,
         "transcendental": transcendental,
@@ -196,6 +202,23 @@ def _samples(device: torch.device, large: bool | None = None) -> dict[str, list[
         "elementwise": elementwise,
         **one_by_one,
     }
+
+
+class _OptimizerUpdate:
+    """A calibration sample: one step of ``optimizer`` (torch.optim's defaults) on one float32
+    parameter of ``n`` elements; ``x`` its update's bytes read + written."""
+
+    def __init__(self, optimizer: str, n: int, device: torch.device) -> None:
+        from ..passes.training import _OPTIMIZERS, optimizer_step
+
+        self.param = torch.nn.Parameter(torch.randn(n, device=device))
+        self.param.grad = torch.randn(n, device=device)
+        self.step = _OPTIMIZERS[optimizer](self.param)
+        self.step.step()  # makes the state
+        self.x = float(optimizer_step(optimizer, (n,), torch.float32).update.bytes_accessed)
+
+    def __call__(self) -> None:
+        self.step.step()
 
 
 ROUNDS = 3
@@ -231,6 +254,8 @@ def _point(fn: Callable[[], Any], cls: str, seconds: float) -> list[float]:
     """A calibration sample of ``fn``'s ops of class ``cls``: ``[x, seconds]`` with ``x`` their
     FLOPs (matmul) or bytes read + written (others); matmul samples add their bytes and
     whether their output rows are aligned (1.0 or 0.0)."""
+    if isinstance(fn, _OptimizerUpdate):
+        return [fn.x, seconds]
     recorder = CostRecorder()
     with torch.no_grad(), recorder:
         fn()

@@ -275,7 +275,7 @@ def training_memory_pass(
             optimizer_step(optimizer, tuple(concrete_int(d) for d in t.shape), t.dtype)
             for t in (_tensors(node_value(node)) if trained else ())
         ]
-        rec.step_ops = tuple(op for step in steps for op in step.ops)
+        rec.step_ops = tuple(step.update for step in steps)
         rec.step_temporary_bytes = sum(step.temporary_bytes for step in steps)
     return TrainingMemory(
         parameter_bytes=memory.resident_bytes,
@@ -295,6 +295,11 @@ _OPTIMIZERS = {
 }
 
 
+OPTIMIZER_CLASS = {"adam": "optimizer:adam", "adamw": "optimizer:adam", "sgd": "optimizer:sgd",
+                   "sgd_momentum": "optimizer:sgd"}
+"""The op class (:mod:`autopart.costmodel.calibration`) of each optimizer's per-parameter update."""
+
+
 class OptimizerStep(NamedTuple):
     """One parameter's update by an optimizer (:func:`optimizer_step`)."""
 
@@ -304,6 +309,23 @@ class OptimizerStep(NamedTuple):
     """Bytes of the temporaries it allocates (outputs of ops not in place, e.g. Adam's square
     root of ``exp_avg_sq`` and its quotient), freed within the step and allocated anew in the
     next one."""
+    kind: str = ""
+    """Its op class (:data:`OPTIMIZER_CLASS`)."""
+
+    @property
+    def update(self) -> OpCost:
+        """The update as one op of its class (FLOPs and bytes of its ops, one launch), so that a
+        calibrated per-update overhead covers its ops' dispatch and torch.optim's own Python."""
+        if not self.ops:
+            return OpCost(0, 0, 0, 0, "float32", self.kind)
+        return OpCost(
+            sum(op.flops for op in self.ops),
+            sum(op.bytes_read for op in self.ops),
+            sum(op.bytes_written for op in self.ops),
+            1,
+            self.ops[0].dtype,
+            self.kind,
+        )
 
 
 @functools.lru_cache(maxsize=256)
@@ -332,7 +354,7 @@ def optimizer_step(optimizer: Optimizer, shape: tuple[int, ...], dtype: torch.dt
     recorder = _ShapedLikeRecorder(param)
     with recorder:
         step.step()
-    return OptimizerStep(tuple(recorder.ops), recorder.allocated_bytes)
+    return OptimizerStep(tuple(recorder.ops), recorder.allocated_bytes, OPTIMIZER_CLASS[optimizer])
 
 
 class _ShapedLikeRecorder(CostRecorder):

@@ -14,8 +14,8 @@ their backward (``matmul:convolution_backward``: ResNet-50's backward convolutio
 30% below the forward's rate on an AMD EPYC). The optimizer step is fitted per parameter
 update (``optimizer:adam`` for Adam and AdamW, ``optimizer:sgd`` for SGD with or without
 momentum; :func:`autopart.passes.training.optimizer_step`): its ``overhead_s`` holds the
-dispatch of the update's ops and torch.optim's own Python per parameter, which made Adam on
-ResNet-50's 161 parameters three times slower than its bytes alone on an AMD EPYC.
+dispatch of the update's ops and torch.optim's own Python per parameter (Adam on ResNet-50's
+159 parameters took three times as long as its bytes at the elementwise rate on an AMD EPYC).
 
 For each class, representative ops at several sizes are timed (in each of ``ROUNDS`` passes
 spread across the budget the median of repeated blocks of up to ``BLOCK_S``,
@@ -205,8 +205,9 @@ def _samples(device: torch.device, large: bool | None = None) -> dict[str, list[
 
 
 class _OptimizerUpdate:
-    """A calibration sample: one step of ``optimizer`` (torch.optim's defaults) on one float32
-    parameter of ``n`` elements; ``x`` its update's bytes read + written."""
+    """A calibration sample: one step of ``optimizer`` (torch.optim's single-tensor
+    implementation, its default on CPUs) on one float32 parameter of ``n`` elements; ``x`` its
+    update's bytes read + written."""
 
     def __init__(self, optimizer: str, n: int, device: torch.device) -> None:
         from ..passes.training import _OPTIMIZERS, optimizer_step

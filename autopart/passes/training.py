@@ -22,7 +22,8 @@ counted: accumulating into ``.grad`` that already holds a gradient.
 The optimizer step is recorded the same way, per trainable parameter
 (:func:`optimizer_step`): torch.optim's own update, run on ``meta`` tensors shaped as the
 parameter. Adam reads and writes the parameter's bytes 19 times over (its moments, the
-denominator, the update), which on a CPU is about a third of GPT-2's training step.
+denominator, the update), which on a CPU takes a quarter to a third as long as GPT-2's
+forward and backward (bench/backward.py).
 
     training bytes = parameters + gradients + optimizer state + saved activations
                      + the forward pass's own activation peak

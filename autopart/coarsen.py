@@ -387,31 +387,25 @@ def build_problem(
     local = local_device or (lambda d: d)
     has_backward = graph.has_backward
 
-    def copy_s(members: list[GraphNode]) -> tuple[dict[str, float], dict[str, float]]:
-        """Per device: seconds to copy ``members``' trainable parameters there from where they
-        live, and (training step) their gradients back (``copy_trainable``)."""
-        forward: dict[str, float] = dict.fromkeys(topology.device_names, 0.0)
-        backward = dict(forward)
-        for m in members if copy_trainable else ():
-            for d in topology.device_names:
-                home = home_if_copied(m, d, local, origin_device)
+    def parameter_s(members: list[GraphNode]) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+        """Per device, for ``members``' trainable parameters: seconds to copy them there from
+        where they live, and (training step) their gradients back (``copy_trainable``), and
+        seconds of the optimizer's update, where it runs: on the device, or where a parameter
+        the device copies lives."""
+        devices = topology.device_names
+        forward, backward, step = (dict.fromkeys(devices, 0.0) for _ in range(3))
+        for m in members:
+            if m.role != "parameter":
+                continue
+            for d in devices:
+                home = home_if_copied(m, d, local, origin_device) if copy_trainable else None
                 if home is not None:
                     forward[d] += topology.transfer_time_s(home, d, m.tensors[0].nbytes)
                     if has_backward:
                         backward[d] += topology.transfer_time_s(d, home, m.tensors[0].nbytes)
-        return forward, backward
-
-    def step_s(members: list[GraphNode]) -> dict[str, float]:
-        """Per device: seconds of the optimizer's update of ``members``' parameters, where it
-        runs: on the device, or where a parameter the device copies lives."""
-        seconds = dict.fromkeys(topology.device_names, 0.0)
-        for m in members:
-            if m.name not in step_times:
-                continue
-            for d in topology.device_names:
-                home = home_if_copied(m, d, local, origin_device) if copy_trainable else None
-                seconds[d] += step_times[m.name][home or d]
-        return seconds
+                if m.name in step_times:
+                    step[d] += step_times[m.name][home or d]
+        return forward, backward, step
 
     # Resident tensors join their first user.
     attached: dict[str, list[GraphNode]] = defaultdict(list)
@@ -456,12 +450,11 @@ def build_problem(
         for n in group:
             members += attached.get(n.name, [])
             members.append(n)
-        copy_forward_s, copy_backward_s = copy_s(members)
+        copy_forward_s, copy_backward_s, optimizer_s = parameter_s(members)
         devices = topology.device_names
         backward_s = {d: sum(backward_times[n.name][d] for n in group) + copy_backward_s[d] for d in devices}
-        optimizer_s = step_s(members) if step_times else {}
         forward_s = {d: sum(times[n.name][d] for n in group) + copy_forward_s[d] for d in devices}
-        time_s = {d: forward_s[d] + backward_s[d] + optimizer_s.get(d, 0.0) for d in devices}
+        time_s = {d: forward_s[d] + backward_s[d] + optimizer_s[d] for d in devices}
         homes = {pinned[m.name] for m in members if m.name in pinned}
         fixed = homes.pop() if len(homes) == 1 else None
         add_task(

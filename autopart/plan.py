@@ -111,7 +111,7 @@ class Plan:
     ``optimizer="none"``, which runs no backward)."""
     predicted_forward_s: float = 0.0
     """Seconds of the forward call alone (what ``monitor`` times as a call): ``predicted_time_s``
-    less, in a training plan, the backward pass."""
+    less, in a training plan, the backward pass and the optimizer step."""
     predicted_backward_busy_s: dict[str, float] = field(default_factory=dict)
     """Per device, seconds of one backward pass of a training plan: its backward compute plus
     the gradients it sends back for the copies it received (what ``monitor`` measures as the

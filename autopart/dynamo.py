@@ -428,7 +428,8 @@ class Compilation:
         calls = runner.metrics.num_monitored_calls
         if not calls:
             raise ValueError(f"{self.graph_name} has no timed call yet: the first call is not timed, call it again")
-        backward, backward_span_s = runner.measured_backward_s()
+        measured_backward = runner.measured_backward_s()
+        backward = measured_backward.busy_s
 
         def columns(predicted: float, measured: float) -> list[str]:
             return [_ms(predicted), _ms(measured), _ratio(measured, predicted)]
@@ -444,9 +445,9 @@ class Compilation:
         header = ["device", "runs on", "predicted", "measured", "measured/predicted"]
         title = f"autopart monitor for {self.graph_name}: busy time per call, mean of {calls} timed call(s)"
         if backward:
-            rows[-1] += columns(plan.predicted_time_s - plan.predicted_forward_s, backward_span_s)
+            rows[-1] += columns(plan.predicted_time_s - plan.predicted_forward_s, measured_backward.span_s)
             header += ["backward predicted", "measured", "measured/predicted"]
-            title += f"; backward: mean of {runner.timer.backward_seconds()[1]} pass(es)"
+            title += f"; backward: mean of {measured_backward.passes} pass(es)"
         return "\n".join([title, *_table(header, rows)])
 
 
@@ -615,7 +616,7 @@ class Backend:
         comp.replan_checked = True
         threshold = self.config.replan
         assert threshold is not None
-        factors, spread = replan_factors(plan, runner.measured_busy_s(), runner.measured_backward_s()[0])
+        factors, spread = replan_factors(plan, runner.measured_busy_s(), runner.measured_backward_s().busy_s)
         if spread <= threshold:
             comp.replan_note = f"kept: measured/predicted ratios spread {spread:.2f}x <= {threshold}x"
             return

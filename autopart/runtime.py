@@ -125,6 +125,8 @@ def moved_storage(param: torch.Tensor) -> int | None:
     """``param.data_ptr()`` as :func:`move_parameter` left it (None: never moved), so that a
     record of ``param`` made before the move can tell the move from a user's ``param.data =``."""
     return _MOVED.get(param)
+
+
 _STATE_HOOK: Any = None
 """The handle of :func:`_state_follows_parameters`, registered with the first move."""
 
@@ -362,6 +364,17 @@ class PartitionTimer:
         return dict(self._backward_s), self._num_backwards, self._span_total_s
 
 
+class MeasuredBackward(NamedTuple):
+    """What :meth:`PlacedGraph.measured_backward_s` measured. Times in seconds."""
+
+    busy_s: dict[str, float]
+    """Topology device -> its partitions' backward per backward pass."""
+    span_s: float
+    """One backward pass of the graph, first autograd node to last, wall clock."""
+    passes: int
+    """Backward passes timed."""
+
+
 @dataclass
 class PlacedGraph:
     """Runs one planned graph: ``module`` (the partitions) with static inputs moved, host
@@ -435,19 +448,19 @@ class PlacedGraph:
             return {}
         return self._per_device(self.timer.seconds(), calls)
 
-    def measured_backward_s(self) -> tuple[dict[str, float], float]:
-        """``(busy, span_s)`` of the backward passes of the timed calls (with ``monitor``;
-        ``({}, 0.0)`` before one ran): per topology device, the measured seconds of its
-        partitions' backward per backward pass, and the wall-clock seconds of one backward pass
-        of this graph, from its first autograd node to its last (see :class:`PartitionTimer`).
-        Compare with ``plan.predicted_backward_busy_s`` and ``plan.predicted_time_s -
+    def measured_backward_s(self) -> MeasuredBackward:
+        """The backward passes of the timed calls (with ``monitor``; empty before one ran): per
+        topology device, the measured seconds of its partitions' backward per backward pass,
+        and the wall-clock seconds of one backward pass of this graph, from its first autograd
+        node to its last (see :class:`PartitionTimer`). Compare with
+        ``plan.predicted_backward_busy_s`` and ``plan.predicted_time_s -
         plan.predicted_forward_s``."""
         if self.timer is None:
-            return {}, 0.0
+            return MeasuredBackward({}, 0.0, 0)
         seconds, count, span_s = self.timer.backward_seconds()
         if not count:
-            return {}, 0.0
-        return self._per_device(seconds, count), span_s / count
+            return MeasuredBackward({}, 0.0, 0)
+        return MeasuredBackward(self._per_device(seconds, count), span_s / count, count)
 
     def _per_device(self, per_partition: dict[str, float], count: int) -> dict[str, float]:
         busy: dict[str, float] = {}

@@ -344,7 +344,8 @@ def test_monitor_times_the_backward_of_each_device():
         reference(x).mul_(3).sum().backward()
     for p, q in zip(model.parameters(), reference.parameters()):
         torch.testing.assert_close(p.grad, q.grad)
-    busy, span_s = comp.runner.measured_backward_s()
+    busy, span_s, passes = comp.runner.measured_backward_s()
+    assert passes == 2
     assert busy["cuda:1"] >= 0.02 > busy["cuda:0"] > 0
     assert span_s >= busy["cuda:1"]
     report = comp.report()

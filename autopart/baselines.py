@@ -123,7 +123,8 @@ class _Ledger:
     """Bytes per device of a partial assignment, in :func:`~autopart.solver.evaluate`'s
     accounting; tasks may be added in any order. Adding tasks only adds bytes, so a device that
     was checked when its last task joined stays within its capacity whatever comes later on
-    other devices."""
+    other devices, except for the bytes a task keeps where its copied trainable parameters live
+    (``Task.resident_on``), which the final check of an assignment (:func:`fits`) catches."""
 
     def __init__(self, problem: PlacementProblem) -> None:
         self.problem = problem
@@ -164,7 +165,7 @@ class _Ledger:
         for step, nbytes in self.increments[i]:
             peak = max(peak, act[step] + nbytes)
         copies = sum(n for _, n in self._new_copies(i, device))
-        return self.resident[device] + self.problem.tasks[i].resident_bytes + copies + peak
+        return self.resident[device] + self.problem.tasks[i].held_bytes(device).get(device, 0) + copies + peak
 
     def place(self, i: int, device: str) -> None:
         assert self.assignment[i] is None, i
@@ -172,7 +173,8 @@ class _Ledger:
             self.copies.add((wi, device))
             self.resident[device] += nbytes
         self.assignment[i] = device
-        self.resident[device] += self.problem.tasks[i].resident_bytes
+        for home, nbytes in self.problem.tasks[i].held_bytes(device).items():
+            self.resident[home] += nbytes
         act = self.active[device]
         for step, nbytes in self.increments[i]:
             act[step] += nbytes
@@ -516,7 +518,7 @@ def _prepare_chain(problem: PlacementProblem, devices: list[str], latency: bool)
             j = i
             while j < num_free:
                 g = free[j]
-                res += tasks[g].resident_bytes
+                res += tasks[g].held_bytes(d).get(d, 0)
                 for step, nbytes in ledger.increments[g]:
                     act[step] += nbytes
                     peak = max(peak, act[step])

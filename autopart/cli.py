@@ -10,6 +10,7 @@ import time
 import typing
 from collections.abc import Sequence
 
+from .config import TrainableParameters
 from .passes.training import Optimizer
 from .topology import Topology, presets
 
@@ -163,6 +164,7 @@ def _plan_options(args: argparse.Namespace) -> dict:
         energy_eta=args.energy_eta,
         compression=args.compression,
         contiguous_stages=args.contiguous_stages,
+        trainable_parameters=args.trainable_parameters,
     )
 
 
@@ -285,6 +287,12 @@ def _add_plan_options(p: argparse.ArgumentParser) -> None:
         "--contiguous-stages", action="store_true",
         help="each device runs one contiguous run of tasks in execution order (pipeline stages)",
     )
+    p.add_argument(
+        "--trainable-parameters", choices=typing.get_args(TrainableParameters), default="copy",
+        help="training: a trainable parameter planned away from the device it lives on is copied "
+        "there every step, its gradient and optimizer state staying where it lives (copy, the "
+        "default), or moved there once with them (move)",
+    )
     p.add_argument("--out", metavar="FILE", help="save the plan as JSON")
 
 
@@ -362,14 +370,15 @@ def make_parser() -> argparse.ArgumentParser:
     )
     plan.add_argument(
         "--training", action="store_true",
-        help="plan a training step (model in train mode, gradients enabled): each device also "
-        "holds its parameters' gradients, the optimizer state and the activations saved for "
+        help="plan a training step (model in train mode, gradients enabled): the plan also "
+        "holds the parameters' gradients, the optimizer state and the activations saved for "
         "backward (default: inference)",
     )
     plan.add_argument(
         "--optimizer", choices=typing.get_args(Optimizer), default="adam",
         help="with --training: the optimizer whose state is reserved (default adam)",
     )
+
     _add_plan_options(plan)
     plan.set_defaults(func=cmd_plan)
 

@@ -50,7 +50,8 @@ class Task:
     parameters that do not live on that device (``build_problem``'s ``copy_trainable``).
     ``resident_bytes``: parameters, buffers and constants it holds, and in a training graph
     their gradients and optimizer state and the activations its nodes save for backward (held
-    from the forward pass into the backward pass).
+    from the forward pass into the backward pass); on the device it runs on, except where
+    ``resident_on`` says otherwise (:meth:`held_bytes`).
     ``peak_bytes``: activation bytes live inside it at its busiest step (storages that are born
     and die inside the task). ``fixed_device``: inputs and outputs cannot move.
     """
@@ -63,6 +64,16 @@ class Task:
     fixed_device: str | None = None
     backward_time_s: dict[str, float] = field(default_factory=dict)
     step_time_s: dict[str, float] = field(default_factory=dict)
+    resident_on: dict[str, dict[str, int]] = field(default_factory=dict)
+    """For the devices where the task's resident bytes are not all held on the device it runs
+    on: that device -> {device holding them: bytes}. A training task whose trainable
+    parameters are copied to the device every step (``build_problem``'s ``copy_trainable``)
+    holds there the copies and their gradients, and where each parameter lives its gradient
+    and optimizer state."""
+
+    def held_bytes(self, device: str) -> dict[str, int]:
+        """Bytes held all call long on each device when the task runs on ``device``."""
+        return self.resident_on[device] if device in self.resident_on else {device: self.resident_bytes}
 
 
 @dataclass(frozen=True)
@@ -372,8 +383,12 @@ def build_problem(
             training step its gradient comes back (``Config.trainable_parameters="copy"``, the
             runtime's :class:`~autopart.runtime.StaticInputMover`). Its task's time on such a
             device counts both copies (alpha-beta over the links from and to the topology device
-            ``origin_device`` gives for where it lives), the gradient's as backward time. False:
-            such parameters move to their planned device once, and cost nothing per call.
+            ``origin_device`` gives for where it lives), the gradient's as backward time; its
+            memory there is the copy and its gradient, and its gradient and optimizer state are
+            held where it lives (``Task.resident_on``; not counted when that device has no
+            capacity in ``capacity_bytes``: it is outside the plan, as the model's own weights
+            are). False: such parameters move to their planned device once, and cost nothing per
+            call.
     """
     pinned = pinned or {}
     nodes = graph.nodes
@@ -387,25 +402,37 @@ def build_problem(
     local = local_device or (lambda d: d)
     has_backward = graph.has_backward
 
-    def parameter_s(members: list[GraphNode]) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+    def parameter_costs(
+        members: list[GraphNode], counted: set[str]
+    ) -> tuple[dict[str, float], dict[str, float], dict[str, float], dict[str, dict[str, int]]]:
         """Per device, for ``members``' trainable parameters: seconds to copy them there from
-        where they live, and (training step) their gradients back (``copy_trainable``), and
+        where they live, and (training step) their gradients back (``copy_trainable``);
         seconds of the optimizer's update, where it runs: on the device, or where a parameter
-        the device copies lives."""
+        the device copies lives; and, for the parameters in ``counted`` that the device copies,
+        the bytes that shift from its resident count (device -> bytes): their gradients and optimizer state
+        (``training_bytes``) are held where they live, if that device has capacity, and the
+        device holds the copy and its gradient (on their way back), not the state."""
         devices = topology.device_names
         forward, backward, step = (dict.fromkeys(devices, 0.0) for _ in range(3))
+        shifted: dict[str, dict[str, int]] = {}
         for m in members:
             if m.role != "parameter":
                 continue
             for d in devices:
                 home = home_if_copied(m, d, local, origin_device) if copy_trainable else None
                 if home is not None:
-                    forward[d] += topology.transfer_time_s(home, d, m.tensors[0].nbytes)
+                    nbytes = m.tensors[0].nbytes
+                    forward[d] += topology.transfer_time_s(home, d, nbytes)
                     if has_backward:
-                        backward[d] += topology.transfer_time_s(d, home, m.tensors[0].nbytes)
+                        backward[d] += topology.transfer_time_s(d, home, nbytes)
+                    if m.training_bytes and m.name in counted:
+                        held = shifted.setdefault(d, {})
+                        held[d] = held.get(d, 0) + nbytes - m.training_bytes
+                        if capacity_bytes.get(home, 0) > 0:
+                            held[home] = held.get(home, 0) + m.training_bytes
                 if m.name in step_times:
                     step[d] += step_times[m.name][home or d]
-        return forward, backward, step
+        return forward, backward, step, shifted
 
     # Resident tensors join their first user.
     attached: dict[str, list[GraphNode]] = defaultdict(list)
@@ -450,26 +477,29 @@ def build_problem(
         for n in group:
             members += attached.get(n.name, [])
             members.append(n)
-        copy_forward_s, copy_backward_s, optimizer_s = parameter_s(members)
+        homes = {pinned[m.name] for m in members if m.name in pinned}
+        fixed = homes.pop() if len(homes) == 1 else None
+        counted = [m for m in members if not (fixed and m.name in pinned and m.role in _RESIDENT_ROLES)]
+        resident_bytes = sum(m.resident_bytes + m.training_bytes for m in counted)
+        copy_forward_s, copy_backward_s, optimizer_s, shifted = parameter_costs(members, {m.name for m in counted})
         devices = topology.device_names
         backward_s = {d: sum(backward_times[n.name][d] for n in group) + copy_backward_s[d] for d in devices}
         forward_s = {d: sum(times[n.name][d] for n in group) + copy_forward_s[d] for d in devices}
         time_s = {d: forward_s[d] + backward_s[d] + optimizer_s[d] for d in devices}
-        homes = {pinned[m.name] for m in members if m.name in pinned}
-        fixed = homes.pop() if len(homes) == 1 else None
+        resident_on = {
+            d: {h: b + (resident_bytes if h == d else 0) for h, b in {d: 0, **held}.items()}
+            for d, held in shifted.items()
+        }
         add_task(
             Task(
                 name=_group_name(group),
                 nodes=tuple(m.name for m in members),
                 time_s=time_s,
-                resident_bytes=sum(
-                    m.resident_bytes + m.training_bytes
-                    for m in members
-                    if not (fixed and m.name in pinned and m.role in _RESIDENT_ROLES)
-                ),
+                resident_bytes=resident_bytes,
                 fixed_device=fixed,
                 backward_time_s=backward_s if any(backward_s.values()) else {},
                 step_time_s=optimizer_s if any(optimizer_s.values()) else {},
+                resident_on=resident_on,
             )
         )
 

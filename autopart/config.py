@@ -188,9 +188,10 @@ class Config:
     """What a training step does with a parameter that requires grad and lives on another
     device than its plan's: ``"copy"`` (default) copies it there under autograd on every step,
     so its gradient comes back and the optimizer steps where it lives (``Plan.step_copies``
-    lists these). ``"move"`` moves it to its planned device, in place (``param.data``, and its
-    ``.grad``), on the first step that needs it, so that its gradient and optimizer state stay
-    there as the plan reserves them; optimizer state already made elsewhere follows it before
+    lists these); the plan counts the copy and its gradient on the planned device, and the
+    gradient and optimizer state where the parameter lives. ``"move"`` moves it to its planned
+    device, in place (``param.data``, and its ``.grad``), on the first step that needs it, so
+    that its gradient and optimizer state stay there, where the plan then reserves them; optimizer state already made elsewhere follows it before
     the next ``optimizer.step()`` (a global ``torch.optim`` step pre-hook, for state tensors
     shaped as the parameter). The model then runs only where autopart runs it: its own
     ``forward`` outside ``torch.compile`` meets parameters on several devices. A parameter is

@@ -267,7 +267,7 @@ class ResidentLedger:
     """
 
     def __init__(self) -> None:
-        self._entries: dict[int, tuple[weakref.ref, str, int, int]] = {}  # ref, device, bytes, data_ptr
+        self._entries: dict[int, tuple[weakref.ref, str, dict[str, int], int]] = {}  # ref, device, bytes held, data_ptr
         self._saved: dict[object, dict[str, int]] = {}
 
     def device_of(self, tensor: torch.Tensor) -> str | None:
@@ -283,10 +283,11 @@ class ResidentLedger:
         """Bytes held per device by tensors still alive, and by the activations that frames
         other than ``frame`` (see :func:`frame_of`) save for backward."""
         held: dict[str, int] = {}
-        for ref, device, nbytes, data_ptr in self._entries.values():
+        for ref, _, where, data_ptr in self._entries.values():
             tensor = ref()
             if tensor is not None and _same_storage(tensor, data_ptr):
-                held[device] = held.get(device, 0) + nbytes
+                for device, nbytes in where.items():
+                    held[device] = held.get(device, 0) + nbytes
         for other, saved in self._saved.items():
             if other != frame:
                 for device, nbytes in saved.items():
@@ -299,15 +300,21 @@ class ResidentLedger:
     ) -> None:
         """Record the devices ``plan`` gave the graph's parameters and buffers, with their bytes
         (and, in a graph planned for training, their gradients' and optimizer state's, and the
-        activations its compute nodes save for backward). ``replace``: ``plan`` replaces an
-        earlier plan of the same graph (re-planning), whose records it overwrites."""
+        activations its compute nodes save for backward; those of a parameter copied every step
+        (``plan.step_copies``) where it lives). ``replace``: ``plan`` replaces an earlier plan
+        of the same graph (re-planning), whose records it overwrites."""
         if replace:
             self._saved.pop(frame_of(gm), None)
+        homes = {t.source_node: t.src_device for t in plan.step_copies}
         for node, tensor in _static_inputs(gm, example_inputs):
             device = plan.placement.get(node.name)
             if device is not None and (replace or self.device_of(tensor) is None):
-                nbytes = tensor.untyped_storage().nbytes() + record(node).training_bytes
-                self._entries[id(tensor)] = (weakref.ref(tensor), device, nbytes, tensor.data_ptr())
+                nbytes, extra = tensor.untyped_storage().nbytes(), record(node).training_bytes
+                if node.name in homes and extra:  # the copy and its gradient; the rest at home
+                    where = {device: 2 * nbytes, homes[node.name]: extra}
+                else:
+                    where = {device: nbytes + extra}
+                self._entries[id(tensor)] = (weakref.ref(tensor), device, where, tensor.data_ptr())
         mine: dict[str, int] = {}
         for node in graph.nodes:
             device = plan.placement.get(node.name)

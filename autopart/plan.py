@@ -22,7 +22,7 @@ from .kernels.compression import packed_element_size
 from .solver import Solution, evaluate, power_W, stream_host
 from .topology import Topology
 
-PLAN_FORMAT_VERSION = 6
+PLAN_FORMAT_VERSION = 7
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,10 @@ class TaskPlacement:
     streamed_from: str | None = None
     """The host device holding this task's weights, copied to ``device`` on every call (None:
     the weights live on ``device``)."""
+    held_elsewhere: dict[str, int] = field(default_factory=dict)
+    """Bytes the task holds on other devices, counted there rather than in ``resident_bytes``:
+    the gradients and optimizer state of trainable parameters it copies to ``device`` every
+    step, where those parameters live (:attr:`Plan.step_copies`)."""
 
 
 @dataclass(frozen=True)
@@ -125,8 +129,9 @@ class Plan:
     leaves the model where it is, so a training step copies each of them to its planned device
     under autograd, its gradient comes back, and the optimizer steps where it lives
     (:func:`step_copies`). The predicted times count both copies as their tasks' time on the
-    planned device (:func:`autopart.coarsen.build_problem`); the memory model does not follow
-    the gradients and state home yet. Empty for inference plans, where both devices are one
+    planned device, and its memory the copy and its gradient, while the gradient and optimizer
+    state are counted where the parameter lives (:func:`autopart.coarsen.build_problem`). Empty
+    for inference plans, where both devices are one
     local device (e.g. ``device_map="cpu"``), and with ``trainable_parameters="move"`` (they
     move to their planned device once instead)."""
 
@@ -175,7 +180,8 @@ class Plan:
                     str(len(mine)),
                     str(sum(t.num_nodes for t in mine)),
                     _ms(sum(t.time_s for t in mine)),
-                    _mib(sum(t.resident_bytes for t in self.tasks if (t.streamed_from or t.device) == dev)),
+                    _mib(sum(t.resident_bytes for t in self.tasks if (t.streamed_from or t.device) == dev)
+                         + sum(t.held_elsewhere.get(dev, 0) for t in self.tasks)),
                     _mib(self.predicted_peak_bytes.get(dev, 0)),
                     _mib(self.capacity_bytes[dev]),
                 ]
@@ -453,13 +459,14 @@ def make_plan(
     tasks = tuple(
         TaskPlacement(
             name=t.name,
-            device=solution.assignment[i],
+            device=d,
             num_nodes=len(t.nodes),
-            time_s=t.time_s.get(solution.assignment[i], 0.0),
-            resident_bytes=t.resident_bytes,
+            time_s=t.time_s.get(d, 0.0),
+            resident_bytes=t.resident_bytes if i in hosts else t.held_bytes(d).get(d, 0),
             streamed_from=hosts.get(i),
+            held_elsewhere={} if i in hosts else {h: b for h, b in t.held_bytes(d).items() if h != d},
         )
-        for i, t in enumerate(problem.tasks)
+        for i, (t, d) in enumerate(zip(problem.tasks, solution.assignment))
     )
     return Plan(
         graph_name=graph_name or graph.name,

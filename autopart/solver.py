@@ -23,8 +23,11 @@ Constraints
     integral :math:`x` and tightens the relaxation: GPT-2 on 4 GPUs solves in 0.1 s, not 0.8 s.
     memory (:func:`add_memory`): for each device :math:`d` with capacity :math:`M_d` and each
     task position :math:`i`,
-    :math:`\sum_t R_t x_{t,d} + P_i x_{i,d} + \sum_{l:\,p(l) \le i \le e(l)} b_l x_{p(l),d} \le M_d`
-    with :math:`R_t` resident bytes (weights held all call long) and :math:`P_i` the peak of
+    :math:`\sum_{t,e} R_{t,e,d} x_{t,e} + P_i x_{i,d} + \sum_{l:\,p(l) \le i \le e(l)} b_l x_{p(l),d} \le M_d`
+    with :math:`R_{t,e,d}` the resident bytes (weights held all call long) task :math:`t`
+    holds on :math:`d` when it runs on :math:`e` (:meth:`~autopart.coarsen.Task.held_bytes`:
+    all of them on :math:`e`, except that a trainable parameter copied to :math:`e` every step
+    keeps its gradient and optimizer state where it lives) and :math:`P_i` the peak of
     activations born and dead inside task :math:`i`. This is an upper bound on the true peak.
     Activation terms are multiplied by ``PlacementProblem.activation_copies`` (1: autopart's
     pipelines split one call, whose micro-batches together hold one call's activations; more
@@ -111,10 +114,7 @@ directions counted on each task and edge; the send and the return are charged to
 Not modelled (yet): the order of tasks on one device (the makespan relaxation above), a
 copy's time on the sending device and on the link (it is charged to the receiver only), overlap
 of a streamed weight's copy with earlier tasks (the runtime prefetches one layer ahead), copies
-held on the receiving device, pipelining across calls, and, in a training step whose
-parameters are copied each step to a device they do not live on (``trainable_parameters=
-"copy"``; the copies are part of :math:`\tau_{t,d}`), their gradients and optimizer state held
-where they live rather than on :math:`d`.
+held on the receiving device, and pipelining across calls.
 
 Starting points: the best of a greedy placement and the baselines (sequential fill, balanced
 fill, m-ETF, contiguous-stage dynamic programs; :mod:`autopart.baselines`) is handed to HiGHS as
@@ -315,8 +315,9 @@ def evaluate(
     peak: dict[str, int] = {}
     resident: dict[str, int] = {}
     for i, (t, d) in enumerate(zip(tasks, assignment)):
-        home = stream_host(problem, d) if i in streamed else d
-        resident[home] = resident.get(home, 0) + t.resident_bytes
+        held = {stream_host(problem, d): t.resident_bytes} if i in streamed else t.held_bytes(d)
+        for home, nbytes in held.items():
+            resident[home] = resident.get(home, 0) + nbytes
     for w in problem.shared:  # a copy of the weight on each other device that reads it
         for d in {assignment[c] for c in w.readers} - {assignment[w.home]}:
             resident[d] = resident.get(d, 0) + w.nbytes
@@ -381,7 +382,9 @@ def check_fits(problem: PlacementProblem) -> None:
         )
     # Tasks fixed to a device that is not a candidate (no capacity) hold nothing we place.
     resident = sum(
-        t.resident_bytes for t in problem.tasks if t.fixed_device is None or t.fixed_device in caps
+        min(sum(t.held_bytes(d).values()) for d in ([t.fixed_device] if t.fixed_device else caps))
+        for t in problem.tasks
+        if t.fixed_device is None or t.fixed_device in caps
     )
     total = sum(caps.values())
     what, fix = _resident_words(problem, "raise max_memory or plan for a topology with more memory")
@@ -393,7 +396,7 @@ def check_fits(problem: PlacementProblem) -> None:
         )
     biggest = max(caps.values())
     for t in problem.tasks:
-        need = t.resident_bytes + t.peak_bytes
+        need = min(t.held_bytes(d).get(d, 0) for d in caps) + t.peak_bytes
         if not t.fixed_device and need > biggest:
             hint = (
                 "raise max_memory"
@@ -401,7 +404,7 @@ def check_fits(problem: PlacementProblem) -> None:
                 else "raise max_memory or raise max_groups to cut the graph finer"
             )
             raise ValueError(
-                f"task {t.name!r} needs {need} bytes ({t.resident_bytes} resident + "
+                f"task {t.name!r} needs {need} bytes ({need - t.peak_bytes} resident + "
                 f"{t.peak_bytes} activations) but the largest device allows {biggest} bytes "
                 f"({_fmt_caps(caps)}); {hint}"
             )
@@ -448,7 +451,8 @@ def greedy_placement(problem: PlacementProblem) -> tuple[str, ...] | None:
         for i, task in enumerate(problem.tasks):
             if task.fixed_device:
                 assignment.append(task.fixed_device)
-                used[task.fixed_device] = used.get(task.fixed_device, 0) + task.resident_bytes
+                for home, nbytes in task.held_bytes(task.fixed_device).items():
+                    used[home] = used.get(home, 0) + nbytes
                 continue
             live = {d: 0 for d in devices}
             for r in problem.live_ranges:
@@ -457,8 +461,12 @@ def greedy_placement(problem: PlacementProblem) -> tuple[str, ...] | None:
             own = sum(r.nbytes for r in problem.live_ranges if r.producer == i)
             best, best_cost = None, float("inf")
             for d in devices:
-                need = used[d] + live[d] + own + task.resident_bytes + task.peak_bytes
-                if need > headroom * problem.capacity_bytes[d]:
+                held = task.held_bytes(d)
+                need = used[d] + live[d] + own + held.get(d, 0) + task.peak_bytes
+                if need > headroom * problem.capacity_bytes[d] or any(
+                    used.get(h, 0) + b > headroom * problem.capacity_bytes.get(h, 0)
+                    for h, b in held.items() if h != d
+                ):
                     continue
                 cost = task.time_s.get(d, 0.0)
                 for v in readers.get(i, ()):
@@ -470,7 +478,8 @@ def greedy_placement(problem: PlacementProblem) -> tuple[str, ...] | None:
             if best is None:
                 break
             assignment.append(best)
-            used[best] += task.resident_bytes
+            for home, nbytes in task.held_bytes(best).items():
+                used[home] = used.get(home, 0) + nbytes
         else:
             ev = evaluate(problem, assignment)
             if all(ev.peak_bytes.get(d, 0) <= problem.capacity_bytes[d] for d in devices):
@@ -580,13 +589,14 @@ def add_streaming(m: _Model) -> None:
 
 def add_memory(m: _Model) -> None:
     p = m.problem
+    held: dict[str, list[tuple[pulp.LpVariable, int]]] = {d: [] for d in p.devices}
+    for (t, d), x in m.x.items():
+        for home, nbytes in p.tasks[t].held_bytes(d).items():
+            if nbytes and home in held:
+                held[home].append((x, nbytes))
     for d in p.devices:
         cap = float(p.capacity_bytes[d])
-        resident = [
-            (m.x[t, d], task.resident_bytes / cap)
-            for t, task in enumerate(p.tasks)
-            if task.resident_bytes and (t, d) in m.x
-        ]
+        resident = [(x, nbytes / cap) for x, nbytes in held[d]]
         # weights streamed to d live in host memory; those streamed from d (a host) live here
         resident += [(z, -p.tasks[t].resident_bytes / cap) for (t, dev), z in m.z.items() if dev == d]
         resident += [
@@ -803,7 +813,8 @@ def aggregated_bottleneck_bound_s(problem: PlacementProblem, time_limit_s: float
     its producer is there; and for each class with several tasks, the inputs of the first of
     them on :math:`d` (a value all of them read, unless its producer is on :math:`d`; the
     others, unless a producer from outside the class is on :math:`d`). Every other copy,
-    activations and shared-weight copies are dropped, which only lowers each device's time and
+    activations, shared-weight copies and what a free task holds on devices other than its own
+    (``Task.resident_on``) are dropped, which only lowers each device's time and
     bytes, so the optimum, and HiGHS's dual bound when it stops at ``time_limit_s``, bound the
     ILP from below. Counts remove the symmetry among identical layers that stalls the full ILP:
     this bound proves Llama-8B's memory-bound split on 8 GPUs, and GPT-2's on 4.
@@ -816,7 +827,8 @@ def aggregated_bottleneck_bound_s(problem: PlacementProblem, time_limit_s: float
     classes: dict[tuple, list[int]] = {}
     for t, task in enumerate(tasks):
         if task.fixed_device is None:  # tasks that cost nothing stay apart: `here` needs them
-            key = (tuple(sorted(task.time_s.items())), task.resident_bytes, task.peak_bytes, t in homes)
+            key = (tuple(sorted(task.time_s.items())), task.resident_bytes, str(task.resident_on),
+                   task.peak_bytes, t in homes)
             classes.setdefault(key if any(task.time_s.values()) else t, []).append(t)
     members = list(classes.values())
     class_of = {t: k for k, ts in enumerate(members) for t in ts}
@@ -910,9 +922,9 @@ def aggregated_bottleneck_bound_s(problem: PlacementProblem, time_limit_s: float
     for d, terms in busy.items():  # rows scaled to O(1), as in the full model
         prob += pulp.lpSum(terms) * (1 / unit) <= beta
     for d in devices:
-        held = [tasks[ts[0]].resident_bytes * n[k, d] for k, ts in enumerate(members)]
+        held = [tasks[ts[0]].held_bytes(d).get(d, 0) * n[k, d] for k, ts in enumerate(members)]
         held += [tasks[ts[0]].resident_bytes * sv for (k, dd), sv in s.items() if stream_host(problem, dd) == d]
-        fixed = sum(t.resident_bytes for t in tasks if t.fixed_device == d)
+        fixed = sum(t.held_bytes(t.fixed_device).get(d, 0) for t in tasks if t.fixed_device)
         cap = problem.capacity_bytes[d]
         prob += pulp.lpSum(held) * (1 / cap) <= (cap - fixed) / cap
     prob += beta

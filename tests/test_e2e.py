@@ -621,7 +621,7 @@ def test_the_ledger_still_counts_a_parameter_autopart_moved():
     assert device is not None and ledger.device_of(replaced) is not None
     moved.data = moved.data.clone()
     autopart.runtime._MOVED[moved] = moved.data_ptr()  # as move_parameter leaves it
-    replaced_bytes = ledger._entries[id(replaced)][2]
+    replaced_bytes = sum(ledger._entries[id(replaced)][2].values())
     replaced.data = replaced.data.clone()  # the user's own replacement
     assert ledger.device_of(moved) == device and ledger.device_of(replaced) is None
     assert sum(before.values()) - sum(ledger.held_bytes().values()) == replaced_bytes > 0
@@ -1240,6 +1240,56 @@ def test_training_plans_count_the_copies_of_parameters_planned_away_from_their_d
                 assert task.time_s.get(d, 0.0) == pytest.approx(nodes_all + up + down + update)
                 assert task.backward_time_s.get(d, 0.0) == pytest.approx(nodes_back + down)
                 assert task.step_time_s.get(d, 0.0) == pytest.approx(update)
+
+
+@pytest.mark.parametrize("host_capacity", [True, False])
+def test_copied_trainable_parameters_keep_their_gradients_and_state_where_they_live(host_capacity):
+    """With "copy", a task on a device its trainable parameters do not live on holds there
+    their copies and their gradients (on the way back); their gradients and optimizer state
+    count where they live (the CPU), when the plan may use that device, and the plan's peak
+    there includes them. Elsewhere, and for frozen parameters, all bytes stay on the device."""
+    torch.manual_seed(0)
+    model = _mlp().train()
+    model[0].requires_grad_(False)
+    cap = int(model_bytes(model) * 1.5)
+    # the CPU cannot hold all the training state (4x the trained weights, + the frozen ones)
+    max_memory = {"cuda:0": cap, "cuda:1": cap, **({"cpu": 2 * cap} if host_capacity else {})}
+    options = dict(topology=PRESET, max_memory=max_memory, strict=True, max_groups=MAX_GROUPS)
+    backend = plan_model_backend(model, torch.randn(4, 16), training=True, **options)
+    (comp,) = backend.compilations
+    graph, problem, plan = comp.analysis.graph, comp.problem, comp.plan
+    copied = 0
+    for task in problem.tasks:
+        trained = [m for m in map(graph.node, task.nodes) if m.role == "parameter" and m.requires_grad]
+        state = sum(m.training_bytes for m in trained)  # gradient + Adam's two tensors
+        grads = sum(m.tensors[0].nbytes for m in trained)
+        assert state == 3 * grads
+        for d in ("cuda:0", "cuda:1"):
+            expected = {d: task.resident_bytes - state + grads, **({"cpu": state} if host_capacity else {})}
+            assert task.held_bytes(d) == (expected if trained else {d: task.resident_bytes})
+        if host_capacity:
+            assert task.held_bytes("cpu") == {"cpu": task.resident_bytes}
+        if plan.placement[task.nodes[0]] != "cpu":
+            copied += state
+    assert copied > 0  # some trainable parameters are planned on a GPU
+    on_cpu = sum(t.held_elsewhere.get("cpu", 0) for t in plan.tasks)
+    assert on_cpu == (copied if host_capacity else 0)
+    for d, peak in plan.predicted_peak_bytes.items():
+        assert peak <= plan.capacity_bytes[d]
+    if host_capacity:
+        resident_on_cpu = sum(t.resident_bytes for t in plan.tasks if t.device == "cpu") + on_cpu
+        assert plan.predicted_peak_bytes["cpu"] >= resident_on_cpu
+    # what the model's later graphs count as held, per parameter: the same split
+    entries = backend._ledger._entries
+    for param in model.parameters():
+        _, device, where, _ = entries[id(param)]
+        nbytes = param.numel() * 4
+        if not param.requires_grad:
+            assert where == {device: nbytes}
+        elif device == "cpu":
+            assert where == {"cpu": 4 * nbytes}
+        else:
+            assert where == {device: 2 * nbytes, "cpu": 3 * nbytes}
 
 
 def test_plan_model_training_with_nothing_to_train_is_an_error():

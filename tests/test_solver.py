@@ -63,8 +63,13 @@ def brute_force(
 
 
 @st.composite
-def problems(draw, max_tasks: int = 5, identical: bool = False, repeated: bool = False) -> PlacementProblem:
-    """Random small problems; ``repeated``: tasks copy one of two templates (layers of a model)."""
+def problems(
+    draw, max_tasks: int = 5, identical: bool = False, repeated: bool = False, copied: bool = False
+) -> PlacementProblem:
+    """Random small problems; ``repeated``: tasks copy one of two templates (layers of a model);
+    ``copied``: a training problem whose tasks may hold trainable parameters that live on the
+    CPU: on a GPU they hold the copy and its gradient there, and the gradient and optimizer
+    state on the CPU (``Task.resident_on``)."""
     names = ["cpu", "cuda:0", "cuda:1"]
     if identical:
         devices = [make_device(n, tflops=5, gbps=300) for n in names]
@@ -105,6 +110,12 @@ def problems(draw, max_tasks: int = 5, identical: bool = False, repeated: bool =
                 peak_bytes=draw(st.integers(0, 10)) * MB,
             )
         )
+    if copied:
+        for i, t in enumerate(tasks):
+            if t.resident_bytes >= 4 * MB and draw(st.booleans()):
+                param = draw(st.integers(1, t.resident_bytes // (4 * MB))) * MB  # Adam: 4x its bytes
+                held = {d: {d: t.resident_bytes - 2 * param, "cpu": 3 * param} for d in ("cuda:0", "cuda:1")}
+                tasks[i] = dataclasses.replace(t, resident_on=held)
     values, ranges = [], []
     for p in range(len(tasks)):
         later = list(range(p + 1, len(tasks)))
@@ -126,7 +137,7 @@ def problems(draw, max_tasks: int = 5, identical: bool = False, repeated: bool =
         shared.append(SharedWeight("w", home, (reader,), draw(st.integers(1, tasks[home].resident_bytes // MB)) * MB))
     return PlacementProblem(
         tasks=tuple(tasks), values=tuple(values), live_ranges=tuple(ranges),
-        capacity_bytes=caps, topology=topo, shared=tuple(shared),
+        capacity_bytes=caps, topology=topo, shared=tuple(shared), training=copied,
     )
 
 
@@ -152,6 +163,21 @@ def test_ilp_matches_brute_force(problem):
     for d in problem.devices:
         assert ev.peak_bytes.get(d, 0) <= problem.capacity_bytes[d]
     assert sol.bound is not None and sol.bound <= sol.objective * (1 + 1e-6)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(problems(copied=True), st.sampled_from(["latency", "throughput"]))
+def test_ilp_matches_brute_force_with_training_state_held_where_parameters_live(problem, objective):
+    """Memory a task holds on another device than its own (the gradients and optimizer state of
+    parameters copied to it every step) counts there, in the ILP as in evaluate."""
+    best = brute_force(problem, objective)
+    sol = _solve_or_none(problem, objective=objective)
+    assert (sol is None) == (best is None)
+    if best is not None:
+        assert sol.objective == pytest.approx(best[0], rel=1e-6, abs=1e-9)
+        ev = evaluate(problem, sol.assignment)
+        assert all(ev.peak_bytes.get(d, 0) <= problem.capacity_bytes[d] for d in problem.devices)
+        assert sol.bound is not None and sol.bound <= sol.objective * (1 + 1e-6)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -149,7 +149,7 @@ def _cache_folder(cache_dir: str | None) -> str:
 
 
 def _plan_options(args: argparse.Namespace) -> dict:
-    for flag in ("out", "export_graph"):
+    for flag in ("out", "export_graph", "plot"):
         path = getattr(args, flag, None)
         if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
             raise ValueError(f"--{flag.replace('_', '-')} {path}: its folder does not exist")
@@ -168,7 +168,7 @@ def _plan_options(args: argparse.Namespace) -> dict:
     )
 
 
-def _print_and_save(plans: list, out: str | None) -> None:
+def _print_and_save(plans: list, out: str | None, plot: str | None = None) -> None:
     for i, plan in enumerate(plans):
         print(plan.summary())
         print()
@@ -176,6 +176,13 @@ def _print_and_save(plans: list, out: str | None) -> None:
             path = out if len(plans) == 1 else f"{out.removesuffix('.json')}.{i}.json"
             plan.save(path)
             print(f"saved {path}")
+        if plot:
+            from .viz import plot_plan
+
+            stem, suffix = os.path.splitext(plot)
+            path = plot if len(plans) == 1 else f"{stem}.{i}{suffix}"
+            plot_plan(plan, path)
+            print(f"plotted {path}")
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -188,7 +195,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     planner = plan_model_backend(
         model, inputs, device_map=args.device_map, training=args.training, optimizer=args.optimizer, **options
     )
-    _print_and_save(planner.plans, args.out)
+    _print_and_save(planner.plans, args.out, args.plot)
     if args.export_graph:
         graphs = [c.analysis.graph for c in planner.compilations if c.analysis is not None]
         for i, graph in enumerate(graphs):
@@ -202,7 +209,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_solve(args: argparse.Namespace) -> int:
     from . import solve_graph
 
-    _print_and_save([solve_graph(args.graph, **_plan_options(args))], args.out)
+    _print_and_save([solve_graph(args.graph, **_plan_options(args))], args.out, args.plot)
     return 0
 
 
@@ -294,6 +301,11 @@ def _add_plan_options(p: argparse.ArgumentParser) -> None:
         "default), or moved there once with them (move)",
     )
     p.add_argument("--out", metavar="FILE", help="save the plan as JSON")
+    p.add_argument(
+        "--plot", metavar="FILE",
+        help="draw the plan (tasks, busy time, memory, copies between devices) as an image: "
+        ".png, .svg or .pdf (needs matplotlib)",
+    )
 
 
 def make_parser() -> argparse.ArgumentParser:

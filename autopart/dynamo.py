@@ -16,7 +16,7 @@ import warnings
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.fx
@@ -52,6 +52,9 @@ from .runtime import (
 )
 from .solver import evaluate, solve
 from .topology import Topology
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
 
@@ -456,6 +459,27 @@ class Compilation:
             header += ["backward predicted", "measured", "measured/predicted"]
             title += f"; backward: mean of {measured_backward.passes} pass(es)"
         return "\n".join([title, *_table(header, rows)])
+
+    def plot(self, path: str | os.PathLike | None = None) -> Figure:
+        """The plan's picture (:func:`autopart.viz.plot_plan`), with the busy times per call
+        ``monitor`` measured, when it has timed a call (forward, and backward once a training
+        step's backward ran); saved to ``path`` if given.
+
+        Raises:
+            ValueError: the graph runs as captured (no plan), or ``path``'s suffix names no
+                image format.
+            ImportError: matplotlib is not installed.
+        """
+        from .viz import plot_plan
+
+        if self.plan is None:
+            raise ValueError(f"{self.graph_name} runs as captured ({self.fallback_reason}): nothing to plot")
+        measured = backward = None
+        runner = self.runner
+        if runner is not None and runner.timer is not None and runner.metrics.num_monitored_calls:
+            measured = runner.measured_busy_s()
+            backward = runner.measured_backward_s().busy_s or None
+        return plot_plan(self.plan, path, measured_s=measured, measured_backward_s=backward)
 
 
 _REGISTRY: list[weakref.ref[Compilation]] = []  # weak: a deleted backend's graphs are freed

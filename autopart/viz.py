@@ -1,0 +1,180 @@
+"""Pictures of a plan: where each task runs, how busy each device is, what it holds, and what
+crosses between devices.
+
+:func:`plot_plan` draws four panels from a :class:`~autopart.plan.Plan` alone, so it works
+offline too, on plans loaded from JSON:
+
+1. the tasks in execution order (the order the runtime runs them), one bar per task, as wide
+   as the task's predicted time on its device (ms) and coloured by device;
+2. each device's predicted busy time per call (ms): the forward pass (its compute and the
+   copies it receives) and, in a training plan, the backward pass; with ``measured`` times
+   (``Compilation.plot`` passes ``monitor``'s) a black marker for what was measured;
+3. each device's memory (MiB): the predicted peak, of which the resident bytes (weights, and
+   in training their gradients, optimizer state and saved activations), and its capacity;
+4. the devices as a graph (networkx), an arrow for each pair that copies activations or
+   streamed weights on every call, labelled with the MiB per call.
+
+matplotlib draws them; it is an optional dependency (``pip install autopart[viz]``).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from .plan import Plan
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+MiB = 2**20
+
+
+def device_colors(plan: Plan) -> dict[str, tuple[float, float, float, float]]:
+    """One colour per topology device of ``plan`` (matplotlib's ``tab10``, in topology order)."""
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"]
+    return {d: cmap(i % cmap.N) for i, d in enumerate(_devices(plan))}
+
+
+def _devices(plan: Plan) -> list[str]:
+    return list(dict.fromkeys([*plan.capacity_bytes, *(t.device for t in plan.tasks)]))
+
+
+def plot_plan(
+    plan: Plan,
+    path: str | os.PathLike | None = None,
+    *,
+    measured_s: dict[str, float] | None = None,
+    measured_backward_s: dict[str, float] | None = None,
+) -> Figure:
+    """Draw ``plan`` (module docstring) and return the matplotlib Figure; with ``path``, also
+    save it there, in the format its suffix names (``.png``, ``.svg``, ``.pdf``, ...).
+
+    Args:
+        measured_s: measured forward busy seconds per call per device, to mark next to the
+            predicted ones (e.g. :meth:`autopart.runtime.PlacedGraph.measured_busy_s`).
+        measured_backward_s: the same for the backward pass.
+
+    Raises:
+        ImportError: matplotlib is not installed (the fix: ``pip install autopart[viz]``).
+        ValueError: ``path``'s suffix names no format matplotlib can write.
+    """
+    try:
+        from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
+    except ImportError as exc:
+        raise ImportError(
+            "autopart's plots need matplotlib: pip install matplotlib (or autopart[viz])"
+        ) from exc
+    colors = device_colors(plan)
+    fig = Figure(figsize=(13, 8.5), layout="constrained")
+    axes = fig.subplot_mosaic([["tasks", "tasks"], ["busy", "memory"], ["busy", "flow"]],
+                              height_ratios=[0.5, 1, 1])
+    fig.suptitle(
+        f"autopart plan for {plan.graph_name} on {plan.topology_name} "
+        f"({plan.objective_name}{', training' if plan.training else ''}): predicted "
+        f"{plan.predicted_time_s * 1e3:.3g} ms per call, {plan.solver_status}"
+    )
+    _tasks(axes["tasks"], plan, colors)
+    _busy(axes["busy"], plan, colors, measured_s, measured_backward_s)
+    _memory(axes["memory"], plan, colors)
+    _flow(axes["flow"], plan, colors)
+    if path is not None:
+        suffix = os.path.splitext(os.fspath(path))[1].lstrip(".").lower()
+        formats = fig.canvas.get_supported_filetypes()
+        if suffix not in formats:
+            raise ValueError(
+                f"cannot save a plot as {os.fspath(path)!r}: give the file one of the suffixes "
+                f"{', '.join('.' + f for f in sorted(formats))}"
+            )
+        fig.savefig(path)
+    return fig
+
+
+def _used(plan: Plan) -> list[str]:
+    """Devices that run tasks, hold bytes or have capacity, in topology order."""
+    busy = {t.device for t in plan.tasks if t.num_nodes}
+    return [
+        d for d in _devices(plan)
+        if d in busy or plan.capacity_bytes.get(d, 0) or plan.predicted_peak_bytes.get(d, 0)
+    ]
+
+
+def _tasks(ax, plan: Plan, colors) -> None:
+    start = 0.0
+    for t in plan.tasks:
+        if not t.num_nodes or t.time_s <= 0:
+            continue
+        width = t.time_s * 1e3
+        ax.barh(0, width, left=start, color=colors[t.device], edgecolor="white", label=t.device)
+        start += width
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    ax.legend(unique.values(), unique.keys(), loc="upper right", ncols=min(len(unique), 6), fontsize="small")
+    ax.set_yticks([])
+    ax.set_xlabel("ms (tasks in execution order, each as wide as its predicted time)")
+    ax.set_title(f"where the {sum(1 for t in plan.tasks if t.num_nodes and t.time_s > 0)} tasks run")
+
+
+def _busy(ax, plan: Plan, colors, measured_s, measured_backward_s) -> None:
+    devices = _used(plan)
+    forward = [plan.predicted_busy_s.get(d, 0.0) * 1e3 for d in devices]
+    backward = [plan.predicted_backward_busy_s.get(d, 0.0) * 1e3 for d in devices]
+    ax.bar(devices, forward, color=[colors[d] for d in devices], label="forward")
+    if any(backward):
+        ax.bar(devices, backward, bottom=forward, color=[colors[d] for d in devices], alpha=0.5,
+               hatch="//", label="backward")
+    for label, seconds, base, marker in (
+        ("measured forward", measured_s, [0.0] * len(devices), "o"),
+        ("measured backward", measured_backward_s, forward, "x"),
+    ):
+        if seconds:
+            ys = [seconds.get(d, 0.0) * 1e3 + b for d, b in zip(devices, base)]
+            ax.scatter(devices, ys, color="black", marker=marker, zorder=3, label=label)
+    title = "busy time per call, predicted"
+    if plan.predicted_optimizer_s:
+        title += f" (and {plan.predicted_optimizer_s * 1e3:.3g} ms of optimizer step)"
+    ax.set_title(title)
+    ax.set_ylabel("ms")
+    ax.legend(fontsize="small")
+
+
+def _memory(ax, plan: Plan, colors) -> None:
+    devices = _used(plan)
+    resident = {d: 0 for d in devices}
+    for t in plan.tasks:
+        home = t.streamed_from or t.device
+        if home in resident:
+            resident[home] += t.resident_bytes
+        for d, nbytes in t.held_elsewhere.items():
+            if d in resident:
+                resident[d] += nbytes
+    peak = [plan.predicted_peak_bytes.get(d, 0) / MiB for d in devices]
+    ax.bar(devices, peak, color=[colors[d] for d in devices], alpha=0.5, label="predicted peak")
+    ax.bar(devices, [resident[d] / MiB for d in devices], color=[colors[d] for d in devices], label="resident")
+    ax.scatter(devices, [plan.capacity_bytes.get(d, 0) / MiB for d in devices], marker="_", s=900,
+               color="black", zorder=3, label="capacity")
+    ax.set_title("memory per device")
+    ax.set_ylabel("MiB")
+    ax.legend(fontsize="small")
+
+
+def _flow(ax, plan: Plan, colors) -> None:
+    import networkx as nx
+
+    graph = nx.DiGraph()
+    graph.add_nodes_from(_used(plan))
+    for t in plan.transfers:
+        graph.add_nodes_from([t.src_device, t.dst_device])
+        old = graph.get_edge_data(t.src_device, t.dst_device, {"nbytes": 0})["nbytes"]
+        graph.add_edge(t.src_device, t.dst_device, nbytes=old + t.nbytes)
+    pos = nx.circular_layout(graph)
+    nx.draw_networkx(graph, pos, ax=ax, node_color=[colors.get(d, "grey") for d in graph.nodes],
+                     node_size=1400, font_size=8, connectionstyle="arc3,rad=0.15", arrowsize=15)
+    labels = {(u, v): f"{d['nbytes'] / MiB:.3g} MiB" for u, v, d in graph.edges(data=True)}
+    nx.draw_networkx_edge_labels(graph, pos, edge_labels=labels, ax=ax, font_size=7,
+                                 connectionstyle="arc3,rad=0.15")
+    ax.set_title(f"copies per call between devices: {len(plan.transfers)} tensors")
+    ax.margins(0.25)
+    ax.set_axis_off()

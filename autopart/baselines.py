@@ -95,13 +95,13 @@ def _check(problem: PlacementProblem, assignment: Assignment, name: str) -> None
             assert dev == task.fixed_device, (name, task.name, dev)
         else:
             assert dev in devices, (name, task.name, dev)
-    over = _over_capacity(problem, evaluate(problem, assignment))
+    over = over_capacity(problem, evaluate(problem, assignment))
     if over:  # e.g. copies of shared weights the heuristic did not foresee: never hand it out
         log.info("%s found an assignment over capacity (%s); discarded", name, over)
         raise _NoPlacement(f"the assignment found exceeds {over}")
 
 
-def _over_capacity(problem: PlacementProblem, ev: Evaluation) -> str:
+def over_capacity(problem: PlacementProblem, ev: Evaluation) -> str:
     """``""`` if every device with capacity holds its peak, else which devices and bytes."""
     return ", ".join(
         f"{d}: {ev.peak_bytes.get(d, 0)} bytes > {problem.capacity_bytes[d]}"
@@ -113,7 +113,7 @@ def _over_capacity(problem: PlacementProblem, ev: Evaluation) -> str:
 def fits(problem: PlacementProblem, assignment: Sequence[str]) -> bool:
     """Whether ``assignment`` keeps every device within ``problem.capacity_bytes`` under
     :func:`autopart.solver.evaluate`'s memory accounting (the ILP's)."""
-    return not _over_capacity(problem, evaluate(problem, tuple(assignment)))
+    return not over_capacity(problem, evaluate(problem, tuple(assignment)))
 
 
 # --------------------------------------------------------------------------- memory ledger
@@ -868,7 +868,7 @@ def single_device(problem: PlacementProblem) -> Assignment:
         assignment = tuple(t.fixed_device or d for t in problem.tasks)
         ev = evaluate(problem, assignment)
         needs[d] = ev.peak_bytes.get(d, 0)
-        if not _over_capacity(problem, ev) and (best is None or ev.time_s < best[0]):
+        if not over_capacity(problem, ev) and (best is None or ev.time_s < best[0]):
             best = (ev.time_s, assignment)
     if best is None:
         raise _NoPlacement(

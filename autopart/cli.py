@@ -168,10 +168,18 @@ def _plan_options(args: argparse.Namespace) -> dict:
     )
 
 
-def _print_and_save(plans: list, out: str | None, plot: str | None = None) -> None:
+def _print_and_save(plans: list, out: str | None, plot: str | None = None, problems: list | None = None) -> None:
+    """Print each plan's summary (and, given its problem, why each task runs where it does),
+    save it as JSON to ``out`` and draw it to ``plot``, numbering the files when there are
+    several plans."""
     for i, plan in enumerate(plans):
         print(plan.summary())
         print()
+        if problems:
+            from .explain import explain
+
+            print(explain(plan, problems[i]))
+            print()
         if out:
             path = out if len(plans) == 1 else f"{out.removesuffix('.json')}.{i}.json"
             plan.save(path)
@@ -195,7 +203,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     planner = plan_model_backend(
         model, inputs, device_map=args.device_map, training=args.training, optimizer=args.optimizer, **options
     )
-    _print_and_save(planner.plans, args.out, args.plot)
+    problems = [c.problem for c in planner.compilations if c.plan is not None] if args.explain else None
+    _print_and_save(planner.plans, args.out, args.plot, problems)
     if args.export_graph:
         graphs = [c.analysis.graph for c in planner.compilations if c.analysis is not None]
         for i, graph in enumerate(graphs):
@@ -207,9 +216,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_solve(args: argparse.Namespace) -> int:
-    from . import solve_graph
+    from .config import Config
+    from .dynamo import solve_annotated
+    from .graph import AnnotatedGraph
 
-    _print_and_save([solve_graph(args.graph, **_plan_options(args))], args.out, args.plot)
+    config = Config.from_options(**_plan_options(args))
+    plan, problem = solve_annotated(AnnotatedGraph.load(args.graph), config, config.resolve_topology())
+    _print_and_save([plan], args.out, args.plot, [problem] if args.explain else None)
     return 0
 
 
@@ -301,6 +314,11 @@ def _add_plan_options(p: argparse.ArgumentParser) -> None:
         "default), or moved there once with them (move)",
     )
     p.add_argument("--out", metavar="FILE", help="save the plan as JSON")
+    p.add_argument(
+        "--explain", action="store_true",
+        help="also print why each task runs where it does: its fastest device, and what moving "
+        "it there alone would change (or the memory it would overflow)",
+    )
     p.add_argument(
         "--plot", metavar="FILE",
         help="draw the plan (tasks, busy time, memory, copies between devices) as an image: "

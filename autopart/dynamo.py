@@ -460,6 +460,19 @@ class Compilation:
             title += f"; backward: mean of {measured_backward.passes} pass(es)"
         return "\n".join([title, *_table(header, rows)])
 
+    def explain(self, max_rows: int = 40) -> str:
+        """Why each task of the plan runs where it does: its fastest device, and what moving it
+        there alone would do (:func:`autopart.explain.explain`).
+
+        Raises:
+            ValueError: the graph runs as captured (no plan).
+        """
+        from .explain import explain
+
+        if self.plan is None or self.problem is None:
+            raise ValueError(f"{self.graph_name} runs as captured ({self.fallback_reason}): nothing to explain")
+        return explain(self.plan, self.problem, max_rows)
+
     def plot(self, path: str | os.PathLike | None = None) -> Figure:
         """The plan's picture (:func:`autopart.viz.plot_plan`), with the busy times per call
         ``monitor`` measured, when it has timed a call (forward, and backward once a training

@@ -1,0 +1,111 @@
+"""Why a plan put each task where it did, told by counterfactuals: what moving one task alone to
+another device would do to the plan's objective, or which device's memory it would overflow.
+
+For a plan the solver proved optimal (gap 0), no such move improves the objective: every
+alternative is slower, costlier or does not fit. A move is scored by
+:func:`autopart.solver.evaluate`, the ILP's own model, so the numbers are the ones the solver
+weighed: a task kept off a faster device shows either the memory it lacks there or the copies
+and waiting that would cost more than the device saves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .baselines import over_capacity
+from .coarsen import PlacementProblem
+from .plan import Plan, _ms, _table
+from .solver import evaluate
+
+
+@dataclass(frozen=True)
+class Move:
+    """Task ``task`` (index into ``PlacementProblem.tasks``, named ``name``) moved alone from
+    ``src`` to ``dst``: ``delta`` is the change of the plan's objective (seconds for latency and
+    throughput, joules for energy; > 0 is worse), None when the move does not fit, and then
+    ``over`` names the devices over capacity with their bytes."""
+
+    task: int
+    name: str
+    src: str
+    dst: str
+    delta: float | None
+    over: str = ""
+
+
+def single_moves(
+    problem: PlacementProblem,
+    assignment: tuple[str, ...],
+    streamed: frozenset[int] = frozenset(),
+    objective: str = "latency",
+) -> list[Move]:
+    """Every move of one free task of ``problem`` from its device in ``assignment`` (with the
+    tasks in ``streamed`` streaming their weights; a streamed task moves with its weights) to
+    another device with capacity, scored on ``objective`` (``"latency"``, ``"throughput"``, or
+    ``"energy"`` in joules, Zeus's weighted form not applied)."""
+    base = evaluate(problem, assignment, streamed).value(objective)
+    moves = []
+    for t, task in enumerate(problem.tasks):
+        if task.fixed_device:
+            continue
+        for d in problem.devices:
+            if d == assignment[t]:
+                continue
+            moved = (*assignment[:t], d, *assignment[t + 1:])
+            ev = evaluate(problem, moved, streamed - {t})
+            over = over_capacity(problem, ev)
+            moves.append(Move(t, task.name, assignment[t], d, None if over else ev.value(objective) - base, over))
+    return moves
+
+
+def explain(plan: Plan, problem: PlacementProblem, max_rows: int = 40) -> str:
+    """A table of ``plan``'s tasks: where each runs and its time there, the device where it
+    would compute fastest, and what moving it there alone would do (:func:`single_moves`),
+    after a line counting the tasks kept off their fastest device by memory and by cost.
+
+    Raises:
+        ValueError: ``plan`` is not a plan of ``problem`` (other tasks).
+    """
+    if [t.name for t in plan.tasks] != [t.name for t in problem.tasks]:
+        raise ValueError(
+            f"plan {plan.graph_name!r} has other tasks than the problem; pass the problem it "
+            "was solved from (Compilation.problem)"
+        )
+    assignment = tuple(t.device for t in plan.tasks)
+    streamed = frozenset(i for i, t in enumerate(plan.tasks) if t.streamed_from)
+    moves = {(m.task, m.dst): m for m in single_moves(problem, assignment, streamed, plan.objective_name)}
+    unit = "J" if plan.objective_name == "energy" else "ms"
+    rows, counts = [], {"fastest": 0, "memory": 0, "cost": 0, "gain": 0}
+    for i, (task, placed) in enumerate(zip(problem.tasks, plan.tasks)):
+        if task.fixed_device or not any(task.time_s.values()):
+            continue
+        candidates = [d for d in problem.devices if d in task.time_s]
+        fastest = min(candidates, key=lambda d: (task.time_s[d], d != placed.device))
+        if fastest == placed.device:
+            counts["fastest"] += 1
+            why = "on its fastest device"
+        elif moves[i, fastest].delta is None:
+            counts["memory"] += 1
+            why = f"would not fit: {moves[i, fastest].over}"
+        else:
+            delta = moves[i, fastest].delta
+            counts["cost" if delta >= 0 else "gain"] += 1
+            why = f"{delta * (1 if unit == 'J' else 1e3):+.3g} {unit} {plan.objective_name}"
+        device = placed.device + (f" <- {placed.streamed_from}" if placed.streamed_from else "")
+        rows.append([str(i), task.name[:48], device, _ms(task.time_s.get(placed.device, 0.0)),
+                     f"{fastest} ({_ms(task.time_s[fastest])})", why])
+    head = (
+        f"why {plan.graph_name} is placed as it is ({plan.objective_name}): {len(rows)} tasks, "
+        f"{counts['fastest']} on their fastest device, {counts['memory']} kept off it by memory, "
+        f"{counts['cost']} because moving them alone would not pay (copies, waiting, or load "
+        "on a busier device)"
+    )
+    if counts["gain"]:
+        head += (
+            f"; {counts['gain']} would gain by moving alone (the solver stopped within its gap, "
+            "or kept a plan whose split gained less than min_split_gain)"
+        )
+    if len(rows) > max_rows:
+        rows = rows[:max_rows] + [["...", f"{len(rows) - max_rows} more", "", "", "", ""]]
+    header = ["#", "task", "device", "time", "fastest device", "moved there alone"]
+    return "\n".join([head, *_table(header, rows)])

@@ -149,7 +149,7 @@ def _cache_folder(cache_dir: str | None) -> str:
 
 
 def _plan_options(args: argparse.Namespace) -> dict:
-    for flag in ("out", "export_graph", "plot"):
+    for flag in ("out", "export_graph", "plot", "dot"):
         path = getattr(args, flag, None)
         if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
             raise ValueError(f"--{flag.replace('_', '-')} {path}: its folder does not exist")
@@ -168,29 +168,39 @@ def _plan_options(args: argparse.Namespace) -> dict:
     )
 
 
-def _print_and_save(plans: list, out: str | None, plot: str | None = None, problems: list | None = None) -> None:
-    """Print each plan's summary (and, given its problem, why each task runs where it does),
-    save it as JSON to ``out`` and draw it to ``plot``, numbering the files when there are
-    several plans."""
+def _print_and_save(
+    plans: list, args: argparse.Namespace, problems: list | None = None, graphs: list | None = None
+) -> None:
+    """Print each plan's summary (and, with ``--explain``, why each task runs where it does),
+    save it as JSON (``--out``), draw it (``--plot``) and its graph (``--dot``), numbering the
+    files when there are several plans."""
+
+    def numbered(path: str, i: int) -> str:
+        stem, suffix = os.path.splitext(path)
+        return path if len(plans) == 1 else f"{stem}.{i}{suffix}"
+
+    out, plot, dot = args.out, args.plot, args.dot
     for i, plan in enumerate(plans):
         print(plan.summary())
         print()
-        if problems:
+        if args.explain:
             from .explain import explain
 
             print(explain(plan, problems[i]))
             print()
         if out:
-            path = out if len(plans) == 1 else f"{out.removesuffix('.json')}.{i}.json"
-            plan.save(path)
-            print(f"saved {path}")
+            plan.save(numbered(out, i))
+            print(f"saved {numbered(out, i)}")
         if plot:
             from .viz import plot_plan
 
-            stem, suffix = os.path.splitext(plot)
-            path = plot if len(plans) == 1 else f"{stem}.{i}{suffix}"
-            plot_plan(plan, path)
-            print(f"plotted {path}")
+            plot_plan(plan, numbered(plot, i))
+            print(f"plotted {numbered(plot, i)}")
+        if dot:
+            from .viz import to_dot, write_dot
+
+            write_dot(to_dot(plan, graphs[i]), numbered(dot, i))
+            print(f"drew the graph to {numbered(dot, i)}")
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -203,8 +213,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     planner = plan_model_backend(
         model, inputs, device_map=args.device_map, training=args.training, optimizer=args.optimizer, **options
     )
-    problems = [c.problem for c in planner.compilations if c.plan is not None] if args.explain else None
-    _print_and_save(planner.plans, args.out, args.plot, problems)
+    planned = [c for c in planner.compilations if c.plan is not None]
+    _print_and_save(planner.plans, args, [c.problem for c in planned], [c.analysis.graph for c in planned])
     if args.export_graph:
         graphs = [c.analysis.graph for c in planner.compilations if c.analysis is not None]
         for i, graph in enumerate(graphs):
@@ -221,8 +231,9 @@ def cmd_solve(args: argparse.Namespace) -> int:
     from .graph import AnnotatedGraph
 
     config = Config.from_options(**_plan_options(args))
-    plan, problem = solve_annotated(AnnotatedGraph.load(args.graph), config, config.resolve_topology())
-    _print_and_save([plan], args.out, args.plot, [problem] if args.explain else None)
+    graph = AnnotatedGraph.load(args.graph)
+    plan, problem = solve_annotated(graph, config, config.resolve_topology())
+    _print_and_save([plan], args, [problem], [graph])
     return 0
 
 
@@ -323,6 +334,11 @@ def _add_plan_options(p: argparse.ArgumentParser) -> None:
         "--plot", metavar="FILE",
         help="draw the plan (tasks, busy time, memory, copies between devices) as an image: "
         ".png, .svg or .pdf (needs matplotlib)",
+    )
+    p.add_argument(
+        "--dot", metavar="FILE",
+        help="draw the graph, its nodes coloured by device and the tensors crossing devices in "
+        "bold: .dot (Graphviz's DOT text), or .svg, .png, .pdf rendered by Graphviz if installed",
     )
 
 

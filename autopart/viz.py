@@ -15,6 +15,10 @@ offline too, on plans loaded from JSON:
    streamed weights on every call, labelled with the MiB per call.
 
 matplotlib draws them; it is an optional dependency (``pip install autopart[viz]``).
+
+:func:`to_dot` draws the graph itself, node by node, in Graphviz's DOT language (pydot, also in
+the ``viz`` extra): each node filled with its device's colour, and each tensor that crosses
+devices drawn bold and labelled with its size.
 """
 
 from __future__ import annotations
@@ -22,9 +26,11 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+from .graph import AnnotatedGraph
 from .plan import Plan
 
 if TYPE_CHECKING:
+    import pydot
     from matplotlib.figure import Figure
 
 MiB = 2**20
@@ -178,3 +184,84 @@ def _flow(ax, plan: Plan, colors) -> None:
     ax.set_title(f"copies per call between devices: {len(plan.transfers)} tensors")
     ax.margins(0.25)
     ax.set_axis_off()
+
+
+_WEIGHTS = ("parameter", "buffer", "constant")
+
+
+def to_dot(plan: Plan, graph: AnnotatedGraph, *, weights: bool = False) -> pydot.Dot:
+    """``graph`` (the annotated graph ``plan`` places) as a DOT picture: one node per FX node,
+    labelled with its name and target and filled with its device's colour
+    (:func:`device_colors`); an edge per tensor read, bold and labelled with its size where it
+    crosses devices (an activation is copied on every call, a weight once). ``weights``: draw
+    parameters, buffers and constants too (they are many: GPT-2 has about 150).
+
+    Write it with ``.to_string()`` (DOT text) or :func:`write_dot`.
+
+    Raises:
+        ImportError: pydot or matplotlib is not installed (``pip install autopart[viz]``).
+    """
+    try:
+        import pydot
+        from matplotlib.colors import to_hex
+    except ImportError as exc:
+        raise ImportError("autopart's graph pictures need pydot and matplotlib: pip install autopart[viz]") from exc
+    colors = {d: to_hex(c) for d, c in device_colors(plan).items()}
+    dot = pydot.Dot(graph_name="autopart", graph_type="digraph", rankdir="TB", fontsize="10",
+                    label=f"{plan.graph_name} on {plan.topology_name}: nodes coloured by device",
+                    fontname="Helvetica")
+    dot.set_node_defaults(shape="box", style="filled,rounded", fontsize="9", fontname="Helvetica")
+    shown = {n.name for n in graph.nodes if weights or n.role not in _WEIGHTS}
+    used = {plan.placement.get(name) for name in shown}
+    for d, color in colors.items():  # a legend
+        if d in used:
+            dot.add_node(pydot.Node(_quote(f"device {d}"), label=d, fillcolor=color, shape="ellipse"))
+    for n in graph.nodes:
+        if n.name in shown:
+            device = plan.placement.get(n.name, "")
+            label = f"{n.name}\n{n.target}" if n.op in ("call_function", "call_method", "call_module") else n.name
+            dot.add_node(pydot.Node(_quote(n.name), label=label, fillcolor=colors.get(device, "#dddddd"),
+                                    tooltip=f"{n.op} {n.target} on {device or '-'}"))
+    for n in graph.nodes:
+        if n.name not in shown:
+            continue
+        for src in dict.fromkeys(n.inputs):
+            if src not in shown:
+                continue
+            a, b = plan.placement.get(src), plan.placement.get(n.name)
+            if a and b and a != b:
+                nbytes = graph.node(src).output_bytes
+                dot.add_edge(pydot.Edge(_quote(src), _quote(n.name), penwidth="2.5", color="#d62728",
+                                        label=_size(nbytes), fontsize="8"))
+            else:
+                dot.add_edge(pydot.Edge(_quote(src), _quote(n.name)))
+    return dot
+
+
+def write_dot(dot: pydot.Dot, path: str | os.PathLike) -> None:
+    """Write ``dot`` to ``path``: DOT text for ``.dot`` or ``.gv``, else rendered by Graphviz in
+    the format the suffix names (``.svg``, ``.png``, ``.pdf``).
+
+    Raises:
+        ValueError: rendering needs Graphviz's ``dot`` program, which is not installed.
+    """
+    suffix = os.path.splitext(os.fspath(path))[1].lstrip(".").lower()
+    if suffix in ("dot", "gv"):
+        with open(path, "w") as f:
+            f.write(dot.to_string())
+        return
+    try:
+        dot.write(os.fspath(path), format=suffix)
+    except FileNotFoundError as exc:
+        raise ValueError(
+            f"rendering {os.fspath(path)!r} needs Graphviz's dot program, which is not installed: "
+            "install Graphviz, or write a .dot file and render it with `dot -Tsvg`"
+        ) from exc
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '\\"') + '"'
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes / MiB:.3g} MiB" if nbytes >= MiB else f"{nbytes / 1024:.3g} KiB"

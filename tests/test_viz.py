@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 
 import pytest
 import torch
+from matplotlib.colors import to_hex
 from test_e2e import _mlp, model_bytes
 from test_runtime import _mlp_on_gpus
 
 import autopart
 from autopart.cli import main
-from autopart.viz import MiB, device_colors, plot_plan
+from autopart.viz import MiB, device_colors, plot_plan, to_dot, write_dot
 
 
 def _axes(fig) -> dict[str, object]:
@@ -137,3 +139,56 @@ def test_cli_solve_plots_the_plan(tmp_path, capsys):
                  "--plot", str(path)]) == 0
     assert f"plotted {path}" in capsys.readouterr().out
     assert path.read_text().lstrip().startswith("<?xml")
+
+
+@pytest.mark.filterwarnings("ignore:'[a-zA-Z]+' deprecated:DeprecationWarning")  # pydot's parser on pyparsing 3.3
+def test_to_dot_colours_nodes_by_device_and_marks_the_tensors_that_cross(tmp_path):
+    import pydot
+
+    model, backend, compiled = _mlp_on_gpus()
+    with torch.no_grad():
+        compiled(torch.randn(8, 32))
+    (comp,) = backend.compilations
+    plan, graph = comp.plan, comp.analysis.graph
+    path = tmp_path / "graph.dot"
+    write_dot(to_dot(plan, graph), path)
+    (dot,) = pydot.graph_from_dot_file(str(path))
+    colors = {d: to_hex(c) for d, c in device_colors(plan).items()}
+    drawn = {n.get_name().strip('"'): n for n in dot.get_nodes() if n.get_name() not in ("node", "edge")}
+    shown = [n for n in graph.nodes if n.role not in ("parameter", "buffer", "constant")]
+    for n in shown:
+        assert drawn[n.name].get_fillcolor().strip('"') == colors[plan.placement[n.name]]
+    legend = {name.removeprefix("device ") for name in drawn if name.startswith("device ")}
+    assert legend == {plan.placement[n.name] for n in shown}
+    crossing = 0
+    for e in dot.get_edges():
+        src, dst = e.get_source().strip('"'), e.get_destination().strip('"')
+        crosses = plan.placement[src] != plan.placement[dst]
+        assert (e.get_penwidth() is not None) == crosses
+        if crosses:
+            crossing += 1
+            assert e.get_label().strip('"') == f"{graph.node(src).output_bytes / 1024:.3g} KiB"
+    expected = {(i, n.name) for n in shown for i in n.inputs if plan.placement.get(i) not in (None, plan.placement[n.name])
+                and graph.node(i).role not in ("parameter", "buffer", "constant")}
+    assert crossing == len(expected) > 0
+    with_weights = to_dot(plan, graph, weights=True)
+    assert len(with_weights.get_nodes()) == len(dot.get_nodes()) + sum(
+        n.role in ("parameter", "buffer", "constant") for n in graph.nodes)
+
+
+@pytest.mark.skipif(shutil.which("dot") is not None, reason="Graphviz is installed: rendering works")
+def test_rendering_without_graphviz_says_to_write_dot_text(tmp_path):
+    model, backend, compiled = _mlp_on_gpus()
+    with torch.no_grad():
+        compiled(torch.randn(8, 32))
+    (comp,) = backend.compilations
+    with pytest.raises(ValueError, match=r"needs Graphviz's dot program.*write a \.dot file"):
+        write_dot(to_dot(comp.plan, comp.analysis.graph), tmp_path / "graph.svg")
+
+
+def test_cli_plan_draws_the_graph(tmp_path, capsys):
+    path = tmp_path / "graph.dot"
+    assert main(["plan", "--model", "gpt2", "--size", "tiny", "--topology", "4xa100-pcie-cpu",
+                 "--max-memory", "cuda:0=3MiB", "cuda:1=3MiB", "cpu=0", "--dot", str(path)]) == 0
+    assert f"drew the graph to {path}" in capsys.readouterr().out
+    assert path.read_text().startswith("digraph autopart {")

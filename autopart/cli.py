@@ -272,16 +272,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print()
             print(comp.plan.summary(max_rows=args.rows))
             print()
+            print(comp.explain(max_rows=args.rows))
+            print()
             print(comp.report())  # the second call, timed against the plan
-        return be.plans
+        return be.compilations
 
-    plans = run("this machine", topology=None)
+    plans = [c.plan for c in run("this machine", topology=None)]
     # Each GPU may hold 40% of the weights and the activations' peak on this machine: the plan
     # must split the model over two GPUs or more (three when the activations are small).
     activations = max(0, max(sum(p.predicted_peak_bytes.values()) for p in plans) - weight_bytes)
     cap = int(weight_bytes * 0.4) + activations
-    run(f"{args.preset} mapped onto this machine's CPU, max_memory {cap / 2**20:.0f} MiB per GPU",
-        topology=args.preset, device_map="cpu", max_memory={g: cap for g in gpus})
+    split = run(f"{args.preset} mapped onto this machine's CPU, max_memory {cap / 2**20:.0f} MiB per GPU",
+                topology=args.preset, device_map="cpu", max_memory={g: cap for g in gpus})
+    if args.plot:
+        for i, comp in enumerate(split):
+            stem, suffix = os.path.splitext(args.plot)
+            path = args.plot if len(split) == 1 else f"{stem}.{i}{suffix}"
+            comp.plot(path)
+            print(f"plotted {path}")
     return 0
 
 
@@ -363,6 +371,9 @@ def make_parser() -> argparse.ArgumentParser:
     demo.add_argument("--preset", default="4xa100-pcie-cpu", help="multi-GPU preset to plan for")
     demo.add_argument("--devices", type=int, default=4, help="GPUs of the preset given memory")
     demo.add_argument("--rows", type=int, default=8, help="rows per table in plan summaries")
+    demo.add_argument(
+        "--plot", metavar="FILE", help="draw the split plan, with the times measured, as an image (.png, .svg, .pdf)"
+    )
     demo.set_defaults(func=cmd_demo)
 
     topo = sub.add_parser(

@@ -375,11 +375,6 @@ def replan_factors(
     return factors, max(ratios.values()) / min(ratios.values())
 
 
-def _assignment(plan: Plan) -> tuple[tuple[str, ...], frozenset[int]]:
-    """The solver's form of ``plan``: each task's device, and the tasks whose weights stream."""
-    return tuple(t.device for t in plan.tasks), frozenset(i for i, t in enumerate(plan.tasks) if t.streamed_from)
-
-
 def _ratio(measured: float, predicted: float) -> str:
     return f"{measured / predicted:.2f}x" if predicted > 0 else "-"
 
@@ -667,8 +662,8 @@ class Backend:
         corrected = problem.scaled(factors)
         new_plan = solve_problem(comp.analysis.graph, corrected, self.config, self._mapping)
         objective, eta = self.config.objective, self.config.energy_eta
-        old_value = evaluate(corrected, *_assignment(plan)).value(objective, eta)
-        new_value = evaluate(corrected, *_assignment(new_plan)).value(objective, eta)
+        old_value = evaluate(corrected, *plan.assignment).value(objective, eta)
+        new_value = evaluate(corrected, *new_plan.assignment).value(objective, eta)
         if not new_value < old_value * (1 - self.config.min_split_gain):
             comp.replan_note = (f"kept: ratios spread {spread:.2f}x, but a new plan is predicted no better "
                                 f"({new_value:.4g} against {old_value:.4g})")

@@ -71,9 +71,7 @@ def explain(plan: Plan, problem: PlacementProblem, max_rows: int = 40) -> str:
             f"plan {plan.graph_name!r} has other tasks than the problem; pass the problem it "
             "was solved from (Compilation.problem)"
         )
-    assignment = tuple(t.device for t in plan.tasks)
-    streamed = frozenset(i for i, t in enumerate(plan.tasks) if t.streamed_from)
-    moves = {(m.task, m.dst): m for m in single_moves(problem, assignment, streamed, plan.objective_name)}
+    moves = {(m.task, m.dst): m for m in single_moves(problem, *plan.assignment, plan.objective_name)}
     unit = "J" if plan.objective_name == "energy" else "ms"
     rows, counts = [], {"fastest": 0, "memory": 0, "cost": 0, "gain": 0}
     for i, (task, placed) in enumerate(zip(problem.tasks, plan.tasks)):

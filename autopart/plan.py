@@ -131,9 +131,24 @@ class Plan:
     (:func:`step_copies`). The predicted times count both copies as their tasks' time on the
     planned device, and its memory the copy and its gradient, while the gradient and optimizer
     state are counted where the parameter lives (:func:`autopart.coarsen.build_problem`). Empty
-    for inference plans, where both devices are one
-    local device (e.g. ``device_map="cpu"``), and with ``trainable_parameters="move"`` (they
-    move to their planned device once instead)."""
+    for inference plans, where both devices are one local device (e.g. ``device_map="cpu"``),
+    and with ``trainable_parameters="move"`` (they move to their planned device once instead)."""
+
+    @property
+    def assignment(self) -> tuple[tuple[str, ...], frozenset[int]]:
+        """The solver's form of the plan: each task's device (in the order of the problem's
+        tasks), and the indices of the tasks whose weights are streamed."""
+        return tuple(t.device for t in self.tasks), frozenset(i for i, t in enumerate(self.tasks) if t.streamed_from)
+
+    @property
+    def resident_bytes(self) -> dict[str, int]:
+        """Bytes held all call long per device: the tasks' resident bytes where they live (on
+        the stream host for streamed weights) and what they hold elsewhere."""
+        held: dict[str, int] = {}
+        for t in self.tasks:
+            for device, nbytes in [(t.streamed_from or t.device, t.resident_bytes), *t.held_elsewhere.items()]:
+                held[device] = held.get(device, 0) + nbytes
+        return held
 
     @property
     def devices_used(self) -> list[str]:
@@ -168,7 +183,7 @@ class Plan:
             "",
         ]
         header = ["device", "runs on", "tasks", "nodes", "compute", "resident", "peak", "capacity"]
-        rows = []
+        rows, resident = [], self.resident_bytes
         for dev in self.capacity_bytes:
             mine = [t for t in self.tasks if t.device == dev]
             if not mine and not self.capacity_bytes[dev]:
@@ -180,8 +195,7 @@ class Plan:
                     str(len(mine)),
                     str(sum(t.num_nodes for t in mine)),
                     _ms(sum(t.time_s for t in mine)),
-                    _mib(sum(t.resident_bytes for t in self.tasks if (t.streamed_from or t.device) == dev)
-                         + sum(t.held_elsewhere.get(dev, 0) for t in self.tasks)),
+                    _mib(resident.get(dev, 0)),
                     _mib(self.predicted_peak_bytes.get(dev, 0)),
                     _mib(self.capacity_bytes[dev]),
                 ]

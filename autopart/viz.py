@@ -147,18 +147,10 @@ def _busy(ax, plan: Plan, colors, measured_s, measured_backward_s) -> None:
 
 
 def _memory(ax, plan: Plan, colors) -> None:
-    devices = _used(plan)
-    resident = {d: 0 for d in devices}
-    for t in plan.tasks:
-        home = t.streamed_from or t.device
-        if home in resident:
-            resident[home] += t.resident_bytes
-        for d, nbytes in t.held_elsewhere.items():
-            if d in resident:
-                resident[d] += nbytes
+    devices, resident = _used(plan), plan.resident_bytes
     peak = [plan.predicted_peak_bytes.get(d, 0) / MiB for d in devices]
     ax.bar(devices, peak, color=[colors[d] for d in devices], alpha=0.5, label="predicted peak")
-    ax.bar(devices, [resident[d] / MiB for d in devices], color=[colors[d] for d in devices], label="resident")
+    ax.bar(devices, [resident.get(d, 0) / MiB for d in devices], color=[colors[d] for d in devices], label="resident")
     ax.scatter(devices, [plan.capacity_bytes.get(d, 0) / MiB for d in devices], marker="_", s=900,
                color="black", zorder=3, label="capacity")
     ax.set_title("memory per device")

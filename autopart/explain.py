@@ -60,8 +60,10 @@ def single_moves(
 
 def explain(plan: Plan, problem: PlacementProblem, max_rows: int = 40) -> str:
     """A table of ``plan``'s tasks: where each runs and its time there, the device where it
-    would compute fastest, and what moving it there alone would do (:func:`single_moves`),
-    after a line counting the tasks kept off their fastest device by memory and by cost.
+    would compute fastest, and what moving it alone would do (:func:`single_moves`): to its
+    fastest device when it is elsewhere, else to the best other device (on identical devices,
+    what keeps a task on its own). A first line counts the tasks kept off their fastest device
+    by memory and by cost.
 
     Raises:
         ValueError: ``plan`` is not a plan of ``problem`` (other tasks).
@@ -71,24 +73,32 @@ def explain(plan: Plan, problem: PlacementProblem, max_rows: int = 40) -> str:
             f"plan {plan.graph_name!r} has other tasks than the problem; pass the problem it "
             "was solved from (Compilation.problem)"
         )
-    moves = {(m.task, m.dst): m for m in single_moves(problem, *plan.assignment, plan.objective_name)}
-    unit = "J" if plan.objective_name == "energy" else "ms"
+    by_task: dict[int, list[Move]] = {}
+    for m in single_moves(problem, *plan.assignment, plan.objective_name):
+        by_task.setdefault(m.task, []).append(m)
+    scale, unit = (1.0, "J") if plan.objective_name == "energy" else (1e3, "ms")
+
+    def told(move: Move) -> str:
+        if move.delta is None:
+            return f"to {move.dst}: would not fit ({move.over})"
+        return f"to {move.dst}: {move.delta * scale:+.3g} {unit} {plan.objective_name}"
+
     rows, counts = [], {"fastest": 0, "memory": 0, "cost": 0, "gain": 0}
     for i, (task, placed) in enumerate(zip(problem.tasks, plan.tasks)):
         if task.fixed_device or not any(task.time_s.values()):
             continue
+        moves = {m.dst: m for m in by_task.get(i, [])}
         candidates = [d for d in problem.devices if d in task.time_s]
         fastest = min(candidates, key=lambda d: (task.time_s[d], d != placed.device))
         if fastest == placed.device:
             counts["fastest"] += 1
-            why = "on its fastest device"
-        elif moves[i, fastest].delta is None:
-            counts["memory"] += 1
-            why = f"would not fit: {moves[i, fastest].over}"
+            fits = [m for m in moves.values() if m.delta is not None]
+            best = min(fits, key=lambda m: m.delta) if fits else next(iter(moves.values()), None)
+            why = "-" if best is None else told(best)
         else:
-            delta = moves[i, fastest].delta
-            counts["cost" if delta >= 0 else "gain"] += 1
-            why = f"{delta * (1 if unit == 'J' else 1e3):+.3g} {unit} {plan.objective_name}"
+            move = moves[fastest]
+            counts["memory" if move.delta is None else "cost" if move.delta >= 0 else "gain"] += 1
+            why = told(move)
         device = placed.device + (f" <- {placed.streamed_from}" if placed.streamed_from else "")
         rows.append([str(i), task.name[:48], device, _ms(task.time_s.get(placed.device, 0.0)),
                      f"{fastest} ({_ms(task.time_s[fastest])})", why])
@@ -105,5 +115,5 @@ def explain(plan: Plan, problem: PlacementProblem, max_rows: int = 40) -> str:
         )
     if len(rows) > max_rows:
         rows = rows[:max_rows] + [["...", f"{len(rows) - max_rows} more", "", "", "", ""]]
-    header = ["#", "task", "device", "time", "fastest device", "moved there alone"]
+    header = ["#", "task", "device", "time", "fastest device", "moved alone (to its fastest device, else the best other)"]
     return "\n".join([head, *_table(header, rows)])

@@ -105,13 +105,19 @@ def test_explain_counts_and_tells_each_tasks_reason():
         assert fastest.split()[0] == best
         if best == device:
             counts["fastest"] += 1
-            assert why == "on its fastest device"
+            others = [m for (t, _), m in moves.items() if t == i]
+            fitting = [m for m in others if m.delta is not None]
+            if fitting:
+                m = min(fitting, key=lambda m: m.delta)
+                assert why == f"to {m.dst}: {m.delta * 1e3:+.3g} ms latency" and m.delta >= 0
+            else:
+                assert why == f"to {others[0].dst}: would not fit ({others[0].over})"
         elif moves[i, best].delta is None:
             counts["memory"] += 1
-            assert why == f"would not fit: {moves[i, best].over}"
+            assert why == f"to {best}: would not fit ({moves[i, best].over})"
         else:
             counts["cost"] += 1
-            assert why == f"{moves[i, best].delta * 1e3:+.3g} ms latency" and moves[i, best].delta >= 0
+            assert why == f"to {best}: {moves[i, best].delta * 1e3:+.3g} ms latency" and moves[i, best].delta >= 0
     assert counts["memory"] > 0  # each GPU holds one of the two linears
     assert (f": {len(shown)} tasks, {counts['fastest']} on their fastest device, {counts['memory']} kept off it "
             f"by memory, {counts['cost']} because moving them alone would not pay (") in head

@@ -153,6 +153,11 @@ def _plan_options(args: argparse.Namespace) -> dict:
         path = getattr(args, flag, None)
         if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
             raise ValueError(f"--{flag.replace('_', '-')} {path}: its folder does not exist")
+    for flag in ("plot", "dot"):  # before planning, which takes a while
+        if getattr(args, flag, None):
+            from .viz import check_picture_path
+
+            check_picture_path(getattr(args, flag), flag)
     return dict(
         topology=args.topology,
         max_memory=_parse_pairs(args.max_memory, "--max-memory"),
@@ -300,7 +305,7 @@ def _main_output(out):
 def _add_plan_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--topology", metavar="PRESET|FILE", help="default: this machine")
     p.add_argument(
-        "--max-memory", nargs="+", metavar="DEV=SIZE", help="e.g. cuda:0=10GiB cpu=30GB"
+        "--max-memory", nargs="+", action="extend", metavar="DEV=SIZE", help="e.g. cuda:0=10GiB cpu=30GB"
     )
     p.add_argument(
         "--objective", choices=("latency", "throughput", "energy"), default="latency",

@@ -222,6 +222,16 @@ class Config:
         _check_choice("profile", self.profile, ProfileMode)
         _check_choice("compression", self.compression, CompressionName)
         _check_choice("optimizer", self.optimizer, Optimizer)
+        for name in ("profile_budget_s", "memory_fraction", "energy_slack", "time_limit_s", "mip_rel_gap",
+                     "min_split_gain"):
+            check_number(name, getattr(self, name))
+        for name in ("energy_eta", "replan"):
+            if getattr(self, name) is not None:
+                check_number(name, getattr(self, name), "or None")
+        if self.cache_dir is not None and not isinstance(self.cache_dir, (str, os.PathLike)):
+            raise TypeError(
+                f"cache_dir must be a folder path or None, got {type(self.cache_dir).__name__} {self.cache_dir!r}"
+            )
         if not self.profile_budget_s > 0:
             raise ValueError(f"profile_budget_s must be > 0 seconds, got {self.profile_budget_s!r}")
         if not 0.0 < self.memory_fraction <= 1.0:
@@ -338,6 +348,19 @@ class Config:
                 )
             caps[name] = parse_bytes(value, what=f"max_memory[{key!r}]")
         return caps
+
+
+def check_number(name: str, value: object, alternative: str = "") -> None:
+    """Raise TypeError naming ``name`` unless ``value`` is an int or float (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number{' ' + alternative if alternative else ''}, "
+                        f"got {type(value).__name__} {value!r}")
+
+
+def check_type(value: object, kind: type, name: str, hint: str) -> None:
+    """Raise TypeError naming ``name`` and the fix (``hint``) unless ``value`` is a ``kind``."""
+    if not isinstance(value, kind):
+        raise TypeError(f"{name} must be an autopart {kind.__name__}, got {type(value).__name__}; {hint}")
 
 
 def _check_choice(name: str, value: object, choices) -> None:

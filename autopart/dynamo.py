@@ -426,6 +426,8 @@ class Compilation:
                 captured graph, or has not been called twice yet.
         """
         runner, plan = self.runner, self.plan
+        if plan is not None and runner is None and self.fallback_reason is None:
+            raise ValueError(f"{self.graph_name} was planned, not run (plan_model): nothing to report")
         if runner is None or plan is None:
             raise ValueError(f"{self.graph_name} runs as captured ({self.fallback_reason}): nothing to report")
         if runner.timer is None:
@@ -499,6 +501,15 @@ class Backend:
 
     ``compilations`` lists every graph it compiled, in order.
     """
+
+    def __repr__(self) -> str:
+        default = Config()
+        changed = {
+            f.name: getattr(self.config, f.name)
+            for f in dataclasses.fields(Config)
+            if getattr(self.config, f.name) != getattr(default, f.name)
+        }
+        return f"autopart.backend({', '.join(f'{k}={v!r}' for k, v in changed.items())})"
 
     def __init__(self, config: Config | None = None, *, execute: bool = True) -> None:
         self.config = config or Config()
@@ -822,8 +833,9 @@ def plan_model(
 
     Raises:
         ValueError / TypeError: bad options, or a model that cannot be planned (e.g. too large
-            for ``max_memory``: the message gives needed and available bytes); with
-            ``training=True``, a model in which no parameter or input requires grad.
+            for ``max_memory``: the message gives needed and available bytes); no graph captured
+            (Dynamo ran the model eagerly); with ``training=True``, a model in which no
+            parameter or input requires grad.
     """
     return plan_model_backend(model, example_inputs, training=training, **options).plans
 
@@ -845,6 +857,12 @@ def plan_model_backend(
         if isinstance(inner, (ValueError, TypeError)):
             raise inner from None
         raise
+    if not planner.compilations:
+        raise ValueError(
+            "plan_model captured no graph: Dynamo ran the model eagerly (it has no tensor "
+            "operations, or earlier compiles of the same code reached Dynamo's recompile limit); "
+            "call torch._dynamo.reset() and plan again"
+        )
     if training and not any(p.training for p in planner.plans):
         raise ValueError(
             "training=True, but no parameter or input of the model requires grad, so there is "

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 from .baselines import over_capacity
 from .coarsen import PlacementProblem
+from .config import check_type
 from .plan import Plan, _ms, _table
-from .solver import evaluate
+from .solver import evaluate, stream_host
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,21 @@ def single_moves(
     """Every move of one free task of ``problem`` from its device in ``assignment`` (with the
     tasks in ``streamed`` streaming their weights; a streamed task moves with its weights) to
     another device with capacity, scored on ``objective`` (``"latency"``, ``"throughput"``, or
-    ``"energy"`` in joules, Zeus's weighted form not applied)."""
+    ``"energy"`` in joules, Zeus's weighted form not applied).
+
+    Raises:
+        ValueError: ``assignment`` does not give one device per task, or ``streamed`` names a
+            task that cannot stream its weights where it runs.
+    """
+    if len(assignment) != len(problem.tasks):
+        raise ValueError(
+            f"assignment gives {len(assignment)} devices for {len(problem.tasks)} tasks; give one "
+            "device per task, in the problem's order"
+        )
+    cannot = sorted(i for i in streamed if not 0 <= i < len(assignment) or stream_host(problem, assignment[i]) is None)
+    if cannot:
+        raise ValueError(f"streamed names tasks {cannot}, which do not stream weights where they run "
+                         "(a GPU task whose host has a CPU with capacity, in an inference problem)")
     base = evaluate(problem, assignment, streamed).value(objective)
     moves = []
     for t, task in enumerate(problem.tasks):
@@ -66,8 +81,13 @@ def explain(plan: Plan, problem: PlacementProblem, max_rows: int = 40) -> str:
     by memory and by cost.
 
     Raises:
-        ValueError: ``plan`` is not a plan of ``problem`` (other tasks).
+        TypeError: ``plan`` or ``problem`` of another type.
+        ValueError: ``plan`` is not a plan of ``problem`` (other tasks), or ``max_rows`` < 0.
     """
+    check_type(plan, Plan, "plan", "load a saved one with autopart.Plan.load")
+    check_type(problem, PlacementProblem, "problem", "take the one the plan was solved from: Compilation.problem")
+    if not isinstance(max_rows, int) or max_rows < 0:
+        raise ValueError(f"max_rows must be an int >= 0, got {max_rows!r}")
     if [t.name for t in plan.tasks] != [t.name for t in problem.tasks]:
         raise ValueError(
             f"plan {plan.graph_name!r} has other tasks than the problem; pass the problem it "

@@ -30,6 +30,7 @@ import json
 import operator
 import os
 import re
+import typing
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -37,11 +38,11 @@ from typing import Any
 import torch.fx
 from torch.utils._pytree import tree_leaves
 
-from ._io import atomic_write_text
+from ._io import atomic_write_text, read_json
 from .costmodel.ops import OpCost
 from .costmodel.roofline import calibration_of, first_touch_Bps, roofline_time_s
 from .passes.memory import MemoryReport, StorageLife
-from .passes.records import TensorInfo, record
+from .passes.records import NodeRole, TensorInfo, record
 from .topology import Device, Topology
 
 GRAPH_FORMAT = "autopart-graph"
@@ -260,11 +261,25 @@ class AnnotatedGraph:
             except (KeyError, TypeError) as exc:
                 raise ValueError(f"{source}: nodes[{i}] is malformed: {exc}") from exc
         names = {n.name for n in nodes}
+        if len(names) < len(nodes):
+            twice = sorted({n.name for n in nodes if sum(m.name == n.name for m in nodes) > 1})
+            raise ValueError(f"{source}: node names must be unique; named twice: {twice}")
+        if [n.op for n in nodes].count("output") != 1:
+            raise ValueError(f"{source}: a graph has one node with op 'output' (its last), found "
+                             f"{[n.op for n in nodes].count('output')}")
         for n in nodes:
             missing = [i for i in n.inputs if i not in names]
             if missing:
                 raise ValueError(f"{source}: node {n.name!r} reads unknown nodes {missing}")
-        storages = tuple(StorageLife(**s) for s in d.get("storages", []))
+            if n.role not in typing.get_args(NodeRole):
+                raise ValueError(f"{source}: node {n.name!r} has role {n.role!r}, not one of {typing.get_args(NodeRole)}")
+            negative = [k for k in ("resident_bytes", "training_bytes", "step_temporary_bytes") if getattr(n, k) < 0]
+            if negative:
+                raise ValueError(f"{source}: node {n.name!r} has negative {negative}")
+        try:
+            storages = tuple(StorageLife(**s) for s in d.get("storages", []))
+        except TypeError as exc:
+            raise ValueError(f"{source}: 'storages' must be a list of StorageLife objects: {exc}") from exc
         return cls(name=str(d.get("name", "graph")), nodes=tuple(nodes), storages=storages)
 
     def save(self, path: str | os.PathLike) -> None:
@@ -276,14 +291,10 @@ class AnnotatedGraph:
         """Read a graph written by :meth:`save`.
 
         Raises:
-            FileNotFoundError: no such file. ValueError: not JSON or not an autopart graph.
+            FileNotFoundError: no such file. ValueError: a folder, not JSON or not an autopart
+                graph. TypeError: ``path`` is not a path.
         """
-        with open(path) as f:
-            try:
-                data = json.load(f)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{os.fspath(path)} is not JSON: {exc}") from exc
-        return cls.from_dict(data, source=os.fspath(path))
+        return cls.from_dict(read_json(path, "annotated graph"), source=os.fspath(path))
 
 
 _DYNAMO_ROOT = re.compile(r"^(?:L\['[^']*'\]|L__[A-Za-z0-9_]*?__)\.?")

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ._io import atomic_write_text
+from ._io import atomic_write_text, read_json
 from .coarsen import PlacementProblem, home_if_copied
 from .graph import AnnotatedGraph
 from .kernels.compression import packed_element_size
@@ -285,10 +285,12 @@ class Plan:
         unknown = sorted(set(d) - names)
         if missing or unknown:
             raise ValueError(f"plan JSON: missing fields {missing}, unknown fields {unknown}")
-        d["tasks"] = tuple(TaskPlacement(**t) for t in d["tasks"])
-        d["transfers"] = tuple(Transfer(**t) for t in d["transfers"])
-        d["replicas"] = tuple(Transfer(**t) for t in d["replicas"])
-        d["step_copies"] = tuple(Transfer(**t) for t in d["step_copies"])
+        for key, kind in (("tasks", TaskPlacement), ("transfers", Transfer), ("replicas", Transfer),
+                          ("step_copies", Transfer)):
+            try:
+                d[key] = tuple(kind(**t) for t in d[key])
+            except TypeError as exc:  # not a list of objects with the dataclass's fields
+                raise ValueError(f"plan JSON: {key!r} must be a list of {kind.__name__} objects: {exc}") from exc
         return cls(**d)
 
     def save(self, path: str | os.PathLike) -> None:
@@ -300,14 +302,14 @@ class Plan:
         """Read a plan written by :meth:`save`.
 
         Raises:
-            FileNotFoundError: no such file. ValueError: not a plan file.
+            FileNotFoundError: no such file. ValueError: a folder, or not a plan file (the
+                message names it). TypeError: ``path`` is not a path.
         """
-        with open(path) as f:
-            try:
-                data = json.load(f)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{os.fspath(path)} is not JSON: {exc}") from exc
-        return cls.from_dict(data)
+        data = read_json(path, "plan")
+        try:
+            return cls.from_dict(data)
+        except ValueError as exc:
+            raise ValueError(f"{os.fspath(path)}: {exc}") from exc
 
 
 def _ms(seconds: float | None) -> str:

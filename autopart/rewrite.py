@@ -63,6 +63,8 @@ def resolve_device_map(topology: Topology, device_map: dict[str, str] | str | No
     local = local_devices()
     names = topology.device_names
     if isinstance(device_map, str):
+        if _canonical(device_map) not in local:
+            raise ValueError(f"device_map={device_map!r} is not a device of this machine; local devices are {local}")
         device_map = {name: device_map for name in names}
     device_map = dict(device_map or {})
     for key, value in device_map.items():

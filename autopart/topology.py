@@ -129,7 +129,7 @@ from typing import Any, Literal
 
 import torch
 
-from ._io import atomic_write_text
+from ._io import atomic_write_text, read_json
 
 log = logging.getLogger(__name__)
 
@@ -1372,22 +1372,10 @@ class Topology:
 
         Raises:
             FileNotFoundError: ``path`` does not exist (the message names it).
-            ValueError: malformed JSON (names the file, line and column) or a schema violation.
+            ValueError: a folder, malformed JSON (names the file, line and column) or a schema
+                violation.
         """
-        path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise FileNotFoundError(
-                2, f"topology file not found: {str(path)!r}", str(path)
-            ) from None
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(
-                f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}"
-            ) from None
-        return cls.from_dict(data, source=str(path))
+        return cls.from_dict(read_json(path, "topology"), source=os.fspath(path))
 
     @classmethod
     def preset(cls, name: str) -> Topology:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+from .config import check_type
 from .graph import AnnotatedGraph
 from .plan import Plan
 
@@ -67,6 +68,10 @@ def plot_plan(
         ImportError: matplotlib is not installed (the fix: ``pip install autopart[viz]``).
         ValueError: ``path``'s suffix names no format matplotlib can write.
     """
+    check_type(plan, Plan, "plan", "load a saved one with autopart.Plan.load")
+    for name, value in (("measured_s", measured_s), ("measured_backward_s", measured_backward_s)):
+        if value is not None and not isinstance(value, dict):
+            raise TypeError(f"{name} must be a dict of seconds per device, got {type(value).__name__}")
     try:
         from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
     except ImportError as exc:
@@ -87,15 +92,32 @@ def plot_plan(
     _memory(axes["memory"], plan, colors)
     _flow(axes["flow"], plan, colors)
     if path is not None:
-        suffix = os.path.splitext(os.fspath(path))[1].lstrip(".").lower()
-        formats = fig.canvas.get_supported_filetypes()
-        if suffix not in formats:
-            raise ValueError(
-                f"cannot save a plot as {os.fspath(path)!r}: give the file one of the suffixes "
-                f"{', '.join('.' + f for f in sorted(formats))}"
-            )
+        check_picture_path(path, "plot")
         fig.savefig(path)
     return fig
+
+
+def check_picture_path(path: str | os.PathLike, kind: str) -> None:
+    """Raise ValueError unless ``path`` can take a picture of ``kind``: ``"plot"``
+    (:func:`plot_plan`: a suffix matplotlib writes) or ``"dot"`` (:func:`write_dot`: ``.dot``,
+    ``.gv``, or a format Graphviz renders), in a folder that exists. Needs matplotlib, or pydot."""
+    path = os.fspath(path)
+    suffix = os.path.splitext(path)[1].lstrip(".").lower()
+    if kind == "plot":
+        from matplotlib.backend_bases import FigureCanvasBase
+
+        formats = set(FigureCanvasBase.get_supported_filetypes())
+        fix = f"give the file one of the suffixes {', '.join('.' + f for f in sorted(formats))}"
+    else:
+        import pydot
+
+        formats = {"dot", "gv", *pydot.Dot().formats}
+        fix = "give the file the suffix .dot or .gv (DOT text), or .svg, .png, .pdf (rendered by Graphviz)"
+    if suffix not in formats:
+        raise ValueError(f"cannot save a {'plot' if kind == 'plot' else 'graph'} as {path!r}: {fix}")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ValueError(f"cannot save {path!r}: folder {folder!r} does not exist")
 
 
 def _used(plan: Plan) -> list[str]:
@@ -191,8 +213,19 @@ def to_dot(plan: Plan, graph: AnnotatedGraph, *, weights: bool = False) -> pydot
     Write it with ``.to_string()`` (DOT text) or :func:`write_dot`.
 
     Raises:
+        TypeError: ``plan`` or ``graph`` of another type.
+        ValueError: ``plan`` places nodes ``graph`` does not have (a plan of another graph).
         ImportError: pydot or matplotlib is not installed (``pip install autopart[viz]``).
     """
+    check_type(plan, Plan, "plan", "load a saved one with autopart.Plan.load")
+    check_type(graph, AnnotatedGraph, "graph", "load a saved one with autopart.AnnotatedGraph.load")
+    names = {n.name for n in graph.nodes}
+    strangers = [name for name in plan.placement if name not in names]
+    if strangers:
+        raise ValueError(
+            f"plan {plan.graph_name!r} places nodes graph {graph.name!r} does not have ({strangers[:3]}, "
+            f"{len(strangers)} in all): pass the graph the plan was made for (Compilation.analysis.graph)"
+        )
     try:
         import pydot
         from matplotlib.colors import to_hex
@@ -235,8 +268,10 @@ def write_dot(dot: pydot.Dot, path: str | os.PathLike) -> None:
     the format the suffix names (``.svg``, ``.png``, ``.pdf``).
 
     Raises:
-        ValueError: rendering needs Graphviz's ``dot`` program, which is not installed.
+        ValueError: a suffix that names no format, a folder that does not exist, or rendering
+            without Graphviz's ``dot`` program.
     """
+    check_picture_path(path, "dot")
     suffix = os.path.splitext(os.fspath(path))[1].lstrip(".").lower()
     if suffix in ("dot", "gv"):
         with open(path, "w") as f:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -110,6 +111,8 @@ def test_demo_matches_eager_and_reports_predicted_against_measured(capsys, tmp_p
         (["--max-memory", "cuda:0"], "--max-memory expects DEVICE=VALUE, got 'cuda:0'"),
         (["--max-memory", "cuda:0=-5MB"], "memory size must be >= 0 bytes, got '-5MB'"),
         (["--out", "/no/such/folder/p.json"], "--out /no/such/folder/p.json: its folder does not exist"),
+        (["--plot", "plan.xyz"], "cannot save a plot as 'plan.xyz': give the file one of the suffixes"),
+        (["--dot", "graph.xyz"], "cannot save a graph as 'graph.xyz': give the file the suffix .dot or .gv"),
     ],
 )
 def test_bad_plan_arguments_fail_before_planning(argv, message, capsys):
@@ -119,9 +122,28 @@ def test_bad_plan_arguments_fail_before_planning(argv, message, capsys):
     assert captured.out == ""  # nothing was planned or printed
 
 
+def test_max_memory_given_twice_adds_up(tmp_path):
+    path = tmp_path / "plan.json"
+    assert main(["solve", "--graph", str(GPT2_GRAPH), "--topology", "4xa100-pcie-cpu", "--max-memory",
+                 "cuda:0=1GB", "--max-memory", "cuda:1=1GB", "--out", str(path)]) == 0
+    assert {d for d, cap in Plan.load(path).capacity_bytes.items() if cap} == {"cuda:0", "cuda:1"}
+
+
 def test_plan_load_names_what_a_file_is_instead(tmp_path):
     (tmp_path / "list.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match="a plan is a JSON object, got list"):
         Plan.load(tmp_path / "list.json")
     with pytest.raises(ValueError, match="this is an annotated graph, not a plan: plan it with `autopart solve"):
         Plan.load(GPT2_GRAPH)
+    with pytest.raises(ValueError, match=f"'{tmp_path}' is a folder; give the path of a plan JSON file"):
+        Plan.load(tmp_path)
+    with pytest.raises(TypeError, match="expected the path of a plan JSON file, got int 5"):
+        Plan.load(5)  # type: ignore[arg-type]
+    with pytest.raises(FileNotFoundError, match="plan file not found"):
+        Plan.load(tmp_path / "none.json")
+    main(["solve", "--graph", str(GPT2_GRAPH), "--topology", "4xa100-pcie-cpu", "--out", str(tmp_path / "p.json")])
+    plan = json.loads((tmp_path / "p.json").read_text())
+    plan["tasks"] = [{"name": "t", "color": "red"}]
+    (tmp_path / "p.json").write_text(json.dumps(plan))
+    with pytest.raises(ValueError, match=r"p\.json: plan JSON: 'tasks' must be a list of TaskPlacement objects"):
+        Plan.load(tmp_path / "p.json")

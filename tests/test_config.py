@@ -74,6 +74,21 @@ def test_config_rejects_bad_values_with_their_name():
             Config(**{name: "false"})
 
 
+@pytest.mark.parametrize("name", ["profile_budget_s", "memory_fraction", "energy_slack", "time_limit_s",
+                                  "mip_rel_gap", "min_split_gain", "energy_eta", "replan"])
+def test_numbers_of_another_type_are_named(name):
+    with pytest.raises(TypeError, match=f"{name} must be a number.*, got str '1'"):
+        Config(**{name: "1"})
+    if name not in ("energy_eta", "replan"):  # these two take None
+        with pytest.raises(TypeError, match=f"{name} must be a number, got NoneType None"):
+            Config(**{name: None})
+
+
+def test_cache_dir_must_be_a_path():
+    with pytest.raises(TypeError, match="cache_dir must be a folder path or None, got int 5"):
+        Config(cache_dir=5)  # type: ignore[arg-type]
+
+
 def test_unknown_option_is_named():
     with pytest.raises(TypeError, match=r"unknown autopart option\(s\) \['max_mem'\]"):
         Config.from_options(max_mem={"cpu": "1GB"})

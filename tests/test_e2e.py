@@ -1133,7 +1133,7 @@ def test_plan_save_load_round_trip(tmp_path):
     assert str(plan) == summary
 
     (tmp_path / "bad.json").write_text("{not json")
-    with pytest.raises(ValueError, match="not JSON"):
+    with pytest.raises(ValueError, match=r"bad\.json: invalid JSON at line 1"):
         autopart.Plan.load(tmp_path / "bad.json")
 
 
@@ -1290,6 +1290,24 @@ def test_copied_trainable_parameters_keep_their_gradients_and_state_where_they_l
             assert where == {"cpu": 4 * nbytes}
         else:
             assert where == {device: 2 * nbytes, "cpu": 3 * nbytes}
+
+
+def test_plan_model_that_captures_no_graph_says_so():
+    with pytest.raises(ValueError, match="plan_model captured no graph: Dynamo ran the model eagerly"):
+        autopart.plan_model(lambda a: a + 1, 3, topology=PRESET)
+
+
+def test_a_backend_reads_as_the_call_that_made_it():
+    backend = autopart.backend(topology=PRESET, device_map="cpu", max_memory={"cuda:0": "1GiB"})
+    assert repr(backend) == "autopart.backend(topology='4xa100-pcie-cpu', max_memory={'cuda:0': '1GiB'}, device_map='cpu')"
+    with pytest.raises(ValueError, match=r"device_map='cuda:7' is not a device of this machine; local devices are \['cpu'"):
+        autopart.backend(topology=PRESET, device_map="cuda:7")
+
+
+def test_a_planned_graph_that_never_ran_has_no_report():
+    (comp,) = plan_model_backend(_mlp(), torch.randn(4, 16), topology=PRESET, device_map="cpu").compilations
+    with pytest.raises(ValueError, match="was planned, not run \\(plan_model\\): nothing to report"):
+        comp.report()
 
 
 def test_plan_model_training_with_nothing_to_train_is_an_error():

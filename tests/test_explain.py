@@ -143,3 +143,18 @@ def test_cli_solve_explains_the_plan(capsys):
     out = capsys.readouterr().out
     assert "why gpt2 is placed as it is (latency): " in out
     assert "transformer.h.0" in out.split("why gpt2")[1]
+
+
+def test_single_moves_and_explain_check_their_inputs():
+    problem = _two_devices()
+    with pytest.raises(ValueError, match="assignment gives 3 devices for 5 tasks; give one device per task"):
+        single_moves(problem, ("cpu",) * 3)
+    with pytest.raises(ValueError, match=r"streamed names tasks \[1, 99\], which do not stream"):
+        single_moves(problem, ("cpu",) * 5, frozenset({1, 99}))
+    plan = _inference_plan()
+    with pytest.raises(TypeError, match="problem must be an autopart PlacementProblem, got NoneType"):
+        explain(plan, None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="plan must be an autopart Plan, got str; load a saved one"):
+        explain("plan.json", problem)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_rows must be an int >= 0, got -1"):
+        explain(plan, problem, max_rows=-1)

@@ -164,7 +164,28 @@ def test_bad_graph_files_are_named(tmp_path):
     with pytest.raises(ValueError, match=r"nodes\[0\] is malformed"):
         AnnotatedGraph.load(path)
     path.write_text("{not json")
-    with pytest.raises(ValueError, match="is not JSON"):
+    with pytest.raises(ValueError, match="invalid JSON at line"):
+        AnnotatedGraph.load(path)
+    with pytest.raises(ValueError, match="is a folder; give the path of a annotated graph JSON file"):
+        AnnotatedGraph.load(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: d["nodes"].append(dict(d["nodes"][0])), "node names must be unique; named twice: "),
+        (lambda d: d["nodes"].pop(), "a graph has one node with op 'output' .*found 0"),
+        (lambda d: d["nodes"][0].update(role="weird"), "has role 'weird', not one of"),
+        (lambda d: d["nodes"][0].update(resident_bytes=-1), r"has negative \['resident_bytes'\]"),
+        (lambda d: d["storages"].append({"x": 1}), "'storages' must be a list of StorageLife objects"),
+    ],
+)
+def test_hand_edited_graphs_are_checked(edit, message, tmp_path):
+    data = json.loads((SHIPPED / "gpt2.json").read_text())
+    edit(data)
+    path = tmp_path / "edited.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=message):
         AnnotatedGraph.load(path)
 
 

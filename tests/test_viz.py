@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from test_runtime import _mlp_on_gpus
 
 import autopart
 from autopart.cli import main
+from autopart.graph import AnnotatedGraph
 from autopart.viz import MiB, device_colors, plot_plan, to_dot, write_dot
 
 
@@ -192,3 +194,18 @@ def test_cli_plan_draws_the_graph(tmp_path, capsys):
                  "--max-memory", "cuda:0=3MiB", "cuda:1=3MiB", "cpu=0", "--dot", str(path)]) == 0
     assert f"drew the graph to {path}" in capsys.readouterr().out
     assert path.read_text().startswith("digraph autopart {")
+
+
+def test_pictures_check_what_they_are_given(tmp_path):
+    plan = _inference_plan()
+    with pytest.raises(TypeError, match="plan must be an autopart Plan, got str; load a saved one with autopart.Plan.load"):
+        plot_plan("plan.json")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="measured_s must be a dict of seconds per device, got list"):
+        plot_plan(plan, measured_s=[1.0])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="graph must be an autopart AnnotatedGraph, got NoneType"):
+        to_dot(plan, None)  # type: ignore[arg-type]
+    other = AnnotatedGraph.load(Path(__file__).resolve().parents[1] / "bench" / "graphs" / "bert.json")
+    with pytest.raises(ValueError, match="places nodes graph 'bert' does not have .*pass the graph the plan was made for"):
+        to_dot(plan, other)
+    with pytest.raises(ValueError, match="folder .*no-such-folder' does not exist"):
+        plot_plan(plan, tmp_path / "no-such-folder" / "plan.png")

@@ -204,12 +204,14 @@ class Config:
     and measured busy time per call. Costs two timestamps per partition per call."""
 
     replan: float | None = None
-    """Re-plan a graph once when what runs departs from its plan: after ``REPLAN_CALLS`` (3)
-    calls timed as with ``monitor`` (implied), if two devices' measured/predicted busy-time
-    ratios differ by more than this factor (> 1, e.g. 1.5), the plan is solved again with each
+    """Re-plan a graph when what runs departs from its plan: after ``REPLAN_CALLS`` (3) calls
+    timed as with ``monitor`` (implied), if two devices' measured/predicted busy-time ratios
+    differ by more than this factor (> 1, e.g. 1.5), the plan is solved again with each
     device's predicted task times multiplied by its ratio, and replaces the old one if it is
     predicted better by more than ``min_split_gain`` under those times
-    (:func:`autopart.dynamo.replan_factors`). None (default): never."""
+    (:func:`autopart.dynamo.replan_factors`). A new plan is checked the same way (its ratios
+    multiply the earlier ones: devices the old plan left idle are measured once they run), up
+    to ``REPLAN_MAX_ROUNDS`` (3) re-plans. None (default): never."""
 
     strict: bool = False
     """If True, a failure to plan or rewrite raises. If False, autopart warns once and runs the

@@ -337,6 +337,10 @@ def _same_storage(tensor: torch.Tensor, data_ptr: int) -> bool:
 #: Calls timed before the measured times are checked against the plan (``replan``).
 REPLAN_CALLS = 3
 
+#: Re-plans at most per graph: each new plan is timed and checked again, so that devices the
+#: first plan left idle (whose times it could not measure) are measured once they run.
+REPLAN_MAX_ROUNDS = 3
+
 #: Devices busy less than this share of the busiest one's predicted time are too short to
 #: measure well: they get the typical ratio (see :func:`replan_factors`).
 REPLAN_MIN_SHARE = 0.1
@@ -400,11 +404,14 @@ class Compilation:
     plan_s: float = 0.0
     rewrite_s: float = 0.0
     problem: PlacementProblem | None = None
-    """The placement problem ``plan`` solves (what re-planning scales)."""
+    """The placement problem ``plan`` solves (after re-planning, with the measured ratios)."""
     replan_checked: bool = False
-    """Whether the measured times were checked against the plan (``replan``; done once)."""
+    """Whether re-planning is done with this graph (``replan``): a check kept the plan, or
+    ``REPLAN_MAX_ROUNDS`` re-plans were made, or a new plan failed."""
+    replan_rounds: int = 0
+    """Re-plans made."""
     replan_note: str | None = None
-    """What that check decided, and why."""
+    """What the last check decided, and why."""
     replanned_from: Plan | None = None
     """The first plan, when re-planning replaced it by ``plan``."""
 
@@ -660,7 +667,9 @@ class Backend:
     def _maybe_replan(self, comp: Compilation, gm: torch.fx.GraphModule, args: Sequence[Any]) -> None:
         """Once ``REPLAN_CALLS`` calls are timed: re-plan ``comp`` with the measured ratios
         (:func:`replan_factors`) if they spread beyond ``config.replan``, and switch to the new
-        plan if it is predicted better under them. ``args``: this call's inputs (real tensors)."""
+        plan if it is predicted better under them; a new plan is checked the same way, its
+        ratios compounding the earlier ones, up to ``REPLAN_MAX_ROUNDS`` re-plans. ``args``:
+        this call's inputs (real tensors)."""
         runner, plan, problem = comp.runner, comp.plan, comp.problem
         assert runner is not None and plan is not None and problem is not None and comp.analysis is not None
         comp.replan_checked = True
@@ -679,23 +688,28 @@ class Backend:
             comp.replan_note = (f"kept: ratios spread {spread:.2f}x, but a new plan is predicted no better "
                                 f"({new_value:.4g} against {old_value:.4g})")
             return
-        self._adopt(comp, gm, args, new_plan, self._runner(gm, args, new_plan))
-        comp.replanned_from = plan
-        comp.replan_note = (f"re-planned: measured/predicted ratios spread {spread:.2f}x > {threshold}x; "
-                            f"predicted {new_value:.4g} against {old_value:.4g} for the old plan under them")
+        self._adopt(comp, gm, args, new_plan, self._runner(gm, args, new_plan), corrected)
+        comp.replanned_from = comp.replanned_from or plan
+        comp.replan_rounds += 1
+        comp.replan_checked = comp.replan_rounds >= REPLAN_MAX_ROUNDS
+        comp.replan_note = (f"re-planned ({comp.replan_rounds} of at most {REPLAN_MAX_ROUNDS}): measured/predicted "
+                            f"ratios spread {spread:.2f}x > {threshold}x; predicted {new_value:.4g} against "
+                            f"{old_value:.4g} for the old plan under them")
         log.info("autopart %s %s:\n%s", comp.graph_name, comp.replan_note, new_plan.summary())
 
     def _adopt(
-        self, comp: Compilation, gm: torch.fx.GraphModule, args: Sequence[Any], plan: Plan, runner: PlacedGraph
+        self, comp: Compilation, gm: torch.fx.GraphModule, args: Sequence[Any], plan: Plan, runner: PlacedGraph,
+        problem: PlacementProblem,
     ) -> None:
-        """Make ``plan`` (run by ``runner``) the plan of ``comp`` in place of its current one:
-        the ledger records it, and weight copies only the current plan used are dropped."""
+        """Make ``plan`` (run by ``runner``, solving ``problem``) the plan of ``comp`` in place
+        of its current one: the ledger records it, and weight copies only the current plan used
+        are dropped."""
         assert comp.runner is not None and comp.analysis is not None
         for i, device in comp.runner.static_moves.items():
             if runner.static_moves.get(i) != device and isinstance(args[i], torch.Tensor):
                 self._copies.entries.pop((id(args[i]), device), None)
         self._ledger.add(gm, args, plan, comp.analysis.graph, replace=True)
-        comp.plan, comp.runner = plan, runner
+        comp.plan, comp.runner, comp.problem = plan, runner, problem
 
     def _microbatches(
         self, gm: torch.fx.GraphModule, example_inputs: Sequence[Any], plan: Plan
@@ -752,7 +766,7 @@ def _guard_first_call(
             comp.fallback_reason = f"{what} failed: {type(exc).__name__}: {exc}"
             warnings.warn(
                 f"autopart's plan for {comp.graph_name}: {comp.fallback_reason}; running "
-                f"{'the first plan' if previous else 'the captured graph unchanged'}",
+                f"{'the plan before it' if previous else 'the captured graph unchanged'}",
                 AutopartWarning,
                 stacklevel=3,
             )
@@ -761,7 +775,9 @@ def _guard_first_call(
                 return gm(*args)
             assert replanner is not None
             replanner._adopt(comp, gm, args, *previous)
-            comp.replanned_from, state["previous"], state["ok"] = None, None, True
+            comp.replan_checked, state["previous"], state["ok"] = True, None, True
+            if comp.plan is comp.replanned_from:
+                comp.replanned_from = None
             return previous[1](*args)
         state["ok"], state["previous"] = True, None
         return out
@@ -774,7 +790,7 @@ def _guard_first_call(
         if replanner is not None and not comp.replan_checked and (
             runner.metrics.num_monitored_calls >= REPLAN_CALLS  # type: ignore[union-attr]
         ):
-            previous = (comp.plan, runner)
+            previous = (comp.plan, runner, comp.problem)
             try:
                 replanner._maybe_replan(comp, gm, args)
             except Exception as exc:

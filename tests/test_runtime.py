@@ -443,16 +443,18 @@ def test_a_failing_replanned_graph_falls_back_to_the_first_plan(monkeypatch):
     with torch.no_grad():
         compiled(x)
         (comp,) = backend.compilations
-        first, first_runner = comp.plan, comp.runner
+        first, first_runner, first_problem = comp.plan, comp.runner, comp.problem
         _slow_down(comp, next(d for d in first.devices_used if d.startswith("cuda")), 0.02)
         for _ in range(autopart.dynamo.REPLAN_CALLS):
             compiled(x)
         assert comp.replanned_from is first
         monkeypatch.setattr(comp.runner, "_call", lambda args: 1 / 0)
-        with pytest.warns(autopart.AutopartWarning, match="re-planned graph's first call failed: ZeroDivisionError.*first plan"):
+        assert comp.problem is not first_problem  # the new plan's: scaled by the measured ratios
+        with pytest.warns(autopart.AutopartWarning, match="re-planned graph's first call failed: ZeroDivisionError.*plan before it"):
             out = compiled(x)
         torch.testing.assert_close(out, model(x), rtol=0, atol=0)
         assert comp.plan is first and comp.runner is first_runner and comp.replanned_from is None
+        assert comp.problem is first_problem and comp.replan_checked  # re-planning stops
         torch.testing.assert_close(compiled(x), model(x), rtol=0, atol=0)
 
 
@@ -527,3 +529,35 @@ _PLAN_FOR_FACTORS = autopart.Plan(
     solver="none", solver_status="trivial", objective=0.0, bound=None, gap=None, solve_time_s=0.0,
     num_variables=0, num_constraints=0, num_nodes=0,
 )
+
+
+def test_replan_checks_the_new_plan_too_and_measures_a_device_once_it_runs():
+    """Four GPUs, each with room for one of the two linears: the first plan uses two. The first
+    is slower than planned, so a re-plan moves its work to a GPU the first plan left idle (whose
+    ratio was only guessed); that one proves slow too once it runs, so a second re-plan, with
+    the ratios of both checks, moves the work to the last GPU. Outputs match eager throughout."""
+    model, backend, compiled = _mlp_on_gpus(4, replan=1.5, strict=True)
+    x = torch.randn(8, 32)
+    slow: list[str] = []
+
+    def calls(n: int) -> None:
+        for _ in range(n):
+            with torch.no_grad():
+                torch.testing.assert_close(compiled(x), model(x), rtol=0, atol=0)
+
+    calls(1)
+    (comp,) = backend.compilations
+    first = comp.plan
+    for round_ in (1, 2):
+        runner = comp.runner
+        slow.append(next(d for d in comp.plan.devices_used if d.startswith("cuda") and d not in slow))
+        for device in slow:  # the new runner's partitions on the slow devices run 20 ms slower
+            _slow_down(comp, device, 0.02)
+        calls(autopart.dynamo.REPLAN_CALLS + 1)  # the first call of a new plan is not timed
+        assert comp.runner is not runner and comp.replan_rounds == round_, comp.replan_note
+        assert comp.replan_note.startswith(f"re-planned ({round_} of at most 3)")
+        assert _replan_spread(comp) > (20 if round_ == 1 else 1.5)  # later: against guessed ratios
+        assert not set(slow) & set(comp.plan.devices_used), (slow, comp.plan.devices_used)
+    assert comp.replanned_from is first and not comp.replan_checked
+    assert len({d for d in comp.plan.devices_used if d.startswith("cuda")}) == 2
+    calls(2)

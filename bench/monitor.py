@@ -18,9 +18,10 @@ each; see bench/overhead.py):
    ratio - 1 (alternating and taking ratios in one run cancels most of a shared machine's drift);
 2. **report**: ``Compilation.report()`` of the monitored compile: each device's predicted and
    measured busy time per call;
-3. **replan**: ``replan=--replan``, run past its check (call 1 + REPLAN_CALLS), then timed in
-   alternating rounds against the first compile (the first plan, not monitored); what was
-   decided, and the ratio of the times per call.
+3. **replan**: ``replan=--replan``, run past its checks (call 1 + REPLAN_CALLS, and as many more
+   for each new plan, up to REPLAN_MAX_ROUNDS re-plans), then timed in alternating rounds
+   against the first compile (the first plan, not monitored); what was decided, and the ratio
+   of the times per call.
 
 With ``--training`` a call is a training step: the forward with gradients, then the backward of
 the mean of the logits (gradients set to None after each step; no optimizer step). The plans
@@ -48,7 +49,7 @@ import transformers as tf
 from _common import git_state, machine_name, sync
 
 import autopart
-from autopart.dynamo import REPLAN_CALLS
+from autopart.dynamo import REPLAN_CALLS, REPLAN_MAX_ROUNDS
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -129,8 +130,12 @@ def main(argv: list[str] | None = None) -> int:
     report = comp.report()
 
     replan_backend, replanned = compiled(replan=args.replan)
-    timed_calls(replanned, 1 + REPLAN_CALLS + 1)  # the check runs after call 1 + REPLAN_CALLS
+    timed_calls(replanned, 1 + REPLAN_CALLS + 1)  # the first check runs after call 1 + REPLAN_CALLS
     (rcomp,) = replan_backend.compilations
+    for _ in range(REPLAN_MAX_ROUNDS):  # each new plan: its first call, then REPLAN_CALLS timed
+        if rcomp.replan_checked:
+            break
+        timed_calls(replanned, 1 + REPLAN_CALLS)
     versus: dict[str, list[float]] = {"first plan": [], "after the check": []}
     for _ in range(args.rounds):
         for key, step in (("first plan", plain), ("after the check", replanned)):
@@ -153,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         replan=dict(
             factor=args.replan,
             note=rcomp.replan_note,
+            rounds=rcomp.replan_rounds,
             before_s=statistics.median(versus["first plan"]),
             after_s=statistics.median(versus["after the check"]),
             devices_before=first.devices_used,
@@ -187,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "## Re-planning",
         "",
-        f"replan={args.replan}: {r['note']}",
+        f"replan={args.replan}: {r['rounds']} re-plan(s); the last check: {r['note']}",
         "",
         "| | plan's devices | predicted per call | measured per call (median of rounds) |",
         "|---|---|---|---|",

@@ -590,8 +590,10 @@ class Backend:
             config = dataclasses.replace(self.config, **options)
             child = self._configured.get(repr(config))
             if child is None:
-                child = self._configured[repr(config)] = Backend(config)
+                child = Backend(config)
                 child._mapping = child._resolve_mapping()
+                config.capacities_bytes(child.topology)  # names a max_memory device the topology lacks
+                self._configured[repr(config)] = child
             return child(gm, example_inputs)
         compile_id = getattr(gm, "meta", {}).get("dynamo_compile_id")
         name = f"graph {len(self.compilations)}" + (f" (compile id {compile_id})" if compile_id else "")

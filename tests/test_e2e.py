@@ -1072,6 +1072,10 @@ def test_compile_with_backend_name_rejects_a_mode_and_unknown_options():
     torch._dynamo.reset()
     with pytest.raises(torch._dynamo.exc.BackendCompilerFailed, match=r"unknown autopart option\(s\) \['max_memroy'\]"):
         torch.compile(model, backend="autopart", options={"max_memroy": {}})(torch.randn(4, 16))
+    torch._dynamo.reset()
+    with pytest.raises(torch._dynamo.exc.BackendCompilerFailed, match=r"max_memory names device 'cuda:9', which topology '4xa100-pcie-cpu' does not have"):
+        torch.compile(model, backend="autopart", options={"topology": PRESET, "device_map": "cpu",
+                                                          "max_memory": {"cuda:9": "1GB"}})(torch.randn(4, 16))
 
 
 def test_default_backend_runs_on_this_machine():

@@ -181,8 +181,7 @@ def _print_and_save(
     files when there are several plans."""
 
     def numbered(path: str, i: int) -> str:
-        stem, suffix = os.path.splitext(path)
-        return path if len(plans) == 1 else f"{stem}.{i}{suffix}"
+        return _numbered(path, i, len(plans))
 
     out, plot, dot = args.out, args.plot, args.dot
     for i, plan in enumerate(plans):
@@ -206,6 +205,12 @@ def _print_and_save(
 
             write_dot(to_dot(plan, graphs[i]), numbered(dot, i))
             print(f"drew the graph to {numbered(dot, i)}")
+
+
+def _numbered(path: str, i: int, count: int) -> str:
+    """``path`` for file ``i`` of ``count``: numbered before its suffix when there are several."""
+    stem, suffix = os.path.splitext(path)
+    return path if count == 1 else f"{stem}.{i}{suffix}"
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -253,6 +258,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"{label}: {time.perf_counter() - start:.2f} s")
         return out
 
+    if args.plot:  # before the minutes of work
+        from .viz import check_picture_path
+
+        check_picture_path(args.plot, "plot")
     print(f"building {args.model} ({args.size}) with random weights ...")
     model, inputs = build_model(args.model, args.size)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -289,12 +298,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     cap = int(weight_bytes * 0.4) + activations
     split = run(f"{args.preset} mapped onto this machine's CPU, max_memory {cap / 2**20:.0f} MiB per GPU",
                 topology=args.preset, device_map="cpu", max_memory={g: cap for g in gpus})
-    if args.plot:
-        for i, comp in enumerate(split):
-            stem, suffix = os.path.splitext(args.plot)
-            path = args.plot if len(split) == 1 else f"{stem}.{i}{suffix}"
-            comp.plot(path)
-            print(f"plotted {path}")
+    for i, comp in enumerate(split if args.plot else []):
+        comp.plot(_numbered(args.plot, i, len(split)))
+        print(f"plotted {_numbered(args.plot, i, len(split))}")
     return 0
 
 
@@ -440,7 +446,6 @@ def make_parser() -> argparse.ArgumentParser:
         "--optimizer", choices=typing.get_args(Optimizer), default="adam",
         help="with --training: the optimizer whose state is reserved (default adam)",
     )
-
     _add_plan_options(plan)
     plan.set_defaults(func=cmd_plan)
 

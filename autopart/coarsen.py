@@ -409,9 +409,10 @@ def build_problem(
         where they live, and (training step) their gradients back (``copy_trainable``);
         seconds of the optimizer's update, where it runs: on the device, or where a parameter
         the device copies lives; and, for the parameters in ``counted`` that the device copies,
-        the bytes that shift from its resident count (device -> bytes): their gradients and optimizer state
-        (``training_bytes``) are held where they live, if that device has capacity, and the
-        device holds the copy and its gradient (on their way back), not the state."""
+        the bytes that shift from its resident count (device -> bytes): their gradients and
+        optimizer state (``training_bytes``) are held where they live, if that device has
+        capacity, and the device holds the copy and its gradient (on their way back), not the
+        state."""
         devices = topology.device_names
         forward, backward, step = (dict.fromkeys(devices, 0.0) for _ in range(3))
         shifted: dict[str, dict[str, int]] = {}

@@ -191,11 +191,12 @@ class Config:
     lists these); the plan counts the copy and its gradient on the planned device, and the
     gradient and optimizer state where the parameter lives. ``"move"`` moves it to its planned
     device, in place (``param.data``, and its ``.grad``), on the first step that needs it, so
-    that its gradient and optimizer state stay there, where the plan then reserves them; optimizer state already made elsewhere follows it before
-    the next ``optimizer.step()`` (a global ``torch.optim`` step pre-hook, for state tensors
-    shaped as the parameter). The model then runs only where autopart runs it: its own
-    ``forward`` outside ``torch.compile`` meets parameters on several devices. A parameter is
-    moved once; a later plan that wants it elsewhere copies it. Checked on CUDA only by
+    that its gradient and optimizer state stay there, where the plan then reserves them;
+    optimizer state already made elsewhere follows it before the next ``optimizer.step()`` (a
+    global ``torch.optim`` step pre-hook, for state tensors shaped as the parameter). The
+    model then runs only where autopart runs it: its own ``forward`` outside ``torch.compile``
+    meets parameters on several devices. A parameter is moved once; a later plan that wants it
+    elsewhere copies it. Checked on CUDA only by
     ``tests/test_e2e.py::test_moved_trainable_parameters_train_on_their_planned_gpu``."""
 
     monitor: bool = False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import subprocess
@@ -94,9 +95,10 @@ def test_build_model_rejects_unknown_names():
 
 def test_demo_matches_eager_and_reports_predicted_against_measured(capsys, tmp_path):
     plot = tmp_path / "demo.png"
-    assert main(["demo", "--size", "tiny", "--rows", "2", "--plot", str(plot)]) == 0
+    drawn = importlib.util.find_spec("matplotlib") is not None  # the viz extra
+    assert main(["demo", "--size", "tiny", "--rows", "2", *(["--plot", str(plot)] if drawn else [])]) == 0
     out = capsys.readouterr().out
-    assert f"plotted {plot}" in out and plot.read_bytes()[:4] == b"\x89PNG"
+    assert not drawn or (f"plotted {plot}" in out and plot.read_bytes()[:4] == b"\x89PNG")
     assert out.count("why graph 0 (compile id 0/0) is placed as it is (latency)") == 2
     diffs = [float(line.rsplit(" ", 1)[1]) for line in out.splitlines() if line.startswith("largest absolute")]
     assert len(diffs) == 2 and max(diffs) < 1e-5

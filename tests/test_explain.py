@@ -7,15 +7,16 @@ import torch
 from _util import make_device, make_topology
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_runtime import Mlp
+from test_runtime import Mlp, _inference_plan
 from test_solver import MB, problems
-from test_viz import _inference_plan
 
 import autopart
 from autopart.cli import main
 from autopart.coarsen import LiveRange, PlacementProblem, Task, Value
 from autopart.explain import Move, explain, single_moves
 from autopart.solver import evaluate, solve
+
+pytestmark = pytest.mark.usefixtures("fresh_dynamo")  # each test compiles with its own backend
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])

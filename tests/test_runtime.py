@@ -281,6 +281,16 @@ def _mlp_on_gpus(gpus: int = 2, training: bool = False, squash: bool = True, **o
     return model, backend, torch.compile(model, backend=backend)
 
 
+def _inference_plan() -> autopart.Plan:
+    """The plan of ``_mlp_on_gpus()`` after one call: two GPUs, with copies between them."""
+    model, backend, compiled = _mlp_on_gpus()
+    with torch.no_grad():
+        compiled(torch.randn(8, 32))
+    (comp,) = backend.compilations
+    assert len(comp.plan.devices_used) >= 2 and comp.plan.transfers
+    return comp.plan
+
+
 def test_monitor_times_each_device_and_reports_against_the_plan():
     """Each partition's time goes to its device: a 20 ms delay added to one partition shows on
     that device alone; the first call is not timed; outputs match eager."""

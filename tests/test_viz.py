@@ -8,14 +8,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from matplotlib.colors import to_hex
-from test_e2e import _mlp, model_bytes
-from test_runtime import _mlp_on_gpus
 
-import autopart
-from autopart.cli import main
-from autopart.graph import AnnotatedGraph
-from autopart.viz import MiB, device_colors, plot_plan, to_dot, write_dot
+pytest.importorskip("matplotlib", reason="the viz extra (matplotlib, pydot) is not installed")
+pytest.importorskip("pydot", reason="the viz extra (matplotlib, pydot) is not installed")
+
+from matplotlib.colors import to_hex  # noqa: E402
+from test_e2e import _mlp, model_bytes  # noqa: E402
+from test_runtime import _inference_plan, _mlp_on_gpus  # noqa: E402
+
+import autopart  # noqa: E402
+from autopart.cli import main  # noqa: E402
+from autopart.graph import AnnotatedGraph  # noqa: E402
+from autopart.viz import MiB, device_colors, plot_plan, to_dot, write_dot  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("fresh_dynamo")  # each test compiles with its own backend
 
 
 def _axes(fig) -> dict[str, object]:
@@ -26,15 +32,6 @@ def _axes(fig) -> dict[str, object]:
 def _bars(ax, label: str) -> list[float]:
     (container,) = [c for c in ax.containers if c.get_label() == label]
     return [bar.get_height() for bar in container]
-
-
-def _inference_plan() -> autopart.Plan:
-    model, backend, compiled = _mlp_on_gpus()
-    with torch.no_grad():
-        compiled(torch.randn(8, 32))
-    (comp,) = backend.compilations
-    assert len(comp.plan.devices_used) >= 2 and comp.plan.transfers
-    return comp.plan
 
 
 def test_plot_plan_draws_the_plans_tasks_busy_times_memory_and_copies():

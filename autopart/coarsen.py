@@ -407,10 +407,11 @@ def build_problem(
     ) -> tuple[dict[str, float], dict[str, float], dict[str, float], dict[str, dict[str, int]]]:
         """Per device, for ``members``' trainable parameters: seconds to copy them there from
         where they live, and (training step) their gradients back (``copy_trainable``);
-        seconds of the optimizer's update, where it runs: on the device, or where a parameter
-        the device copies lives; and, for the parameters in ``counted`` that the device copies,
-        the bytes that shift from its resident count (device -> bytes): their gradients and
-        optimizer state (``training_bytes``) are held where they live, if that device has
+        seconds of the optimizer's update of those in ``counted`` (not those an earlier graph
+        placed: it counts their bytes and update), where it runs: on the device, or where a
+        parameter the device copies lives; and, for those in ``counted`` that the device
+        copies, the bytes that shift from its resident count (device -> bytes): their gradients
+        and optimizer state (``training_bytes``) are held where they live, if that device has
         capacity, and the device holds the copy and its gradient (on their way back), not the
         state."""
         devices = topology.device_names
@@ -431,7 +432,7 @@ def build_problem(
                         held[d] = held.get(d, 0) + nbytes - m.training_bytes
                         if capacity_bytes.get(home, 0) > 0:
                             held[home] = held.get(home, 0) + m.training_bytes
-                if m.name in step_times:
+                if m.name in step_times and m.name in counted:
                     step[d] += step_times[m.name][home or d]
         return forward, backward, step, shifted
 

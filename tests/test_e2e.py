@@ -842,6 +842,38 @@ def test_graph_break_plans_share_the_memory_budget(training):
         assert nbytes <= first.capacity_bytes[device], (device, nbytes)
 
 
+class Reused(nn.Module):
+    """One linear run on both sides of a graph break (``broken``), as a tied weight is."""
+
+    def __init__(self, broken: bool):
+        super().__init__()
+        self.lin, self.out, self.broken = nn.Linear(32, 32), nn.Linear(32, 32), broken
+
+    def forward(self, x):
+        x = torch.relu(self.lin(x))
+        if self.broken:
+            torch._dynamo.graph_break()
+        return self.out(torch.tanh(self.lin(x)))
+
+
+def test_an_update_is_counted_once_across_graph_breaks():
+    """A parameter both graphs read is updated once per step: the graph that placed it first
+    counts its optimizer update, the later one does not, so the plans' optimizer steps add up
+    to the unbroken model's."""
+    torch.manual_seed(0)
+    steps = {}
+    for broken in (False, True):
+        torch._dynamo.reset()
+        model = Reused(broken).train()
+        backend = plan_model_backend(model, torch.randn(4, 32), training=True, **split_options(model, fraction=4.0))
+        assert len(backend.plans) == (2 if broken else 1)
+        steps[broken] = [plan.predicted_optimizer_s for plan in backend.plans]
+    graph = backend.compilations[0].analysis.graph
+    assert {n.name for n in graph.nodes if n.step_ops} >= {"l_self_modules_lin_parameters_weight_"}
+    assert sum(steps[True]) == pytest.approx(sum(steps[False]))
+    assert all(s > 0 for s in steps[True])  # the second graph updates `out`
+
+
 def test_a_recompiled_frame_does_not_reserve_its_own_saved_activations():
     """A frame's recompile (new batch size) runs instead of its first graph: the second plan
     loses the weights and gradients the first placed, not the first graph's saved activations."""

@@ -23,8 +23,9 @@ devices drawn bold and labelled with its size.
 
 from __future__ import annotations
 
+import importlib
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .config import check_type
 from .graph import AnnotatedGraph
@@ -39,9 +40,7 @@ MiB = 2**20
 
 def device_colors(plan: Plan) -> dict[str, tuple[float, float, float, float]]:
     """One colour per topology device of ``plan`` (matplotlib's ``tab10``, in topology order)."""
-    from matplotlib import colormaps
-
-    cmap = colormaps["tab10"]
+    cmap = _import("matplotlib", "plots").colormaps["tab10"]
     return {d: cmap(i % cmap.N) for i, d in enumerate(_devices(plan))}
 
 
@@ -72,12 +71,9 @@ def plot_plan(
     for name, value in (("measured_s", measured_s), ("measured_backward_s", measured_backward_s)):
         if value is not None and not isinstance(value, dict):
             raise TypeError(f"{name} must be a dict of seconds per device, got {type(value).__name__}")
-    try:
-        from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
-    except ImportError as exc:
-        raise ImportError(
-            "autopart's plots need matplotlib: pip install matplotlib (or autopart[viz])"
-        ) from exc
+    Figure = _import("matplotlib.figure", "plots").Figure  # no pyplot: no GUI backend, no global state
+    if path is not None:
+        check_picture_path(path, "plot")
     colors = device_colors(plan)
     fig = Figure(figsize=(13, 8.5), layout="constrained")
     axes = fig.subplot_mosaic([["tasks", "tasks"], ["busy", "memory"], ["busy", "flow"]],
@@ -92,9 +88,18 @@ def plot_plan(
     _memory(axes["memory"], plan, colors)
     _flow(axes["flow"], plan, colors)
     if path is not None:
-        check_picture_path(path, "plot")
         fig.savefig(path)
     return fig
+
+
+def _import(module: str, what: str) -> Any:
+    """``module``, or an ImportError that says how to install autopart's ``viz`` extra."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ImportError(
+            f"autopart's {what} need {module.split('.')[0]}: pip install autopart[viz] (matplotlib and pydot)"
+        ) from exc
 
 
 def check_picture_path(path: str | os.PathLike, kind: str) -> None:
@@ -104,14 +109,11 @@ def check_picture_path(path: str | os.PathLike, kind: str) -> None:
     path = os.fspath(path)
     suffix = os.path.splitext(path)[1].lstrip(".").lower()
     if kind == "plot":
-        from matplotlib.backend_bases import FigureCanvasBase
-
-        formats = set(FigureCanvasBase.get_supported_filetypes())
+        canvas = _import("matplotlib.backend_bases", "plots").FigureCanvasBase
+        formats = set(canvas.get_supported_filetypes())
         fix = f"give the file one of the suffixes {', '.join('.' + f for f in sorted(formats))}"
     else:
-        import pydot
-
-        formats = {"dot", "gv", *pydot.Dot().formats}
+        formats = {"dot", "gv", *_import("pydot", "graph pictures").Dot().formats}
         fix = "give the file the suffix .dot or .gv (DOT text), or .svg, .png, .pdf (rendered by Graphviz)"
     if suffix not in formats:
         raise ValueError(f"cannot save a {'plot' if kind == 'plot' else 'graph'} as {path!r}: {fix}")
@@ -226,11 +228,8 @@ def to_dot(plan: Plan, graph: AnnotatedGraph, *, weights: bool = False) -> pydot
             f"plan {plan.graph_name!r} places nodes graph {graph.name!r} does not have ({strangers[:3]}, "
             f"{len(strangers)} in all): pass the graph the plan was made for (Compilation.analysis.graph)"
         )
-    try:
-        import pydot
-        from matplotlib.colors import to_hex
-    except ImportError as exc:
-        raise ImportError("autopart's graph pictures need pydot and matplotlib: pip install autopart[viz]") from exc
+    pydot = _import("pydot", "graph pictures")
+    to_hex = _import("matplotlib.colors", "graph pictures").to_hex
     colors = {d: to_hex(c) for d, c in device_colors(plan).items()}
     dot = pydot.Dot(graph_name="autopart", graph_type="digraph", rankdir="TB", fontsize="10",
                     label=f"{plan.graph_name} on {plan.topology_name}: nodes coloured by device",

@@ -118,7 +118,7 @@ def test_plot_names_the_suffixes_it_can_write(tmp_path):
 def test_plot_without_matplotlib_says_how_to_install_it(monkeypatch):
     plan = _inference_plan()
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # import fails as if not installed
-    with pytest.raises(ImportError, match=r"pip install matplotlib \(or autopart\[viz\]\)"):
+    with pytest.raises(ImportError, match=r"autopart's plots need matplotlib: pip install autopart\[viz\]"):
         plot_plan(plan)
 
 

@@ -116,6 +116,7 @@ def plan_graph(
     graph_name: str = "graph",
     mapping: dict[str, str] | None = None,
     ledger: ResidentLedger | None = None,
+    analysis: Analysis | None = None,
 ) -> tuple[Plan, PlacementProblem, Analysis]:
     """Analyze ``gm``, build and solve its placement problem, and return the Plan.
 
@@ -126,6 +127,8 @@ def plan_graph(
             training also their gradients, optimizer state and saved activations): their bytes
             are taken from the devices' capacity, and tasks using those parameters and buffers
             stay where they are.
+        analysis: ``gm``'s analysis from an earlier plan, to plan it again (other parameters,
+            other free memory) without analyzing it again.
 
     Raises:
         ValueError: bad options, a model that cannot fit (needed and available bytes), or no
@@ -133,7 +136,8 @@ def plan_graph(
     """
     mapping = mapping if mapping is not None else resolve_device_map(topology, config.device_map)
     optimizer = config.optimizer if is_training(gm) else None
-    analysis = analyze(gm, example_inputs, topology, name=graph_name, optimizer=optimizer)
+    if analysis is None:
+        analysis = analyze(gm, example_inputs, topology, name=graph_name, optimizer=optimizer)
     if analysis.training is not None:
         log.info("%s is planned for training: %d bytes of gradients, %d of %s state and %d of "
                  "saved activations reserved", graph_name, analysis.training.gradient_bytes,
@@ -142,7 +146,7 @@ def plan_graph(
     capacity = config.capacities_bytes(topology)
     pinned = _input_mutations(gm, origin_resolver(topology, mapping))
     if ledger is not None:
-        held = ledger.held_bytes(frame_of(gm))
+        held = ledger.held_bytes(saved_key(gm, example_inputs))
         capacity = {d: max(0, c - held.get(d, 0)) for d, c in capacity.items()}
         for node, example in _static_inputs(gm, example_inputs):
             device = ledger.device_of(example)
@@ -264,9 +268,10 @@ class ResidentLedger:
     training the parameters' gradients and optimizer state count too, and so do the activations
     each earlier graph saves for backward: they stay alive until the backward pass, while the
     graphs after it run their forward. Saved activations are counted once per Dynamo frame (the
-    code a graph was captured from), the most any of its graphs saves on a device: a frame's
-    recompiles run instead of one another, not together. A frame run several times in one
-    forward (a graph break inside a repeated layer) is counted once (not modelled).
+    code a graph was captured from) and set of parameters, the most any of its graphs saves on
+    a device: a frame's recompiles with the same parameters run instead of one another, not
+    together; a frame run several times in one forward with other parameters (a graph break
+    inside a repeated layer, :meth:`Backend._per_instance`) saves for each, all alive at once.
     """
 
     def __init__(self) -> None:
@@ -284,7 +289,8 @@ class ResidentLedger:
 
     def held_bytes(self, frame: object = None) -> dict[str, int]:
         """Bytes held per device by tensors still alive, and by the activations that frames
-        other than ``frame`` (see :func:`frame_of`) save for backward."""
+        other than ``frame`` save for backward (a frame run with a set of parameters: see
+        :func:`saved_key`)."""
         held: dict[str, int] = {}
         for ref, _, where, data_ptr in self._entries.values():
             tensor = ref()
@@ -306,8 +312,9 @@ class ResidentLedger:
         activations its compute nodes save for backward; those of a parameter copied every step
         (``plan.step_copies``) where it lives). ``replace``: ``plan`` replaces an earlier plan
         of the same graph (re-planning), whose records it overwrites."""
+        frame = saved_key(gm, example_inputs)
         if replace:
-            self._saved.pop(frame_of(gm), None)
+            self._saved.pop(frame, None)
         homes = {t.source_node: t.src_device for t in plan.step_copies}
         for node, tensor in _static_inputs(gm, example_inputs):
             device = plan.placement.get(node.name)
@@ -323,7 +330,7 @@ class ResidentLedger:
             device = plan.placement.get(node.name)
             if node.role == "compute" and device is not None:
                 mine[device] = mine.get(device, 0) + node.training_bytes
-        saved = self._saved.setdefault(frame_of(gm), {})
+        saved = self._saved.setdefault(frame, {})
         for device, nbytes in mine.items():
             saved[device] = max(saved.get(device, 0), nbytes)
 
@@ -383,6 +390,12 @@ def _ratio(measured: float, predicted: float) -> str:
     return f"{measured / predicted:.2f}x" if predicted > 0 else "-"
 
 
+def saved_key(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> tuple[object, tuple[int, ...]]:
+    """What the activations a graph saves for backward are counted under in the ledger: its
+    frame (:func:`frame_of`) and the ids of the parameters and buffers it runs with."""
+    return frame_of(gm), tuple(id(t) for _, t in _static_inputs(gm, example_inputs))
+
+
 def frame_of(gm: torch.fx.GraphModule) -> object:
     """The Dynamo frame ``gm`` was captured from (its compile id's ``frame_id``), or the graph
     module itself for a graph not captured by Dynamo."""
@@ -414,6 +427,9 @@ class Compilation:
     """What the last check decided, and why."""
     replanned_from: Plan | None = None
     """The first plan, when re-planning replaced it by ``plan``."""
+    instance: int = 0
+    """Which of the parameter sets the graph runs with this compilation plans (0: those it was
+    captured with; see :meth:`Backend._per_instance`)."""
 
     @property
     def metrics(self) -> RuntimeMetrics | None:
@@ -597,7 +613,48 @@ class Backend:
             return child(gm, example_inputs)
         compile_id = getattr(gm, "meta", {}).get("dynamo_compile_id")
         name = f"graph {len(self.compilations)}" + (f" (compile id {compile_id})" if compile_id else "")
-        comp = Compilation(graph_name=name, graph=gm)
+        return self._per_instance(gm, example_inputs, self._compile(gm, example_inputs, name))
+
+    def _per_instance(self, gm: torch.fx.GraphModule, example_inputs: Sequence[Any], first: Callable) -> Callable:
+        """What runs ``gm`` for any parameters: ``first`` (its compiled plan) for the parameters
+        and buffers it was compiled with, and a plan of its own for each other set ``gm`` is
+        called with (one graph serving several layers, e.g. after a graph break inside a
+        repeated layer: Dynamo reuses the graph, passing each layer's parameters as inputs).
+        Each instance is planned with the memory the earlier ones hold (the ledger), so the
+        layers spread over the devices as they would in one graph; its compilation is named
+        ``"<graph> [instance k]"``."""
+        comp = getattr(first, "compilation", None)
+        indices = [
+            i for i, (node, value) in enumerate(zip(gm.graph.find_nodes(op="placeholder"), example_inputs))
+            if record(node).role in ("parameter", "buffer") and isinstance(value, torch.Tensor)
+        ]
+        if comp is None or comp.analysis is None or not indices:
+            return first  # runs as captured, or nothing to tell instances apart
+        instances: list[tuple[list[weakref.ref], Callable]] = [
+            ([weakref.ref(example_inputs[i]) for i in indices], first)
+        ]
+
+        def run(*args: Any) -> Any:
+            for refs, call in instances:
+                if all(r() is args[i] for r, i in zip(refs, indices)):
+                    return call(*args)
+            k = len(instances)
+            call = self._compile(gm, list(args), f"{comp.graph_name} [instance {k}]", comp.analysis, k)
+            instances.append(([weakref.ref(args[i]) for i in indices], call))
+            return call(*args)
+
+        run.compilation = comp  # type: ignore[attr-defined]
+        return run
+
+    def _compile(
+        self, gm: torch.fx.GraphModule, example_inputs: Sequence[Any], name: str,
+        analysis: Analysis | None = None, instance: int = 0,
+    ) -> Callable:
+        """Plan ``gm`` for ``example_inputs`` (as :func:`plan_graph`, whose ``analysis`` this is),
+        record it as a :class:`Compilation` (its ``instance``-th parameter set), and return what
+        runs it: the guarded plan, or, when planning fails and not ``strict``, the captured
+        graph."""
+        comp = Compilation(graph_name=name, graph=gm, instance=instance)
         self.compilations.append(comp)
         _REGISTRY[:] = [r for r in _REGISTRY if r() is not None] + [weakref.ref(comp)]
         _LAST_BACKEND[:] = [self]
@@ -613,12 +670,13 @@ class Backend:
                 graph_name=name,
                 mapping=self._mapping,
                 ledger=self._ledger,
+                analysis=analysis,
             )
             comp.plan_s = time.perf_counter() - start
             log.info("autopart planned %s:\n%s", name, comp.plan.summary())
             if not self.execute:
                 self._ledger.add(gm, example_inputs, comp.plan, comp.analysis.graph)
-                return gm.forward
+                return _planned_only(gm, comp)
             start = time.perf_counter()
             comp.runner = self._runner(gm, example_inputs, comp.plan)
             comp.rewrite_s = time.perf_counter() - start
@@ -726,6 +784,16 @@ class Backend:
             return wanted or 1, spec
         batch_size = example_inputs[spec.tensor_inputs[0]].shape[0]
         return auto_microbatches(len(plan.devices_used), batch_size), spec
+
+
+def _planned_only(gm: torch.fx.GraphModule, comp: Compilation) -> Callable:
+    """The captured graph, for a backend that only plans, tagged with its compilation."""
+
+    def run(*args: Any) -> Any:
+        return gm(*args)
+
+    run.compilation = comp  # type: ignore[attr-defined]
+    return run
 
 
 def _has_symbolic_shapes(gm: torch.fx.GraphModule) -> bool:

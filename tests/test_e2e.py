@@ -842,6 +842,86 @@ def test_graph_break_plans_share_the_memory_budget(training):
         assert nbytes <= first.capacity_bytes[device], (device, nbytes)
 
 
+class BrokenLayer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(64, 64), nn.Linear(64, 64)
+
+    def forward(self, x):
+        x = torch.relu(self.a(x))
+        torch._dynamo.graph_break()
+        return torch.tanh(self.b(x))
+
+
+class BrokenLayers(nn.Module):
+    """Four layers with a graph break inside each: Dynamo captures two graphs, and runs each of
+    them four times per forward, once with each layer's parameters."""
+
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.ModuleList(BrokenLayer() for _ in range(4))
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+def _broken_layers_options(model: nn.Module, fraction: float, **extra) -> dict:
+    cap = int(model_bytes(model) * fraction)
+    return dict(topology=PRESET, device_map="cpu", max_memory={f"cuda:{i}": cap for i in range(3)},
+                strict=True, max_groups=MAX_GROUPS, **extra)
+
+
+def test_a_graph_run_with_each_layers_parameters_plans_each_layer():
+    """A graph break inside a repeated layer: each set of parameters a graph runs with gets a
+    plan of its own, made with the memory the earlier ones hold, so the layers spread over the
+    GPUs within their caps (one plan for all would put every layer's weights on one GPU)."""
+    torch.manual_seed(0)
+    model = BrokenLayers().eval()
+    backend = autopart.backend(**_broken_layers_options(model, 0.5))
+    compiled = torch.compile(model, backend=backend)
+    x = torch.randn(2, 64)
+    with torch.no_grad():
+        for _ in range(2):
+            torch.testing.assert_close(compiled(x), model(x), rtol=0, atol=0)
+    comps = backend.compilations
+    assert len(comps) == 8 and sorted(c.instance for c in comps) == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert all(c.metrics.num_calls == 2 for c in comps)  # the second forward reuses every plan
+    held = backend._ledger.held_bytes()
+    assert sum(held.values()) == model_bytes(model)  # every layer's weights, once
+    assert all(held[d] <= cap for d, cap in comps[0].plan.capacity_bytes.items() if cap)
+    assert len({d for c in comps for d in c.plan.devices_used}) == 3
+    planned = autopart.plan_model(model, x, **_broken_layers_options(model, 0.5))
+    assert len(planned) == 8 and len({d for p in planned for d in p.devices_used}) == 3
+
+
+def test_each_layers_plan_trains_and_counts_its_saved_activations_apart():
+    torch.manual_seed(0)
+    model = BrokenLayers().train()
+    reference = copy.deepcopy(model)
+    backend = autopart.backend(**_broken_layers_options(model, 2.0, optimizer="sgd"))
+    x = torch.randn(2, 64)
+    torch.compile(model, backend=backend)(x).sum().backward()
+    reference(x).sum().backward()
+    for p, q in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(p.grad, q.grad)
+    comps = backend.compilations
+    assert len(comps) == 8
+    saved = {c.instance for c in comps if any(n.training_bytes for n in c.analysis.graph.nodes if n.is_compute)}
+    assert saved == {0, 1, 2, 3}
+    assert len(backend._ledger._saved) == 8  # per frame and parameter set: alive together until backward
+
+
+def test_a_layer_that_does_not_fit_runs_as_captured_with_a_warning():
+    torch.manual_seed(0)
+    model = BrokenLayers().eval()
+    backend = autopart.backend(**{**_broken_layers_options(model, 0.3), "strict": False})
+    x = torch.randn(2, 64)
+    with torch.no_grad(), pytest.warns(autopart.AutopartWarning, match=r"could not plan .*\[instance \d\]"):
+        torch.testing.assert_close(torch.compile(model, backend=backend)(x), model(x), rtol=0, atol=0)
+
+
 class Reused(nn.Module):
     """One linear run on both sides of a graph break (``broken``), as a tied weight is."""
 

@@ -148,7 +148,7 @@ def plan_graph(
     if ledger is not None:
         held = ledger.held_bytes(saved_key(gm, example_inputs))
         capacity = {d: max(0, c - held.get(d, 0)) for d, c in capacity.items()}
-        for node, example in _static_inputs(gm, example_inputs):
+        for _, node, example in _static_inputs(gm, example_inputs):
             device = ledger.device_of(example)
             if device is not None:
                 pinned[node.name] = device
@@ -248,14 +248,15 @@ def solve_graph(graph: AnnotatedGraph | str | os.PathLike, **options: Any) -> Pl
 
 
 def _static_inputs(
-    gm: torch.fx.GraphModule, example_inputs: Sequence[Any]
-) -> list[tuple[torch.fx.Node, torch.Tensor]]:
-    """(placeholder, tensor) for each parameter or buffer Dynamo lifted to a graph input."""
-    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    gm: torch.fx.GraphModule, example_inputs: Sequence[Any], roles: tuple[str, ...] = ("parameter", "buffer")
+) -> list[tuple[int, torch.fx.Node, torch.Tensor]]:
+    """(input index, placeholder, tensor) for each parameter or buffer (``roles``) Dynamo lifted
+    to a graph input."""
+    placeholders = gm.graph.find_nodes(op="placeholder")
     return [
-        (node, example)
-        for node, example in zip(placeholders, example_inputs)
-        if record(node).role in ("parameter", "buffer") and isinstance(example, torch.Tensor)
+        (i, node, example)
+        for i, (node, example) in enumerate(zip(placeholders, example_inputs))
+        if record(node).role in roles and isinstance(example, torch.Tensor)
     ]
 
 
@@ -316,7 +317,7 @@ class ResidentLedger:
         if replace:
             self._saved.pop(frame, None)
         homes = {t.source_node: t.src_device for t in plan.step_copies}
-        for node, tensor in _static_inputs(gm, example_inputs):
+        for _, node, tensor in _static_inputs(gm, example_inputs):
             device = plan.placement.get(node.name)
             if device is not None and (replace or self.device_of(tensor) is None):
                 nbytes, extra = tensor.untyped_storage().nbytes(), record(node).training_bytes
@@ -340,6 +341,10 @@ def _same_storage(tensor: torch.Tensor, data_ptr: int) -> bool:
     moved it to since (:func:`autopart.runtime.move_parameter`)."""
     return tensor.data_ptr() in (data_ptr, moved_storage(tensor))
 
+
+#: Parameter sets one graph gets plans for (:meth:`Backend._per_instance`): enough for the
+#: layers of any model; more means parameters made anew on every call.
+MAX_INSTANCES = 256
 
 #: Calls timed before the measured times are checked against the plan (``replan``).
 REPLAN_CALLS = 3
@@ -393,7 +398,7 @@ def _ratio(measured: float, predicted: float) -> str:
 def saved_key(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> tuple[object, tuple[int, ...]]:
     """What the activations a graph saves for backward are counted under in the ledger: its
     frame (:func:`frame_of`) and the ids of the parameters and buffers it runs with."""
-    return frame_of(gm), tuple(id(t) for _, t in _static_inputs(gm, example_inputs))
+    return frame_of(gm), tuple(id(t) for _, _, t in _static_inputs(gm, example_inputs))
 
 
 def frame_of(gm: torch.fx.GraphModule) -> object:
@@ -624,12 +629,9 @@ class Backend:
         layers spread over the devices as they would in one graph; its compilation is named
         ``"<graph> [instance k]"``."""
         comp = getattr(first, "compilation", None)
-        indices = [
-            i for i, (node, value) in enumerate(zip(gm.graph.find_nodes(op="placeholder"), example_inputs))
-            if record(node).role in ("parameter", "buffer") and isinstance(value, torch.Tensor)
-        ]
+        indices = [i for i, _, _ in _static_inputs(gm, example_inputs, roles=("parameter",))]
         if comp is None or comp.analysis is None or not indices:
-            return first  # runs as captured, or nothing to tell instances apart
+            return first  # runs as captured, or no parameters to tell instances apart
         instances: list[tuple[list[weakref.ref], Callable]] = [
             ([weakref.ref(example_inputs[i]) for i in indices], first)
         ]
@@ -639,6 +641,11 @@ class Backend:
                 if all(r() is args[i] for r, i in zip(refs, indices)):
                     return call(*args)
             k = len(instances)
+            if k >= MAX_INSTANCES:  # parameters made anew on every call: plan no more
+                warnings.warn(f"autopart: {comp.graph_name} ran with {k} sets of parameters; further "
+                              "sets run with its first plan", AutopartWarning, stacklevel=2)
+                instances.append(([], first))  # matches any set from now on: warned once
+                return first(*args)
             call = self._compile(gm, list(args), f"{comp.graph_name} [instance {k}]", comp.analysis, k)
             instances.append(([weakref.ref(args[i]) for i in indices], call))
             return call(*args)

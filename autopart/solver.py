@@ -923,7 +923,7 @@ def aggregated_bottleneck_bound_s(problem: PlacementProblem, time_limit_s: float
         prob += pulp.lpSum(terms) * (1 / unit) <= beta
     for d in devices:
         held = [tasks[ts[0]].held_bytes(d).get(d, 0) * n[k, d] for k, ts in enumerate(members)]
-        held += [tasks[ts[0]].resident_bytes * sv for (k, dd), sv in s.items() if stream_host(problem, dd) == d]
+        held += [tasks[members[k][0]].resident_bytes * sv for (k, dd), sv in s.items() if stream_host(problem, dd) == d]
         fixed = sum(t.held_bytes(t.fixed_device).get(d, 0) for t in tasks if t.fixed_device)
         cap = problem.capacity_bytes[d]
         prob += pulp.lpSum(held) * (1 / cap) <= (cap - fixed) / cap

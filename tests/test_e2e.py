@@ -913,6 +913,22 @@ def test_each_layers_plan_trains_and_counts_its_saved_activations_apart():
     assert len(backend._ledger._saved) == 8  # per frame and parameter set: alive together until backward
 
 
+def test_parameters_made_anew_on_every_call_stop_getting_plans(monkeypatch):
+    """Past MAX_INSTANCES parameter sets, a graph warns once and runs further sets with its
+    first plan."""
+    monkeypatch.setattr(autopart.dynamo, "MAX_INSTANCES", 2)
+    torch.manual_seed(0)
+    model = BrokenLayers().eval()
+    backend = autopart.backend(**_broken_layers_options(model, 2.0))
+    compiled = torch.compile(model, backend=backend)
+    x = torch.randn(2, 64)
+    with torch.no_grad(), pytest.warns(autopart.AutopartWarning, match="ran with 2 sets of parameters") as caught:
+        torch.testing.assert_close(compiled(x), model(x), rtol=0, atol=0)
+        torch.testing.assert_close(compiled(x), model(x), rtol=0, atol=0)
+    assert len(backend.compilations) == 4  # two graphs, two parameter sets each
+    assert len([w for w in caught if "sets of parameters" in str(w.message)]) == 2  # once per graph
+
+
 def test_a_layer_that_does_not_fit_runs_as_captured_with_a_warning():
     torch.manual_seed(0)
     model = BrokenLayers().eval()

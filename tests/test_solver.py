@@ -572,6 +572,22 @@ def test_aggregated_bound_is_below_every_placement(problem):
     assert aggregated_bottleneck_bound_s(problem) <= best[0] * (1 + 1e-6)
 
 
+def test_aggregated_bound_counts_each_streamed_class_at_its_own_bytes():
+    """Four small layers and one large: the small ones streamed to cuda:1 from the CPU hold
+    their own 3 MB there each, not the large layer's 39 MB (a hypothesis counterexample)."""
+    names = ["cpu", "cuda:0", "cuda:1"]
+    topo = make_topology([make_device(n, tflops=1, gbps=20) for n in names], link_gbps=20, latency_s=0.0)
+    times = {"cpu": 0.0078125, "cuda:0": 0.0078125, "cuda:1": 0.00390625}
+    tasks = (Task("in", ("x",), {}, fixed_device="cpu"),
+             *(Task(f"t{i}", (f"n{i}",), dict(times), resident_bytes=r * MB) for i, r in enumerate([3, 39, 3, 3, 3])))
+    p = PlacementProblem(tasks, tuple(Value(i, (i + 1,), MB, 1, (f"v{i}",)) for i in range(5)),
+                         tuple(LiveRange(i, i + 1, MB) for i in range(1, 5)),
+                         {"cpu": 30 * MB, "cuda:0": 30 * MB, "cuda:1": 43 * MB}, topo)
+    best = brute_force(p, "throughput")
+    assert best[2]  # the best placement streams
+    assert aggregated_bottleneck_bound_s(p) <= best[0] * (1 + 1e-6)
+
+
 def test_aggregated_bound_proves_layers_that_memory_spreads():
     # 10 layers of 1 ms on 2 GPUs; cuda:1 holds only 3 of them, so cuda:0 runs 7: 7 ms, where
     # the pigeonhole bound says 5 ms.

@@ -622,32 +622,35 @@ class Backend:
 
     def _per_instance(self, gm: torch.fx.GraphModule, example_inputs: Sequence[Any], first: Callable) -> Callable:
         """What runs ``gm`` for any parameters: ``first`` (its compiled plan) for the parameters
-        and buffers it was compiled with, and a plan of its own for each other set ``gm`` is
-        called with (one graph serving several layers, e.g. after a graph break inside a
-        repeated layer: Dynamo reuses the graph, passing each layer's parameters as inputs).
-        Each instance is planned with the memory the earlier ones hold (the ledger), so the
-        layers spread over the devices as they would in one graph; its compilation is named
-        ``"<graph> [instance k]"``."""
+        it was compiled with, and a plan of its own for each other set ``gm`` is called with
+        (one graph serving several layers, e.g. after a graph break inside a repeated layer:
+        Dynamo reuses the graph, passing each layer's parameters as inputs). Each instance is
+        planned with the memory the earlier ones hold (the ledger), so the layers spread over
+        the devices as they would in one graph; its compilation is named
+        ``"<graph> [instance k]"``. Past ``MAX_INSTANCES`` sets, further ones run with ``first``."""
         comp = getattr(first, "compilation", None)
         indices = [i for i, _, _ in _static_inputs(gm, example_inputs, roles=("parameter",))]
         if comp is None or comp.analysis is None or not indices:
             return first  # runs as captured, or no parameters to tell instances apart
-        instances: list[tuple[list[weakref.ref], Callable]] = [
-            ([weakref.ref(example_inputs[i]) for i in indices], first)
-        ]
+        # parameter ids -> (the parameters, to tell a reused id from the same tensor; what runs them)
+        instances: dict[tuple[int, ...], tuple[list[weakref.ref], Callable]] = {
+            tuple(id(example_inputs[i]) for i in indices): ([weakref.ref(example_inputs[i]) for i in indices], first)
+        }
 
         def run(*args: Any) -> Any:
-            for refs, call in instances:
-                if all(r() is args[i] for r, i in zip(refs, indices)):
-                    return call(*args)
+            key = tuple(id(args[i]) for i in indices)
+            refs, call = instances.get(key, ((), None))
+            if call is not None and all(r() is args[i] for r, i in zip(refs, indices)):
+                return call(*args)
             k = len(instances)
             if k >= MAX_INSTANCES:  # parameters made anew on every call: plan no more
-                warnings.warn(f"autopart: {comp.graph_name} ran with {k} sets of parameters; further "
-                              "sets run with its first plan", AutopartWarning, stacklevel=2)
-                instances.append(([], first))  # matches any set from now on: warned once
+                if k == MAX_INSTANCES:
+                    warnings.warn(f"autopart: {comp.graph_name} ran with {k} sets of parameters; further "
+                                  "sets run with its first plan", AutopartWarning, stacklevel=2)
+                    instances[()] = ([], first)  # counts as one more: warned once
                 return first(*args)
             call = self._compile(gm, list(args), f"{comp.graph_name} [instance {k}]", comp.analysis, k)
-            instances.append(([weakref.ref(args[i]) for i in indices], call))
+            instances[key] = ([weakref.ref(args[i]) for i in indices], call)
             return call(*args)
 
         run.compilation = comp  # type: ignore[attr-defined]

@@ -149,7 +149,7 @@ def _cache_folder(cache_dir: str | None) -> str:
 
 
 def _plan_options(args: argparse.Namespace) -> dict:
-    for flag in ("out", "export_graph", "plot", "dot"):
+    for flag in ("out", "export_graph"):  # --plot and --dot: check_picture_path below
         path = getattr(args, flag, None)
         if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
             raise ValueError(f"--{flag.replace('_', '-')} {path}: its folder does not exist")

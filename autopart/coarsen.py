@@ -35,9 +35,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from .graph import AnnotatedGraph, GraphNode
+from .passes.records import RESIDENT_ROLES
 from .topology import Topology
-
-_RESIDENT_ROLES = ("parameter", "buffer", "constant")
 
 
 @dataclass(frozen=True)
@@ -439,7 +438,7 @@ def build_problem(
     # Resident tensors join their first user.
     attached: dict[str, list[GraphNode]] = defaultdict(list)
     for n in nodes:
-        if n.role in _RESIDENT_ROLES and users[n.name]:
+        if n.role in RESIDENT_ROLES and users[n.name]:
             first_user = graph.node(min(users[n.name], key=position.__getitem__))
             if first_user.is_compute:
                 attached[first_user.name].append(n)
@@ -481,7 +480,7 @@ def build_problem(
             members.append(n)
         homes = {pinned[m.name] for m in members if m.name in pinned}
         fixed = homes.pop() if len(homes) == 1 else None
-        counted = [m for m in members if not (fixed and m.name in pinned and m.role in _RESIDENT_ROLES)]
+        counted = [m for m in members if not (fixed and m.name in pinned and m.role in RESIDENT_ROLES)]
         resident_bytes = sum(m.resident_bytes + m.training_bytes for m in counted)
         copy_forward_s, copy_backward_s, optimizer_s, shifted = parameter_costs(members, {m.name for m in counted})
         devices = topology.device_names
@@ -552,7 +551,7 @@ def _values(
         consumers = tuple(sorted({task_of[u] for u in users[n.name] if u in task_of} - {producer}))
         if not consumers:
             continue
-        if n.role in _RESIDENT_ROLES:
+        if n.role in RESIDENT_ROLES:
             shared.append(SharedWeight(n.name, producer, consumers, n.output_bytes))
             continue
         entry = merged.setdefault((producer, consumers), [0, 0, [], 0, 0])

@@ -19,6 +19,7 @@ from ._io import atomic_write_text, read_json
 from .coarsen import PlacementProblem, home_if_copied
 from .graph import AnnotatedGraph
 from .kernels.compression import packed_element_size
+from .passes.records import RESIDENT_ROLES
 from .solver import Solution, evaluate, power_W, stream_host
 from .topology import Topology
 
@@ -357,7 +358,7 @@ def plan_transfers(
             if src is None or src == dst or not producer.tensors or (name, dst) in seen:
                 continue
             seen.add((name, dst))
-            weight = producer.role in ("parameter", "buffer", "constant")
+            weight = producer.role in RESIDENT_ROLES
             if node.name == output:
                 reason = "graph output"
             elif weight and name in streamed:
@@ -455,7 +456,7 @@ def make_plan(
     streamed = set()
     for i, host in hosts.items():  # streamed weights live on the host; transfers follow
         for name in problem.tasks[i].nodes:
-            if graph.node(name).role in ("parameter", "buffer", "constant"):
+            if graph.node(name).role in RESIDENT_ROLES:
                 placement[name] = host
                 streamed.add(name)
     transfers, replicas = plan_transfers(graph, placement, frozenset(streamed))

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from .config import check_type
 from .graph import AnnotatedGraph
+from .passes.records import RESIDENT_ROLES
 from .plan import Plan
 
 if TYPE_CHECKING:
@@ -202,9 +203,6 @@ def _flow(ax, plan: Plan, colors) -> None:
     ax.set_axis_off()
 
 
-_WEIGHTS = ("parameter", "buffer", "constant")
-
-
 def to_dot(plan: Plan, graph: AnnotatedGraph, *, weights: bool = False) -> pydot.Dot:
     """``graph`` (the annotated graph ``plan`` places) as a DOT picture: one node per FX node,
     labelled with its name and target and filled with its device's colour
@@ -235,7 +233,7 @@ def to_dot(plan: Plan, graph: AnnotatedGraph, *, weights: bool = False) -> pydot
                     label=f"{plan.graph_name} on {plan.topology_name}: nodes coloured by device",
                     fontname="Helvetica")
     dot.set_node_defaults(shape="box", style="filled,rounded", fontsize="9", fontname="Helvetica")
-    shown = {n.name for n in graph.nodes if weights or n.role not in _WEIGHTS}
+    shown = {n.name for n in graph.nodes if weights or n.role not in RESIDENT_ROLES}
     used = {plan.placement.get(name) for name in shown}
     for d, color in colors.items():  # a legend
         if d in used:

@@ -19,10 +19,8 @@ import torch.fx
 from torch.utils._pytree import tree_leaves
 
 from .._compat import concrete_int
-from .records import record
+from .records import RESIDENT_ROLES, record
 from .shapes import node_value
-
-_RESIDENT_ROLES = ("parameter", "buffer", "constant")
 
 
 @dataclass(frozen=True)
@@ -135,7 +133,7 @@ def memory_pass(gm: torch.fx.GraphModule, example_inputs: Sequence[Any] = ()) ->
                 continue
             kind = (
                 "resident"
-                if rec.role in _RESIDENT_ROLES
+                if rec.role in RESIDENT_ROLES
                 else "input" if rec.role == "input" else "activation"
             )
             lives[key] = [node.name, nbytes, i, i, kind]

@@ -16,6 +16,9 @@ META_KEY = "autopart"
 
 NodeRole = Literal["input", "parameter", "buffer", "constant", "compute", "output"]
 
+RESIDENT_ROLES: tuple[NodeRole, ...] = ("parameter", "buffer", "constant")
+"""Roles of the tensors a graph holds all call long (weights), not computed by it."""
+
 
 @dataclass(frozen=True)
 class TensorInfo:

@@ -169,7 +169,7 @@ def _plan_options(args: argparse.Namespace) -> dict:
         energy_eta=args.energy_eta,
         compression=args.compression,
         contiguous_stages=args.contiguous_stages,
-        trainable_parameters=args.trainable_parameters,
+        trainable_parameters=args.trainable_parameters or "copy",
     )
 
 
@@ -217,11 +217,16 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from .dynamo import plan_model_backend
 
     options = _plan_options(args)
+    if not args.training:
+        given = [f for f in ("optimizer", "trainable_parameters") if getattr(args, f) is not None]
+        if given:
+            raise ValueError(f"--{given[0].replace('_', '-')} applies to training plans only; add --training")
     model, inputs = build_model(args.model, args.size)
     if args.training:
         model.train()
     planner = plan_model_backend(
-        model, inputs, device_map=args.device_map, training=args.training, optimizer=args.optimizer, **options
+        model, inputs, device_map=args.device_map, training=args.training, optimizer=args.optimizer or "adam",
+        **options
     )
     planned = [c for c in planner.compilations if c.plan is not None]
     _print_and_save(planner.plans, args, [c.problem for c in planned], [c.analysis.graph for c in planned])
@@ -242,6 +247,9 @@ def cmd_solve(args: argparse.Namespace) -> int:
 
     config = Config.from_options(**_plan_options(args))
     graph = AnnotatedGraph.load(args.graph)
+    if args.trainable_parameters is not None and not graph.has_backward:
+        raise ValueError(f"--trainable-parameters applies to training graphs only; {args.graph} was not "
+                         "exported with --training")
     plan, problem = solve_annotated(graph, config, config.resolve_topology())
     _print_and_save([plan], args, [problem], [graph])
     return 0
@@ -338,7 +346,7 @@ def _add_plan_options(p: argparse.ArgumentParser) -> None:
         help="each device runs one contiguous run of tasks in execution order (pipeline stages)",
     )
     p.add_argument(
-        "--trainable-parameters", choices=typing.get_args(TrainableParameters), default="copy",
+        "--trainable-parameters", choices=typing.get_args(TrainableParameters),
         help="training: a trainable parameter planned away from the device it lives on is copied "
         "there every step, its gradient and optimizer state staying where it lives (copy, the "
         "default), or moved there once with them (move)",
@@ -443,7 +451,7 @@ def make_parser() -> argparse.ArgumentParser:
         "backward (default: inference)",
     )
     plan.add_argument(
-        "--optimizer", choices=typing.get_args(Optimizer), default="adam",
+        "--optimizer", choices=typing.get_args(Optimizer),
         help="with --training: the optimizer whose state is reserved (default adam)",
     )
     _add_plan_options(plan)

@@ -276,6 +276,11 @@ class AnnotatedGraph:
             negative = [k for k in ("resident_bytes", "training_bytes", "step_temporary_bytes") if getattr(n, k) < 0]
             if negative:
                 raise ValueError(f"{source}: node {n.name!r} has negative {negative}")
+            dtypes = [x.dtype for x in (*n.tensors, *n.ops, *n.backward_ops, *n.step_ops)]
+            unknown = sorted({str(dt) for dt in dtypes if not isinstance(getattr(torch, str(dt), None), torch.dtype)})
+            if unknown:
+                raise ValueError(f"{source}: node {n.name!r} has unknown dtypes {unknown}; use torch's "
+                                 "names without 'torch.', e.g. 'float32', 'bfloat16', 'int64'")
         try:
             storages = tuple(StorageLife(**s) for s in d.get("storages", []))
         except TypeError as exc:

@@ -115,10 +115,18 @@ def test_demo_matches_eager_and_reports_predicted_against_measured(capsys, tmp_p
         (["--out", "/no/such/folder/p.json"], "--out /no/such/folder/p.json: its folder does not exist"),
         (["--plot", "plan.xyz"], "cannot save a plot as 'plan.xyz': give the file one of the suffixes"),
         (["--dot", "graph.xyz"], "cannot save a graph as 'graph.xyz': give the file the suffix .dot or .gv"),
+        (["--trainable-parameters", "move"], "--trainable-parameters applies to training graphs only; "
+         f"{GPT2_GRAPH} was not exported with --training"),
+        (["plan", "--optimizer", "sgd"], "--optimizer applies to training plans only; add --training"),
+        (["plan", "--trainable-parameters", "move"], "--trainable-parameters applies to training plans only"),
     ],
 )
 def test_bad_plan_arguments_fail_before_planning(argv, message, capsys):
-    assert main(["solve", "--graph", str(GPT2_GRAPH), "--topology", "4xa100-pcie-cpu", *argv]) == 2
+    if argv[0] == "plan":
+        argv = ["plan", "--model", "gpt2", "--size", "tiny", *argv[1:]]
+    else:
+        argv = ["solve", "--graph", str(GPT2_GRAPH), *argv]
+    assert main([*argv, "--topology", "4xa100-pcie-cpu"]) == 2
     captured = capsys.readouterr()
     assert captured.err.startswith("autopart: error: ") and message in captured.err
     assert captured.out == ""  # nothing was planned or printed

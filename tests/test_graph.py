@@ -178,6 +178,9 @@ def test_bad_graph_files_are_named(tmp_path):
         (lambda d: d["nodes"][0].update(role="weird"), "has role 'weird', not one of"),
         (lambda d: d["nodes"][0].update(resident_bytes=-1), r"has negative \['resident_bytes'\]"),
         (lambda d: d["storages"].append({"x": 1}), "'storages' must be a list of StorageLife objects"),
+        (lambda d: next(n for n in d["nodes"] if n["ops"])["ops"][0].update(dtype="bfloat61"),
+         r"has unknown dtypes \['bfloat61'\]; use torch's names"),
+        (lambda d: d["nodes"][0]["tensors"][0].update(dtype="torch.float32"), r"unknown dtypes \['torch.float32'\]"),
     ],
 )
 def test_hand_edited_graphs_are_checked(edit, message, tmp_path):

@@ -172,7 +172,9 @@ class Config:
     num_microbatches: int | None = None
     """Split each call's batch (dim 0 of the inputs) into this many micro-batches, pipelined
     through the plan's devices in fill-drain order (see ``autopart.pipeline``). None: 4 per
-    device used for ``objective="throughput"``, 1 (no split) otherwise. Needs a graph whose batch
+    device used for ``objective="throughput"``, 1 (no split) otherwise, and 1 for a plan that
+    streams weights from host memory (each micro-batch would copy them again; the plan counts
+    one copy per call). Needs a graph whose batch
     size is symbolic (``torch.compile(..., dynamic=True)`` or ``torch._dynamo.mark_dynamic``)
     and samples that do not interact; otherwise autopart runs whole batches (with a warning
     when this was set explicitly)."""

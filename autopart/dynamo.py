@@ -785,10 +785,14 @@ class Backend:
         self, gm: torch.fx.GraphModule, example_inputs: Sequence[Any], plan: Plan
     ) -> tuple[int, BatchSpec | str]:
         """Micro-batches per call (the user's ``num_microbatches``, else 4 per device for a
-        throughput plan on several devices, else 1) and the batch layout (or why none)."""
+        throughput plan on several devices that streams no weights, else 1) and the batch
+        layout (or why none). Each micro-batch would copy the streamed weights again: the plan
+        counts one copy per call."""
         wanted = self.config.num_microbatches
         if wanted is None and (self.config.objective != "throughput" or len(plan.devices_used) < 2):
             return 1, "not requested"
+        if wanted is None and any(t.streamed_from for t in plan.tasks):
+            return 1, "the plan streams weights from host memory, once per call"
         spec = batch_spec(gm)
         if wanted is not None or isinstance(spec, str):
             return wanted or 1, spec

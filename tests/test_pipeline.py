@@ -287,6 +287,27 @@ def test_throughput_plans_pick_microbatches_themselves():
     assert comp.metrics.num_microbatches == auto_microbatches(len(comp.plan.devices_used), 32)
 
 
+def test_throughput_plans_that_stream_weights_run_whole_batches():
+    # Two fast GPUs holding a third of the weights each and a slow host: the plan streams
+    # weights, which each micro-batch would copy again; the plan counts one copy per call.
+    torch.manual_seed(0)
+    model = Chain(width=64, depth=8)
+    topo = make_topology([make_device("cpu", overhead_s=1e-3), make_device("cuda:0", overhead_s=1e-6),
+                          make_device("cuda:1", overhead_s=1e-6)], latency_s=1e-6)
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    backend = autopart.backend(topology=topo, device_map="cpu", strict=True, objective="throughput",
+                               max_memory={"cpu": 10**7, "cuda:0": weights // 3, "cuda:1": weights // 3})
+    x = torch.randn(32, 64)
+    torch._dynamo.mark_dynamic(x, 0)
+    compiled = torch.compile(model, backend=backend)
+    with torch.no_grad():
+        for _ in range(2):  # the first call runs the whole batch, then checks the split
+            torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-6)
+    comp = backend.compilations[0]
+    assert len(comp.plan.devices_used) >= 2 and any(t.streamed_from for t in comp.plan.tasks), comp.plan.summary()
+    assert comp.metrics.num_microbatches == 1
+
+
 def test_num_microbatches_must_be_positive():
     with pytest.raises(ValueError, match="num_microbatches must be a positive int"):
         autopart.Config(num_microbatches=0)

@@ -114,7 +114,9 @@ directions counted on each task and edge; the send and the return are charged to
 Not modelled (yet): the order of tasks on one device (the makespan relaxation above), a
 copy's time on the sending device and on the link (it is charged to the receiver only), overlap
 of a streamed weight's copy with earlier tasks (the runtime prefetches one layer ahead), copies
-held on the receiving device, and pipelining across calls.
+held on the receiving device, and pipelining across calls. A throughput plan that streams
+weights runs whole batches (micro-batches would copy the weights once each), so its devices'
+shares of a call do not overlap as the throughput objective assumes.
 
 Starting points: the best of a greedy placement and the baselines (sequential fill, balanced
 fill, m-ETF, contiguous-stage dynamic programs; :mod:`autopart.baselines`) is handed to HiGHS as

@@ -34,7 +34,7 @@ from .passes import (
     propagate_shapes_pass,
     record,
 )
-from .passes.cost import is_inplace, mutates_in_place
+from .passes.cost import mutated_input, mutates_in_place
 from .passes.memory import storage_key
 from .passes.shapes import node_value, requires_grad
 from .passes.training import Optimizer, TrainingMemory, training_memory_pass
@@ -161,7 +161,8 @@ def plan_graph(
 def _input_mutations(gm: torch.fx.GraphModule, origin: Callable[[str], str]) -> dict[str, str]:
     """In-place updates of a user input (or a view of one), each pinned to the topology device
     that input lives on: there it updates the caller's tensor, as eager does (on another device
-    it would update a copy)."""
+    it would update a copy), with the views between the input and the tensor it updates
+    (``x[:, 0].add_(y)``): a view made on another device would be a copy."""
     inputs = {}
     for node in gm.graph.find_nodes(op="placeholder"):
         value = node_value(node)
@@ -169,12 +170,21 @@ def _input_mutations(gm: torch.fx.GraphModule, origin: Callable[[str], str]) -> 
             inputs[storage_key(value)] = str(value.device)
     pinned = {}
     for node in gm.graph.nodes:
-        if is_inplace(node) and node.args and isinstance(node.args[0], torch.fx.Node):
-            value = node_value(node.args[0])
-            device = inputs.get(storage_key(value)) if isinstance(value, torch.Tensor) else None
-            if device is not None:
-                pinned[node.name] = origin(device)
+        target = mutated_input(node)
+        value = node_value(target) if target is not None else None
+        key = storage_key(value) if isinstance(value, torch.Tensor) else None
+        if key not in inputs:
+            continue
+        device = pinned[node.name] = origin(inputs[key])
+        while target is not None and target.op != "placeholder":
+            pinned[target.name] = device
+            target = next((a for a in target.all_input_nodes if _storage_of(a) == key), None)
     return pinned
+
+
+def _storage_of(node: torch.fx.Node) -> Any:
+    value = node_value(node)
+    return storage_key(value) if isinstance(value, torch.Tensor) else None
 
 
 def solve_annotated(

@@ -98,31 +98,39 @@ def batch_spec(gm: torch.fx.GraphModule) -> BatchSpec | str:
 
     ``gm`` must carry the records of ``propagate_shapes_pass`` (which inputs are parameters).
 
-    The batch size is dim 0 of the first tensor input (not a parameter or buffer), which must be
-    a symbol of the graph's shape environment. Refused: a static batch size, an input or output
-    whose shape mixes the batch symbol into a dimension other than a leading ``batch`` exactly,
-    in-place mutation of parameters or buffers (batch norm statistics), random ops.
+    The batch size is dim 0 of the first tensor input (not a parameter or buffer) whose dim 0 is
+    symbolic, which must be a symbol of the graph's shape environment. Refused: a static batch
+    size, an input or output whose shape mixes the batch symbol into a dimension other than a
+    leading ``batch`` exactly, a node that makes a tensor without the batch symbol from one with
+    it (a reduction over the batch: samples interact), in-place updates (of parameters and
+    buffers, e.g. batch norm statistics, a step counter), random ops. Samples that interact
+    with shapes intact (``softmax(x, dim=0)``) are left to the runtime's check of the first
+    split call.
     """
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    symbol = None
+    inputs = [
+        (i, node, node_value(node)) for i, node in enumerate(placeholders)
+        if record(node).role not in ("parameter", "buffer")
+    ]
+    tensors = [(node, v) for _, node, v in inputs if isinstance(v, torch.Tensor)]
+    if not tensors:
+        return "the graph has no tensor input to split"
+    first = next(((node, v) for node, v in tensors if v.dim() and isinstance(v.shape[0], torch.SymInt)), None)
+    if first is None:
+        return (
+            "the batch size is static in this graph; compile with dynamic=True or call "
+            "torch._dynamo.mark_dynamic(x, 0) on the batched input to allow micro-batches"
+        )
+    symbol = first[1].shape[0].node.expr
+    if not symbol.is_Symbol:
+        return f"dim 0 of input {first[0].name} is {symbol}, not a plain batch symbol"
     tensor_inputs, size_inputs = [], []
-    for i, node in enumerate(placeholders):
-        value = node_value(node)
-        role = record(node).role
+    for i, node, value in inputs:
         if isinstance(value, torch.SymInt):
             size_inputs.append((i, value))
             continue
-        if not isinstance(value, torch.Tensor) or role in ("parameter", "buffer"):
+        if not isinstance(value, torch.Tensor):
             continue
-        if symbol is None:
-            if value.dim() == 0 or not isinstance(value.shape[0], torch.SymInt):
-                return (
-                    "the batch size is static in this graph; compile with dynamic=True or call "
-                    "torch._dynamo.mark_dynamic(x, 0) on the batched input to allow micro-batches"
-                )
-            symbol = value.shape[0].node.expr
-            if not symbol.is_Symbol:
-                return f"dim 0 of the first input is {symbol}, not a plain batch symbol"
         if _leading_is(value, symbol):
             tensor_inputs.append(i)
         elif value.dim() and isinstance(value.shape[0], torch.SymInt) and value.shape[0].node.expr == symbol:
@@ -135,8 +143,6 @@ def batch_spec(gm: torch.fx.GraphModule) -> BatchSpec | str:
             )
         elif _mentions(value, symbol):
             return f"input {node.name} has shape {tuple(value.shape)}, with the batch not on dim 0"
-    if symbol is None:
-        return "the graph has no tensor input to split"
     sizes = []
     for i, value in size_inputs:
         if value.node.expr == symbol:
@@ -156,9 +162,21 @@ def batch_spec(gm: torch.fx.GraphModule) -> BatchSpec | str:
     for node in gm.graph.nodes:
         if node.op == "call_function" and is_random(node):
             return f"node {node.name} ({node.target}) draws random numbers"
+        if node.op in ("call_function", "call_method") and _reduces_the_batch(node, symbol):
+            return (f"node {node.name} ({getattr(node.target, '__name__', node.target)}) makes a "
+                    "tensor without the batch dimension from one with it: samples interact")
     if mutates_in_place(gm):
         return "the graph updates tensors in place (e.g. batch-norm statistics)"
     return BatchSpec(tuple(tensor_inputs), tuple(sizes), tuple(outputs))
+
+
+def _reduces_the_batch(node: torch.fx.Node, symbol) -> bool:
+    """Whether ``node`` reads a tensor whose shape has the batch symbol and makes tensors whose
+    shapes do not (``h.mean(0)``, ``x.sum()``, ``h.T @ h``)."""
+    outputs = [v for v in tree_flatten(node_value(node))[0] if isinstance(v, torch.Tensor)]
+    if not outputs or any(_mentions(v, symbol) for v in outputs):
+        return False
+    return any(_mentions(node_value(a), symbol) for a in node.all_input_nodes)
 
 
 def _leading_is(value: torch.Tensor, symbol) -> bool:

@@ -15,6 +15,7 @@ import copy
 import importlib
 import importlib.metadata
 import json
+import operator
 import re
 import warnings
 
@@ -24,6 +25,7 @@ from torch import nn
 
 import autopart
 from autopart.dynamo import plan_model_backend
+from autopart.passes.cost import is_inplace
 from autopart.runtime import RuntimeMetrics, StaticInputMover
 
 transformers = pytest.importorskip("transformers")
@@ -1521,23 +1523,35 @@ def test_a_model_converted_after_compiling_is_planned_anew_within_memory():
             assert nbytes <= plan.capacity_bytes[device], (device, plan.summary())
 
 
+UPDATES = {  # in-place updates of (a view of) the caller's tensor, as Dynamo records them
+    "add_ of a view": lambda x, b: x[:, :128].add_(b[:, :128]),
+    "setitem": lambda x, b: x.__setitem__((slice(None), slice(0, 128)), b[:, :128] * 2),
+    "iadd": lambda x, b: operator.iadd(x, b),
+    "mul_ of narrow": lambda x, b: x.narrow(1, 0, 64).mul_(b[:, :64]),
+    "out=": lambda x, b: torch.add(x, b, out=x),
+}
+
+
 class UpdatesItsInput(nn.Module):
-    def __init__(self):
+    def __init__(self, update):
         super().__init__()
         self.a = nn.Sequential(*[nn.Linear(256, 256) for _ in range(3)])
         self.b = nn.Sequential(*[nn.Linear(256, 256) for _ in range(3)])
+        self.update = update
 
     def forward(self, x):
         a = self.a(x) + x
         b = self.b(x)
-        x[:, :128].add_(b[:, :128])  # an in-place update of (a view of) the caller's tensor
+        self.update(x, b)
         return a, b
 
 
-def test_an_in_place_update_of_an_input_reaches_the_callers_tensor():
-    """The update runs on the input's device, so it updates the caller's tensor, not a copy."""
+@pytest.mark.parametrize("kind", list(UPDATES))
+def test_an_in_place_update_of_an_input_reaches_the_callers_tensor(kind):
+    """The update, and the views it updates through, run on the input's device, so it updates
+    the caller's tensor, not a copy."""
     torch.manual_seed(0)
-    model = UpdatesItsInput()
+    model = UpdatesItsInput(UPDATES[kind])
     nb = model_bytes(model)
     backend = autopart.backend(topology=PRESET, device_map="cpu", strict=True,
                                max_memory={"cpu": int(nb * 0.75), "cuda:0": int(nb * 0.75)})
@@ -1552,4 +1566,10 @@ def test_an_in_place_update_of_an_input_reaches_the_callers_tensor():
     torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
     plan = backend.plans[0]
     assert len(plan.devices_used) == 2
-    assert [plan.placement[n] for n in plan.placement if n.startswith("add_")] == ["cpu"]
+    graph = backend.compilations[0].graph
+    updates = [n for n in graph.graph.nodes if is_inplace(n)]
+    assert len(updates) == 1, [n.target for n in graph.graph.nodes]
+    node = updates[0]
+    while node.op != "placeholder":  # the update and the views it writes through
+        assert plan.placement[node.name] == "cpu", (node.name, plan.summary())
+        node = node.args[0] if node is not updates[0] or "out" not in node.kwargs else node.kwargs["out"]

@@ -145,8 +145,8 @@ def _capture(model, *inputs, dynamic_dim0=True, dynamic=None):
         graphs.append(gm)
         return gm.forward
 
-    if dynamic_dim0:
-        torch._dynamo.mark_dynamic(inputs[0], 0)
+    if dynamic_dim0:  # the first input with dims
+        torch._dynamo.mark_dynamic(next(t for t in inputs if t.dim()), 0)
     torch.compile(model, backend=grab, dynamic=dynamic)(*inputs)
     return graphs[0]
 
@@ -154,7 +154,7 @@ def _capture(model, *inputs, dynamic_dim0=True, dynamic=None):
 def test_batch_spec_of_a_dynamic_graph():
     model = Chain()
     x, bias = torch.randn(8, 16), torch.randn(16)
-    gm = _capture(lambda x, b: (model(x) + b, model(x).sum(0) * 0 + b), x, bias)
+    gm = _capture(lambda x, b: (model(x) + b, b * 2), x, bias)
     spec = batch_spec(gm)
     assert not isinstance(spec, str), spec
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
@@ -168,6 +168,38 @@ def test_batch_spec_refuses_a_static_batch_and_a_reduced_output():
     torch._dynamo.reset()
     reason = batch_spec(_capture(lambda x: model(x).view(-1), torch.randn(4, 16)))
     assert "not batched on dim 0" in reason
+
+
+@pytest.mark.parametrize(
+    ("fn", "what"),
+    [
+        (lambda t, x: x - x.mean(0, keepdim=True), "mean"),  # samples interact
+        (lambda t, x: x @ (x.T @ x), "matmul"),
+        (lambda t, x: x * x.sum(), "sum"),
+    ],
+)
+def test_batch_spec_refuses_a_reduction_over_the_batch(fn, what):
+    reason = batch_spec(_capture(fn, torch.tensor(0.5), torch.randn(4, 16)))
+    assert isinstance(reason, str) and f"({what}) makes a tensor without the batch dimension" in reason
+
+
+def test_the_batch_is_the_first_input_with_a_symbolic_dim_0():
+    # a 0-dim input first: the batch is the next one's dim 0
+    gm = _capture(lambda t, x: (t * 2) * torch.tanh(x), torch.tensor(0.5), torch.randn(4, 16))
+    spec = batch_spec(gm)
+    assert not isinstance(spec, str), spec
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    assert [placeholders[i].name for i in spec.tensor_inputs] == ["l_x_"]
+
+
+def test_batch_spec_refuses_in_place_updates():
+    counter = torch.zeros(())
+
+    def counts(x):
+        counter[...] = counter + 1  # operator.setitem on a global tensor
+        return x * 2
+
+    assert "updates tensors in place" in batch_spec(_capture(counts, torch.randn(4, 16)))
 
 
 def test_batch_spec_split_and_merge_round_trip():
@@ -254,7 +286,7 @@ class MixesSamples(nn.Module):
 
     def forward(self, x):
         h = self.a(x)
-        return self.b(h - h.mean(0))  # every sample depends on the whole batch
+        return self.b(torch.softmax(h, dim=0))  # every sample depends on the whole batch
 
 
 def test_microbatches_dropped_when_samples_interact():
@@ -270,6 +302,31 @@ def test_microbatches_dropped_when_samples_interact():
     assert any("outputs differ" in str(w.message) for w in caught)
     torch.testing.assert_close(first, model(x))
     torch.testing.assert_close(compiled(x), model(x))
+    assert backend.compilations[0].metrics.num_microbatches == 1
+
+
+class CountsCalls(Chain):
+    def __init__(self) -> None:
+        super().__init__(width=32, depth=6)
+        self.register_buffer("calls", torch.zeros(()))
+
+    def forward(self, x):
+        self.calls[...] = self.calls + 1  # operator.setitem on a buffer
+        return super().forward(x)
+
+
+def test_microbatches_refused_for_a_graph_that_updates_a_buffer():
+    model = CountsCalls()
+    backend = autopart.backend(**_options(model, num_microbatches=4))
+    compiled = torch.compile(model, backend=backend)
+    x = torch.randn(8, 32)
+    torch._dynamo.mark_dynamic(x, 0)
+    with warnings.catch_warnings(record=True) as caught, torch.no_grad():
+        warnings.simplefilter("always")
+        for _ in range(3):
+            compiled(x)
+    assert model.calls.item() == 3  # once per call, as in eager
+    assert any("updates tensors in place" in str(w.message) for w in caught), [str(w.message) for w in caught]
     assert backend.compilations[0].metrics.num_microbatches == 1
 
 

@@ -10,6 +10,7 @@ launch) and is listed in :attr:`CostReport.unknown`.
 from __future__ import annotations
 
 import logging
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,10 +38,39 @@ class CostReport:
     """Node name -> why its cost is a default estimate."""
 
 
-def is_inplace(node: torch.fx.Node) -> bool:
-    """True for an in-place call (``x.add_(y)``, ``torch.relu_``): a name ending in one ``_``."""
+_AUGMENTED_ASSIGNMENTS = frozenset({
+    operator.setitem, operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ifloordiv,
+    operator.imod, operator.ipow, operator.imatmul, operator.iand, operator.ior, operator.ixor,
+    operator.ilshift, operator.irshift,
+})
+
+
+def mutated_input(node: torch.fx.Node) -> torch.fx.Node | None:
+    """The input node whose tensor ``node`` updates in place, or None.
+
+    In place are: a call whose name ends in one ``_`` (``x.add_(y)``, ``torch.relu_``, which
+    update their first argument); ``x[i] = y`` and ``x += y`` on a tensor (Dynamo records
+    ``operator.setitem`` and ``operator.iadd``, and so on); an aten overload whose schema
+    writes its first argument; and any call given ``out=``."""
+    out = node.kwargs.get("out") if node.op in ("call_function", "call_method") else None
+    if isinstance(out, torch.fx.Node):
+        return out
+    first = node.args[0] if node.args and isinstance(node.args[0], torch.fx.Node) else None
+    if first is None or node.op not in ("call_function", "call_method"):
+        return None
+    if node.target in _AUGMENTED_ASSIGNMENTS:
+        return first if isinstance(node_value(first), torch.Tensor) else None
+    if isinstance(node.target, torch._ops.OpOverload):
+        arguments = node.target._schema.arguments
+        writes = bool(arguments) and arguments[0].alias_info is not None and arguments[0].alias_info.is_write
+        return first if writes else None
     name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
-    return isinstance(name, str) and name.endswith("_") and not name.endswith("__")
+    return first if isinstance(name, str) and name.endswith("_") and not name.endswith("__") else None
+
+
+def is_inplace(node: torch.fx.Node) -> bool:
+    """True for a call that updates a tensor in place (:func:`mutated_input`)."""
+    return mutated_input(node) is not None
 
 
 def mutates_in_place(gm: torch.fx.GraphModule) -> bool:

@@ -287,7 +287,7 @@ class ResidentLedger:
 
     def __init__(self) -> None:
         self._entries: dict[int, tuple[weakref.ref, str, dict[str, int], int]] = {}  # ref, device, bytes held, data_ptr
-        self._saved: dict[object, dict[str, int]] = {}
+        self._saved: dict[object, tuple[list[weakref.ref], dict[str, int]]] = {}  # refs to its weights, bytes
 
     def device_of(self, tensor: torch.Tensor) -> str | None:
         """Where an earlier plan put ``tensor``; None if none did, or if its data has been
@@ -301,15 +301,20 @@ class ResidentLedger:
     def held_bytes(self, frame: object = None) -> dict[str, int]:
         """Bytes held per device by tensors still alive, and by the activations that frames
         other than ``frame`` save for backward (a frame run with a set of parameters: see
-        :func:`saved_key`)."""
+        :func:`saved_key`) while those parameters are alive. Records of dead tensors and
+        parameter sets are dropped (a model deleted in a notebook or a sweep holds nothing)."""
         held: dict[str, int] = {}
-        for ref, _, where, data_ptr in self._entries.values():
+        for key, (ref, _, where, data_ptr) in list(self._entries.items()):
             tensor = ref()
-            if tensor is not None and _same_storage(tensor, data_ptr):
+            if tensor is None:
+                del self._entries[key]
+            elif _same_storage(tensor, data_ptr):
                 for device, nbytes in where.items():
                     held[device] = held.get(device, 0) + nbytes
-        for other, saved in self._saved.items():
-            if other != frame:
+        for other, (refs, saved) in list(self._saved.items()):
+            if any(r() is None for r in refs):
+                del self._saved[other]
+            elif other != frame:
                 for device, nbytes in saved.items():
                     held[device] = held.get(device, 0) + nbytes
         return held
@@ -341,7 +346,10 @@ class ResidentLedger:
             device = plan.placement.get(node.name)
             if node.role == "compute" and device is not None:
                 mine[device] = mine.get(device, 0) + node.training_bytes
-        saved = self._saved.setdefault(frame, {})
+        entry = self._saved.get(frame)
+        if entry is None or any(r() is None for r in entry[0]):  # new, or ids reused by new weights
+            entry = self._saved[frame] = ([weakref.ref(t) for _, _, t in _static_inputs(gm, example_inputs)], {})
+        saved = entry[1]
         for device, nbytes in mine.items():
             saved[device] = max(saved.get(device, 0), nbytes)
 

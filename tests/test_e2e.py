@@ -12,6 +12,7 @@ point; Plan JSON round trip.
 from __future__ import annotations
 
 import copy
+import gc
 import importlib
 import importlib.metadata
 import json
@@ -913,6 +914,24 @@ def test_each_layers_plan_trains_and_counts_its_saved_activations_apart():
     saved = {c.instance for c in comps if any(n.training_bytes for n in c.analysis.graph.nodes if n.is_compute)}
     assert saved == {0, 1, 2, 3}
     assert len(backend._ledger._saved) == 8  # per frame and parameter set: alive together until backward
+
+
+def test_a_deleted_model_releases_what_the_ledger_holds_for_it():
+    """A sweep (or a notebook cell run again) makes a model, trains one step and drops it: the
+    next model gets the whole memory, not what is left after every dead one."""
+    backend = autopart.backend(topology=PRESET, device_map="cpu", strict=True, optimizer="sgd",
+                               max_memory={f"cuda:{i}": "1MB" for i in range(3)})
+    x = torch.randn(512, 64)
+    held = []
+    for _ in range(4):
+        model = nn.Sequential(*[m for _ in range(6) for m in (nn.Linear(64, 64), nn.Tanh())])
+        torch.compile(model, backend=backend)(x).sum().backward()
+        held.append(sum(backend._ledger.held_bytes().values()))
+        del model
+        gc.collect()
+    assert len(backend.plans) == 4 and held[0] > 0
+    assert held == held[:1] * 4, held
+    assert sum(backend._ledger.held_bytes().values()) == 0
 
 
 def test_parameters_made_anew_on_every_call_stop_getting_plans(monkeypatch):

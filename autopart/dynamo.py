@@ -567,6 +567,18 @@ class Backend:
         self._copies = StaticCopyCache()
         self._configured: dict[str, Backend] = {}
 
+    def __deepcopy__(self, memo: dict) -> Backend:
+        """A backend is shared, not copied: ``copy.deepcopy`` of a model compiled with it
+        compiles the copy with this backend too, whose memory ledger then counts both."""
+        return self
+
+    def __reduce__(self) -> tuple:
+        """Pickled as its options: unpickled, the default backend is ``autopart_backend`` and
+        another is a new backend with the same options and no compilations."""
+        if self is autopart_backend:
+            return _default_backend, ()
+        return _backend_of, (self.config, self.execute)
+
     @property
     def topology(self) -> Topology:
         """The topology this backend plans for (resolved, or discovered, once)."""
@@ -911,6 +923,16 @@ def _guard_first_call(
 
 #: The backend ``torch.compile(..., backend="autopart")`` uses (default options).
 autopart_backend = Backend()
+
+
+def _default_backend() -> Backend:
+    return autopart_backend
+
+
+def _backend_of(config: Config, execute: bool) -> Backend:
+    b = Backend(config, execute=execute)
+    b._mapping = b._resolve_mapping() if execute else None
+    return b
 
 
 def backend(**options: Any) -> Backend:

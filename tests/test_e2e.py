@@ -17,6 +17,7 @@ import importlib
 import importlib.metadata
 import json
 import operator
+import pickle
 import re
 import warnings
 
@@ -1592,3 +1593,24 @@ def test_an_in_place_update_of_an_input_reaches_the_callers_tensor(kind):
     while node.op != "placeholder":  # the update and the views it writes through
         assert plan.placement[node.name] == "cpu", (node.name, plan.summary())
         node = node.args[0] if node is not updates[0] or "out" not in node.kwargs else node.kwargs["out"]
+
+
+def test_a_compiled_model_deep_copies_and_pickles_after_its_first_call():
+    """copy.deepcopy shares the backend (one ledger for both models); pickle keeps its options."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64))
+    backend = autopart.backend(topology=PRESET, device_map="cpu", strict=True,
+                               max_memory={"cuda:0": "20KB", "cuda:1": "1MB"})
+    compiled = torch.compile(model, backend=backend)
+    x = torch.randn(4, 64)
+    with torch.no_grad():
+        compiled(x)
+        twin = copy.deepcopy(compiled)
+        torch.testing.assert_close(twin(x), twin._orig_mod(x), rtol=0, atol=0)
+        assert twin._orig_mod is not model and len(backend.compilations) == 2  # the copy's own plan, here
+        loaded = pickle.loads(pickle.dumps(compiled))
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+    assert copy.deepcopy(backend) is backend
+    clone = pickle.loads(pickle.dumps(backend))
+    assert clone is not backend and clone.config == backend.config and not clone.compilations
+    assert pickle.loads(pickle.dumps(autopart.autopart_backend)) is autopart.autopart_backend

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.fx
+from torch.utils._pytree import tree_flatten
 
 from .coarsen import PlacementProblem, build_problem
 from .config import AutopartWarning, Config
@@ -144,7 +145,7 @@ def plan_graph(
                  analysis.training.optimizer_state_bytes, optimizer,
                  analysis.training.saved_activation_bytes)
     capacity = config.capacities_bytes(topology)
-    pinned = _input_mutations(gm, origin_resolver(topology, mapping))
+    pinned = _pinned_nodes(gm, origin_resolver(topology, mapping))
     if ledger is not None:
         held = ledger.held_bytes(saved_key(gm, example_inputs))
         capacity = {d: max(0, c - held.get(d, 0)) for d, c in capacity.items()}
@@ -158,27 +159,47 @@ def plan_graph(
     return plan, problem, analysis
 
 
-def _input_mutations(gm: torch.fx.GraphModule, origin: Callable[[str], str]) -> dict[str, str]:
-    """In-place updates of a user input (or a view of one), each pinned to the topology device
-    that input lives on: there it updates the caller's tensor, as eager does (on another device
-    it would update a copy), with the views between the input and the tensor it updates
-    (``x[:, 0].add_(y)``): a view made on another device would be a copy."""
+def _pinned_nodes(gm: torch.fx.GraphModule, origin: Callable[[str], str]) -> dict[str, str]:
+    """Nodes that must run on one topology device for the graph to behave as in eager, with
+    that device:
+
+    * an in-place update of a user input or of a view of one (``x[:, 0].add_(y)``), and an
+      output that is a view of one (``y.t()``), with the views in between, on the device the
+      input lives on: elsewhere they would update or return a copy;
+    * outputs that alias another output (``return h, h.view(-1)``), made on the device the
+      graph returns them on from one copy of their base: copied one by one, they would not
+      alias."""
     inputs = {}
     for node in gm.graph.find_nodes(op="placeholder"):
         value = node_value(node)
         if record(node).role == "input" and isinstance(value, torch.Tensor):
             inputs[storage_key(value)] = str(value.device)
     pinned = {}
+
+    def pin_views(node: torch.fx.Node, key: Any, device: str) -> None:
+        """``node`` if it is a view (of a tensor with storage ``key``), and the views it is made
+        from, back to the input or the node that made the storage."""
+        while (base := next((a for a in node.all_input_nodes if _storage_of(a) == key), None)) is not None:
+            pinned[node.name] = device
+            node = base
+
     for node in gm.graph.nodes:
         target = mutated_input(node)
-        value = node_value(target) if target is not None else None
-        key = storage_key(value) if isinstance(value, torch.Tensor) else None
-        if key not in inputs:
-            continue
-        device = pinned[node.name] = origin(inputs[key])
-        while target is not None and target.op != "placeholder":
-            pinned[target.name] = device
-            target = next((a for a in target.all_input_nodes if _storage_of(a) == key), None)
+        if target is not None and _storage_of(target) in inputs:
+            pinned[node.name] = origin(inputs[_storage_of(target)])
+            pin_views(target, _storage_of(target), pinned[node.name])
+    output = next(n for n in gm.graph.nodes if n.op == "output")
+    aliases: dict[Any, list[torch.fx.Node]] = {}
+    for leaf in dict.fromkeys(tree_flatten(output.args[0])[0]):
+        if isinstance(leaf, torch.fx.Node) and _storage_of(leaf) is not None:
+            aliases.setdefault(_storage_of(leaf), []).append(leaf)
+    for key, leaves in aliases.items():
+        if key in inputs:
+            for leaf in leaves:
+                pin_views(leaf, key, origin(inputs[key]))
+        elif len(leaves) > 1:
+            for leaf in leaves:  # the views among them; their base stays free
+                pin_views(leaf, key, origin(str(node_value(leaf).device)))
     return pinned
 
 

@@ -1595,6 +1595,38 @@ def test_an_in_place_update_of_an_input_reaches_the_callers_tensor(kind):
         node = node.args[0] if node is not updates[0] or "out" not in node.kwargs else node.kwargs["out"]
 
 
+class ReturnsViews(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.Sequential(*[nn.Linear(256, 256) for _ in range(8)])
+
+    def forward(self, x, y):
+        h = self.layers(x)
+        return h, h.view(-1), y.t()
+
+
+def test_outputs_alias_as_in_eager_when_the_graph_is_split():
+    """An output that views another output, or a user input, is a view of it here too: it is
+    made on the device the graph returns it on, from one copy of its base."""
+    torch.manual_seed(0)
+    model = ReturnsViews().eval()
+    nb = model_bytes(model)
+    backend = autopart.backend(topology=PRESET, device_map="cpu", strict=True,
+                               max_memory={f"cuda:{i}": int(nb * 0.6) for i in range(3)})
+    x, y = torch.randn(4, 256), torch.randn(3, 5)
+    with torch.no_grad():
+        h, flat, yt = torch.compile(model, backend=backend)(x, y)
+        for got, want in zip((h, flat, yt), model(x, y)):
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+    plan = backend.plans[0]
+    assert len(plan.devices_used) == 2 and plan.placement["view"] == plan.placement["t"] == "cpu"
+    base = next(n for n in backend.compilations[0].graph.graph.nodes if n.name == "view").args[0]
+    assert plan.placement[base.name] != "cpu"  # the views' base is computed on a GPU
+    assert flat.data_ptr() == h.data_ptr()
+    yt[0, 1] = 100.0
+    assert y[1, 0] == 100.0
+
+
 def test_a_compiled_model_deep_copies_and_pickles_after_its_first_call():
     """copy.deepcopy shares the backend (one ledger for both models); pickle keeps its options."""
     torch.manual_seed(0)

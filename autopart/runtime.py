@@ -78,7 +78,12 @@ class _Copy:
 class StaticCopyCache:
     """Device copies of parameters and buffers, shared by every graph of one backend, so that
     graphs of one model (graph breaks, recompiles) never hold two copies of a tensor on one
-    device. Keyed by (original tensor, device); an entry keeps its original alive."""
+    device. Keyed by (original tensor, device); an entry keeps its original alive.
+
+    An inference tensor (a weight made under ``torch.inference_mode()``) has no version counter
+    and counts as unchanged while its storage is: an in-place update made to it under inference
+    mode is not seen (replace it, or its ``.data``, instead). Copies are made outside inference
+    mode, so they track versions and in-place updates of them are still written back."""
 
     def __init__(self) -> None:
         self.entries: dict[tuple[int, torch.device], _Copy] = {}
@@ -94,13 +99,13 @@ class StaticCopyCache:
         if (
             entry is not None
             and entry.original is original
-            and entry.version == original._version
+            and entry.version == _version(original)
             and entry.data_ptr == original.data_ptr()
         ):
             return entry.moved, False
-        with torch.no_grad():
+        with torch.inference_mode(False), torch.no_grad():  # a normal tensor, with a version counter
             moved = original.to(device)
-        self.entries[key] = _Copy(original, original._version, original.data_ptr(), moved, moved._version)
+        self.entries[key] = _Copy(original, _version(original), original.data_ptr(), moved, moved._version)
         return moved, True
 
     def write_back(self, keys: list[tuple[int, torch.device]]) -> int:
@@ -111,10 +116,16 @@ class StaticCopyCache:
             if entry.moved._version != entry.moved_version:
                 with torch.no_grad():
                     entry.original.copy_(entry.moved)
-                entry.version = entry.original._version
+                entry.version = _version(entry.original)
                 entry.moved_version = entry.moved._version
                 count += 1
         return count
+
+
+def _version(tensor: torch.Tensor) -> int:
+    """``tensor._version``; 0 for an inference tensor, which has no version counter (and cannot
+    be updated in place outside inference mode)."""
+    return 0 if tensor.is_inference() else tensor._version
 
 
 _MOVED = WeakIdKeyDictionary()

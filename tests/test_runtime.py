@@ -19,7 +19,7 @@ from torch.utils._pytree import tree_leaves
 
 import autopart
 from autopart.kernels.compression import max_abs_error
-from autopart.runtime import InductorPartition
+from autopart.runtime import InductorPartition, RuntimeMetrics, StaticInputMover
 
 pytestmark = pytest.mark.usefixtures("fresh_dynamo")
 
@@ -133,6 +133,79 @@ def test_a_plan_over_two_devices_keeps_the_partitioned_path():
         torch.testing.assert_close(compiled(x), model(x))
     runner = backend.compilations[0].runner
     assert len(runner.plan.devices_used) >= 2 and runner._direct is None
+
+
+# A CPU device with an index differs from a CPU tensor's device (``cpu``, no index), and
+# ``.to()`` to it makes a real copy: a target that reaches the copy cache on a CPU-only machine.
+CPU0 = torch.device("cpu", 0)
+
+
+def test_static_input_mover_copies_inference_tensors():
+    """Weights made under ``torch.inference_mode()`` have no version counter: their copies are
+    reused while their storage is unchanged. The copies are normal tensors (made outside
+    inference mode), so a buffer the graph mutates on its copy is still written back, and a
+    normal tensor updated in place under inference mode still gets a fresh copy."""
+    metrics = RuntimeMetrics()
+    with torch.inference_mode():
+        model = nn.Linear(8, 4)
+        buffer = torch.zeros(4)
+    weight, plain = model.weight, torch.randn(3)
+    assert weight.is_inference() and buffer.is_inference() and not plain.is_inference()
+    mover = StaticInputMover({0: CPU0, 1: CPU0, 2: CPU0}, metrics)
+
+    with torch.inference_mode():
+        args = [weight, buffer, plain]
+        mover.move(args)
+        first, copy, plain_copy = args
+        assert not any(t.is_inference() for t in args) and metrics.num_static_copies == 3
+        assert torch.equal(first, weight) and first.data_ptr() != weight.data_ptr()
+        copy.add_(1.0)  # the graph updates the buffer on its copy
+        mover.write_back()
+        assert metrics.num_write_backs == 1 and torch.equal(buffer, torch.ones(4))
+
+        args = [weight, buffer, plain]  # steady state: nothing copied, nothing written back
+        mover.move(args)
+        mover.write_back()
+        assert args[0] is first and args[1] is copy and args[2] is plain_copy
+        assert metrics.num_static_copies == 3 and metrics.num_write_backs == 1
+
+        plain.add_(1.0)  # a normal tensor's version counter moves under inference mode too
+        weight.data = torch.randn(4, 8)  # new storage: a fresh copy
+        args = [weight, buffer, plain]
+        mover.move(args)
+        assert args[0] is not first and args[1] is copy and args[2] is not plain_copy
+        assert torch.equal(args[0], weight) and torch.equal(args[2], plain)
+        assert metrics.num_static_copies == 5
+
+    with torch.no_grad():  # called outside inference mode: the same copies
+        args = [weight, buffer, plain]
+        mover.move(args)
+        assert args[1] is copy and metrics.num_static_copies == 5
+
+
+def test_a_model_built_under_inference_mode_runs_split_under_inference_mode(monkeypatch):
+    """End to end, with one GPU of the plan mapped onto ``cpu:0`` so that the weights placed
+    there go through the copy cache (with ``device_map="cpu"`` nothing would be copied)."""
+    monkeypatch.setattr("autopart.rewrite.local_devices", lambda: ["cpu", "cpu:0"])
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        model = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 32), nn.Tanh())
+    weight_bytes = sum(p.numel() * 4 for p in model.parameters())
+    topo = make_topology([make_device("cpu"), make_device("cuda:0"), make_device("cuda:1")])
+    backend = autopart.backend(topology=topo, device_map={"cpu": "cpu", "cuda:0": "cpu", "cuda:1": "cpu:0"},
+                               strict=True, optimizer="none",
+                               max_memory={"cpu": 0, "cuda:0": int(weight_bytes * 0.8),
+                                           "cuda:1": int(weight_bytes * 0.8)})
+    compiled = torch.compile(model, backend=backend)
+    x = torch.randn(4, 32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", autopart.AutopartWarning)  # no fallback to the captured graph
+        with torch.inference_mode():
+            for _ in range(3):
+                torch.testing.assert_close(compiled(x), model(x))
+    runner = backend.compilations[0].runner
+    assert set(runner.plan.devices_used) == {"cuda:0", "cuda:1"} and runner._direct is None
+    assert CPU0 in runner.static_moves.values() and runner.metrics.num_static_copies == 2  # first call only
 
 
 # --------------------------------------------------------------------------- compression

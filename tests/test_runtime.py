@@ -382,7 +382,8 @@ def test_monitor_times_each_device_and_reports_against_the_plan():
     assert comp.metrics.num_calls == 4 and comp.metrics.num_monitored_calls == 3
     busy = comp.runner.measured_busy_s()
     assert set(busy) == set(devices.values()) >= {"cuda:0", "cuda:1"}
-    assert busy["cuda:1"] >= 0.02 > busy["cuda:0"] > 0
+    assert busy["cuda:1"] >= 0.1 and busy["cuda:0"] > 0
+    assert busy["cuda:1"] - busy["cuda:0"] > 0.05  # the delay is cuda:1's alone (a load slows both)
     assert comp.metrics.monitored_call_s / 3 >= busy["cuda:1"]
     report = comp.report()
     assert "mean of 3 timed call(s)" in report
@@ -407,7 +408,7 @@ def _slow_backward(comp, device: str, seconds: float) -> None:
 
 
 def test_monitor_times_the_backward_of_each_device():
-    """A training step: each device's partitions' backward goes to that device; 20 ms added to
+    """A training step: each device's partitions' backward goes to that device; 100 ms added to
     one device's backward shows there alone; a call whose backward never runs adds no backward
     pass; an in-place update of the output is still allowed; gradients match eager."""
     model, backend, compiled = _mlp_on_gpus(training=True, squash=False, strict=True, monitor=True)
@@ -418,7 +419,7 @@ def test_monitor_times_the_backward_of_each_device():
     plan = comp.plan
     assert set(plan.devices_used) >= {"cuda:0", "cuda:1"}
     assert all(plan.predicted_backward_busy_s[d] > 0 for d in ("cuda:0", "cuda:1"))
-    _slow_backward(comp, "cuda:1", 0.02)
+    _slow_backward(comp, "cuda:1", 0.1)
     compiled(x)  # timed; its backward never runs
     for _ in range(2):
         compiled(x).mul_(3).sum().backward()
@@ -429,7 +430,8 @@ def test_monitor_times_the_backward_of_each_device():
         torch.testing.assert_close(p.grad, q.grad)
     busy, span_s, passes = comp.runner.measured_backward_s()
     assert passes == 2
-    assert busy["cuda:1"] >= 0.02 > busy["cuda:0"] > 0
+    assert busy["cuda:1"] >= 0.1 and busy["cuda:0"] > 0
+    assert busy["cuda:1"] - busy["cuda:0"] > 0.05  # the delay is cuda:1's alone (a load slows both)
     assert span_s >= busy["cuda:1"]
     report = comp.report()
     assert "mean of 3 timed call(s); backward: mean of 2 pass(es)" in report

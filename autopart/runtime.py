@@ -530,11 +530,15 @@ class PlacedGraph:
 
     def _first_split(self, args: list[Any]) -> Any:
         """Run the whole batch, then the micro-batches without autograd: keep splitting only if
-        both give the same outputs (a graph can mix samples in ways its shapes do not show)."""
+        both give the same outputs (a graph can mix samples in ways its shapes do not show).
+        A batch whose samples are all alike (a warm-up batch of ones, or one sample) cannot
+        show it: the check waits for a call with samples that differ."""
         assert isinstance(self.batch, BatchSpec)
         trace: list[tuple[int, str, str]] = []
         out = self.schedule.run([args], trace)[0]
         self._record(trace, 1)
+        if all(_samples_alike(args[i]) for i in self.batch.tensor_inputs):
+            return out
         with torch.no_grad():
             split_out = self.batch.merge(self.schedule.run(self.batch.split(args, self.num_microbatches)))
         self._split_checked = True
@@ -560,6 +564,11 @@ class PlacedGraph:
         self.metrics.last_schedule = trace
         self.metrics.num_microbatches = num_microbatches
         self.metrics.num_host_steps += sum(1 for _, _, lane in trace if lane == HOST)
+
+
+def _samples_alike(batch: torch.Tensor) -> bool:
+    """Whether every sample (index of dim 0) of ``batch`` equals the first."""
+    return batch.shape[0] < 2 or torch.equal(batch, batch[:1].expand_as(batch))
 
 
 class InductorPartition(torch.nn.Module):

@@ -22,8 +22,8 @@ Splitting a batch is only valid when the graph treats samples independently and 
 size is symbolic (the graph was captured with ``dynamic=True``, after a recompile for a new
 batch size, or with ``torch._dynamo.mark_dynamic(x, 0)``): a graph captured for one batch size
 bakes that size into its ``view`` calls. :func:`batch_spec` checks what it can see in the
-graph; the runtime checks the rest on the first call by comparing the micro-batched outputs
-with the whole-batch ones.
+graph; the runtime checks the rest on the first call whose samples differ, by comparing the
+micro-batched outputs with the whole-batch ones.
 """
 
 from __future__ import annotations

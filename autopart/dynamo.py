@@ -166,9 +166,11 @@ def _pinned_nodes(gm: torch.fx.GraphModule, origin: Callable[[str], str]) -> dic
     * an in-place update of a user input or of a view of one (``x[:, 0].add_(y)``), and an
       output that is a view of one (``y.t()``), with the views in between, on the device the
       input lives on: elsewhere they would update or return a copy;
-    * outputs that alias another output (``return h, h.view(-1)``), made on the device the
-      graph returns them on from one copy of their base: copied one by one, they would not
-      alias."""
+    * an output that is a view of another output (``return h, h.view(-1)``), made on the
+      device the graph returns them on from the copy of its base: copied one by one, they
+      would not alias. (Outputs that are views of one tensor the graph does not return, such
+      as an attention's key and value split from one projection, are copied one by one: only
+      an in-place update of one would show that they no longer alias.)"""
     inputs = {}
     for node in gm.graph.find_nodes(op="placeholder"):
         value = node_value(node)
@@ -176,12 +178,17 @@ def _pinned_nodes(gm: torch.fx.GraphModule, origin: Callable[[str], str]) -> dic
             inputs[storage_key(value)] = str(value.device)
     pinned = {}
 
-    def pin_views(node: torch.fx.Node, key: Any, device: str) -> None:
-        """``node`` if it is a view (of a tensor with storage ``key``), and the views it is made
-        from, back to the input or the node that made the storage."""
+    def views(node: torch.fx.Node, key: Any) -> list[torch.fx.Node]:
+        """``node`` if it is a view (of a tensor with storage ``key``) and the views it is made
+        from, back to (not including) the input or the node that made the storage."""
+        chain = []
         while (base := next((a for a in node.all_input_nodes if _storage_of(a) == key), None)) is not None:
-            pinned[node.name] = device
+            chain.append(node)
             node = base
+        return chain
+
+    def pin_views(node: torch.fx.Node, key: Any, device: str) -> None:
+        pinned.update(dict.fromkeys((n.name for n in views(node, key)), device))
 
     for node in gm.graph.nodes:
         target = mutated_input(node)
@@ -198,8 +205,10 @@ def _pinned_nodes(gm: torch.fx.GraphModule, origin: Callable[[str], str]) -> dic
             for leaf in leaves:
                 pin_views(leaf, key, origin(inputs[key]))
         elif len(leaves) > 1:
-            for leaf in leaves:  # the views among them; their base stays free
-                pin_views(leaf, key, origin(str(node_value(leaf).device)))
+            for leaf in leaves:  # views of another output; that base stays free
+                chain = views(leaf, key)
+                if chain and any(a in leaves for n in chain for a in n.all_input_nodes):
+                    pin_views(leaf, key, origin(str(node_value(leaf).device)))
     return pinned
 
 

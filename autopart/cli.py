@@ -95,8 +95,19 @@ def _load_topology(spec: str | None) -> Topology:
     return Config(topology=spec).resolve_topology()
 
 
+def _this_machine_flags(args: argparse.Namespace) -> list[str]:
+    """The ``topology`` flags given that apply to this machine's profile only."""
+    flags = [] if args.profile is None else ["--profile" if args.profile else "--no-profile"]
+    given = {"--refresh": args.refresh, "--budget": args.budget is not None,
+             "--cache-dir": args.cache_dir is not None}
+    return flags + [flag for flag, on in given.items() if on]
+
+
 def cmd_topology(args: argparse.Namespace) -> int:
     if args.list:
+        ignored = (["--save"] if args.save else []) + _this_machine_flags(args)
+        if ignored:
+            raise ValueError(f"--list only lists the bundled presets; drop {', '.join(ignored)} (or --list)")
         for name in presets():
             topo = Topology.preset(name)
             print(f"{name:24s} {len(topo.devices):3d} devices  {topo.description}")
@@ -107,10 +118,11 @@ def cmd_topology(args: argparse.Namespace) -> int:
         raise ValueError("--refresh re-profiles this machine; drop --no-profile")
     profile = True if args.refresh else args.profile
     if args.load or args.preset:
-        if profile:
+        given = [f for f in _this_machine_flags(args) if f != "--no-profile"]
+        if given:
             raise ValueError(
-                "--profile measures this machine; it cannot be combined with --preset or --load "
-                "(drop one of them)"
+                f"{', '.join(given)}: for this machine's profile; cannot be combined with "
+                f"--{'load' if args.load else 'preset'} (drop one or the other)"
             )
         topo = _load_topology(args.load or args.preset)
         print(topo.table())
@@ -149,6 +161,12 @@ def _cache_folder(cache_dir: str | None) -> str:
 
 
 def _plan_options(args: argparse.Namespace) -> dict:
+    """Config options from the plan and solve flags, checked before any model is built.
+
+    Raises:
+        ValueError: a missing output folder, a picture suffix that cannot be drawn, or an energy
+            flag given without ``--objective energy`` or alongside the other energy flag.
+    """
     for flag in ("out", "export_graph"):  # --plot and --dot: check_picture_path below
         path = getattr(args, flag, None)
         if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
@@ -158,6 +176,13 @@ def _plan_options(args: argparse.Namespace) -> dict:
             from .viz import check_picture_path
 
             check_picture_path(getattr(args, flag), flag)
+    energy = [f"--energy-{f}" for f in ("slack", "eta") if getattr(args, f"energy_{f}") is not None]
+    if energy and args.objective != "energy":
+        raise ValueError(f"{energy[0]} applies to --objective energy only, not {args.objective}; "
+                         "add --objective energy")
+    if len(energy) == 2:
+        raise ValueError("--energy-eta replaces --energy-slack; give one of them")
+    slack = {} if args.energy_slack is None else {"energy_slack": args.energy_slack}
     return dict(
         topology=args.topology,
         max_memory=_parse_pairs(args.max_memory, "--max-memory"),
@@ -165,7 +190,7 @@ def _plan_options(args: argparse.Namespace) -> dict:
         time_limit_s=args.time_limit,
         max_groups=args.max_groups,
         objective=args.objective,
-        energy_slack=args.energy_slack,
+        **slack,
         energy_eta=args.energy_eta,
         compression=args.compression,
         contiguous_stages=args.contiguous_stages,
@@ -255,10 +280,43 @@ def cmd_solve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo_gpus(preset: str, devices: int | None) -> list[str]:
+    """The GPUs of ``preset`` that the demo gives memory: its first ``devices``, or all of them.
+
+    Raises:
+        ValueError: an unknown preset, one with fewer than 2 GPUs, or ``devices`` outside
+            2 to the preset's number of GPUs.
+    """
+
+    def gpus_of(name: str) -> list[str]:
+        return [d.name for d in Topology.preset(name).devices if d.kind == "cuda"]
+
+    gpus = gpus_of(preset)
+    if len(gpus) < 2:
+        able = [name for name in presets() if len(gpus_of(name)) >= 2]
+        raise ValueError(f"--preset {preset} has {len(gpus)} GPU(s), and the demo splits the model over 2 "
+                         f"or more; choose a preset with 2 GPUs or more: {', '.join(able)}")
+    if devices is None:
+        return gpus
+    if not 2 <= devices <= len(gpus):
+        allowed = "2" if len(gpus) == 2 else f"2 to {len(gpus)}"
+        raise ValueError(f"--devices {devices}: the demo splits the model over 2 GPUs or more and preset "
+                         f"{preset} has {len(gpus)}; give {allowed}, or leave it out for all")
+    return gpus[:devices]
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     import torch
 
     from . import backend
+
+    gpus = _demo_gpus(args.preset, args.devices)  # before the minutes of work
+    if args.rows < 1:
+        raise ValueError(f"--rows must be 1 or more (rows per table in the plan summaries), got {args.rows}")
+    if args.plot:
+        from .viz import check_picture_path
+
+        check_picture_path(args.plot, "plot")
 
     def timed(label: str, fn):
         start = time.perf_counter()
@@ -266,19 +324,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"{label}: {time.perf_counter() - start:.2f} s")
         return out
 
-    if args.plot:  # before the minutes of work
-        from .viz import check_picture_path
-
-        check_picture_path(args.plot, "plot")
     print(f"building {args.model} ({args.size}) with random weights ...")
     model, inputs = build_model(args.model, args.size)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     weight_bytes += sum(b.numel() * b.element_size() for b in model.buffers())
     with torch.no_grad():
         reference = timed("eager forward", lambda: _main_output(model(**inputs)))
-
-    preset = Topology.preset(args.preset)
-    gpus = [d.name for d in preset.devices if d.kind == "cuda"][: args.devices]
 
     def run(label: str, **options) -> list:
         print(f"\n=== {label} ===")
@@ -300,10 +351,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return be.compilations
 
     plans = [c.plan for c in run("this machine", topology=None)]
-    # Each GPU may hold 40% of the weights and the activations' peak on this machine: the plan
-    # must split the model over two GPUs or more (three when the activations are small).
+    # Each GPU may hold the activations' peak on this machine and a share of the weights, 1.5
+    # times them over all GPUs (at most 40% each when there are 4 or more): none holds the
+    # model, so the plan must split it.
     activations = max(0, max(sum(p.predicted_peak_bytes.values()) for p in plans) - weight_bytes)
-    cap = int(weight_bytes * 0.4) + activations
+    cap = int(weight_bytes * max(0.4, 1.5 / len(gpus))) + activations
     split = run(f"{args.preset} mapped onto this machine's CPU, max_memory {cap / 2**20:.0f} MiB per GPU",
                 topology=args.preset, device_map="cpu", max_memory={g: cap for g in gpus})
     for i, comp in enumerate(split if args.plot else []):
@@ -326,7 +378,7 @@ def _add_plan_options(p: argparse.ArgumentParser) -> None:
         help="what to minimize (default latency)",
     )
     p.add_argument(
-        "--energy-slack", type=float, default=0.1, metavar="FRACTION",
+        "--energy-slack", type=float, default=None, metavar="FRACTION",
         help="energy objective: the time may exceed the fastest plan's by this fraction (default 0.1)",
     )
     p.add_argument(
@@ -387,8 +439,14 @@ def make_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--model", choices=MODELS, default="gpt2", help="architecture (default gpt2)")
     demo.add_argument("--size", choices=("base", "tiny"), default="base", help="config size")
-    demo.add_argument("--preset", default="4xa100-pcie-cpu", help="multi-GPU preset to plan for")
-    demo.add_argument("--devices", type=int, default=4, help="GPUs of the preset given memory")
+    demo.add_argument(
+        "--preset", default="4xa100-pcie-cpu",
+        help="preset with 2 GPUs or more to plan for (default 4xa100-pcie-cpu)",
+    )
+    demo.add_argument(
+        "--devices", type=int, metavar="N",
+        help="give memory to the preset's first N GPUs only, N >= 2 (default: all)",
+    )
     demo.add_argument("--rows", type=int, default=8, help="rows per table in plan summaries")
     demo.add_argument(
         "--plot", metavar="FILE", help="draw the split plan, with the times measured, as an image (.png, .svg, .pdf)"

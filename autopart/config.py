@@ -113,7 +113,8 @@ class Config:
     energy_eta: float | None = None
     """For ``objective="energy"``, instead of ``energy_slack``: minimize Zeus's weighted cost
     ``eta * energy + (1 - eta) * max_power * time`` (You et al., NSDI 2023), ``eta`` in [0, 1]
-    (1: energy alone, 0: time alone). None (default): the slack form."""
+    (1: energy alone, 0: time alone). None (default): the slack form. Given with another
+    objective, it is a ValueError."""
 
     optimizer: Optimizer = "adam"
     """For graphs compiled with gradients enabled and tensors that require them (training): the
@@ -244,6 +245,11 @@ class Config:
         if self.energy_eta is not None and not 0 <= self.energy_eta <= 1:
             raise ValueError(
                 f"energy_eta must be in [0, 1] (1: energy alone, 0: time alone) or None, got {self.energy_eta!r}"
+            )
+        if self.energy_eta is not None and self.objective != "energy":
+            raise ValueError(
+                f"energy_eta={self.energy_eta!r} applies to objective='energy' only, but objective="
+                f"{self.objective!r}; add objective='energy' (or drop energy_eta)"
             )
         if not self.energy_slack >= 0:
             raise ValueError(f"energy_slack must be >= 0 (a fraction of the best time), got {self.energy_slack!r}")

@@ -110,6 +110,90 @@ def test_demo_matches_eager_and_reports_predicted_against_measured(capsys, tmp_p
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
+        (["--preset", "1x4090-cpu"], "--preset 1x4090-cpu has 1 GPU(s), and the demo splits the model over "
+         "2 or more; choose a preset with 2 GPUs or more: 2x8xh100-ib, 4xa100-pcie-cpu"),
+        (["--devices", "1"], "--devices 1: the demo splits the model over 2 GPUs or more and preset "
+         "4xa100-pcie-cpu has 4; give 2 to 4, or leave it out for all"),
+        (["--devices", "0"], "--devices 0: "),
+        (["--devices", "9"], "--devices 9: "),
+        (["--preset", "hetero-a100-t4-cpu", "--devices", "3"], "has 2; give 2, or leave it out for all"),
+        (["--rows", "-3"], "--rows must be 1 or more (rows per table in the plan summaries), got -3"),
+        (["--rows", "0"], "--rows must be 1 or more"),
+        (["--preset", "nope"], "unknown topology preset 'nope'"),
+    ],
+)
+def test_bad_demo_arguments_fail_before_building_the_model(argv, message, capsys, monkeypatch):
+    import autopart.cli
+
+    monkeypatch.setattr(autopart.cli, "build_model", lambda *a: pytest.fail("built the model"))
+    assert main(["demo", "--size", "tiny", *argv]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("autopart: error: ") and message in captured.err
+    assert captured.out == ""
+
+
+def test_demo_gives_memory_to_every_gpu_of_the_preset_by_default():
+    from autopart.cli import _demo_gpus
+
+    assert _demo_gpus("hetero-a100-t4-cpu", None) == ["cuda:0", "cuda:1"]
+    assert len(_demo_gpus("8xh100-nvlink", None)) == 8
+    assert _demo_gpus("4xa100-pcie-cpu", 2) == ["cuda:0", "cuda:1"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--list", "--save", "t.json"], "--list only lists the bundled presets; drop --save (or --list)"),
+        (["--list", "--profile"], "drop --profile (or --list)"),
+        (["--list", "--no-profile", "--budget", "5"], "drop --no-profile, --budget (or --list)"),
+        (["--list", "--refresh", "--cache-dir", "d"], "drop --refresh, --cache-dir (or --list)"),
+        (["--preset", "8xh100-nvlink", "--refresh"], "--refresh: for this machine's profile; cannot be "
+         "combined with --preset (drop one or the other)"),
+        (["--load", "t.json", "--budget", "5", "--cache-dir", "d"], "--budget, --cache-dir: for this "
+         "machine's profile; cannot be combined with --load"),
+    ],
+)
+def test_topology_rejects_options_it_would_ignore(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["topology", *argv]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("autopart: error: ") and message in captured.err
+    assert captured.out == "" and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--energy-eta", "0.5"], "--energy-eta applies to --objective energy only, not latency; add "
+         "--objective energy"),
+        (["--objective", "throughput", "--energy-slack", "0.2"], "--energy-slack applies to --objective "
+         "energy only, not throughput; add --objective energy"),
+        (["--objective", "energy", "--energy-slack", "0.2", "--energy-eta", "0.5"],
+         "--energy-eta replaces --energy-slack; give one of them"),
+    ],
+)
+def test_energy_options_need_the_energy_objective(argv, message, capsys, monkeypatch):
+    import autopart.cli
+
+    monkeypatch.setattr(autopart.cli, "build_model", lambda *a: pytest.fail("built the model"))
+    for command in (["plan", "--model", "gpt2", "--size", "tiny"], ["solve", "--graph", str(GPT2_GRAPH)]):
+        assert main([*command, *argv, "--topology", "4xa100-pcie-cpu"]) == 2
+        captured = capsys.readouterr()
+        assert captured.err.startswith("autopart: error: ") and message in captured.err
+        assert captured.out == ""
+
+
+def test_energy_slack_left_out_keeps_the_config_default():
+    from autopart.cli import _plan_options, make_parser
+
+    argv = ["solve", "--graph", "g.json", "--objective", "energy"]
+    assert "energy_slack" not in _plan_options(make_parser().parse_args(argv))
+    assert _plan_options(make_parser().parse_args([*argv, "--energy-slack", "0.3"]))["energy_slack"] == 0.3
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
         (["--max-memory", "cuda:0"], "--max-memory expects DEVICE=VALUE, got 'cuda:0'"),
         (["--max-memory", "cuda:0=-5MB"], "memory size must be >= 0 bytes, got '-5MB'"),
         (["--out", "/no/such/folder/p.json"], "--out /no/such/folder/p.json: its folder does not exist"),

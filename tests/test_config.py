@@ -84,6 +84,14 @@ def test_numbers_of_another_type_are_named(name):
             Config(**{name: None})
 
 
+def test_energy_eta_needs_the_energy_objective():
+    for objective in ("latency", "throughput"):
+        with pytest.raises(ValueError, match=rf"energy_eta=0.5 applies to objective='energy' only, but "
+                           rf"objective='{objective}'; add objective='energy' \(or drop energy_eta\)"):
+            Config(objective=objective, energy_eta=0.5)
+    assert Config(objective="energy", energy_eta=0.5).energy_eta == 0.5
+
+
 def test_cache_dir_must_be_a_path():
     with pytest.raises(TypeError, match="cache_dir must be a folder path or None, got int 5"):
         Config(cache_dir=5)  # type: ignore[arg-type]

@@ -243,7 +243,7 @@ class Plan:
             for i, t in enumerate(self.tasks)
         ]
         if len(rows) > 2 * max_rows:
-            rows = rows[:max_rows] + [["...", "", "", "", "", ""]] + rows[-max_rows:]
+            rows = rows[:max_rows] + [["...", "", "", "", "", ""]] + rows[len(rows) - max_rows:]
         lines += _table(["#", "device", "task", "nodes", "time", "resident"], rows)
         return "\n".join(lines)
 

@@ -204,3 +204,11 @@ def test_a_model_on_the_meta_device_is_planned():
     used = [*model.parameters(), model.model.rotary_emb.inv_freq]
     weights = sum(t.numel() * t.element_size() for t in used)
     assert sum(t.resident_bytes for t in plan.tasks) == weights
+
+
+@pytest.mark.parametrize("max_rows", [0, 1, 3])
+def test_plan_summary_shows_the_first_and_last_rows_of_its_task_table(max_rows):
+    plan = autopart.solve_graph(SHIPPED / "gpt2.json", topology="4xa100-pcie-cpu", time_limit_s=5)
+    assert len(plan.tasks) > 2 * max_rows + 1
+    table = plan.summary(max_rows=max_rows).split("tasks in execution order:")[1].splitlines()[3:]
+    assert len(table) == 2 * max_rows + 1 and table[max_rows].startswith("...")

@@ -10,8 +10,23 @@ ILP stays small. They keep variables of their own: autoparallel's clustering mak
 layers share one sharding decision, which suits SPMD sharding, where every layer is sharded
 alike; in a placement, identical layers must be free to go to different devices. What
 identical tasks give the solver instead is symmetry it exploits: classes of identical tasks
-in the throughput bound (:func:`autopart.solver.aggregated_bottleneck_bound_s`). Otherwise,
-and for the nodes before and after the layers, runs are formed in three steps:
+in the throughput bound (:func:`autopart.solver.aggregated_bottleneck_bound_s`).
+
+How finely blocks are cut is chosen for memory (:func:`build_problem`). With
+``MIN_BLOCKS_TO_KEEP_WHOLE`` blocks or more, each block is first one task. If no placement of
+that problem fits the devices' memory, found quickly (:func:`autopart.solver.quick_placement`:
+the greedy placement and the baselines), each block is cut into 2, 4, 8, ... tasks, the same
+cut in every block, up to as many as ``max_groups`` allows (:func:`finer_block_pieces`), until
+one fits; the finest is handed to the ILP when none does, which searches it exhaustively. So
+whole blocks are kept whenever they are known to fit (the common case: same tasks, same ILP),
+a placement that exists only inside blocks is found when ``max_groups`` allows the cut, and
+"raise max_groups" is advice that works. (A quick placement is not a proof: blocks are cut
+finer also when whole blocks would fit only by the ILP's search. That costs solve time, and
+hardly ever a placement: a placement of whole blocks is one of the finer problem too, whose
+memory rows count the same weights and differ only in how activations that live inside a block
+are counted: over whole pieces rather than step by step.)
+
+Otherwise, and for the nodes before and after the layers, runs are formed in three steps:
 
 1. one run per maximal stretch of nodes from the same innermost module
    (``meta["nn_module_stack"]``), never cutting before an ``operator.getitem`` (which must stay
@@ -29,6 +44,7 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+import logging
 import re
 from collections import defaultdict
 from collections.abc import Callable, Mapping
@@ -37,6 +53,8 @@ from dataclasses import dataclass, field
 from .graph import AnnotatedGraph, GraphNode
 from .passes.records import RESIDENT_ROLES
 from .topology import Topology
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -69,6 +87,13 @@ class Task:
     parameters are copied to the device every step (``build_problem``'s ``copy_trainable``)
     holds there the copies and their gradients, and where each parameter lives its gradient
     and optimizer state."""
+    unit_bytes: tuple[int, ...] = ()
+    """Resident bytes of each run of its nodes that coarsening never cuts, whatever
+    ``max_groups``, in order: a compute node with the weights it is the first to read and the
+    ``getitem`` nodes that index its result (a node that neither computes nor holds anything
+    goes with the next node of its module). A task of several units is one that a higher
+    ``max_groups`` can cut finer (the solver's errors suggest it only then). Empty when not
+    known: a task built by hand, the inputs and the output."""
 
     def held_bytes(self, device: str) -> dict[str, int]:
         """Bytes held all call long on each device when the task runs on ``device``."""
@@ -237,28 +262,23 @@ def repeated_blocks(compute: list[GraphNode]) -> list[tuple[int, int]] | None:
 _INDEXED = re.compile(r"\.\d+$")
 
 MIN_BLOCKS_TO_KEEP_WHOLE = 4
-"""With at least this many repeated blocks, each is one group at most: layers are fine enough
+"""With at least this many repeated blocks, each is one group at first: layers are fine enough
 a unit to balance a pipeline (as accelerate's ``no_split_module_classes`` and PiPPy's split
 points assume), and cutting inside them multiplies the ILP's work (GPT-2 on 4 GPUs: 0.1 s with
-12 layer tasks, 5 s with 24 half-layer tasks, for a plan 0.2% slower under the cost model)."""
+12 layer tasks, 5 s with 24 half-layer tasks, for a plan 0.2% slower under the cost model).
+:func:`build_problem` cuts them finer only when whole blocks fit no device split it can find
+(the module docstring)."""
 
 
-def group_nodes(
+def _block_layout(
     compute: list[GraphNode], weight: Callable[[GraphNode], float], max_groups: int
-) -> list[list[GraphNode]]:
-    """Split ``compute`` (in graph order) into at most ``max_groups`` contiguous runs.
-
-    A model with :func:`repeated_blocks` (transformer layers) is grouped block by block: each
-    block is one group (cut the same way into a few when there are fewer than
-    ``MIN_BLOCKS_TO_KEEP_WHOLE`` blocks), or ``c`` whole blocks are merged per group when there
-    are more blocks than groups; so identical layers become identical tasks, cuts fall between
-    layers, and the ILP stays small. The nodes before and after the blocks get groups in
-    proportion to their weight (at least one each). Otherwise see the module docstring for the
-    three steps. Returns the runs in order.
-    """
+) -> tuple[list[tuple[int, int]], int, int, int] | None:
+    """``(blocks, n_before, n_after, budget)``: the repeated blocks of ``compute``, the groups
+    for the nodes before and after them (in proportion to their weight, at least one each) and
+    the groups left for the blocks (>= 1); None without repeated blocks."""
     blocks = repeated_blocks(compute) if max_groups >= 3 else None
     if blocks is None:
-        return _group_runs(compute, weight, max_groups)
+        return None
     total = sum(weight(n) for n in compute) or 1.0
     before, after = compute[: blocks[0][0]], compute[blocks[-1][1]:]
 
@@ -267,10 +287,43 @@ def group_nodes(
 
     n_before = min(share(before), max_groups - 1 - (1 if after else 0))
     n_after = min(share(after), max_groups - 1 - n_before)
-    budget = max_groups - n_before - n_after  # >= 1 for the blocks
-    groups = _group_runs(before, weight, n_before)
+    return blocks, n_before, n_after, max_groups - n_before - n_after
+
+
+def group_nodes(
+    compute: list[GraphNode],
+    weight: Callable[[GraphNode], float],
+    max_groups: int,
+    *,
+    block_pieces: int | None = None,
+) -> list[list[GraphNode]]:
+    """Split ``compute`` (in graph order) into at most ``max_groups`` contiguous runs.
+
+    A model with :func:`repeated_blocks` (transformer layers) is grouped block by block: each
+    block is cut into ``block_pieces`` groups at most, the same way in every block, as far as
+    ``max_groups`` allows (default: 1, each block whole, with at least
+    ``MIN_BLOCKS_TO_KEEP_WHOLE`` blocks; as many as ``max_groups`` allows with fewer), or ``c``
+    whole blocks are merged per group when there are more blocks than groups for them; so
+    identical layers become identical tasks, cuts fall between layers (or at the same places
+    inside each), and the ILP stays small. The nodes before and after the blocks get groups in
+    proportion to their weight (at least one each). Otherwise see the module docstring for the
+    three steps. Returns the runs in order.
+
+    Raises:
+        ValueError: ``block_pieces`` < 1.
+    """
+    if block_pieces is not None and block_pieces < 1:
+        raise ValueError(f"block_pieces must be >= 1, got {block_pieces!r}")
+    layout = _block_layout(compute, weight, max_groups)
+    if layout is None:
+        return _group_runs(compute, weight, max_groups)
+    blocks, n_before, n_after, budget = layout
+    groups = _group_runs(compute[: blocks[0][0]], weight, n_before)
     if budget >= len(blocks):
-        per_block = 1 if len(blocks) >= MIN_BLOCKS_TO_KEEP_WHOLE else budget // len(blocks)
+        most = budget // len(blocks)
+        if block_pieces is None:
+            block_pieces = 1 if len(blocks) >= MIN_BLOCKS_TO_KEEP_WHOLE else most
+        per_block = min(block_pieces, most)
         for s, e in blocks:
             groups += _group_runs(compute[s:e], weight, per_block)
     else:
@@ -278,7 +331,30 @@ def group_nodes(
         for k in range(0, len(blocks), per_group):
             chunk = blocks[k : k + per_group]
             groups.append(compute[chunk[0][0] : chunk[-1][1]])
-    return groups + _group_runs(after, weight, n_after)
+    return groups + _group_runs(compute[blocks[-1][1]:], weight, n_after)
+
+
+def finer_block_pieces(
+    compute: list[GraphNode], weight: Callable[[GraphNode], float], max_groups: int
+) -> list[int]:
+    """The finer cuts of repeated blocks that :func:`build_problem` tries, in order, when the
+    default grouping (:func:`group_nodes`) keeps blocks whole and no placement of it fits:
+    ``block_pieces`` of 2, 4, 8, ... up to the most ``max_groups`` allows (the groups left for
+    the blocks divided by their number). Empty when blocks are not kept whole (no repeated
+    blocks, fewer than ``MIN_BLOCKS_TO_KEEP_WHOLE`` of them, which are already cut as finely as
+    ``max_groups`` allows, or several whole blocks per group: a higher ``max_groups`` cuts
+    those)."""
+    layout = _block_layout(compute, weight, max_groups)
+    if layout is None or len(layout[0]) < MIN_BLOCKS_TO_KEEP_WHOLE:
+        return []
+    blocks, _, _, budget = layout
+    most = budget // len(blocks)
+    pieces = []
+    k = 2
+    while k < most:
+        pieces.append(k)
+        k *= 2
+    return pieces + [most] if most > 1 else []
 
 
 def _group_runs(
@@ -369,7 +445,12 @@ def build_problem(
         capacity_bytes: bytes each device may still take (what earlier graphs hold subtracted).
         origin_device: maps a device string of the captured graph (``"cpu"``) to the topology
             device that holds user inputs and receives outputs there.
-        max_groups: coarsening target (number of compute tasks).
+        max_groups: coarsening target (number of compute tasks). With at least
+            ``MIN_BLOCKS_TO_KEEP_WHOLE`` repeated blocks, each block is one task unless no
+            placement of that problem that fits memory is found without the ILP
+            (:func:`autopart.solver.quick_placement`); then blocks are cut into 2, 4, ... tasks
+            each, up to as many as ``max_groups`` allows (:func:`finer_block_pieces`), until one
+            is found, or the finest is returned (see the module docstring).
         pinned: node name -> device: parameters/buffers an earlier graph already placed (their
             bytes are not counted again), and compute nodes that must run on a device (an
             in-place update of a user input, on that input's device). Their task is fixed to
@@ -446,8 +527,10 @@ def build_problem(
     def ref_time(n: GraphNode) -> float:
         return sum(times[n.name].get(d, 0.0) for d in candidates) / max(1, len(candidates))
 
-    def resident(n: GraphNode) -> int:
-        return sum(m.resident_bytes + m.training_bytes for m in [n, *attached.get(n.name, ())])
+    def resident(n: GraphNode, only: set[str] | None = None) -> int:
+        """Bytes ``n`` and the resident tensors attached to it hold (those named in ``only``)."""
+        members = [n, *attached.get(n.name, ())]
+        return sum(m.resident_bytes + m.training_bytes for m in members if only is None or m.name in only)
 
     total_time = sum(ref_time(n) for n in compute) or 1.0
     total_resident = sum(resident(n) for n in compute) or 1
@@ -455,75 +538,110 @@ def build_problem(
     def weight(n: GraphNode) -> float:
         return ref_time(n) / total_time + resident(n) / total_resident
 
-    groups = group_nodes(compute, weight, max_groups)
+    def assemble(groups: list[list[GraphNode]]) -> PlacementProblem:
+        """The problem whose compute tasks are ``groups``."""
+        tasks: list[Task] = []
+        task_of: dict[str, int] = {}
 
-    tasks: list[Task] = []
-    task_of: dict[str, int] = {}
+        def add_task(task: Task) -> None:
+            tasks.append(task)
+            for name in task.nodes:
+                task_of[name] = len(tasks) - 1
 
-    def add_task(task: Task) -> None:
-        tasks.append(task)
-        for name in task.nodes:
-            task_of[name] = len(tasks) - 1
+        inputs_by_device: dict[str, list[str]] = defaultdict(list)
+        for n in nodes:
+            if n.op == "placeholder" and n.role == "input" and users[n.name]:
+                origin = origin_device(n.tensors[0].device if n.tensors else "cpu")
+                inputs_by_device[origin].append(n.name)
+        for dev, names in inputs_by_device.items():
+            add_task(Task(name=f"inputs@{dev}", nodes=tuple(names), time_s={}, fixed_device=dev))
 
-    inputs_by_device: dict[str, list[str]] = defaultdict(list)
-    for n in nodes:
-        if n.op == "placeholder" and n.role == "input" and users[n.name]:
-            origin = origin_device(n.tensors[0].device if n.tensors else "cpu")
-            inputs_by_device[origin].append(n.name)
-    for dev, names in inputs_by_device.items():
-        add_task(Task(name=f"inputs@{dev}", nodes=tuple(names), time_s={}, fixed_device=dev))
-
-    for group in groups:
-        members: list[GraphNode] = []
-        for n in group:
-            members += attached.get(n.name, [])
-            members.append(n)
-        homes = {pinned[m.name] for m in members if m.name in pinned}
-        fixed = homes.pop() if len(homes) == 1 else None
-        counted = [m for m in members if not (fixed and m.name in pinned and m.role in RESIDENT_ROLES)]
-        resident_bytes = sum(m.resident_bytes + m.training_bytes for m in counted)
-        copy_forward_s, copy_backward_s, optimizer_s, shifted = parameter_costs(members, {m.name for m in counted})
-        devices = topology.device_names
-        backward_s = {d: sum(backward_times[n.name][d] for n in group) + copy_backward_s[d] for d in devices}
-        forward_s = {d: sum(times[n.name][d] for n in group) + copy_forward_s[d] for d in devices}
-        time_s = {d: forward_s[d] + backward_s[d] + optimizer_s[d] for d in devices}
-        resident_on = {
-            d: {h: b + (resident_bytes if h == d else 0) for h, b in {d: 0, **held}.items()}
-            for d, held in shifted.items()
-        }
-        add_task(
-            Task(
-                name=_group_name(group),
-                nodes=tuple(m.name for m in members),
-                time_s=time_s,
-                resident_bytes=resident_bytes,
-                fixed_device=fixed,
-                backward_time_s=backward_s if any(backward_s.values()) else {},
-                step_time_s=optimizer_s if any(optimizer_s.values()) else {},
-                resident_on=resident_on,
+        for group in groups:
+            members: list[GraphNode] = []
+            for n in group:
+                members += attached.get(n.name, [])
+                members.append(n)
+            homes = {pinned[m.name] for m in members if m.name in pinned}
+            fixed = homes.pop() if len(homes) == 1 else None
+            counted = [m for m in members if not (fixed and m.name in pinned and m.role in RESIDENT_ROLES)]
+            resident_bytes = sum(m.resident_bytes + m.training_bytes for m in counted)
+            counted_names = {m.name for m in counted}
+            copy_forward_s, copy_backward_s, optimizer_s, shifted = parameter_costs(members, counted_names)
+            devices = topology.device_names
+            backward_s = {d: sum(backward_times[n.name][d] for n in group) + copy_backward_s[d] for d in devices}
+            forward_s = {d: sum(times[n.name][d] for n in group) + copy_forward_s[d] for d in devices}
+            time_s = {d: forward_s[d] + backward_s[d] + optimizer_s[d] for d in devices}
+            resident_on = {
+                d: {h: b + (resident_bytes if h == d else 0) for h, b in {d: 0, **held}.items()}
+                for d, held in shifted.items()
+            }
+            add_task(
+                Task(
+                    name=_group_name(group),
+                    nodes=tuple(m.name for m in members),
+                    time_s=time_s,
+                    resident_bytes=resident_bytes,
+                    fixed_device=fixed,
+                    backward_time_s=backward_s if any(backward_s.values()) else {},
+                    step_time_s=optimizer_s if any(optimizer_s.values()) else {},
+                    resident_on=resident_on,
+                    unit_bytes=tuple(
+                        sum(resident(n, only=counted_names) for n in unit) for unit in _units(group, weight)
+                    ),
+                )
             )
+
+        output = graph.output
+        out_devices = [t.device for t in output.tensors]
+        if out_devices:
+            out_dev = origin_device(max(set(out_devices), key=out_devices.count))
+        else:
+            out_dev = next(iter(inputs_by_device), candidates[0] if candidates else topology.device_names[0])
+        add_task(Task(name=f"output@{out_dev}", nodes=(output.name,), time_s={}, fixed_device=out_dev))
+
+        # Unused resident tensors and unused inputs belong to no task: they are not moved.
+        values, shared = _values(graph, task_of)
+        tasks, live_ranges = _liveness(tasks, graph, task_of)
+        return PlacementProblem(
+            tasks=tuple(tasks),
+            values=values,
+            live_ranges=live_ranges,
+            capacity_bytes=dict(capacity_bytes),
+            topology=topology,
+            shared=shared,
+            training=graph.training,
         )
 
-    output = graph.output
-    out_devices = [t.device for t in output.tensors]
-    if out_devices:
-        out_dev = origin_device(max(set(out_devices), key=out_devices.count))
-    else:
-        out_dev = next(iter(inputs_by_device), candidates[0] if candidates else topology.device_names[0])
-    add_task(Task(name=f"output@{out_dev}", nodes=(output.name,), time_s={}, fixed_device=out_dev))
+    from .solver import quick_placement  # the solver imports this module
 
-    # Unused resident tensors and unused inputs belong to no task: they are not moved.
-    values, shared = _values(graph, task_of)
-    tasks, live_ranges = _liveness(tasks, graph, task_of)
-    return PlacementProblem(
-        tasks=tuple(tasks),
-        values=values,
-        live_ranges=live_ranges,
-        capacity_bytes=dict(capacity_bytes),
-        topology=topology,
-        shared=shared,
-        training=graph.training,
-    )
+    groups = group_nodes(compute, weight, max_groups)
+    problem = assemble(groups)
+    for pieces in finer_block_pieces(compute, weight, max_groups):
+        finer = group_nodes(compute, weight, max_groups, block_pieces=pieces)
+        if [len(g) for g in finer] == [len(g) for g in groups]:
+            continue  # the blocks cannot be cut that much finer
+        if quick_placement(problem) is not None:
+            break
+        log.info("found no placement of %d tasks that fits memory without the ILP; cutting each "
+                 "repeated block into up to %d tasks", len(problem.tasks), pieces)
+        groups, problem = finer, assemble(finer)
+    return problem
+
+
+def _units(group: list[GraphNode], weight: Callable[[GraphNode], float]) -> list[list[GraphNode]]:
+    """The runs of ``group`` that :func:`_group_runs` never cuts, whatever ``max_groups``: a
+    node starts one unless it is sticky (``getitem``), or the run before it has no weight and
+    is of the same module."""
+    units: list[list[GraphNode]] = []
+    for node in group:
+        if units and (
+            node.sticky
+            or (node.module_path == units[-1][0].module_path and not sum(weight(n) for n in units[-1]))
+        ):
+            units[-1].append(node)
+        else:
+            units.append([node])
+    return units
 
 
 def _group_name(group: list[GraphNode]) -> str:

@@ -121,7 +121,12 @@ shares of a call do not overlap as the throughput objective assumes.
 Starting points: the best of a greedy placement and the baselines (sequential fill, balanced
 fill, m-ETF, contiguous-stage dynamic programs; :mod:`autopart.baselines`) is handed to HiGHS as
 its first incumbent, and returned if the solver finds nothing better in its time limit, so the
-ILP is never worse than them.
+ILP is never worse than them. Coarsening asks for the first of them that fits
+(:func:`quick_placement`) to choose how finely to cut repeated blocks.
+
+When no placement fits, the error names the bytes needed and allowed, and suggests a higher
+``max_groups`` only where one would cut some task finer (``Task.unit_bytes``: more than one part
+that coarsening can separate, the largest within the largest device).
 
 Rows are scaled so that coefficients stay near 1 whatever the model's size: each memory row is
 divided by its device's capacity, and the objective by the sum over tasks of their fastest
@@ -138,13 +143,13 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import pulp
 
-from .coarsen import PlacementProblem, Value
+from .coarsen import PlacementProblem, Task, Value
 from .costmodel.energy import energy_J
 
 log = logging.getLogger(__name__)
@@ -401,15 +406,31 @@ def check_fits(problem: PlacementProblem) -> None:
         need = min(t.held_bytes(d).get(d, 0) for d in caps) + t.peak_bytes
         if not t.fixed_device and need > biggest:
             hint = (
-                "raise max_memory"
-                if len(t.nodes) == 1
-                else "raise max_memory or raise max_groups to cut the graph finer"
+                "raise max_memory or raise max_groups to cut the graph finer"
+                if _finer_cut_may_help(t, biggest)
+                else "raise max_memory"
             )
             raise ValueError(
                 f"task {t.name!r} needs {need} bytes ({need - t.peak_bytes} resident + "
                 f"{t.peak_bytes} activations) but the largest device allows {biggest} bytes "
                 f"({_fmt_caps(caps)}); {hint}"
             )
+
+
+def _finer_cut_may_help(task: Task, nbytes: int) -> bool:
+    """Whether a higher ``max_groups`` could cut ``task`` into tasks of at most ``nbytes``
+    resident bytes each (``Task.unit_bytes``: the parts no ``max_groups`` cuts)."""
+    return len(task.unit_bytes) > 1 and max(task.unit_bytes) <= nbytes
+
+
+def _memory_fix(problem: PlacementProblem) -> str:
+    """What to change when no placement fits: more memory, and a finer coarsening where some
+    free task can still be cut (``Task.unit_bytes``)."""
+    caps = [problem.capacity_bytes[d] for d in problem.devices]
+    biggest = max(caps, default=0)
+    if any(_finer_cut_may_help(t, biggest) for t in problem.tasks if not t.fixed_device):
+        return "raise max_memory or raise max_groups to cut the graph finer"
+    return "raise max_memory"
 
 
 def _resident_words(problem: PlacementProblem, fix: str) -> tuple[str, str]:
@@ -1104,21 +1125,44 @@ def _cbc(**options):
 Start = tuple[tuple[str, ...], frozenset[int]]  # (assignment, streamed tasks)
 
 
+STARTING_BASELINES = ("sequential_fill", "balanced", "m_etf", "chain_dp", "chain_dp_bottleneck")
+"""Baselines (:mod:`autopart.baselines`) tried after the greedy placement as starting points."""
+
+
+def _quick_placements(problem: PlacementProblem) -> Iterator[tuple[str, tuple[str, ...]]]:
+    """(name, assignment) of each quick placement that fits, found one after another: the
+    greedy one, then ``STARTING_BASELINES`` in order."""
+    from .baselines import run_baselines
+
+    greedy = greedy_placement(problem)
+    if greedy is not None:
+        yield "greedy", greedy
+    for name in STARTING_BASELINES:
+        result = run_baselines(problem, names=[name])[name]
+        if result.assignment is not None:
+            yield name, result.assignment
+
+
 def starting_points(problem: PlacementProblem) -> dict[str, Start]:
     """Quick placements that fit, none streaming: the greedy one and the baselines (sequential
     fill, balanced fill, m-ETF, and the exact contiguous-stage dynamic programs), by name. They
     seed and back up the ILP, so its result is never worse than any of them."""
-    from .baselines import run_baselines
+    return {name: (assignment, frozenset()) for name, assignment in _quick_placements(problem)}
 
-    starts: dict[str, Start] = {}
-    greedy = greedy_placement(problem)
-    if greedy is not None:
-        starts["greedy"] = (greedy, frozenset())
-    names = ("sequential_fill", "balanced", "m_etf", "chain_dp", "chain_dp_bottleneck")
-    for name, result in run_baselines(problem, names=names).items():
-        if result.assignment is not None:
-            starts[name] = (result.assignment, frozenset())
-    return starts
+
+def quick_placement(problem: PlacementProblem) -> tuple[str, ...] | None:
+    """The first of :func:`starting_points` found (the greedy placement, then the baselines
+    in order, stopping at the first that fits memory), or None: with no device with memory, a
+    model that :func:`check_fits` rules out, or none of them fits. None does not prove that no
+    placement fits (the ILP searches further); a placement proves that one does, and the ILP
+    starts from it (with ``contiguous_stages``, if it is contiguous).
+    :func:`autopart.coarsen.build_problem` asks this to choose how finely to cut repeated
+    blocks. Milliseconds when the greedy placement fits."""
+    try:
+        check_fits(problem)
+    except ValueError:
+        return None
+    return next((assignment for _, assignment in _quick_placements(problem)), None)
 
 
 def solve(
@@ -1295,7 +1339,7 @@ def _solve_milp(
         needed = sum(t.resident_bytes for t in problem.tasks)
         caps = {d: problem.capacity_bytes[d] for d in problem.devices}
         if status == "Infeasible":
-            what, fix = _resident_words(problem, "raise max_memory or raise max_groups to cut the graph finer")
+            what, fix = _resident_words(problem, _memory_fix(problem))
             raise ValueError(
                 f"no placement fits in memory: the model needs {needed} bytes of {what} plus up "
                 f"to {_activation_peak(problem)} bytes of activations at once, and the devices "

@@ -22,6 +22,7 @@ from autopart.solver import (
     interchangeable_devices,
     is_contiguous,
     pigeonhole_bound_s,
+    quick_placement,
     solve,
     stream_host,
 )
@@ -326,6 +327,41 @@ def test_fragmentation_infeasible_is_reported():
     p = _chain([{"cuda:0": 1e-3, "cuda:1": 1e-3}] * 3, [60 * MB] * 3, {"cuda:0": 100 * MB, "cuda:1": 100 * MB}, 1, topo)
     with pytest.raises(ValueError, match=r"no placement fits in memory: the model needs 180000000 bytes"):
         solve(p)
+
+
+def test_the_advice_to_raise_max_groups_is_given_only_where_a_finer_cut_could_help():
+    # Task.unit_bytes: the parts of a task that no max_groups cuts (empty: not known).
+    topo = make_topology([make_device("cuda:0"), make_device("cuda:1")])
+    caps = {"cuda:0": 100 * MB, "cuda:1": 100 * MB}
+    big = _chain([{"cuda:0": 1e-3, "cuda:1": 1e-3}] * 2, [150 * MB, 10 * MB], caps, 1, topo)
+
+    def with_units(p: PlacementProblem, units: tuple[int, ...]) -> PlacementProblem:
+        return dataclasses.replace(p, tasks=tuple(dataclasses.replace(t, unit_bytes=units) for t in p.tasks))
+
+    with pytest.raises(ValueError, match=r"task 't0' needs 150000000 bytes .*; raise max_memory or raise max_groups"):
+        solve(with_units(big, (75 * MB, 75 * MB)))
+    for units in [(), (150 * MB,), (140 * MB, 10 * MB)]:  # one part, or a part too big on its own
+        with pytest.raises(ValueError, match=r"task 't0' needs .*; raise max_memory$"):
+            solve(with_units(big, units))
+    # 3 tasks of 60 MB on two 100 MB devices: a finer cut could fit them.
+    fragmented = _chain([{"cuda:0": 1e-3, "cuda:1": 1e-3}] * 3, [60 * MB] * 3, caps, 1, topo)
+    with pytest.raises(ValueError, match=r"no placement fits in memory: .*; raise max_memory or raise max_groups"):
+        solve(with_units(fragmented, (30 * MB, 30 * MB)))
+    with pytest.raises(ValueError, match=r"no placement fits in memory: .*; raise max_memory$"):
+        solve(fragmented)
+
+
+def test_quick_placement_is_the_first_starting_point_that_fits():
+    topo = make_topology([make_device("cuda:0"), make_device("cuda:1")])
+    caps = {"cuda:0": 100 * MB, "cuda:1": 100 * MB}
+    fits = _chain([{"cuda:0": 1e-3, "cuda:1": 1e-3}] * 3, [60 * MB, 30 * MB, 60 * MB], caps, 1, topo)
+    assignment = quick_placement(fits)
+    assert assignment is not None and assignment == greedy_placement(fits)
+    ev = evaluate(fits, assignment)
+    assert all(ev.peak_bytes.get(d, 0) <= caps[d] for d in caps)
+    fragmented = _chain([{"cuda:0": 1e-3, "cuda:1": 1e-3}] * 3, [60 * MB] * 3, caps, 1, topo)
+    too_big = _chain([{"cuda:0": 1e-3, "cuda:1": 1e-3}] * 2, [150 * MB, 60 * MB], caps, 1, topo)
+    assert quick_placement(fragmented) is None and quick_placement(too_big) is None
 
 
 @pytest.mark.parametrize("solver", ["highs", "cbc"])

@@ -94,3 +94,13 @@ def parameter_fqn(gm: torch.fx.GraphModule, node: torch.fx.Node) -> str:
     if len(parts) < 2:
         return node.name
     return ".".join(parts[1:]).rstrip("_")
+
+
+def reset_with_dynamo(backend: Any) -> None:
+    """Have ``torch._dynamo.reset()`` call ``backend.reset()``. Dynamo records the backends of
+    ``torch.compile`` calls in ``eval_frame.cached_backends`` and forgets them on a reset, while
+    the functions compiled before keep calling them: a backend must record itself again when
+    it compiles, or a second reset passes it by. Without that dict (a later torch), nothing."""
+    cached = getattr(getattr(torch._dynamo, "eval_frame", None), "cached_backends", None)
+    if isinstance(cached, dict):
+        cached.setdefault(id(backend), backend)

@@ -22,6 +22,7 @@ import torch
 import torch.fx
 from torch.utils._pytree import tree_flatten
 
+from ._compat import reset_with_dynamo
 from .coarsen import PlacementProblem, build_problem
 from .config import AutopartWarning, Config
 from .graph import AnnotatedGraph
@@ -661,6 +662,7 @@ class Backend:
             TypeError: an unknown option. ValueError: a bad option value, or a ``mode`` (Inductor's
                 ``"reduce-overhead"``, ``"max-autotune"``: autopart has none).
         """
+        reset_with_dynamo(self)
         if mode is not None:
             raise ValueError(
                 f"autopart takes no torch.compile mode (got mode={mode!r}); leave mode out, and "

@@ -1523,6 +1523,23 @@ def test_a_model_still_runs_after_its_backend_is_reset():
         torch.testing.assert_close(compiled(x), model(x), rtol=0, atol=0)
 
 
+def test_every_dynamo_reset_resets_a_backend_still_in_use():
+    """A compiled model called again after torch._dynamo.reset() compiles with its backend
+    again; the next reset frees that too (Dynamo forgets a backend on each reset)."""
+    torch.manual_seed(0)
+    model = TwoStage().eval()
+    cap = _two_stage_options(model)["max_memory"]["cuda:0"]
+    backend = autopart.backend(**{**_two_stage_options(model), "max_memory": {"cpu": cap, "cuda:0": 3 * cap}})
+    compiled = torch.compile(model, backend=backend)
+    x = torch.randn(4, 32)
+    for _ in range(3):
+        with torch.no_grad():
+            torch.testing.assert_close(compiled(x), model(x), rtol=0, atol=0)
+        assert len(backend.compilations) == 2  # the graphs before and after the graph break
+        torch._dynamo.reset()
+        assert backend.compilations == [] and autopart.compilations() == []
+
+
 def test_a_model_converted_after_compiling_is_planned_anew_within_memory():
     """model.to(float64) replaces each parameter's data: the recompiled plan places the new,
     larger weights within max_memory instead of where the old ones were."""

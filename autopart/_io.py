@@ -25,7 +25,7 @@ def read_json(path: str | os.PathLike, what: str) -> Any:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise FileNotFoundError(2, f"{what} file not found: {str(path)!r}", str(path)) from None
+        raise FileNotFoundError(2, f"{what} file not found", str(path)) from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:

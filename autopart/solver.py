@@ -1322,7 +1322,9 @@ def _solve_milp(
     counts = dict(num_variables=m.prob.numVariables(), num_constraints=m.prob.numConstraints())
     try:
         m.prob.solve(backend)
-    except pulp.PulpSolverError as exc:  # a broken or missing solver binary: the baselines stand
+    # a broken or missing solver binary, or (IndexError) PuLP reading a solution HiGHS did not
+    # return, e.g. for coefficients beyond its range (a link of 1e10 s): the baselines stand
+    except (pulp.PulpSolverError, IndexError) as exc:
         if best_start is None:
             raise ValueError(
                 f"the {solver_name} MILP solver failed ({exc}) and no starting point fits; "

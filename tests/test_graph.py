@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 import transformers
 
 import autopart
-from autopart import AnnotatedGraph, Plan
+from autopart import AnnotatedGraph, Plan, Topology
 from autopart.cli import main
 from autopart.dynamo import plan_model_backend
 
@@ -212,3 +213,16 @@ def test_plan_summary_shows_the_first_and_last_rows_of_its_task_table(max_rows):
     assert len(plan.tasks) > 2 * max_rows + 1
     table = plan.summary(max_rows=max_rows).split("tasks in execution order:")[1].splitlines()[3:]
     assert len(table) == 2 * max_rows + 1 and table[max_rows].startswith("...")
+
+
+def test_a_link_beyond_the_solvers_range_gives_a_plan_not_a_crash():
+    """HiGHS returns no solution for a 1e10 s link (PuLP then fails reading one): the best
+    starting point stands, with a warning."""
+    planner = plan_model_backend(torch.nn.Linear(8, 8), (torch.randn(2, 8),), topology="1x4090-cpu")
+    topology = Topology.preset("1x4090-cpu").to_dict()
+    for link in topology["links"]:
+        link["latency_s"] = 1e10
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        plan = autopart.solve_graph(planner.compilations[0].analysis.graph, topology=topology)
+    assert plan.devices_used == ["cpu"]  # where the input is: no copy of 1e10 s

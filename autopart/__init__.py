@@ -5,6 +5,8 @@
     plans = autopart.plan_model(model, example_inputs, **options)     # plan without running
 """
 
+import importlib
+
 from .coarsen import PlacementProblem
 from .config import Config, parse_bytes
 from .dynamo import (
@@ -27,6 +29,16 @@ from .solver import Solution, solve
 from .topology import Device, Link, Topology, presets
 
 __version__ = "0.1.0"
+
+_SUBMODULES = ("baselines", "explain", "viz")
+
+
+def __getattr__(name: str):
+    """``autopart.baselines``, ``autopart.explain`` and ``autopart.viz``, imported when first
+    used (pictures need matplotlib and pydot only then)."""
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'autopart' has no attribute {name!r}")
 
 __all__ = [
     "AnnotatedGraph",

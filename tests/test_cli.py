@@ -33,6 +33,13 @@ def test_console_script_is_installed():
     assert "8xh100-nvlink" in out and "4xa100-pcie-cpu" in out
 
 
+def test_submodules_named_in_the_readme_need_no_import_of_their_own():
+    code = ("import autopart; print(autopart.viz.plot_plan.__name__, autopart.explain.explain.__name__, "
+            "autopart.baselines.run_baselines.__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["plot_plan", "explain", "run_baselines"]
+
+
 def test_topology_table_and_save(tmp_path, capsys):
     path = tmp_path / "t.json"
     assert main(["topology", "--preset", "hetero-a100-t4-cpu", "--save", str(path)]) == 0

@@ -42,7 +42,7 @@ from .passes.shapes import node_value, requires_grad
 from .passes.training import Optimizer, TrainingMemory, training_memory_pass
 from .pipeline import BatchSpec, auto_microbatches, batch_spec, is_random
 from .plan import Plan, _ms, _table, make_plan, step_copies
-from .rewrite import origin_resolver, resolve_device_map, rewrite
+from .rewrite import canonical_device, origin_resolver, resolve_device_map, rewrite
 from .runtime import (
     DynamoMetadata,
     InductorPartition,
@@ -276,7 +276,11 @@ def solve_graph(graph: AnnotatedGraph | str | os.PathLike, **options: Any) -> Pl
     Args:
         graph: an :class:`AnnotatedGraph` or the path of one saved as JSON.
         options: fields of :class:`autopart.Config` (``topology``, ``max_memory``, ``solver``,
-            ``time_limit_s``, ``max_groups``, ...); ``device_map`` is ignored (nothing runs).
+            ``time_limit_s``, ``max_groups``, ...). Nothing runs, so ``device_map`` only says
+            which topology device holds the graph's inputs and outputs: the one mapped to the
+            device they were captured on (e.g. ``device_map={"cuda:0": "cpu"}`` for a topology
+            of GPUs alone and a graph captured on the CPU); by default the topology's first
+            device of that kind.
 
     Raises:
         ValueError / TypeError: a bad file or option, or a model that cannot fit.
@@ -284,7 +288,14 @@ def solve_graph(graph: AnnotatedGraph | str | os.PathLike, **options: Any) -> Pl
     if not isinstance(graph, AnnotatedGraph):
         graph = AnnotatedGraph.load(graph)
     config = Config.from_options(**options)
-    plan, _ = solve_annotated(graph, config, config.resolve_topology())
+    topology = config.resolve_topology()
+    named = config.device_map
+    named = dict.fromkeys(topology.device_names, named) if isinstance(named, str) else dict(named or {})
+    unknown = [d for d in named if d not in topology.device_names]
+    if unknown:
+        raise ValueError(f"device_map names {unknown}, not devices of topology {topology.name!r}: "
+                         f"{topology.device_names}")
+    plan, _ = solve_annotated(graph, config, topology, mapping={d: canonical_device(v) for d, v in named.items()})
     return plan
 
 

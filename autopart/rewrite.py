@@ -63,7 +63,7 @@ def resolve_device_map(topology: Topology, device_map: dict[str, str] | str | No
     local = local_devices()
     names = topology.device_names
     if isinstance(device_map, str):
-        if _canonical(device_map) not in local:
+        if canonical_device(device_map) not in local:
             raise ValueError(f"device_map={device_map!r} is not a device of this machine; local devices are {local}")
         device_map = {name: device_map for name in names}
     device_map = dict(device_map or {})
@@ -73,7 +73,7 @@ def resolve_device_map(topology: Topology, device_map: dict[str, str] | str | No
                 f"device_map names {key!r}, which is not a device of topology "
                 f"{topology.name!r}; its devices are {names}"
             )
-        if _canonical(value) not in local:
+        if canonical_device(value) not in local:
             raise ValueError(
                 f"device_map[{key!r}] = {value!r} is not a device of this machine; local devices "
                 f"are {local}"
@@ -81,7 +81,7 @@ def resolve_device_map(topology: Topology, device_map: dict[str, str] | str | No
     mapping = {}
     for name in names:
         if name in device_map:
-            mapping[name] = _canonical(device_map[name])
+            mapping[name] = canonical_device(device_map[name])
         elif name in local:
             mapping[name] = name
         else:
@@ -93,7 +93,12 @@ def resolve_device_map(topology: Topology, device_map: dict[str, str] | str | No
     return mapping
 
 
-def _canonical(device: str) -> str:
+def canonical_device(device: str) -> str:
+    """``device`` as torch writes it, with ``"cuda"`` as ``"cuda:0"``.
+
+    Raises:
+        ValueError: not a device string.
+    """
     try:
         d = torch.device(device)
     except (RuntimeError, TypeError) as exc:
@@ -117,7 +122,7 @@ def origin_resolver(topology: Topology, mapping: dict[str, str]) -> Callable[[st
     def origin(local: str) -> str:
         if torch.device(local).type == "meta":  # a model built on meta to be planned only
             local = "cpu"
-        local = _canonical(local)
+        local = canonical_device(local)
         if mapping.get(local) == local:
             return local
         for name, dev in mapping.items():

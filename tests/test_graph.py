@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
+from _util import make_device, make_topology
 
 import autopart
 from autopart import AnnotatedGraph, Plan, Topology
@@ -226,3 +227,19 @@ def test_a_link_beyond_the_solvers_range_gives_a_plan_not_a_crash():
         warnings.simplefilter("always")
         plan = autopart.solve_graph(planner.compilations[0].analysis.graph, topology=topology)
     assert plan.devices_used == ["cpu"]  # where the input is: no copy of 1e10 s
+
+
+def test_solve_graph_plans_for_gpus_alone_given_which_holds_the_inputs():
+    """A graph captured on the CPU, planned for a topology without a CPU: ``device_map`` names
+    the GPU that stands for the CPU (nothing runs, so the map needs no local device)."""
+    planner = plan_model_backend(torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 64)),
+                                 (torch.randn(2, 64),), topology="1x4090-cpu")
+    graph = planner.compilations[0].analysis.graph
+    gpus = make_topology([make_device(f"cuda:{i}") for i in range(4)], name="gpus")
+    plan = autopart.solve_graph(graph, topology=gpus, device_map={"cuda:3": "cpu"})
+    inputs = [n.name for n in graph.nodes if n.op == "placeholder" and n.role == "input"]
+    assert inputs and {plan.placement[n] for n in inputs} == {"cuda:3"}
+    with pytest.raises(ValueError, match="no device of topology 'gpus' stands for it"):
+        autopart.solve_graph(graph, topology=gpus)
+    with pytest.raises(ValueError, match=r"device_map names \['cpu'\], not devices of topology"):
+        autopart.solve_graph(graph, topology=gpus, device_map={"cpu": "cpu"})

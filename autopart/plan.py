@@ -385,7 +385,8 @@ def choose_compression(
     when that is shorter: on slow links (PCIe, network) for large tensors, never on NVLink-class
     links for small ones. Only tensors computed by the graph are compressed: graph inputs,
     graph outputs and weights cross exactly. ``"bf16"`` packs float32; ``"int8"`` packs float32
-    and 16-bit floats.
+    and 16-bit floats, except a tensor autograd needs (``GraphNode.requires_grad``), which goes
+    as ``"bf16"`` (int8 has no gradient; :func:`autopart.kernels.transfer.transfer_compressed`).
 
     Raises:
         ValueError: ``method`` is not ``"none"``, ``"bf16"`` or ``"int8"``.
@@ -396,9 +397,10 @@ def choose_compression(
     for t in transfers:
         source = graph.node(t.source_node)
         packed = None
+        sent_as = "bf16" if method == "int8" and source.requires_grad else method
         if source.is_compute and t.reason.startswith("read by") and len(source.tensors) == 1:
             dtype = getattr(torch, source.tensors[0].dtype.removeprefix("torch."), None)
-            packed = packed_element_size(dtype, method) if isinstance(dtype, torch.dtype) else None
+            packed = packed_element_size(dtype, sent_as) if isinstance(dtype, torch.dtype) else None
         if packed is None:
             chosen.append(t)
             continue
@@ -413,7 +415,7 @@ def choose_compression(
         )
         if packed_s < raw_s:
             saved[t.dst_device] = saved.get(t.dst_device, 0.0) + raw_s - packed_s
-            t = dataclasses.replace(t, compression=method)
+            t = dataclasses.replace(t, compression=sent_as)
         chosen.append(t)
     return tuple(chosen), saved
 

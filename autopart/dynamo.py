@@ -1043,8 +1043,12 @@ def plan_model_backend(
     if not planner.compilations:
         raise ValueError(
             "plan_model captured no graph: Dynamo ran the model eagerly (it has no tensor "
-            "operations, or earlier compiles of the same code reached Dynamo's recompile limit); "
-            "call torch._dynamo.reset() and plan again"
+            "operations, or earlier compiles of the same code reached Dynamo's recompile limit, "
+            "torch._dynamo.config.recompile_limit, 8 by default: each plan_model call compiles "
+            "the model once more); call torch._dynamo.reset() and plan again. To plan one model "
+            "for many options, capture it once and solve its graph for each: graph = "
+            "autopart.dynamo.plan_model_backend(model, inputs).compilations[0].analysis.graph, "
+            "then autopart.solve_graph(graph, **options)"
         )
     if training and not any(p.training for p in planner.plans):
         raise ValueError(

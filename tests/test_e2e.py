@@ -1447,8 +1447,9 @@ def test_copied_trainable_parameters_keep_their_gradients_and_state_where_they_l
 
 
 def test_plan_model_that_captures_no_graph_says_so():
-    with pytest.raises(ValueError, match="plan_model captured no graph: Dynamo ran the model eagerly"):
+    with pytest.raises(ValueError, match="plan_model captured no graph: Dynamo ran the model eagerly") as info:
         autopart.plan_model(lambda a: a + 1, 3, topology=PRESET)
+    assert "then autopart.solve_graph(graph, **options)" in str(info.value)
 
 
 def test_a_backend_reads_as_the_call_that_made_it():

@@ -506,7 +506,12 @@ def _prepare_chain(problem: PlacementProblem, devices: list[str], latency: bool)
     pos = {g: f for f, g in enumerate(free)}
     num_free = len(free)
 
-    # Which free stretches fit each device, next to what the fixed tasks hold there.
+    # Which free stretches fit each device, next to what the fixed tasks hold there. A stretch
+    # that reads a shared (tied) weight held outside it keeps a copy of it.
+    reads_shared: dict[int, list[int]] = defaultdict(list)
+    for w, shared in enumerate(problem.shared):
+        for r in shared.readers:
+            reads_shared[r].append(w)
     reach: dict[str, list[int]] = {}
     for d in devices:
         cap = problem.capacity_bytes[d]
@@ -515,10 +520,17 @@ def _prepare_chain(problem: PlacementProblem, devices: list[str], latency: bool)
             act = list(ledger.active[d])
             peak = ledger.peak[d]
             res = ledger.resident[d]
+            copied: set[int] = set()
             j = i
             while j < num_free:
                 g = free[j]
                 res += tasks[g].held_bytes(d).get(d, 0)
+                for w in reads_shared[g]:
+                    home = problem.shared[w].home
+                    held_here = tasks[home].fixed_device == d or (home in pos and i <= pos[home] <= j)
+                    if w not in copied and not held_here:
+                        copied.add(w)
+                        res += problem.shared[w].nbytes
                 for step, nbytes in ledger.increments[g]:
                     act[step] += nbytes
                     peak = max(peak, act[step])

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import itertools
 import time
+from pathlib import Path
 
 import pytest
 from _util import make_device, make_topology
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import autopart
 from autopart.baselines import (
     BASELINES,
     balanced,
@@ -26,6 +28,7 @@ from autopart.baselines import (
     stage_times,
 )
 from autopart.coarsen import LiveRange, PlacementProblem, Task, Value
+from autopart.dynamo import solve_annotated
 from autopart.solver import evaluate, solve
 from autopart.topology import Link, Topology
 
@@ -410,3 +413,18 @@ def test_a_plain_function_can_join_the_registry(monkeypatch):
     r = run_baselines(p, ["everything_on_cpu", "nothing"])
     assert r["everything_on_cpu"].time_s == pytest.approx(evaluate(p, ("cpu",) * 7).time_s)
     assert r["nothing"].reason == "returned None"
+
+
+def test_contiguous_stages_count_the_copy_of_a_tied_weight():
+    """GPT-2's tied embedding and head, with a GPU too small for the weights: a stage that
+    reads the weight away from its home holds a copy, so the dynamic programs pick stages
+    that fit (everything on the host, at worst)."""
+    graph = autopart.AnnotatedGraph.load(Path(__file__).resolve().parents[1] / "bench" / "graphs" / "gpt2.json")
+    config = autopart.Config(topology="1x4090-cpu", max_memory={"cuda:0": "60MB", "cpu": "2GB"})
+    _, problem = solve_annotated(graph, config, config.resolve_topology())
+    assert problem.shared
+    results = run_baselines(problem, names=["chain_dp", "chain_dp_bottleneck"])
+    for name, result in results.items():
+        assert result.assignment is not None, (name, result.reason)
+        peak = evaluate(problem, result.assignment).peak_bytes
+        assert all(peak[d] <= problem.capacity_bytes[d] for d in peak), (name, peak)

@@ -973,6 +973,7 @@ def _default_backend() -> Backend:
 
 
 def _backend_of(config: Config, execute: bool) -> Backend:
+    """A backend with ``config``, its device map resolved (a bad one raises here)."""
     b = Backend(config, execute=execute)
     b._mapping = b._resolve_mapping() if execute else None
     return b
@@ -989,8 +990,7 @@ def backend(**options: Any) -> Backend:
             map and ``max_memory`` devices are resolved here, so a bad preset name or device
             fails now, not at the first compile).
     """
-    b = Backend(Config.from_options(**options))
-    b._mapping = b._resolve_mapping()
+    b = _backend_of(Config.from_options(**options), execute=True)
     b.config.capacities_bytes(b.topology)  # names a max_memory device the topology lacks
     return b
 

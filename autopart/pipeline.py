@@ -104,8 +104,8 @@ def batch_spec(gm: torch.fx.GraphModule) -> BatchSpec | str:
     leading ``batch`` exactly, a node that makes a tensor without the batch symbol from one with
     it (a reduction over the batch: samples interact), in-place updates (of parameters and
     buffers, e.g. batch norm statistics, a step counter), random ops. Samples that interact
-    with shapes intact (``softmax(x, dim=0)``) are left to the runtime's check of the first
-    split call.
+    with shapes intact (``softmax(x, dim=0)``) are left to the runtime, which compares split
+    and whole outputs on the first call whose samples differ.
     """
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     inputs = [

@@ -252,10 +252,13 @@ def _fill(problem: PlacementProblem, order: list[str], fill_caps: Mapping[str, i
                 break
             cur += 1
         if cur == len(order):
+            copies = sum(n for _, n in ledger._new_copies(i, order[-1]))
             raise _NoPlacement(
                 f"task {tasks[i].name!r} ({tasks[i].resident_bytes} resident + "
-                f"{tasks[i].peak_bytes} activation bytes) fits none of the devices left in the "
-                f"fill order {order[first:]} (caps {dict((d, fill_caps[d]) for d in order)})"
+                f"{tasks[i].peak_bytes} activation bytes"
+                + (f" + {copies} of shared weights it would copy" if copies else "")
+                + f") fits none of the devices left in the fill order {order[first:]} (caps "
+                f"{dict((d, fill_caps[d]) for d in order)})"
             )
         ledger.place(i, order[cur])
     return tuple(ledger.assignment)  # type: ignore[arg-type]

@@ -3,6 +3,7 @@ accelerate's device maps on hand-made cases, m-ETF on parallel branches."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 from pathlib import Path
@@ -27,7 +28,7 @@ from autopart.baselines import (
     single_device,
     stage_times,
 )
-from autopart.coarsen import LiveRange, PlacementProblem, Task, Value
+from autopart.coarsen import LiveRange, PlacementProblem, SharedWeight, Task, Value
 from autopart.dynamo import solve_annotated
 from autopart.solver import evaluate, solve
 from autopart.topology import Link, Topology
@@ -404,6 +405,15 @@ def test_run_baselines_reports_why_nothing_fits():
     assert "fits none of the devices left" in reason
     with pytest.raises(ValueError, match="unknown baseline 'alpa'; choose from"):
         run_baselines(p, ["alpa"])
+
+
+def test_a_fill_that_fails_on_a_shared_weights_copy_says_so():
+    # t0 holds a 60 MB weight that t2 reads too: on cuda:1, t2 would need its copy
+    topo = make_topology([make_device("cuda:0"), make_device("cuda:1")])
+    p = dataclasses.replace(_chain([60, 30, 10], {"cuda:0": 90, "cuda:1": 50}, topo=topo),
+                            shared=(SharedWeight("w", 0, (2,), 60 * MB),))
+    reason = run_baselines(p, ["sequential_fill"])["sequential_fill"].reason
+    assert f"task 't2' ({10 * MB} resident + 0 activation bytes + {60 * MB} of shared weights it would copy)" in reason
 
 
 def test_a_plain_function_can_join_the_registry(monkeypatch):

@@ -183,7 +183,7 @@ def _pinned_nodes(gm: torch.fx.GraphModule, origin: Callable[[str], str]) -> dic
         """``node`` if it is a view (of a tensor with storage ``key``) and the views it is made
         from, back to (not including) the input or the node that made the storage."""
         chain = []
-        while (base := next((a for a in node.all_input_nodes if _storage_of(a) == key), None)) is not None:
+        while (base := next((a for a in node.all_input_nodes if _same_storage_as(a, key)), None)) is not None:
             chain.append(node)
             node = base
         return chain
@@ -193,9 +193,10 @@ def _pinned_nodes(gm: torch.fx.GraphModule, origin: Callable[[str], str]) -> dic
 
     for node in gm.graph.nodes:
         target = mutated_input(node)
-        if target is not None and _storage_of(target) in inputs:
-            pinned[node.name] = origin(inputs[_storage_of(target)])
-            pin_views(target, _storage_of(target), pinned[node.name])
+        key = _storage_of(target) if target is not None else None
+        if key is not None and key in inputs:
+            pinned[node.name] = origin(inputs[key])
+            pin_views(target, key, pinned[node.name])
     output = next(n for n in gm.graph.nodes if n.op == "output")
     aliases: dict[Any, list[torch.fx.Node]] = {}
     for leaf in dict.fromkeys(tree_flatten(output.args[0])[0]):
@@ -216,6 +217,12 @@ def _pinned_nodes(gm: torch.fx.GraphModule, origin: Callable[[str], str]) -> dic
 def _storage_of(node: torch.fx.Node) -> Any:
     value = node_value(node)
     return storage_key(value) if isinstance(value, torch.Tensor) else None
+
+
+def _same_storage_as(node: torch.fx.Node, key: Any) -> bool:
+    """Whether a tensor of ``node``'s value (a tensor, or a tuple of them: ``split``'s) has the
+    storage ``key``."""
+    return key in {storage_key(t) for t in tree_flatten(node_value(node))[0] if isinstance(t, torch.Tensor)}
 
 
 def solve_annotated(

@@ -1645,6 +1645,22 @@ def test_outputs_alias_as_in_eager_when_the_graph_is_split():
     assert y[1, 0] == 100.0
 
 
+def test_views_through_a_tuple_and_with_symbolic_sizes_alias_as_in_eager():
+    """A view can read a tuple (``split``'s) or SymInt nodes: no storage to compare."""
+    torch.manual_seed(0)
+    model = ReturnsViews().eval()
+    nb = model_bytes(model)
+    backend = autopart.backend(topology=PRESET, device_map="cpu", strict=True,
+                               max_memory={f"cuda:{i}": int(nb * 0.6) for i in range(3)})
+    compiled = torch.compile(lambda x, y: (model(x, y)[0], y.view(y.shape[0], -1), y.split(2)[1]),
+                             backend=backend, dynamic=True)
+    x, y = torch.randn(4, 256), torch.randn(3, 5)
+    with torch.no_grad():
+        h, flat, part = compiled(x, y)
+        torch.testing.assert_close(h, model(x, y)[0], rtol=0, atol=0)
+    assert flat.data_ptr() == y.data_ptr() and part.data_ptr() == y[2:].data_ptr()
+
+
 def test_a_compiled_model_deep_copies_and_pickles_after_its_first_call():
     """copy.deepcopy shares the backend (one ledger for both models); pickle keeps its options."""
     torch.manual_seed(0)

@@ -172,7 +172,10 @@ def batch_spec(gm: torch.fx.GraphModule) -> BatchSpec | str:
 
 def _reduces_the_batch(node: torch.fx.Node, symbol) -> bool:
     """Whether ``node`` reads a tensor whose shape has the batch symbol and makes tensors whose
-    shapes do not (``h.mean(0)``, ``x.sum()``, ``h.T @ h``)."""
+    shapes do not (``h.mean(0)``, ``x.sum()``, ``h.T @ h``). ``x.new_zeros(n)`` and the other
+    ``new_*`` methods read only ``x``'s dtype and device."""
+    if node.op == "call_method" and str(node.target).startswith("new_"):
+        return False
     outputs = [v for v in tree_flatten(node_value(node))[0] if isinstance(v, torch.Tensor)]
     if not outputs or any(_mentions(v, symbol) for v in outputs):
         return False

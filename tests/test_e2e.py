@@ -1567,6 +1567,7 @@ UPDATES = {  # in-place updates of (a view of) the caller's tensor, as Dynamo re
     "iadd": lambda x, b: operator.iadd(x, b),
     "mul_ of narrow": lambda x, b: x.narrow(1, 0, 64).mul_(b[:, :64]),
     "out=": lambda x, b: torch.add(x, b, out=x),
+    "inplace=True": lambda x, b: nn.functional.leaky_relu(x, 0.1, inplace=True),
 }
 
 

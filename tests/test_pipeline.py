@@ -192,6 +192,25 @@ def test_the_batch_is_the_first_input_with_a_symbolic_dim_0():
     assert [placeholders[i].name for i in spec.tensor_inputs] == ["l_x_"]
 
 
+@pytest.mark.parametrize(
+    "fn",
+    [
+        lambda x, m: torch.tanh(x) * (m & (x > 0)),  # operator.and_ is not in place
+        lambda x, m: _add_in_place(torch.tanh(x), x),  # an update of a tensor the graph made
+        lambda x, m: torch.tanh(x) + x.new_zeros(16),  # new_zeros reads only dtype and device
+    ],
+)
+def test_batch_spec_accepts_per_sample_graphs(fn):
+    spec = batch_spec(_capture(fn, torch.randn(4, 16), torch.rand(16) > 0.5))
+    assert not isinstance(spec, str), spec
+
+
+def _add_in_place(out, x):
+    out += x
+    out[:, 0] = 0
+    return out
+
+
 def test_batch_spec_refuses_in_place_updates():
     counter = torch.zeros(())
 

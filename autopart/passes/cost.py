@@ -22,6 +22,7 @@ from torch.utils._pytree import tree_leaves, tree_map
 from ..costmodel.ops import CostRecorder, OpCost, tensor_bytes
 from ..costmodel.roofline import ops_time_s
 from ..topology import Topology
+from .memory import storage_key
 from .records import record
 from .shapes import fake_inputs, node_value, rerun_mode
 
@@ -49,9 +50,10 @@ def mutated_input(node: torch.fx.Node) -> torch.fx.Node | None:
     """The input node whose tensor ``node`` updates in place, or None.
 
     In place are: a call whose name ends in one ``_`` (``x.add_(y)``, ``torch.relu_``, which
-    update their first argument); ``x[i] = y`` and ``x += y`` on a tensor (Dynamo records
-    ``operator.setitem`` and ``operator.iadd``, and so on); an aten overload whose schema
-    writes its first argument; and any call given ``out=``."""
+    update their first argument), or given ``inplace=True`` (``F.relu(x, inplace=True)``);
+    ``x[i] = y`` and ``x += y`` on a tensor (Dynamo records ``operator.setitem`` and
+    ``operator.iadd``, and so on; ``operator.and_`` and its like are not in place); an aten
+    overload whose schema writes its first argument; and any call given ``out=``."""
     out = node.kwargs.get("out") if node.op in ("call_function", "call_method") else None
     if isinstance(out, torch.fx.Node):
         return out
@@ -60,6 +62,10 @@ def mutated_input(node: torch.fx.Node) -> torch.fx.Node | None:
         return None
     if node.target in _AUGMENTED_ASSIGNMENTS:
         return first if isinstance(node_value(first), torch.Tensor) else None
+    if getattr(node.target, "__module__", None) == "_operator":  # and_, or_, not_: new values
+        return None
+    if node.kwargs.get("inplace") is True:
+        return first
     if isinstance(node.target, torch._ops.OpOverload):
         arguments = node.target._schema.arguments
         writes = bool(arguments) and arguments[0].alias_info is not None and arguments[0].alias_info.is_write
@@ -74,9 +80,22 @@ def is_inplace(node: torch.fx.Node) -> bool:
 
 
 def mutates_in_place(gm: torch.fx.GraphModule) -> bool:
-    """True if a node of ``gm`` updates a tensor in place (an in-place call, or batch norm in
-    training mode with running statistics, which it updates)."""
-    return any(is_inplace(node) or _updates_running_stats(node) for node in gm.graph.nodes)
+    """True if a node of ``gm`` updates a graph input in place (a user input, parameter or
+    buffer, or a view of one; :func:`mutated_input`), or is batch norm in training mode with
+    running statistics, which it updates. Updates of tensors the graph made (``out += x``) do
+    not count: running the graph again, or on part of a batch, makes them anew."""
+    inputs = set()
+    for node in gm.graph.find_nodes(op="placeholder"):
+        inputs.update(_storages(node_value(node)))
+    return any(
+        _updates_running_stats(node) or (target := mutated_input(node)) is not None
+        and not inputs.isdisjoint(_storages(node_value(target)))
+        for node in gm.graph.nodes
+    )
+
+
+def _storages(value: Any) -> set:
+    return {storage_key(t) for t in tree_leaves(value) if isinstance(t, torch.Tensor)}
 
 
 def _updates_running_stats(node: torch.fx.Node) -> bool:

@@ -454,8 +454,9 @@ def build_problem(
         pinned: node name -> device: parameters/buffers an earlier graph already placed (their
             bytes are not counted again), and compute nodes that must run on a device (an
             in-place update of a user input, on that input's device). Their task is fixed to
-            that device. (A task with nodes pinned to two devices stays free, and counts pinned
-            parameters in it as new copies.)
+            that device; runs of pinned compute nodes are tasks of their own, so the work
+            coarsened around them stays free. (A task with nodes pinned to two devices stays
+            free, and counts pinned parameters in it as new copies.)
         local_device: topology device -> the local device that runs it (default: the same
             name), to tell where a parameter lives from where it is planned.
         copy_trainable: a parameter that requires grad, planned on a device whose local device
@@ -615,7 +616,7 @@ def build_problem(
     from .solver import quick_placement  # the solver imports this module
 
     groups = group_nodes(compute, weight, max_groups)
-    problem = assemble(groups)
+    problem = assemble(_pinned_apart(groups, pinned))
     for pieces in finer_block_pieces(compute, weight, max_groups):
         finer = group_nodes(compute, weight, max_groups, block_pieces=pieces)
         if [len(g) for g in finer] == [len(g) for g in groups]:
@@ -624,8 +625,26 @@ def build_problem(
             break
         log.info("found no placement of %d tasks that fits memory without the ILP; cutting each "
                  "repeated block into up to %d tasks", len(problem.tasks), pieces)
-        groups, problem = finer, assemble(finer)
+        groups, problem = finer, assemble(_pinned_apart(finer, pinned))
     return problem
+
+
+def _pinned_apart(groups: list[list[GraphNode]], pinned: Mapping[str, str]) -> list[list[GraphNode]]:
+    """``groups`` with each run of compute nodes pinned to one device (an in-place update of a
+    user input, a view returned: see ``build_problem``'s ``pinned``) a group of its own, so
+    that the work around them stays free to go anywhere. A sticky node (``getitem``) that reads
+    the node before it stays with it."""
+    out: list[list[GraphNode]] = []
+    for group in groups:
+        runs: list[list[GraphNode]] = []
+        for n in group:
+            home = pinned.get(n.name)
+            if runs and ((n.sticky and runs[-1][-1].name in n.inputs) or pinned.get(runs[-1][-1].name) == home):
+                runs[-1].append(n)
+            else:
+                runs.append([n])
+        out += runs if any(pinned.get(n.name) for n in group) else [group]
+    return out
 
 
 def _units(group: list[GraphNode], weight: Callable[[GraphNode], float]) -> list[list[GraphNode]]:

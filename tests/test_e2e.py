@@ -1646,6 +1646,35 @@ def test_outputs_alias_as_in_eager_when_the_graph_is_split():
     assert y[1, 0] == 100.0
 
 
+class ChainReturnsItsInput(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.ParameterList([nn.Parameter(torch.randn(128, 128) / 12) for _ in range(6)])
+
+    def forward(self, x):
+        h = x
+        for w in self.w:
+            h = h @ w
+        return h, x[:, :4]
+
+
+def test_a_pinned_view_is_a_task_of_its_own():
+    """The view of the input, pinned to the input's device, does not take the matmuls coarsened
+    with it there (the CPU is not even in max_memory)."""
+    model = ChainReturnsItsInput()
+    backend = autopart.backend(topology=PRESET, device_map="cpu", strict=True, max_groups=4,
+                               max_memory={f"cuda:{i}": "200KB" for i in range(4)})
+    x = torch.randn(64, 128)
+    with torch.no_grad():
+        h, part = torch.compile(model, backend=backend)(x)
+        torch.testing.assert_close(h, model(x)[0], rtol=0, atol=0)
+    assert part.data_ptr() == x.data_ptr()
+    comp = backend.compilations[0]
+    fixed = [t for t in comp.problem.tasks if t.fixed_device and not t.name.startswith(("inputs@", "output@"))]
+    assert [t.nodes for t in fixed] == [("getitem",)]
+    assert all(d.startswith("cuda") for n, d in comp.plan.placement.items() if n.startswith("h"))
+
+
 def test_views_through_a_tuple_and_with_symbolic_sizes_alias_as_in_eager():
     """A view can read a tuple (``split``'s) or SymInt nodes: no storage to compare."""
     torch.manual_seed(0)

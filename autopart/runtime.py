@@ -13,6 +13,7 @@ import functools
 import logging
 import time
 import warnings
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -68,7 +69,7 @@ class RuntimeMetrics:
 
 @dataclass
 class _Copy:
-    original: torch.Tensor
+    original: weakref.ref
     version: int
     data_ptr: int
     moved: torch.Tensor
@@ -78,7 +79,8 @@ class _Copy:
 class StaticCopyCache:
     """Device copies of parameters and buffers, shared by every graph of one backend, so that
     graphs of one model (graph breaks, recompiles) never hold two copies of a tensor on one
-    device. Keyed by (original tensor, device); an entry keeps its original alive.
+    device. Keyed by (original tensor, device); an entry goes when its original does (a model
+    deleted frees its copies).
 
     An inference tensor (a weight made under ``torch.inference_mode()``) has no version counter
     and counts as unchanged while its storage is: an in-place update made to it under inference
@@ -98,25 +100,29 @@ class StaticCopyCache:
         entry = self.entries.get(key)
         if (
             entry is not None
-            and entry.original is original
+            and entry.original() is original
             and entry.version == _version(original)
             and entry.data_ptr == original.data_ptr()
         ):
             return entry.moved, False
         with torch.inference_mode(False), torch.no_grad():  # a normal tensor, with a version counter
             moved = original.to(device)
-        self.entries[key] = _Copy(original, _version(original), original.data_ptr(), moved, moved._version)
+        if entry is None or entry.original() is not original:
+            weakref.finalize(original, self.entries.pop, key, None)
+        self.entries[key] = _Copy(weakref.ref(original), _version(original), original.data_ptr(), moved,
+                                  moved._version)
         return moved, True
 
     def write_back(self, keys: list[tuple[int, torch.device]]) -> int:
         """Copy the given entries' mutated copies back into their originals; returns how many."""
         count = 0
         for key in keys:
-            entry = self.entries[key]
-            if entry.moved._version != entry.moved_version:
+            entry = self.entries.get(key)
+            original = entry.original() if entry is not None else None
+            if original is not None and entry.moved._version != entry.moved_version:
                 with torch.no_grad():
-                    entry.original.copy_(entry.moved)
-                entry.version = _version(entry.original)
+                    original.copy_(entry.moved)
+                entry.version = _version(original)
                 entry.moved_version = entry.moved._version
                 count += 1
         return count

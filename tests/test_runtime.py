@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import gc
 import re
 import time
 import warnings
+import weakref
 
 import pytest
 import torch
@@ -19,7 +21,7 @@ from torch.utils._pytree import tree_leaves
 
 import autopart
 from autopart.kernels.compression import max_abs_error
-from autopart.runtime import InductorPartition, RuntimeMetrics, StaticInputMover
+from autopart.runtime import InductorPartition, RuntimeMetrics, StaticCopyCache, StaticInputMover
 
 pytestmark = pytest.mark.usefixtures("fresh_dynamo")
 
@@ -181,6 +183,20 @@ def test_static_input_mover_copies_inference_tensors():
         args = [weight, buffer, plain]
         mover.move(args)
         assert args[1] is copy and metrics.num_static_copies == 5
+
+
+def test_the_copies_of_a_weight_go_with_it():
+    """The copy cache holds its originals weakly: a model deleted frees its copies (and so the
+    memory ledger, which watches the originals, frees what it held for them)."""
+    cache = StaticCopyCache()
+    weight, kept = torch.randn(4, 4), torch.randn(4)
+    copy, made = cache.get(weight, CPU0)
+    assert made and torch.equal(copy, weight) and cache.get(weight, CPU0) == (copy, False)
+    cache.get(kept, CPU0)
+    ref = weakref.ref(weight)
+    del weight
+    gc.collect()
+    assert ref() is None and list(cache.entries) == [(id(kept), CPU0)]
 
 
 def test_a_model_built_under_inference_mode_runs_split_under_inference_mode(monkeypatch):

@@ -1510,13 +1510,16 @@ def test_deleted_models_free_their_worker_threads():
     assert autopart.compilations() == []
 
 
-def test_a_model_still_runs_after_its_backend_is_reset():
+def _two_stage_on_cpu_and_gpu():
     torch.manual_seed(0)
     model = TwoStage().eval()
     cap = _two_stage_options(model)["max_memory"]["cuda:0"]
     backend = autopart.backend(**{**_two_stage_options(model), "max_memory": {"cpu": cap, "cuda:0": 3 * cap}})
-    compiled = torch.compile(model, backend=backend)
-    x = torch.randn(4, 32)
+    return model, backend, torch.compile(model, backend=backend), torch.randn(4, 32)
+
+
+def test_a_model_still_runs_after_its_backend_is_reset():
+    model, backend, compiled, x = _two_stage_on_cpu_and_gpu()
     with torch.no_grad():
         compiled(x)
         backend.reset()
@@ -1527,12 +1530,7 @@ def test_a_model_still_runs_after_its_backend_is_reset():
 def test_every_dynamo_reset_resets_a_backend_still_in_use():
     """A compiled model called again after torch._dynamo.reset() compiles with its backend
     again; the next reset frees that too (Dynamo forgets a backend on each reset)."""
-    torch.manual_seed(0)
-    model = TwoStage().eval()
-    cap = _two_stage_options(model)["max_memory"]["cuda:0"]
-    backend = autopart.backend(**{**_two_stage_options(model), "max_memory": {"cpu": cap, "cuda:0": 3 * cap}})
-    compiled = torch.compile(model, backend=backend)
-    x = torch.randn(4, 32)
+    model, backend, compiled, x = _two_stage_on_cpu_and_gpu()
     for _ in range(3):
         with torch.no_grad():
             torch.testing.assert_close(compiled(x), model(x), rtol=0, atol=0)

@@ -643,7 +643,7 @@ def _pinned_apart(groups: list[list[GraphNode]], pinned: Mapping[str, str]) -> l
                 runs[-1].append(n)
             else:
                 runs.append([n])
-        out += runs if any(pinned.get(n.name) for n in group) else [group]
+        out += runs
     return out
 
 

@@ -37,7 +37,7 @@ from .passes import (
     record,
 )
 from .passes.cost import mutated_input, mutates_in_place
-from .passes.memory import storage_key
+from .passes.memory import node_storages, storage_key
 from .passes.shapes import node_value, requires_grad
 from .passes.training import Optimizer, TrainingMemory, training_memory_pass
 from .pipeline import BatchSpec, auto_microbatches, batch_spec, is_random
@@ -222,7 +222,7 @@ def _storage_of(node: torch.fx.Node) -> Any:
 def _same_storage_as(node: torch.fx.Node, key: Any) -> bool:
     """Whether a tensor of ``node``'s value (a tensor, or a tuple of them: ``split``'s) has the
     storage ``key``."""
-    return key in {storage_key(t) for t in tree_flatten(node_value(node))[0] if isinstance(t, torch.Tensor)}
+    return any(mine == key for mine, _ in node_storages(node))
 
 
 def solve_annotated(

@@ -22,7 +22,7 @@ from torch.utils._pytree import tree_leaves, tree_map
 from ..costmodel.ops import CostRecorder, OpCost, tensor_bytes
 from ..costmodel.roofline import ops_time_s
 from ..topology import Topology
-from .memory import storage_key
+from .memory import node_storages
 from .records import record
 from .shapes import fake_inputs, node_value, rerun_mode
 
@@ -84,18 +84,12 @@ def mutates_in_place(gm: torch.fx.GraphModule) -> bool:
     buffer, or a view of one; :func:`mutated_input`), or is batch norm in training mode with
     running statistics, which it updates. Updates of tensors the graph made (``out += x``) do
     not count: running the graph again, or on part of a batch, makes them anew."""
-    inputs = set()
-    for node in gm.graph.find_nodes(op="placeholder"):
-        inputs.update(_storages(node_value(node)))
+    inputs = {key for node in gm.graph.find_nodes(op="placeholder") for key, _ in node_storages(node)}
     return any(
         _updates_running_stats(node) or (target := mutated_input(node)) is not None
-        and not inputs.isdisjoint(_storages(node_value(target)))
+        and any(key in inputs for key, _ in node_storages(target))
         for node in gm.graph.nodes
     )
-
-
-def _storages(value: Any) -> set:
-    return {storage_key(t) for t in tree_leaves(value) if isinstance(t, torch.Tensor)}
 
 
 def _updates_running_stats(node: torch.fx.Node) -> bool:

@@ -42,7 +42,7 @@ from .passes.shapes import node_value, requires_grad
 from .passes.training import Optimizer, TrainingMemory, training_memory_pass
 from .pipeline import BatchSpec, auto_microbatches, batch_spec, is_random
 from .plan import Plan, _ms, _table, make_plan, step_copies
-from .rewrite import canonical_device, origin_resolver, resolve_device_map, rewrite
+from .rewrite import named_device_map, origin_resolver, resolve_device_map, rewrite
 from .runtime import (
     DynamoMetadata,
     InductorPartition,
@@ -296,13 +296,7 @@ def solve_graph(graph: AnnotatedGraph | str | os.PathLike, **options: Any) -> Pl
         graph = AnnotatedGraph.load(graph)
     config = Config.from_options(**options)
     topology = config.resolve_topology()
-    named = config.device_map
-    named = dict.fromkeys(topology.device_names, named) if isinstance(named, str) else dict(named or {})
-    unknown = [d for d in named if d not in topology.device_names]
-    if unknown:
-        raise ValueError(f"device_map names {unknown}, not devices of topology {topology.name!r}: "
-                         f"{topology.device_names}")
-    plan, _ = solve_annotated(graph, config, topology, mapping={d: canonical_device(v) for d, v in named.items()})
+    plan, _ = solve_annotated(graph, config, topology, mapping=named_device_map(topology, config.device_map))
     return plan
 
 

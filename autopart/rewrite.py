@@ -49,6 +49,26 @@ from .topology import Topology, local_devices
 log = logging.getLogger(__name__)
 
 
+def named_device_map(topology: Topology, device_map: dict[str, str] | str | None) -> dict[str, str]:
+    """``device_map`` as ``{topology device: canonical device string}``: a single string stands
+    for every topology device, None for none.
+
+    Raises:
+        ValueError: a key that is not a topology device, or a value that is not a device string.
+    """
+    names = topology.device_names
+    if isinstance(device_map, str):
+        device_map = dict.fromkeys(names, device_map)
+    named = dict(device_map or {})
+    for key in named:
+        if key not in names:
+            raise ValueError(
+                f"device_map names {key!r}, which is not a device of topology "
+                f"{topology.name!r}; its devices are {names}"
+            )
+    return {key: canonical_device(value) for key, value in named.items()}
+
+
 def resolve_device_map(topology: Topology, device_map: dict[str, str] | str | None) -> dict[str, str]:
     """Local device that runs each topology device.
 
@@ -61,27 +81,19 @@ def resolve_device_map(topology: Topology, device_map: dict[str, str] | str | No
             a topology device that this machine lacks and the map does not name.
     """
     local = local_devices()
-    names = topology.device_names
-    if isinstance(device_map, str):
-        if canonical_device(device_map) not in local:
-            raise ValueError(f"device_map={device_map!r} is not a device of this machine; local devices are {local}")
-        device_map = {name: device_map for name in names}
-    device_map = dict(device_map or {})
-    for key, value in device_map.items():
-        if key not in names:
-            raise ValueError(
-                f"device_map names {key!r}, which is not a device of topology "
-                f"{topology.name!r}; its devices are {names}"
-            )
-        if canonical_device(value) not in local:
+    if isinstance(device_map, str) and canonical_device(device_map) not in local:
+        raise ValueError(f"device_map={device_map!r} is not a device of this machine; local devices are {local}")
+    named = named_device_map(topology, device_map)
+    for key, value in named.items():
+        if value not in local:
             raise ValueError(
                 f"device_map[{key!r}] = {value!r} is not a device of this machine; local devices "
                 f"are {local}"
             )
     mapping = {}
-    for name in names:
-        if name in device_map:
-            mapping[name] = canonical_device(device_map[name])
+    for name in topology.device_names:
+        if name in named:
+            mapping[name] = named[name]
         elif name in local:
             mapping[name] = name
         else:

@@ -241,5 +241,5 @@ def test_solve_graph_plans_for_gpus_alone_given_which_holds_the_inputs():
     assert inputs and {plan.placement[n] for n in inputs} == {"cuda:3"}
     with pytest.raises(ValueError, match="no device of topology 'gpus' stands for it"):
         autopart.solve_graph(graph, topology=gpus)
-    with pytest.raises(ValueError, match=r"device_map names \['cpu'\], not devices of topology"):
+    with pytest.raises(ValueError, match=r"device_map names 'cpu', which is not a device of topology 'gpus'"):
         autopart.solve_graph(graph, topology=gpus, device_map={"cpu": "cpu"})

@@ -471,20 +471,74 @@ def build_problem(
             are). False: such parameters move to their planned device once, and cost nothing per
             call.
     """
+    from .solver import quick_placement  # the solver imports this module
+
     pinned = pinned or {}
-    nodes = graph.nodes
-    users = graph.users
-    position = graph.index
-    times = graph.node_times(topology)
-    backward_times = graph.node_times(topology, backward=True)
-    step_times = graph.node_times(topology, step=True) if any(n.step_ops for n in nodes) else {}
-    compute = [n for n in nodes if n.is_compute]
-    candidates = [d for d in topology.device_names if capacity_bytes.get(d, 0) > 0]
-    local = local_device or (lambda d: d)
-    has_backward = graph.has_backward
+    builder = _ProblemBuilder(
+        graph, topology, capacity_bytes, origin_device, pinned, local_device or (lambda d: d), copy_trainable
+    )
+    compute, weight = builder.compute, builder.weight
+    groups = group_nodes(compute, weight, max_groups)
+    problem = builder.assemble(_pinned_apart(groups, pinned))
+    for pieces in finer_block_pieces(compute, weight, max_groups):
+        finer = group_nodes(compute, weight, max_groups, block_pieces=pieces)
+        if [len(g) for g in finer] == [len(g) for g in groups]:
+            continue  # the blocks cannot be cut that much finer
+        if quick_placement(problem) is not None:
+            break
+        log.info("found no placement of %d tasks that fits memory without the ILP; cutting each "
+                 "repeated block into up to %d tasks", len(problem.tasks), pieces)
+        groups, problem = finer, builder.assemble(_pinned_apart(finer, pinned))
+    return problem
+
+
+class _ProblemBuilder:
+    """What :func:`build_problem` needs to turn groups of compute nodes into a problem."""
+
+    def __init__(
+        self,
+        graph: AnnotatedGraph,
+        topology: Topology,
+        capacity_bytes: dict[str, int],
+        origin_device: Callable[[str], str],
+        pinned: Mapping[str, str],
+        local_device: Callable[[str], str],
+        copy_trainable: bool,
+    ) -> None:
+        self.graph, self.topology, self.capacity_bytes = graph, topology, capacity_bytes
+        self.origin_device, self.pinned, self.local_device = origin_device, pinned, local_device
+        self.copy_trainable = copy_trainable
+        nodes = graph.nodes
+        self.times = graph.node_times(topology)
+        self.backward_times = graph.node_times(topology, backward=True)
+        self.step_times = graph.node_times(topology, step=True) if any(n.step_ops for n in nodes) else {}
+        self.compute = [n for n in nodes if n.is_compute]
+        self.candidates = [d for d in topology.device_names if capacity_bytes.get(d, 0) > 0]
+        # Resident tensors join their first user.
+        self.attached: dict[str, list[GraphNode]] = defaultdict(list)
+        for n in nodes:
+            if n.role in RESIDENT_ROLES and graph.users[n.name]:
+                first_user = graph.node(min(graph.users[n.name], key=graph.index.__getitem__))
+                if first_user.is_compute:
+                    self.attached[first_user.name].append(n)
+        self.total_time = sum(self.ref_time(n) for n in self.compute) or 1.0
+        self.total_resident = sum(self.resident(n) for n in self.compute) or 1
+
+    def ref_time(self, n: GraphNode) -> float:
+        """Mean predicted time of ``n`` over the devices with capacity (s)."""
+        return sum(self.times[n.name].get(d, 0.0) for d in self.candidates) / max(1, len(self.candidates))
+
+    def resident(self, n: GraphNode, only: set[str] | None = None) -> int:
+        """Bytes ``n`` and the resident tensors attached to it hold (those named in ``only``)."""
+        members = [n, *self.attached.get(n.name, ())]
+        return sum(m.resident_bytes + m.training_bytes for m in members if only is None or m.name in only)
+
+    def weight(self, n: GraphNode) -> float:
+        """Coarsening weight: share of compute time plus share of resident bytes."""
+        return self.ref_time(n) / self.total_time + self.resident(n) / self.total_resident
 
     def parameter_costs(
-        members: list[GraphNode], counted: set[str]
+        self, members: list[GraphNode], counted: set[str]
     ) -> tuple[dict[str, float], dict[str, float], dict[str, float], dict[str, dict[str, int]]]:
         """Per device, for ``members``' trainable parameters: seconds to copy them there from
         where they live, and (training step) their gradients back (``copy_trainable``);
@@ -495,138 +549,101 @@ def build_problem(
         and optimizer state (``training_bytes``) are held where they live, if that device has
         capacity, and the device holds the copy and its gradient (on their way back), not the
         state."""
-        devices = topology.device_names
+        topology, devices = self.topology, self.topology.device_names
+        local, origin = self.local_device, self.origin_device
         forward, backward, step = (dict.fromkeys(devices, 0.0) for _ in range(3))
         shifted: dict[str, dict[str, int]] = {}
         for m in members:
             if m.role != "parameter":
                 continue
             for d in devices:
-                home = home_if_copied(m, d, local, origin_device) if copy_trainable else None
+                home = home_if_copied(m, d, local, origin) if self.copy_trainable else None
                 if home is not None:
                     nbytes = m.tensors[0].nbytes
                     forward[d] += topology.transfer_time_s(home, d, nbytes)
-                    if has_backward:
+                    if self.graph.has_backward:
                         backward[d] += topology.transfer_time_s(d, home, nbytes)
                     if m.training_bytes and m.name in counted:
                         held = shifted.setdefault(d, {})
                         held[d] = held.get(d, 0) + nbytes - m.training_bytes
-                        if capacity_bytes.get(home, 0) > 0:
+                        if self.capacity_bytes.get(home, 0) > 0:
                             held[home] = held.get(home, 0) + m.training_bytes
-                if m.name in step_times and m.name in counted:
-                    step[d] += step_times[m.name][home or d]
+                if m.name in self.step_times and m.name in counted:
+                    step[d] += self.step_times[m.name][home or d]
         return forward, backward, step, shifted
 
-    # Resident tensors join their first user.
-    attached: dict[str, list[GraphNode]] = defaultdict(list)
-    for n in nodes:
-        if n.role in RESIDENT_ROLES and users[n.name]:
-            first_user = graph.node(min(users[n.name], key=position.__getitem__))
-            if first_user.is_compute:
-                attached[first_user.name].append(n)
+    def compute_task(self, group: list[GraphNode]) -> Task:
+        """The task running ``group``, with the resident tensors attached to its nodes."""
+        members: list[GraphNode] = []
+        for n in group:
+            members += self.attached.get(n.name, [])
+            members.append(n)
+        pinned = self.pinned
+        homes = {pinned[m.name] for m in members if m.name in pinned}
+        fixed = homes.pop() if len(homes) == 1 else None
+        counted = [m for m in members if not (fixed and m.name in pinned and m.role in RESIDENT_ROLES)]
+        resident_bytes = sum(m.resident_bytes + m.training_bytes for m in counted)
+        counted_names = {m.name for m in counted}
+        copy_forward_s, copy_backward_s, optimizer_s, shifted = self.parameter_costs(members, counted_names)
+        devices = self.topology.device_names
+        backward_s = {
+            d: sum(self.backward_times[n.name][d] for n in group) + copy_backward_s[d] for d in devices
+        }
+        forward_s = {d: sum(self.times[n.name][d] for n in group) + copy_forward_s[d] for d in devices}
+        resident_on = {
+            d: {h: b + (resident_bytes if h == d else 0) for h, b in {d: 0, **held}.items()}
+            for d, held in shifted.items()
+        }
+        return Task(
+            name=_group_name(group),
+            nodes=tuple(m.name for m in members),
+            time_s={d: forward_s[d] + backward_s[d] + optimizer_s[d] for d in devices},
+            resident_bytes=resident_bytes,
+            fixed_device=fixed,
+            backward_time_s=backward_s if any(backward_s.values()) else {},
+            step_time_s=optimizer_s if any(optimizer_s.values()) else {},
+            resident_on=resident_on,
+            unit_bytes=tuple(
+                sum(self.resident(n, only=counted_names) for n in unit) for unit in _units(group, self.weight)
+            ),
+        )
 
-    def ref_time(n: GraphNode) -> float:
-        return sum(times[n.name].get(d, 0.0) for d in candidates) / max(1, len(candidates))
-
-    def resident(n: GraphNode, only: set[str] | None = None) -> int:
-        """Bytes ``n`` and the resident tensors attached to it hold (those named in ``only``)."""
-        members = [n, *attached.get(n.name, ())]
-        return sum(m.resident_bytes + m.training_bytes for m in members if only is None or m.name in only)
-
-    total_time = sum(ref_time(n) for n in compute) or 1.0
-    total_resident = sum(resident(n) for n in compute) or 1
-
-    def weight(n: GraphNode) -> float:
-        return ref_time(n) / total_time + resident(n) / total_resident
-
-    def assemble(groups: list[list[GraphNode]]) -> PlacementProblem:
-        """The problem whose compute tasks are ``groups``."""
-        tasks: list[Task] = []
-        task_of: dict[str, int] = {}
-
-        def add_task(task: Task) -> None:
-            tasks.append(task)
-            for name in task.nodes:
-                task_of[name] = len(tasks) - 1
-
+    def assemble(self, groups: list[list[GraphNode]]) -> PlacementProblem:
+        """The problem whose compute tasks are ``groups``, between the tasks of the user inputs
+        (one per device holding some) and of the output."""
+        graph, topology = self.graph, self.topology
         inputs_by_device: dict[str, list[str]] = defaultdict(list)
-        for n in nodes:
-            if n.op == "placeholder" and n.role == "input" and users[n.name]:
-                origin = origin_device(n.tensors[0].device if n.tensors else "cpu")
+        for n in graph.nodes:
+            if n.op == "placeholder" and n.role == "input" and graph.users[n.name]:
+                origin = self.origin_device(n.tensors[0].device if n.tensors else "cpu")
                 inputs_by_device[origin].append(n.name)
-        for dev, names in inputs_by_device.items():
-            add_task(Task(name=f"inputs@{dev}", nodes=tuple(names), time_s={}, fixed_device=dev))
-
-        for group in groups:
-            members: list[GraphNode] = []
-            for n in group:
-                members += attached.get(n.name, [])
-                members.append(n)
-            homes = {pinned[m.name] for m in members if m.name in pinned}
-            fixed = homes.pop() if len(homes) == 1 else None
-            counted = [m for m in members if not (fixed and m.name in pinned and m.role in RESIDENT_ROLES)]
-            resident_bytes = sum(m.resident_bytes + m.training_bytes for m in counted)
-            counted_names = {m.name for m in counted}
-            copy_forward_s, copy_backward_s, optimizer_s, shifted = parameter_costs(members, counted_names)
-            devices = topology.device_names
-            backward_s = {d: sum(backward_times[n.name][d] for n in group) + copy_backward_s[d] for d in devices}
-            forward_s = {d: sum(times[n.name][d] for n in group) + copy_forward_s[d] for d in devices}
-            time_s = {d: forward_s[d] + backward_s[d] + optimizer_s[d] for d in devices}
-            resident_on = {
-                d: {h: b + (resident_bytes if h == d else 0) for h, b in {d: 0, **held}.items()}
-                for d, held in shifted.items()
-            }
-            add_task(
-                Task(
-                    name=_group_name(group),
-                    nodes=tuple(m.name for m in members),
-                    time_s=time_s,
-                    resident_bytes=resident_bytes,
-                    fixed_device=fixed,
-                    backward_time_s=backward_s if any(backward_s.values()) else {},
-                    step_time_s=optimizer_s if any(optimizer_s.values()) else {},
-                    resident_on=resident_on,
-                    unit_bytes=tuple(
-                        sum(resident(n, only=counted_names) for n in unit) for unit in _units(group, weight)
-                    ),
-                )
-            )
-
-        output = graph.output
-        out_devices = [t.device for t in output.tensors]
+        tasks = [
+            Task(name=f"inputs@{dev}", nodes=tuple(names), time_s={}, fixed_device=dev)
+            for dev, names in inputs_by_device.items()
+        ]
+        tasks += [self.compute_task(group) for group in groups]
+        out_devices = [t.device for t in graph.output.tensors]
         if out_devices:
-            out_dev = origin_device(max(set(out_devices), key=out_devices.count))
+            out_dev = self.origin_device(max(set(out_devices), key=out_devices.count))
         else:
-            out_dev = next(iter(inputs_by_device), candidates[0] if candidates else topology.device_names[0])
-        add_task(Task(name=f"output@{out_dev}", nodes=(output.name,), time_s={}, fixed_device=out_dev))
+            out_dev = next(iter(inputs_by_device), (self.candidates or topology.device_names)[0])
+        tasks.append(
+            Task(name=f"output@{out_dev}", nodes=(graph.output.name,), time_s={}, fixed_device=out_dev)
+        )
 
         # Unused resident tensors and unused inputs belong to no task: they are not moved.
+        task_of = {name: i for i, task in enumerate(tasks) for name in task.nodes}
         values, shared = _values(graph, task_of)
         tasks, live_ranges = _liveness(tasks, graph, task_of)
         return PlacementProblem(
             tasks=tuple(tasks),
             values=values,
             live_ranges=live_ranges,
-            capacity_bytes=dict(capacity_bytes),
+            capacity_bytes=dict(self.capacity_bytes),
             topology=topology,
             shared=shared,
             training=graph.training,
         )
-
-    from .solver import quick_placement  # the solver imports this module
-
-    groups = group_nodes(compute, weight, max_groups)
-    problem = assemble(_pinned_apart(groups, pinned))
-    for pieces in finer_block_pieces(compute, weight, max_groups):
-        finer = group_nodes(compute, weight, max_groups, block_pieces=pieces)
-        if [len(g) for g in finer] == [len(g) for g in groups]:
-            continue  # the blocks cannot be cut that much finer
-        if quick_placement(problem) is not None:
-            break
-        log.info("found no placement of %d tasks that fits memory without the ILP; cutting each "
-                 "repeated block into up to %d tasks", len(problem.tasks), pieces)
-        groups, problem = finer, assemble(_pinned_apart(finer, pinned))
-    return problem
 
 
 def _pinned_apart(groups: list[list[GraphNode]], pinned: Mapping[str, str]) -> list[list[GraphNode]]:

@@ -283,6 +283,28 @@ def test_independent_branches_on_two_devices_overlap():
         solve(p, min_split_gain=-0.1)
 
 
+def test_min_split_gain_counts_only_the_devices_of_movable_tasks():
+    # The inputs live on the CPU: a split that runs one task there (1% faster) uses two devices
+    # like "everything on cuda:0" does, and must still beat it by min_split_gain to be kept.
+    topo = make_topology([make_device("cpu"), make_device("cuda:0")], link_gbps=100, latency_s=0.0)
+    tasks = (
+        Task(name="in", nodes=("x",), time_s={}, fixed_device="cpu"),
+        Task(name="a", nodes=("a",), time_s={"cpu": 1.00e-3, "cuda:0": 1.03e-3}),
+        Task(name="b", nodes=("b",), time_s={"cpu": 5e-3, "cuda:0": 1.0e-3}),
+    )
+    values = (Value(0, (1,), 1, 1, ("x",)), Value(1, (2,), 1, 1, ("a",)))
+    p = PlacementProblem(tasks=tasks, values=values, live_ranges=(),
+                         capacity_bytes={"cpu": 10**9, "cuda:0": 10**9}, topology=topo)
+    split = solve(p, mip_rel_gap=0.0, min_split_gain=0.0)
+    assert split.assignment == ("cpu", "cpu", "cuda:0")
+    kept = solve(p, mip_rel_gap=0.0)
+    assert kept.assignment == ("cpu", "cuda:0", "cuda:0")
+    assert kept.objective == pytest.approx(evaluate(p, kept.assignment).time_s)
+    assert kept.objective < 1.05 * split.objective
+    assert "then one device (a split gained less than min_split_gain=0.05)" in kept.solver
+    assert "one device" not in split.solver
+
+
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(problems(max_tasks=6), st.sampled_from(["latency", "throughput"]))
 def test_contiguous_stages_match_brute_force_over_contiguous_placements(problem, objective):

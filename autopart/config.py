@@ -7,6 +7,7 @@ fields of :class:`Config` as keyword arguments.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -251,8 +252,9 @@ class Config:
                 f"energy_eta={self.energy_eta!r} applies to objective='energy' only, but objective="
                 f"{self.objective!r}; add objective='energy' (or drop energy_eta)"
             )
-        if not self.energy_slack >= 0:
-            raise ValueError(f"energy_slack must be >= 0 (a fraction of the best time), got {self.energy_slack!r}")
+        if not 0 <= self.energy_slack < math.inf:
+            raise ValueError(f"energy_slack must be a finite fraction >= 0 of the best time, got "
+                             f"{self.energy_slack!r} (for no time cap, pass energy_eta=1)")
         if not self.time_limit_s > 0:
             raise ValueError(f"time_limit_s must be > 0 seconds, got {self.time_limit_s!r}")
         if not 0 <= self.mip_rel_gap < 1:

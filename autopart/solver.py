@@ -139,6 +139,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import math
 import os
 import sys
 import time
@@ -234,9 +235,13 @@ class Evaluation:
 
 
 def power_W(problem: PlacementProblem, device: str) -> tuple[float, float]:
-    """(active, idle) watts of a device; 0 where the topology gives no figure."""
+    """(active, idle) watts of a device: (0, 0) for a device with no ``max_power_W``, which
+    :func:`~autopart.costmodel.energy.energy_J` counts as unknown; idle 0 where only it is
+    missing."""
     dev = problem.topology.device(device)
-    return dev.max_power_W or 0.0, dev.idle_power_W or 0.0
+    if dev.max_power_W is None:
+        return 0.0, 0.0
+    return dev.max_power_W, dev.idle_power_W or 0.0
 
 
 def powered_devices(problem: PlacementProblem) -> list[str]:
@@ -1202,17 +1207,33 @@ def solve(
             (:func:`add_contiguous_stages`); starting points that are not are left out.
 
     Raises:
-        ValueError: an unknown objective, a negative slack or ``min_split_gain``, a model that
-            cannot fit (the message gives needed and available bytes), or no placement found.
+        ValueError: an unknown objective or solver, an option out of range, the energy
+            objective on devices with no power figures, a model that cannot fit (the message
+            gives needed and available bytes), or no placement found.
     """
     if objective not in OBJECTIVE_UNITS:
         raise ValueError(f"unknown objective {objective!r}; expected one of {list(OBJECTIVE_UNITS)}")
-    if not energy_slack >= 0:
-        raise ValueError(f"energy_slack must be >= 0, got {energy_slack!r}")
+    if not 0 <= energy_slack < math.inf:
+        raise ValueError(f"energy_slack must be a finite fraction >= 0, got {energy_slack!r} (for no time cap, "
+                         "pass energy_eta=1)")
     if energy_eta is not None and not 0 <= energy_eta <= 1:
         raise ValueError(f"energy_eta must be in [0, 1] (1: energy alone, 0: time alone), got {energy_eta!r}")
     if not min_split_gain >= 0:
         raise ValueError(f"min_split_gain must be >= 0, got {min_split_gain!r}")
+    if solver not in ("auto", "highs", "cbc"):
+        raise ValueError(f"solver must be 'auto', 'highs' or 'cbc', got {solver!r}")
+    if not time_limit_s > 0:
+        raise ValueError(f"time_limit_s must be > 0 seconds, got {time_limit_s!r}")
+    if not 0 <= mip_rel_gap < 1:
+        raise ValueError(f"mip_rel_gap must be in [0, 1), got {mip_rel_gap!r}")
+    if objective == "energy":
+        unknown = [d for d in powered_devices(problem) if problem.topology.device(d).max_power_W is None]
+        if unknown:
+            raise ValueError(
+                f"objective='energy' needs the power of every device, but {unknown} of topology "
+                f"{problem.topology.name!r} have no max_power_W; give idle_power_W and max_power_W "
+                "in the topology file (watts), use a preset that has them, or plan for latency"
+            )
     check_fits(problem)
     start = time.perf_counter()
     allowed = allowed_devices(problem)

@@ -378,6 +378,12 @@ class Device:
     def __post_init__(self) -> None:
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         clean = _check_device_values(values, f"Device(name={self.name!r})")
+        idle, active = clean["idle_power_W"], clean["max_power_W"]
+        if idle is not None and active is not None and idle > active:
+            raise ValueError(
+                f"Device(name={self.name!r}): idle_power_W={idle} is above max_power_W={active}; "
+                "give the idle draw and the power limit (TDP) in watts, idle the smaller"
+            )
         for key, value in clean.items():
             object.__setattr__(self, key, value)
 

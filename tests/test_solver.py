@@ -22,6 +22,7 @@ from autopart.solver import (
     interchangeable_devices,
     is_contiguous,
     pigeonhole_bound_s,
+    power_W,
     quick_placement,
     solve,
     stream_host,
@@ -539,10 +540,31 @@ def test_unknown_objective_and_bad_slack_are_rejected():
                make_topology([make_device("cpu"), make_device("cuda:0")]))
     with pytest.raises(ValueError, match="unknown objective 'speed'"):
         solve(p, objective="speed")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="energy_slack must be >= 0"):
-        solve(p, objective="energy", energy_slack=-1)
+    for slack in (-1, float("inf")):
+        with pytest.raises(ValueError, match=f"energy_slack must be a finite fraction >= 0, got {slack}"):
+            solve(p, objective="energy", energy_slack=slack)
     with pytest.raises(ValueError, match=r"energy_eta must be in \[0, 1\].*got 1.5"):
         solve(p, objective="energy", energy_eta=1.5)
+    with pytest.raises(ValueError, match="solver must be 'auto', 'highs' or 'cbc', got 'gurobi'"):
+        solve(p, solver="gurobi")
+    with pytest.raises(ValueError, match="time_limit_s must be > 0 seconds, got nan"):
+        solve(p, time_limit_s=float("nan"))
+    with pytest.raises(ValueError, match=r"mip_rel_gap must be in \[0, 1\), got -1"):
+        solve(p, mip_rel_gap=-1)
+
+
+def test_energy_needs_every_devices_power():
+    # cuda:0 gives its idle draw but no power limit: energy_J counts it as unknown (0 W), so
+    # the ILP must not charge its idle watts either; the energy objective refuses it.
+    topo = make_topology([make_device("cpu", max_power_W=100.0, idle_power_W=20.0),
+                          make_device("cuda:0", idle_power_W=50.0)])
+    p = _chain([{"cpu": 1e-3, "cuda:0": 1e-4}] * 2, [0, 0], {"cpu": MB, "cuda:0": MB}, 1, topo)
+    with pytest.raises(ValueError, match=r"objective='energy' needs the power of every device, but "
+                                         r"\['cuda:0'\] .* have no max_power_W"):
+        solve(p, objective="energy")
+    assert power_W(p, "cuda:0") == (0.0, 0.0) and power_W(p, "cpu") == (100.0, 20.0)
+    with pytest.raises(ValueError, match="idle_power_W=60.0 is above max_power_W=50.0"):
+        make_device("cuda:1", idle_power_W=60.0, max_power_W=50.0)
 
 
 def test_a_starting_point_is_returned_when_the_solver_finds_nothing_better(monkeypatch):

@@ -24,6 +24,14 @@ batch size, or with ``torch._dynamo.mark_dynamic(x, 0)``): a graph captured for 
 bakes that size into its ``view`` calls. :func:`batch_spec` checks what it can see in the
 graph; the runtime checks the rest on the first call whose samples differ, by comparing the
 micro-batched outputs with the whole-batch ones.
+
+Modes a graph switches inside (``with torch.no_grad():`` in a forward, autocast regions) are
+thread-local. ``split_module`` sets grad mode and autocast again at the start of each partition
+inside such a region, so each partition runs alike on either thread. A partition before any
+such region runs under the caller's modes, and after a call the caller's thread is left in the
+grad mode the graph ends in, as a run in one thread would. ``torch.inference_mode()`` regions,
+which ``split_module`` does not carry over, keep the whole graph in the calling thread and in one
+batch.
 """
 
 from __future__ import annotations
@@ -162,6 +170,9 @@ def batch_spec(gm: torch.fx.GraphModule) -> BatchSpec | str:
     for node in gm.graph.nodes:
         if node.op == "call_function" and is_random(node):
             return f"node {node.name} ({node.target}) draws random numbers"
+        if switches_inference_mode(node):
+            return (f"node {node.name} enters or leaves inference mode inside the graph: "
+                    "micro-batches would interleave its regions")
         if node.op in ("call_function", "call_method") and _reduces_the_batch(node, symbol):
             return (f"node {node.name} ({getattr(node.target, '__name__', node.target)}) makes a "
                     "tensor without the batch dimension from one with it: samples interact")
@@ -211,6 +222,14 @@ _DROPOUTS = {
     torch.nn.functional.dropout3d, torch.nn.functional.alpha_dropout,
     torch.nn.functional.feature_alpha_dropout,
 }
+
+
+def switches_inference_mode(node: torch.fx.Node) -> bool:
+    """Whether ``node`` enters or leaves a ``torch.inference_mode()`` region of its graph."""
+    return node.op == "call_function" and node.target in (
+        torch.autograd.grad_mode._enter_inference_mode,
+        torch.autograd.grad_mode._exit_inference_mode,
+    )
 
 
 def is_random(node: torch.fx.Node) -> bool:
@@ -277,6 +296,15 @@ class PartitionSchedule:
 
     def __init__(self, split: torch.fx.GraphModule, host_partitions: set[str]) -> None:
         self.split = split
+        partitions = [m for name, m in split.named_children() if name.startswith("submod_")]
+        inner = [n for m in partitions if isinstance(m, torch.fx.GraphModule) for n in m.graph.nodes]
+        if any(switches_inference_mode(n) for n in inner):
+            host_partitions = set()  # its region may span partitions: one thread, in order
+        grad_settings = [
+            n.args[0] for n in inner if n.op == "call_function" and n.target is torch._C._set_grad_enabled
+        ]
+        self.final_grad: bool | None = grad_settings[-1] if grad_settings else None
+        """The grad mode the graph leaves its thread in (None: the caller's)."""
         self.placeholders = [n for n in split.graph.nodes if n.op == "placeholder"]
         self.output = next(n for n in split.graph.nodes if n.op == "output")
         self.steps: list[_Step] = []
@@ -359,16 +387,20 @@ class PartitionSchedule:
                 args, kwargs = self._inputs(env, m, step, resolve=True)
                 if trace is not None and step.node.op == "call_module":
                     trace.append((m, step.partition, MAIN))
-                env[(m, step.node)] = step.fn(*args, **kwargs)
+                with modes():
+                    env[(m, step.node)] = step.fn(*args, **kwargs)
                 done.add((m, step.node))
             submit_ready_host_steps()
             assert not host, "host steps left unscheduled"
-            return [
+            outputs = [
                 _resolve(torch.fx.node.map_arg(self.output.args[0], lambda n, m=m: env[(m, n)]))
                 for m in range(len(microbatches))
             ]
         finally:
             concurrent.futures.wait(futures)
+        if self.final_grad is not None:
+            torch._C._set_grad_enabled(self.final_grad)
+        return outputs
 
     @staticmethod
     def _inputs(env, m: int, step: _Step, *, resolve: bool) -> tuple[tuple, dict]:
@@ -404,14 +436,18 @@ def _resolve(value: Any) -> Any:
 
 @dataclass(frozen=True)
 class ThreadModes:
-    """The calling thread's modes that a host partition, run on the worker thread, must run
-    under too (each is thread-local): grad mode, inference mode and autocast."""
+    """The calling thread's modes at the start of a call, which every partition starts from, on
+    either thread (each is thread-local): grad mode, inference mode, autocast, and the
+    saved-tensor hooks in force (``torch.autograd.graph.saved_tensors_hooks``, e.g.
+    ``save_on_cpu``)."""
 
     grad: bool
     inference: bool
     autocast: tuple[tuple[str, torch.dtype], ...]
     """(device type, dtype) of each device type whose autocast is on."""
     autocast_cache: bool
+    saved_tensors_hooks: tuple[Callable, Callable] | None = None
+    """(pack, unpack) of the innermost saved-tensor hooks, or None."""
 
     @staticmethod
     def capture() -> ThreadModes:
@@ -422,15 +458,18 @@ class ThreadModes:
                 (d, torch.get_autocast_dtype(d)) for d in ("cpu", "cuda") if torch.is_autocast_enabled(d)
             ),
             autocast_cache=torch.is_autocast_cache_enabled(),
+            saved_tensors_hooks=torch._C._autograd._top_saved_tensors_default_hooks(True),
         )
 
     def __call__(self) -> contextlib.ExitStack:
-        """A context that enters these modes."""
+        """A context that enters these modes, and leaves the thread as it found it."""
         stack = contextlib.ExitStack()
         stack.enter_context(torch.inference_mode(self.inference))
         stack.enter_context(torch.set_grad_enabled(self.grad))
         for device_type, dtype in self.autocast:
             stack.enter_context(torch.autocast(device_type, dtype=dtype, cache_enabled=self.autocast_cache))
+        if self.saved_tensors_hooks is not None:
+            stack.enter_context(torch.autograd.graph.saved_tensors_hooks(*self.saved_tensors_hooks))
         return stack
 
 

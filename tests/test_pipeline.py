@@ -488,3 +488,94 @@ def test_a_batch_size_equal_to_an_image_size_is_explained_and_the_fix_works():
     with torch.fx.experimental._config.patch(use_duck_shape=False):
         spec = batch_spec(_capture(model, torch.randn(8, 4, 8, 8), dynamic_dim0=False, dynamic=True))
     assert not isinstance(spec, str), spec
+
+
+class Region(nn.Module):
+    """Six layers; the middle two run in a ``mode`` region of the forward (``"no_grad"`` or
+    ``"inference"``), whose result joins the rest."""
+
+    def __init__(self, mode: str, width: int = 32) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(width, width) for _ in range(6))
+        self.mode = torch.no_grad if mode == "no_grad" else torch.inference_mode
+
+    def forward(self, x):
+        h = torch.tanh(self.layers[1](torch.tanh(self.layers[0](x))))
+        with self.mode():
+            g = torch.tanh(self.layers[3](torch.tanh(self.layers[2](h))))
+        h = h + g
+        return torch.tanh(self.layers[5](torch.tanh(self.layers[4](h))))
+
+
+def _eager_grads(model, x) -> list[torch.Tensor]:
+    model.zero_grad()
+    model(x).square().sum().backward()
+    return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+
+@pytest.mark.parametrize("num_microbatches", [1, 4])
+def test_a_no_grad_region_in_the_forward_leaves_the_callers_grad_mode(num_microbatches):
+    """split_module sets grad mode at the start of the partitions inside the region, but not back
+    at their end: a partition on the main thread that ends in the region used to leave grad
+    mode off for the caller, and a later micro-batch's first partition ran without grad."""
+    torch.manual_seed(0)
+    model = Region("no_grad")
+    backend = autopart.backend(**_options(model, num_microbatches=num_microbatches, optimizer="none"))
+    compiled = torch.compile(model, backend=backend)
+    x = torch.randn(8, 32)
+    torch._dynamo.mark_dynamic(x, 0)
+    for _ in range(2):
+        compiled.zero_grad()
+        compiled(x).square().sum().backward()
+        assert torch.is_grad_enabled()
+        grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        for got, want in zip(grads, _eager_grads(model, x), strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    (comp,) = backend.compilations
+    assert comp.runner.schedule.concurrent and comp.metrics.num_microbatches == num_microbatches
+
+
+def test_an_inference_mode_region_keeps_the_graph_in_the_calling_thread():
+    """split_module does not carry inference mode into later partitions, and its region's enter
+    and exit may fall in partitions of two threads: such a graph runs in one thread, whole."""
+    torch.manual_seed(0)
+    model = Region("inference")
+    backend = autopart.backend(**_options(model, optimizer="none"))
+    compiled = torch.compile(model, backend=backend)
+    x = torch.randn(8, 32)
+    out = compiled(x)  # with grad: saves no inference tensor from the region for backward
+    torch.testing.assert_close(out, model(x))
+    assert out.requires_grad and not torch.is_inference_mode_enabled()
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x))
+    assert not torch.is_inference_mode_enabled() and torch.is_grad_enabled()
+    compiled(x).sum().backward()
+    for comp in backend.compilations:
+        assert len(comp.plan.devices_used) >= 2 and not comp.runner.schedule.concurrent
+    assert "inference mode" in batch_spec(_capture(Region("inference"), torch.randn(8, 32)))
+
+
+def test_saved_tensor_hooks_apply_to_host_partitions():
+    """Saved-tensor hooks are thread-local: partitions on the worker thread run under the
+    caller's (a hook that zeroes what it unpacks changes the gradients as in eager)."""
+    torch.manual_seed(0)
+    model = Chain(width=32, depth=6)
+    backend = autopart.backend(**_options(model, optimizer="none"))
+    compiled = torch.compile(model, backend=backend)
+    x = torch.randn(8, 32)
+    compiled(x)
+    counts = {}
+
+    def run(fn):
+        packed = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: packed.append(1) or t, torch.zeros_like):
+            out = fn(x)
+        model.zero_grad()
+        out.square().sum().backward()
+        counts[fn] = len(packed)
+        return [p.grad.clone() for p in model.parameters()]
+
+    for got, want in zip(run(compiled), run(model), strict=True):
+        torch.testing.assert_close(got, want)
+    assert counts[compiled] == counts[model] > 0
+    assert backend.compilations[0].metrics.num_host_steps > 0

@@ -47,7 +47,7 @@ import heapq
 import logging
 import re
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .graph import AnnotatedGraph, GraphNode
@@ -436,6 +436,7 @@ def build_problem(
     origin_device: Callable[[str], str],
     max_groups: int = 32,
     pinned: Mapping[str, str] | None = None,
+    keep_together: Sequence[tuple[str, str]] = (),
     local_device: Callable[[str], str] | None = None,
     copy_trainable: bool = True,
 ) -> PlacementProblem:
@@ -457,6 +458,8 @@ def build_problem(
             that device; runs of pinned compute nodes are tasks of their own, so the work
             coarsened around them stays free. (A task with nodes pinned to two devices stays
             free, and counts pinned parameters in it as new copies.)
+        keep_together: (first, last) node names of stretches of the graph never cut into two
+            tasks (the groups holding any of their nodes are merged).
         local_device: topology device -> the local device that runs it (default: the same
             name), to tell where a parameter lives from where it is planned.
         copy_trainable: a parameter that requires grad, planned on a device whose local device
@@ -475,11 +478,16 @@ def build_problem(
 
     pinned = pinned or {}
     builder = _ProblemBuilder(
-        graph, topology, capacity_bytes, origin_device, pinned, local_device or (lambda d: d), copy_trainable
+        graph, topology, capacity_bytes, origin_device, pinned, keep_together, local_device or (lambda d: d),
+        copy_trainable,
     )
     compute, weight = builder.compute, builder.weight
+
+    def tasks_of(groups: list[list[GraphNode]]) -> list[list[GraphNode]]:
+        return _kept_together(_pinned_apart(groups, pinned), keep_together, graph.index)
+
     groups = group_nodes(compute, weight, max_groups)
-    problem = builder.assemble(_pinned_apart(groups, pinned))
+    problem = builder.assemble(tasks_of(groups))
     for pieces in finer_block_pieces(compute, weight, max_groups):
         finer = group_nodes(compute, weight, max_groups, block_pieces=pieces)
         if [len(g) for g in finer] == [len(g) for g in groups]:
@@ -488,7 +496,7 @@ def build_problem(
             break
         log.info("found no placement of %d tasks that fits memory without the ILP; cutting each "
                  "repeated block into up to %d tasks", len(problem.tasks), pieces)
-        groups, problem = finer, builder.assemble(_pinned_apart(finer, pinned))
+        groups, problem = finer, builder.assemble(tasks_of(finer))
     return problem
 
 
@@ -502,11 +510,13 @@ class _ProblemBuilder:
         capacity_bytes: dict[str, int],
         origin_device: Callable[[str], str],
         pinned: Mapping[str, str],
+        keep_together: Sequence[tuple[str, str]],
         local_device: Callable[[str], str],
         copy_trainable: bool,
     ) -> None:
         self.graph, self.topology, self.capacity_bytes = graph, topology, capacity_bytes
         self.origin_device, self.pinned, self.local_device = origin_device, pinned, local_device
+        self.keep_together = keep_together
         self.copy_trainable = copy_trainable
         nodes = graph.nodes
         self.times = graph.node_times(topology)
@@ -584,6 +594,7 @@ class _ProblemBuilder:
         counted = [m for m in members if not (fixed and m.name in pinned and m.role in RESIDENT_ROLES)]
         resident_bytes = sum(m.resident_bytes + m.training_bytes for m in counted)
         counted_names = {m.name for m in counted}
+        units = _kept_together(_units(group, self.weight), self.keep_together, self.graph.index)
         copy_forward_s, copy_backward_s, optimizer_s, shifted = self.parameter_costs(members, counted_names)
         devices = self.topology.device_names
         backward_s = {
@@ -603,9 +614,7 @@ class _ProblemBuilder:
             backward_time_s=backward_s if any(backward_s.values()) else {},
             step_time_s=optimizer_s if any(optimizer_s.values()) else {},
             resident_on=resident_on,
-            unit_bytes=tuple(
-                sum(self.resident(n, only=counted_names) for n in unit) for unit in _units(group, self.weight)
-            ),
+            unit_bytes=tuple(sum(self.resident(n, only=counted_names) for n in unit) for unit in units),
         )
 
     def assemble(self, groups: list[list[GraphNode]]) -> PlacementProblem:
@@ -662,6 +671,26 @@ def _pinned_apart(groups: list[list[GraphNode]], pinned: Mapping[str, str]) -> l
                 runs.append([n])
         out += runs
     return out
+
+
+def _kept_together(
+    groups: list[list[GraphNode]], stretches: Sequence[tuple[str, str]], position: Mapping[str, int]
+) -> list[list[GraphNode]]:
+    """``groups`` (contiguous, in order) with the groups that hold nodes of one stretch (first
+    and last node name, both included) merged."""
+    joined = [False] * len(groups)  # joined[i]: groups i and i + 1 are one
+    for first, last in stretches:
+        lo, hi = position[first], position[last]
+        inside = [i for i, g in enumerate(groups) if any(lo <= position[n.name] <= hi for n in g)]
+        for i in range(min(inside, default=0), max(inside, default=0)):
+            joined[i] = True
+    merged: list[list[GraphNode]] = []
+    for i, group in enumerate(groups):
+        if i and joined[i - 1]:
+            merged[-1] = merged[-1] + group
+        else:
+            merged.append(group)
+    return merged
 
 
 def _units(group: list[GraphNode], weight: Callable[[GraphNode], float]) -> list[list[GraphNode]]:

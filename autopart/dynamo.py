@@ -36,7 +36,7 @@ from .passes import (
     propagate_shapes_pass,
     record,
 )
-from .passes.cost import mutated_input, mutates_in_place
+from .passes.cost import mutated_inputs, mutates_in_place
 from .passes.memory import node_storages, storage_key
 from .passes.shapes import node_value, requires_grad
 from .passes.training import Optimizer, TrainingMemory, training_memory_pass
@@ -155,7 +155,8 @@ def plan_graph(
             if device is not None:
                 pinned[node.name] = device
     plan, problem = solve_annotated(
-        analysis.graph, config, topology, mapping=mapping, capacity=capacity, pinned=pinned
+        analysis.graph, config, topology, mapping=mapping, capacity=capacity, pinned=pinned,
+        keep_together=_updated_together(gm),
     )
     return plan, problem, analysis
 
@@ -192,11 +193,11 @@ def _pinned_nodes(gm: torch.fx.GraphModule, origin: Callable[[str], str]) -> dic
         pinned.update(dict.fromkeys((n.name for n in views(node, key)), device))
 
     for node in gm.graph.nodes:
-        target = mutated_input(node)
-        key = _storage_of(target) if target is not None else None
-        if key is not None and key in inputs:
-            pinned[node.name] = origin(inputs[key])
-            pin_views(target, key, pinned[node.name])
+        for target in mutated_inputs(node):
+            key = _storage_of(target)
+            if key is not None and key in inputs:
+                pinned[node.name] = origin(inputs[key])
+                pin_views(target, key, pinned[node.name])
     output = next(n for n in gm.graph.nodes if n.op == "output")
     aliases: dict[Any, list[torch.fx.Node]] = {}
     for leaf in dict.fromkeys(tree_flatten(output.args[0])[0]):
@@ -212,6 +213,34 @@ def _pinned_nodes(gm: torch.fx.GraphModule, origin: Callable[[str], str]) -> dic
                 if chain and any(a in leaves for n in chain for a in n.all_input_nodes):
                     pin_views(leaf, key, origin(str(node_value(leaf).device)))
     return pinned
+
+
+def _updated_together(gm: torch.fx.GraphModule) -> list[tuple[str, str]]:
+    """(first, last) node names of each stretch of ``gm`` that must run in one task: from the
+    first node that reads a parameter, buffer or constant (``get_attr``) that the graph updates
+    in place, or a view of one, to its last update. Cut, an update would land on a copy (a view
+    one update returns, updated again later: ``e = self.ema.mul_(0.5); ...; e.add_(h)``; a
+    compiled optimizer's ``_foreach_*_`` updates of its state), or a reader would get a copy
+    made before an update it should see."""
+    owned = set()
+    for node in gm.graph.nodes:
+        resident = node.op == "placeholder" and record(node).role in ("parameter", "buffer")
+        if resident or node.op == "get_attr":
+            owned.update(key for key, _ in node_storages(node))
+    first_read: dict[Any, torch.fx.Node] = {}
+    last_update: dict[Any, torch.fx.Node] = {}
+    for node in gm.graph.nodes:
+        if node.op not in ("call_function", "call_method", "call_module"):
+            continue
+        for a in node.all_input_nodes:
+            for key, _ in node_storages(a):
+                if key in owned:
+                    first_read.setdefault(key, node)
+        for target in mutated_inputs(node):
+            for key, _ in node_storages(target):
+                if key in owned:
+                    last_update[key] = node
+    return [(first_read[key].name, last.name) for key, last in last_update.items() if first_read[key] is not last]
 
 
 def _storage_of(node: torch.fx.Node) -> Any:
@@ -233,6 +262,7 @@ def solve_annotated(
     mapping: dict[str, str] | None = None,
     capacity: dict[str, int] | None = None,
     pinned: dict[str, str] | None = None,
+    keep_together: Sequence[tuple[str, str]] = (),
 ) -> tuple[Plan, PlacementProblem]:
     """Coarsen, solve and make the Plan of an annotated graph: the part of planning that needs
     no model (used online by :func:`plan_graph` and offline by :func:`solve_graph`).
@@ -240,7 +270,7 @@ def solve_annotated(
     Args:
         mapping: topology device -> local device; {} when only planning.
         capacity: bytes per device (default: ``config.capacities_bytes(topology)``).
-        pinned: see :func:`autopart.coarsen.build_problem`.
+        pinned, keep_together: see :func:`autopart.coarsen.build_problem`.
     """
     mapping = {} if mapping is None else mapping
     problem = build_problem(
@@ -250,6 +280,7 @@ def solve_annotated(
         origin_device=origin_resolver(topology, mapping),
         max_groups=config.max_groups,
         pinned=pinned,
+        keep_together=keep_together,
         local_device=lambda d: mapping.get(d, d),
         copy_trainable=config.trainable_parameters == "copy",
     )

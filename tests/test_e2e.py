@@ -1612,6 +1612,66 @@ def test_an_in_place_update_of_an_input_reaches_the_callers_tensor(kind):
         node = node.args[0] if node is not updates[0] or "out" not in node.kwargs else node.kwargs["out"]
 
 
+class UpdatesAnEMA(nn.Module):
+    """Updates a buffer twice, through the view its first update returns, layers apart."""
+
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(32, 32) for _ in range(8))
+        self.register_buffer("ema", torch.ones(32))
+
+    def forward(self, x):
+        ema = self.ema.mul_(0.5)
+        h = x
+        for layer in self.layers[:6]:
+            h = torch.tanh(layer(h))
+        ema.add_(h.mean(0))
+        for layer in self.layers[6:]:
+            h = torch.tanh(layer(h))
+        return h
+
+
+def test_updates_of_a_buffer_through_a_view_stay_in_one_task():
+    """Cut between the two updates, the second would update a copy of the buffer."""
+    torch.manual_seed(0)
+    model = UpdatesAnEMA()
+    reference = copy.deepcopy(model)
+    backend = autopart.backend(**split_options(model, hand=True, fraction=1.0))
+    compiled = torch.compile(model, backend=backend)
+    x = torch.randn(4, 32)
+    with torch.no_grad():
+        for _ in range(2):
+            torch.testing.assert_close(compiled(x), reference(x))
+            torch.testing.assert_close(model.ema, reference.ema, rtol=0, atol=0)
+    (comp,) = backend.compilations
+    assert len(comp.plan.devices_used) >= 2, comp.plan.summary()
+    first, last = (n for n in comp.graph.graph.nodes if is_inplace(n))
+    assert comp.plan.placement[first.name] == comp.plan.placement[last.name]
+    assert any(first.name in t.nodes and last.name in t.nodes for t in comp.problem.tasks)
+
+
+def test_a_compiled_adam_step_matches_eager():
+    """torch.compile(optimizer.step) updates each parameter and its state in place (``lerp_``,
+    ``mul_``, ``addcdiv_``), through views of constants: each tensor's updates stay in one
+    task, whatever the split."""
+    torch.manual_seed(0)
+    model = nn.Sequential(*[nn.Linear(32, 32) for _ in range(6)])
+    reference = copy.deepcopy(model)
+    ours, theirs = (torch.optim.Adam(m.parameters(), lr=0.01) for m in (model, reference))
+    backend = autopart.backend(**split_options(model, hand=True, fraction=2.0, optimizer="none"))
+    step = torch.compile(ours.step, backend=backend)
+    x = torch.randn(4, 32)
+    for _ in range(2):
+        for m, opt_step in ((model, step), (reference, theirs.step)):
+            m(x).square().mean().backward()
+            opt_step()
+            m.zero_grad()
+    for p, q in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(p, q)
+        torch.testing.assert_close(ours.state[p]["exp_avg_sq"], theirs.state[q]["exp_avg_sq"])
+    assert any(len(c.plan.devices_used) >= 2 for c in backend.compilations)
+
+
 class ReturnsViews(nn.Module):
     def __init__(self):
         super().__init__()

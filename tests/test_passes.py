@@ -19,6 +19,7 @@ from autopart.passes import (
     propagate_shapes_pass,
     record,
 )
+from autopart.passes.cost import mutated_inputs
 
 
 def traced(module: nn.Module, *inputs):
@@ -278,3 +279,16 @@ def test_every_node_of_a_transformer_is_costed_by_its_aten_ops():
     # the lookup reads the rows it gathers, not the whole 500 x 64 table
     assert record(nodes["inputs_embeds"]).bytes_accessed < 500 * 64 * 4
     assert record(nodes["logits"]).flops == 2 * 8 * 64 * 500
+
+
+def test_mutated_inputs_names_every_tensor_an_update_writes():
+    class Updates(nn.Module):
+        def forward(self, a, b, c):
+            torch._foreach_mul_([a, b], 0.5)  # each tensor of the list
+            c.add_(1)
+            torch.add(a, b, out=c)
+            return torch._foreach_add([a, b], 1.0), torch.relu(a), a.add(b)
+
+    gm = traced(Updates(), *(torch.randn(3) for _ in range(3)))
+    found = {n.name: [t.name for t in mutated_inputs(n)] for n in gm.graph.nodes if mutated_inputs(n)}
+    assert found == {"_foreach_mul_": ["a", "b"], "add_": ["c"], "add": ["c"]}

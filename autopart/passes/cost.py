@@ -46,48 +46,54 @@ _AUGMENTED_ASSIGNMENTS = frozenset({
 })
 
 
-def mutated_input(node: torch.fx.Node) -> torch.fx.Node | None:
-    """The input node whose tensor ``node`` updates in place, or None.
+def mutated_inputs(node: torch.fx.Node) -> tuple[torch.fx.Node, ...]:
+    """The input nodes whose tensors ``node`` updates in place (none for most nodes).
 
     In place are: a call whose name ends in one ``_`` (``x.add_(y)``, ``torch.relu_``, which
-    update their first argument), or given ``inplace=True`` (``F.relu(x, inplace=True)``);
-    ``x[i] = y`` and ``x += y`` on a tensor (Dynamo records ``operator.setitem`` and
-    ``operator.iadd``, and so on; ``operator.and_`` and its like are not in place); an aten
-    overload whose schema writes its first argument; and any call given ``out=``."""
-    out = node.kwargs.get("out") if node.op in ("call_function", "call_method") else None
+    update their first argument, or each tensor of it: ``torch._foreach_mul_(tensors, 0.9)``),
+    or given ``inplace=True`` (``F.relu(x, inplace=True)``); ``x[i] = y`` and ``x += y`` on a
+    tensor (Dynamo records ``operator.setitem`` and ``operator.iadd``, and so on;
+    ``operator.and_`` and its like are not in place); an aten overload whose schema writes its
+    first argument; and any call given ``out=``."""
+    if node.op not in ("call_function", "call_method"):
+        return ()
+    out = node.kwargs.get("out")
     if isinstance(out, torch.fx.Node):
-        return out
-    first = node.args[0] if node.args and isinstance(node.args[0], torch.fx.Node) else None
-    if first is None or node.op not in ("call_function", "call_method"):
-        return None
+        return (out,)
+    first = node.args[0] if node.args else None
+    if isinstance(first, (list, tuple)) and first and all(isinstance(a, torch.fx.Node) for a in first):
+        name = getattr(node.target, "__name__", "")
+        return tuple(first) if name.startswith("_foreach_") and name.endswith("_") else ()
+    if not isinstance(first, torch.fx.Node):
+        return ()
     if node.target in _AUGMENTED_ASSIGNMENTS:
-        return first if isinstance(node_value(first), torch.Tensor) else None
+        return (first,) if isinstance(node_value(first), torch.Tensor) else ()
     if getattr(node.target, "__module__", None) == "_operator":  # and_, or_, not_: new values
-        return None
+        return ()
     if node.kwargs.get("inplace") is True:
-        return first
+        return (first,)
     if isinstance(node.target, torch._ops.OpOverload):
         arguments = node.target._schema.arguments
         writes = bool(arguments) and arguments[0].alias_info is not None and arguments[0].alias_info.is_write
-        return first if writes else None
+        return (first,) if writes else ()
     name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
-    return first if isinstance(name, str) and name.endswith("_") and not name.endswith("__") else None
+    return (first,) if isinstance(name, str) and name.endswith("_") and not name.endswith("__") else ()
 
 
 def is_inplace(node: torch.fx.Node) -> bool:
-    """True for a call that updates a tensor in place (:func:`mutated_input`)."""
-    return mutated_input(node) is not None
+    """True for a call that updates a tensor in place (:func:`mutated_inputs`)."""
+    return bool(mutated_inputs(node))
 
 
 def mutates_in_place(gm: torch.fx.GraphModule) -> bool:
     """True if a node of ``gm`` updates a graph input in place (a user input, parameter or
-    buffer, or a view of one; :func:`mutated_input`), or is batch norm in training mode with
+    buffer, or a view of one; :func:`mutated_inputs`), or is batch norm in training mode with
     running statistics, which it updates. Updates of tensors the graph made (``out += x``) do
     not count: running the graph again, or on part of a batch, makes them anew."""
     inputs = {key for node in gm.graph.find_nodes(op="placeholder") for key, _ in node_storages(node)}
     return any(
-        _updates_running_stats(node) or (target := mutated_input(node)) is not None
-        and any(key in inputs for key, _ in node_storages(target))
+        _updates_running_stats(node)
+        or any(key in inputs for target in mutated_inputs(node) for key, _ in node_storages(target))
         for node in gm.graph.nodes
     )
 

@@ -28,9 +28,17 @@ def build_model(name: str, size: str = "base"):
 
     Raises:
         ValueError: an unknown model name or size.
+        ImportError: transformers is not installed.
     """
     import torch
-    import transformers as tf
+
+    try:
+        import transformers as tf
+    except ImportError as exc:
+        raise ImportError(
+            "autopart builds its example models with transformers, which is not installed: "
+            "pip install 'autopart[bench]' (or pip install transformers)"
+        ) from exc
 
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {list(MODELS)}")

@@ -1015,7 +1015,7 @@ def backend(**options: Any) -> Backend:
     """A Dynamo backend with the given options (the fields of :class:`autopart.Config`).
 
     Example: ``torch.compile(model, backend=autopart.backend(topology="4xa100-pcie-cpu",
-    device_map="cpu", max_memory={"cuda:0": "200MB", "cuda:1": "200MB"}))``.
+    device_map="cpu", max_memory={"cuda:0": "300MB", "cuda:1": "300MB"}))``.
 
     Raises:
         TypeError: an unknown option. ValueError: an invalid option value (the topology, device

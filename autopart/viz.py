@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import shutil
 from typing import TYPE_CHECKING, Any
 
 from .config import check_type
@@ -106,7 +107,8 @@ def _import(module: str, what: str) -> Any:
 def check_picture_path(path: str | os.PathLike, kind: str) -> None:
     """Raise ValueError unless ``path`` can take a picture of ``kind``: ``"plot"``
     (:func:`plot_plan`: a suffix matplotlib writes) or ``"dot"`` (:func:`write_dot`: ``.dot``,
-    ``.gv``, or a format Graphviz renders), in a folder that exists. Needs matplotlib, or pydot."""
+    ``.gv``, or a format Graphviz renders, with Graphviz's ``dot`` program on the PATH), in a
+    folder that exists. Needs matplotlib, or pydot."""
     path = os.fspath(path)
     suffix = os.path.splitext(path)[1].lstrip(".").lower()
     if kind == "plot":
@@ -118,6 +120,11 @@ def check_picture_path(path: str | os.PathLike, kind: str) -> None:
         fix = "give the file the suffix .dot or .gv (DOT text), or .svg, .png, .pdf (rendered by Graphviz)"
     if suffix not in formats:
         raise ValueError(f"cannot save a {'plot' if kind == 'plot' else 'graph'} as {path!r}: {fix}")
+    if kind == "dot" and suffix not in ("dot", "gv") and shutil.which("dot") is None:
+        raise ValueError(
+            f"rendering {path!r} needs Graphviz's dot program, which is not installed: install "
+            "Graphviz, or write a .dot file and render it with `dot -Tsvg`"
+        )
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise ValueError(f"cannot save {path!r}: folder {folder!r} does not exist")
@@ -274,13 +281,7 @@ def write_dot(dot: pydot.Dot, path: str | os.PathLike) -> None:
         with open(path, "w") as f:
             f.write(dot.to_string())
         return
-    try:
-        dot.write(os.fspath(path), format=suffix)
-    except FileNotFoundError as exc:
-        raise ValueError(
-            f"rendering {os.fspath(path)!r} needs Graphviz's dot program, which is not installed: "
-            "install Graphviz, or write a .dot file and render it with `dot -Tsvg`"
-        ) from exc
+    dot.write(os.fspath(path), format=suffix)
 
 
 def _quote(name: str) -> str:

@@ -100,6 +100,12 @@ def test_build_model_rejects_unknown_names():
         build_model("bloom")
 
 
+def test_example_models_without_transformers_say_how_to_install_it(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import fails as if not installed
+    assert main(["plan", "--model", "gpt2", "--size", "tiny", "--topology", "4xa100-pcie-cpu"]) == 2
+    assert "which is not installed: pip install 'autopart[bench]'" in capsys.readouterr().err
+
+
 def test_demo_matches_eager_and_reports_predicted_against_measured(capsys, tmp_path):
     plot = tmp_path / "demo.png"
     drawn = importlib.util.find_spec("matplotlib") is not None  # the viz extra

@@ -19,7 +19,7 @@ from test_runtime import _inference_plan, _mlp_on_gpus  # noqa: E402
 import autopart  # noqa: E402
 from autopart.cli import main  # noqa: E402
 from autopart.graph import AnnotatedGraph  # noqa: E402
-from autopart.viz import MiB, device_colors, plot_plan, to_dot, write_dot  # noqa: E402
+from autopart.viz import MiB, check_picture_path, device_colors, plot_plan, to_dot, write_dot  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("fresh_dynamo")  # each test compiles with its own backend
 
@@ -183,6 +183,10 @@ def test_rendering_without_graphviz_says_to_write_dot_text(tmp_path):
     (comp,) = backend.compilations
     with pytest.raises(ValueError, match=r"needs Graphviz's dot program.*write a \.dot file"):
         write_dot(to_dot(comp.plan, comp.analysis.graph), tmp_path / "graph.svg")
+    # the command line checks before it plans
+    with pytest.raises(ValueError, match=r"rendering '.*graph\.png' needs Graphviz's dot program"):
+        check_picture_path(tmp_path / "graph.png", "dot")
+    check_picture_path(tmp_path / "graph.gv", "dot")
 
 
 def test_cli_plan_draws_the_graph(tmp_path, capsys):

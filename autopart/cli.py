@@ -491,7 +491,8 @@ def make_parser() -> argparse.ArgumentParser:
     )
     topo.add_argument(
         "--budget", type=float, metavar="SECONDS", default=None,
-        help="time for a profile, seconds (default 60)",
+        help="time for a profile, seconds (default 60; a soft limit: a profile takes at least about 10 s "
+        "on a 2-core CPU)",
     )
     topo.set_defaults(func=cmd_topology)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 from _util import make_device, make_topology
@@ -553,6 +555,27 @@ def test_calibration_falls_back_to_small_samples_when_memory_is_short(monkeypatc
         cal = calibrate_device("cpu", budget_s=0.5)
     assert "too little free memory" in caplog.text
     assert set(cal["classes"]) | set(cal["failed"]) == set(real(torch.device("meta"), large=False))
+
+
+def test_calibration_makes_more_passes_only_while_the_budget_lasts(monkeypatch):
+    """Each sample's time is the best of ROUNDS passes, but a pass runs at least a few calls of
+    every sample: once the first pass has used the budget, no other starts."""
+    from autopart.costmodel import calibration
+
+    n = sum(map(len, calibration._samples(torch.device("meta")).values()))
+    budget_s = 0.2
+    calls = []
+
+    def slow(fn, cuda, *, time_s, min_block_s):
+        calls.append(fn)
+        time.sleep(1.5 * budget_s / n)  # a pass takes 1.5x the budget
+        return 1e-3, 1, 3
+
+    monkeypatch.setattr(calibration, "_sustain", lambda *a: None)
+    monkeypatch.setattr("autopart.profiler.median_time_s", slow)
+    cal = calibrate_device("cpu", budget_s=budget_s)
+    assert len(calls) == n and calibration.ROUNDS > 1
+    assert set(cal["classes"]) | set(cal["failed"]) == set(calibration._samples(torch.device("meta")))
 
 
 @pytest.mark.parametrize("budget_s", [0.5, 5.0, 60.0])

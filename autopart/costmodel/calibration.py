@@ -275,7 +275,9 @@ def calibrate_device(device: str | torch.device, *, budget_s: float = 10.0) -> d
         budget_s: seconds to spend (> 0), shared evenly by the samples over
             :data:`ROUNDS` passes (each pass gives each sample at least 10 ms of repeats, in
             blocks of up to :data:`BLOCK_S`); a sample's time is the best over the passes of
-            each pass's median block.
+            each pass's median block. Passes after the first run only while the budget lasts.
+            A pass times each sample in at least ``MIN_REPEATS`` blocks of one call, so the
+            first pass sets a floor whatever the budget: about 6 s on a 2-core CPU.
 
     Returns:
         The ``calibration`` dict (module docstring).
@@ -302,7 +304,10 @@ def calibrate_device(device: str | torch.device, *, budget_s: float = 10.0) -> d
     with torch.no_grad():
         _sustain(samples["matmul"][-1], cuda, min(SUSTAIN_S, 0.1 * budget_s))
         best: dict[tuple[str, int], float] = {}
-        for _ in range(ROUNDS):
+        start = time.perf_counter()
+        for done in range(ROUNDS):
+            if done and (time.perf_counter() - start) * (done + 1) / done > budget_s:
+                break  # one more pass would overrun the budget
             for cls, fns in samples.items():
                 for i, fn in enumerate(fns):
                     seconds, _, _ = median_time_s(fn, cuda, time_s=per_sample_s, min_block_s=block_s)

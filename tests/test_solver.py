@@ -689,3 +689,22 @@ def test_identical_layers_on_identical_devices_are_proven_by_the_pigeonhole_boun
     sol = solve(p, objective="throughput", mip_rel_gap=0.0, min_split_gain=0.0)
     assert sol.objective == pytest.approx(3e-3, rel=1e-6)
     assert sol.bound == pytest.approx(3e-3, rel=1e-6) and sol.status == "optimal"
+
+
+def test_a_placement_just_over_capacity_is_not_returned():
+    """Two weights that together exceed an 80 GB device by 40 kB (5e-7 of it): HiGHS at its
+    default feasibility tolerance (1e-6) accepted both there."""
+    topo = make_topology([make_device("cpu"), make_device("cuda:0")], link_gbps=100, latency_s=0.0)
+    cap = 80 * 10**9
+    tasks = (
+        Task(name="in", nodes=("x",), time_s={}, fixed_device="cpu"),
+        Task(name="a", nodes=("a",), time_s={"cpu": 1.0, "cuda:0": 1e-3}, resident_bytes=cap // 2),
+        Task(name="b", nodes=("b",), time_s={"cpu": 1.0, "cuda:0": 1e-3}, resident_bytes=cap // 2 + 40_000),
+    )
+    values = (Value(0, (1,), 1000, 1, ("x",)), Value(1, (2,), 1000, 1, ("a",)))
+    p = PlacementProblem(tasks=tasks, values=values, live_ranges=(),
+                         capacity_bytes={"cpu": 10**12, "cuda:0": cap}, topology=topo)
+    for objective in ("latency", "throughput"):
+        sol = solve(p, objective=objective)
+        ev = evaluate(p, sol.assignment, sol.streamed)
+        assert all(ev.peak_bytes.get(d, 0) <= p.capacity_bytes[d] for d in p.devices), (sol, ev.peak_bytes)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import pytest
@@ -13,7 +14,7 @@ from torch import nn
 
 import autopart
 import autopart.passes.training
-from autopart import Device, Topology
+from autopart import Device, Link, Topology
 from autopart.costmodel.comm import collective_time_s, flat_collective_time_s, mesh_collective_time_s
 from autopart.costmodel.energy import energy_J
 from autopart.passes import memory_pass, propagate_shapes_pass
@@ -107,6 +108,26 @@ def test_collective_across_hosts_is_hierarchical():
     assert got > collective_time_s("all_reduce", n, ranks[:8], topo)
     flat = flat_collective_time_s("all_reduce", n, 16, inter.latency_s, inter.bandwidth_Bps, "ring")
     assert got < flat
+
+
+def test_a_hierarchical_collective_waits_for_its_slowest_host():
+    """Host a's ring: 1 GB/s at 1 us; host b's: 100 GB/s at 2 us. Each inside-host step lasts
+    as long as host a's, whatever their latencies."""
+    devices = [dataclasses.replace(make_device(f"{h}/cuda:{i}"), host=h) for h in "ab" for i in range(2)]
+
+    def both_ways(src, dst, bandwidth_Bps, latency_s, kind="nvlink"):
+        return [Link(src=s, dst=d, bandwidth_Bps=bandwidth_Bps, latency_s=latency_s, kind=kind)
+                for s, d in ((src, dst), (dst, src))]
+
+    topo = Topology(name="2hosts", devices=tuple(devices), links=tuple(
+        both_ways("a/cuda:0", "a/cuda:1", 1e9, 1e-6) + both_ways("b/cuda:0", "b/cuda:1", 100e9, 2e-6)
+        + both_ways("a/cuda:0", "b/cuda:0", 10e9, 5e-6, "network")))
+    n = 10**9
+    # by hand: ring reduce_scatter and all_gather inside host a (1 step, n/2 each), and an
+    # all_reduce of n/2 between the hosts (a 2-rank ring: 2 steps, n/2 / 2 each)
+    expected = 2 * (1e-6 + n / 2 / 1e9) + 2 * 5e-6 + n / 2 / 10e9
+    got = collective_time_s("all_reduce", n, [d.name for d in devices], topo, algorithm="ring")
+    assert got == pytest.approx(expected)
 
 
 def test_a_collective_along_a_mesh_axis_lasts_as_long_as_its_slowest_group():

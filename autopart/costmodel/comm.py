@@ -117,8 +117,9 @@ def collective_time_s(
     """Predicted seconds of a collective over ``devices`` of ``topology`` (one rank each).
 
     Inside one host: a flat collective over the slowest hop. Across hosts: hierarchical (module
-    docstring), inside-host steps over each host's slowest ring and across-host steps over the
-    slowest ring joining one rank per host.
+    docstring): each inside-host step runs on every host at once, over its ring, and takes as
+    long as the slowest host's; across-host steps run over the slowest ring joining one rank
+    per host.
 
     Raises:
         ValueError: an unknown collective or algorithm, or a device the topology lacks.
@@ -136,13 +137,13 @@ def collective_time_s(
 
     groups = list(by_host.values())
     g = max(len(grp) for grp in groups)
-    inner = max((ring_link(topology, grp) for grp in groups), key=lambda ab: (ab[0], -ab[1]))
+    rings = [(len(grp), *ring_link(topology, grp)) for grp in groups]
     leaders = [grp[0] for grp in groups]
     outer = ring_link(topology, leaders)
     h = len(groups)
 
     def inside(step: Collective, size: float) -> float:
-        return flat_collective_time_s(step, size, g, *inner, "ring")
+        return max(flat_collective_time_s(step, size, n, alpha, beta, "ring") for n, alpha, beta in rings)
 
     def across(step: Collective, size: float) -> float:
         return flat_collective_time_s(step, size, h, *outer, algorithm)

@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -54,3 +56,24 @@ def git_state(*scripts: str) -> str:
     if imported != root / "autopart":
         return f"{commit}, but autopart imported from {imported}"
     return commit + (" (autopart or this benchmark modified)" if modified else "")
+
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def add_results_options(parser) -> None:
+    """``--out`` (folder of the results files, default bench/results) and ``--no-write``."""
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the results files")
+    parser.add_argument("--no-write", action="store_true", help="print only")
+
+
+def write_results(args, name: str, text: str, payload: dict) -> None:
+    """``args.out/name.md`` (the printed table) and ``.json`` (the raw numbers), unless
+    ``args.no_write``."""
+    if args.no_write:
+        return
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / name
+    stem.with_suffix(".md").write_text(text.rstrip("\n") + "\n")
+    stem.with_suffix(".json").write_text(json.dumps(payload, indent=1) + "\n")
+    print(f"wrote {stem}.md and .json", file=sys.stderr)

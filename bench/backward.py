@@ -21,7 +21,7 @@ bench/results/backward-<machine>-<date>.{md,json}.
 
     python bench/backward.py [--models gpt2 bert llama resnet] [--rounds 2] [--repeats 7]
         [--budget 30] [--topology FILE] [--device cpu|cuda:0] [--optimizer adam|adamw|sgd|sgd_momentum]
-        [--out bench/results] [--tag TAG]
+        [--out bench/results] [--no-write] [--tag TAG]
 
 The header records the host allocator's settings (``LD_PRELOAD``, glibc's ``MALLOC_*``
 variables): with glibc's defaults a CPU training step pays page faults on memory it allocates
@@ -32,17 +32,15 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import statistics
 import sys
 from collections import defaultdict
-from pathlib import Path
 
 import torch
-from _common import git_state, machine_name
-from costmodel import RESULTS, capture_models, rel, time_samples_s
+from _common import add_results_options, git_state, machine_name, write_results
+from costmodel import capture_models, rel, time_samples_s
 
 import autopart
 from autopart.profiler import profile_topology
@@ -149,7 +147,7 @@ def report(by_model: dict[str, list[dict]], machine: str, source: str) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["gpt2", "bert", "llama", "resnet"])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--rounds", type=int, default=2)
@@ -157,7 +155,7 @@ def main(argv=None) -> int:
     parser.add_argument("--budget", type=float, default=30.0, help="seconds per profile")
     parser.add_argument("--device", default="cpu", help='the device measured ("cpu", "cuda:0")')
     parser.add_argument("--optimizer", default="adam", choices=sorted(OPTIMIZERS), help="the optimizer measured")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the results files")
+    add_results_options(parser)
     parser.add_argument("--tag", default="", help="appended to the results files' names (e.g. tuned-malloc)")
     args = parser.parse_args(argv)
     if args.rounds < 1:
@@ -176,12 +174,9 @@ def main(argv=None) -> int:
     source = f"predicted with {args.topology}" if args.topology else f"each round profiles first ({args.budget:.0f} s)"
     text = report(by_model, topology.device(device).model or platform.processor() or "cpu", source)
     print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
     tag = f"-{args.tag}" if args.tag else ""
-    stem = args.out / f"backward-{machine_name(topology, device)}{tag}-{datetime.date.today()}"
-    stem.with_suffix(".md").write_text(text + "\n")
-    stem.with_suffix(".json").write_text(json.dumps({"allocator": allocator(), "rounds": by_model}, indent=1))
-    print(f"wrote {stem}.md and .json", file=sys.stderr)
+    write_results(args, f"backward-{machine_name(topology, device)}{tag}-{datetime.date.today()}", text,
+                  {"allocator": allocator(), "rounds": by_model})
     return 0
 
 

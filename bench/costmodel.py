@@ -32,7 +32,7 @@ same code). The median over rounds, each with its own profile, is the error of t
 rather than of one moment of the machine.
 
     python bench/costmodel.py [--models gpt2 bert llama resnet] [--rounds 3] [--repeats 7] [--budget 60]
-        [--topology FILE] [--device cpu|cuda:0] [--out bench/results]
+        [--topology FILE] [--device cpu|cuda:0] [--out bench/results] [--no-write]
 
 With ``--device cuda:0`` the models and inputs move to the GPU (float32), each timed sample ends
 with ``torch.cuda.synchronize()``, and the results are named after the GPU.
@@ -42,17 +42,15 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import platform
 import statistics
 import sys
 import time
 from collections import defaultdict
-from pathlib import Path
 
 import torch
 import torch.fx
-from _common import machine_name, sync
+from _common import add_results_options, machine_name, sync, write_results
 from torch._C._profiler import _EventType
 from torch.utils._pytree import tree_map
 
@@ -60,8 +58,6 @@ import autopart
 from autopart.passes import record
 from autopart.passes.cost import is_inplace
 from autopart.profiler import profile_topology
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def build(name: str):
@@ -326,7 +322,7 @@ def report(by_model: dict[str, list[dict]], machine: str, topology_file: str | N
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["gpt2", "bert", "llama", "resnet"])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--rounds", type=int, default=3, help="profile-and-measure rounds over all models")
@@ -335,7 +331,7 @@ def main(argv=None) -> int:
     parser.add_argument("--budget", type=float, default=60.0,
                         help="seconds per profile (60: what autopart topology --profile spends)")
     parser.add_argument("--device", default="cpu", help='the device measured ("cpu", "cuda:0")')
-    parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the results files")
+    add_results_options(parser)
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error(f"--rounds must be at least 1, got {args.rounds}")
@@ -355,13 +351,9 @@ def main(argv=None) -> int:
     text = report(by_model, topology.device(device).model or platform.processor() or "cpu", args.topology,
                   args.budget)
     print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
     machine = machine_name(topology, device)
-    stem = args.out / f"costmodel-{machine}-{datetime.date.today()}"
-    stem.with_suffix(".md").write_text(text + "\n")
-    raw = {"machine": machine, "budget_s": None if args.topology else args.budget, "rounds": by_model}
-    stem.with_suffix(".json").write_text(json.dumps(raw, indent=1))
-    print(f"wrote {stem}.md and .json", file=sys.stderr)
+    write_results(args, f"costmodel-{machine}-{datetime.date.today()}", text,
+                  {"machine": machine, "budget_s": None if args.topology else args.budget, "rounds": by_model})
     return 0
 
 

@@ -47,7 +47,7 @@ def models():
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=str(Path(__file__).parent / "graphs"))
     args = parser.parse_args(argv)
     out = Path(args.out)

@@ -28,7 +28,8 @@ the mean of the logits (gradients set to None after each step; no optimizer step
 are for training with ``optimizer="sgd"`` (no optimizer state), each GPU held to 140% of the
 weights (a parameter and its gradient make 200%); the report adds each device's backward.
 
-    python bench/monitor.py [--rounds 7] [--calls 5] [--replan 1.5] [--training]
+    python bench/monitor.py [--rounds 7] [--calls 5] [--replan 1.5] [--training] [--out bench/results]
+        [--no-write]
 
 Writes bench/results/monitor[-training]-<machine>-<date>.{md,json}.
 """
@@ -38,20 +39,16 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
-import json
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 import transformers as tf
-from _common import git_state, machine_name, sync
+from _common import add_results_options, git_state, machine_name, sync, write_results
 
 import autopart
 from autopart.dynamo import REPLAN_CALLS, REPLAN_MAX_ROUNDS
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def timed_calls(step, n: int) -> list[float]:
@@ -87,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=5, help="calls per round (default 5)")
     parser.add_argument("--replan", type=float, default=1.5, help="replan factor (default 1.5)")
     parser.add_argument("--training", action="store_true", help="time training steps (forward and backward)")
+    add_results_options(parser)
     args = parser.parse_args(argv)
 
     cuda = torch.cuda.is_available()
@@ -209,11 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     text = "\n".join(lines) + "\n"
     print(text)
-    RESULTS.mkdir(exist_ok=True)
-    stem = RESULTS / f"monitor{'-training' if args.training else ''}-{machine}-{result['date']}"
-    stem.with_suffix(".md").write_text(text)
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {stem}.md and .json")
+    write_results(args, f"monitor{'-training' if args.training else ''}-{machine}-{result['date']}", text, result)
     return 0
 
 

@@ -523,7 +523,7 @@ def _num(x: float | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=["llama-1.3b", "gpt2-xl"], default="llama-1.3b")
     parser.add_argument("--dtype", choices=list(DTYPES), default="float16")
     parser.add_argument("--gpu-fraction", type=float, default=0.5,

@@ -22,6 +22,7 @@ Models: GPT-2 124M (random weights, batch 1 x 128 tokens) and a small MLP (4 x L
 GELU, batch 32), on CUDA when available, else the CPU.
 
     python bench/overhead.py [--models gpt2 mlp] [--inners eager inductor] [--rounds 15]
+        [--out bench/results] [--no-write]
 
 Writes bench/results/overhead-<machine>-<date>.{md,json}.
 """
@@ -31,18 +32,15 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
-import json
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
-from _common import machine_name, sync
+from _common import add_results_options, machine_name, sync, write_results
 
 import autopart
 
-RESULTS = Path(__file__).parent / "results"
 TARGET = 0.02
 
 
@@ -137,13 +135,13 @@ def report(results: list[dict], machine: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["mlp", "gpt2"])
     parser.add_argument("--inners", nargs="+", default=["eager", "inductor"])
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--calls", type=int, help="calls per round (default: ~50 ms of calls)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--no-write", action="store_true")
+    add_results_options(parser)
     args = parser.parse_args(argv)
     device = "cuda:0" if args.device == "cuda" else args.device
     results = []
@@ -154,13 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_name(autopart.Topology.discover())
     text = report(results, machine)
     print(text)
-    if not args.no_write:
-        RESULTS.mkdir(exist_ok=True)
-        stem = RESULTS / f"overhead-{machine}-{datetime.date.today()}"
-        stem.with_suffix(".md").write_text(text + "\n")
-        stem.with_suffix(".json").write_text(json.dumps(
-            {"machine": machine, "torch": torch.__version__, "results": results}, indent=1))
-        print(f"wrote {stem}.md and .json", file=sys.stderr)
+    write_results(args, f"overhead-{machine}-{datetime.date.today()}", text,
+                  {"machine": machine, "torch": torch.__version__, "results": results})
     return 0
 
 

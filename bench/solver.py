@@ -718,7 +718,7 @@ def render(payload: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--graphs", nargs="+", help="graph names in bench/graphs (default: all)")
     parser.add_argument("--presets", nargs="+", default=None, help=f"default: {PRESETS}")
     parser.add_argument("--objectives", nargs="+", default=None,

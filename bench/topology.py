@@ -112,7 +112,7 @@ def link_rows(lk, min_run_time_s: float) -> list[tuple[str, float, float, str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--budget", type=float, default=60.0, help="profile budget, seconds")
     parser.add_argument("--min-run-time", type=float, default=0.5,
                         help="torch.utils.benchmark min_run_time per quantity, seconds")

@@ -479,7 +479,7 @@ def render(payload: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", nargs="+", metavar="NAME", help="models to run (default: all)")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(DEFAULT_MODES),
                         help=f"modes to check (default: {' '.join(DEFAULT_MODES)})")

@@ -11,6 +11,7 @@ from _util import make_device, make_topology
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from autopart import Device, Link, Topology
 from autopart.baselines import run_baselines
 from autopart.coarsen import LiveRange, PlacementProblem, SharedWeight, Task, Value
 from autopart.solver import (
@@ -515,7 +516,7 @@ def test_energy_eta_ilp_matches_brute_force_of_zeus_cost(problem, eta):
 
 @pytest.mark.parametrize("objective", ["latency", "throughput", "energy"])
 def test_a_model_that_fits_only_by_streaming_is_solved(objective):
-    # HiGHS 1.16's presolve ends this one in a solve error; the solver retries without it.
+    # HiGHS 1.16's presolve ended this one in a solve error (HiGHS now runs without presolve).
     names = ["cpu", "cuda:0", "cuda:1"]
     topo = make_topology([make_device(n, gbps=20.0, max_power_W=50.0, idle_power_W=5.0) for n in names],
                          link_gbps=22.0, latency_s=0.0)
@@ -708,3 +709,31 @@ def test_a_placement_just_over_capacity_is_not_returned():
         sol = solve(p, objective=objective)
         ev = evaluate(p, sol.assignment, sol.streamed)
         assert all(ev.peak_bytes.get(d, 0) <= p.capacity_bytes[d] for d in p.devices), (sol, ev.peak_bytes)
+
+
+def test_a_model_whose_presolve_proved_a_wrong_optimum_is_solved_exactly():
+    """HiGHS 1.16's presolve proved 0.190 s optimal here, where streaming t0's weights to cuda:0
+    takes 0.115 s (found by a fuzzer against brute force)."""
+    names = ["cpu", "cuda:0", "cuda:1"]
+    devices = [Device(name=n, kind="cpu" if n == "cpu" else "cuda", memory_bytes=2**34,
+                      peak_flops={"float32": f * 1e12}, mem_bandwidth_Bps=b * 1e9, launch_overhead_s=5e-6,
+                      max_power_W=active, idle_power_W=idle)
+               for n, f, b, active, idle in [("cpu", 3.9, 149, 618, 32), ("cuda:0", 3.7, 928, 126, 54),
+                                             ("cuda:1", 12, 87, 338, 58)]]
+    links = [Link(src=s, dst=d, bandwidth_Bps=gbps * 1e9, latency_s=us * 1e-6, kind="pcie") for s, d, gbps, us in [
+        ("cpu", "cuda:0", 36, 81), ("cpu", "cuda:1", 37, 49), ("cuda:0", "cpu", 15, 38), ("cuda:0", "cuda:1", 35, 31),
+        ("cuda:1", "cpu", 6.3, 65), ("cuda:1", "cuda:0", 8.6, 46)]]
+    times_ms = [(175, 0.42, 0.43), (79, 2.5, 5.6), (109, 7.1, 9.2), (168, 8.1, 2.2)]
+    tasks = [Task(name="in", nodes=("x",), time_s={}, fixed_device="cpu")] + [
+        Task(name=f"t{i}", nodes=(f"n{i}",), time_s={n: ms * 1e-3 for n, ms in zip(names, t)},
+             resident_bytes=r * MB, peak_bytes=k * MB)
+        for i, (t, r, k) in enumerate(zip(times_ms, [11, 3, 22, 12], [1, 2, 4, 2]))]
+    values = [Value(0, (2,), 15 * MB, 1, ("v0",)), Value(1, (4,), 14 * MB, 2, ("v1",)),
+              Value(2, (3,), 7 * MB, 2, ("v2",)), Value(3, (4,), 5 * MB, 1, ("v3",))]
+    ranges = [LiveRange(1, 4, 14 * MB), LiveRange(2, 3, 7 * MB), LiveRange(3, 4, 5 * MB)]
+    p = PlacementProblem(tasks=tuple(tasks), values=tuple(values), live_ranges=tuple(ranges),
+                         capacity_bytes={"cpu": 173 * MB, "cuda:0": 36 * MB, "cuda:1": 23 * MB},
+                         topology=Topology(name="t", devices=tuple(devices), links=tuple(links)))
+    for objective in ("latency", "throughput"):
+        sol = solve(p, objective=objective, mip_rel_gap=0.0, min_split_gain=0.0)
+        assert sol.objective == pytest.approx(brute_force(p, objective)[0], rel=1e-6)

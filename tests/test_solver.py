@@ -516,7 +516,7 @@ def test_energy_eta_ilp_matches_brute_force_of_zeus_cost(problem, eta):
 
 @pytest.mark.parametrize("objective", ["latency", "throughput", "energy"])
 def test_a_model_that_fits_only_by_streaming_is_solved(objective):
-    # HiGHS 1.16's presolve ended this one in a solve error (HiGHS now runs without presolve).
+    # HiGHS 1.16's presolve ended this one in a solve error (small models now run without it).
     names = ["cpu", "cuda:0", "cuda:1"]
     topo = make_topology([make_device(n, gbps=20.0, max_power_W=50.0, idle_power_W=5.0) for n in names],
                          link_gbps=22.0, latency_s=0.0)
@@ -621,9 +621,9 @@ def test_the_time_limit_covers_the_whole_solve(monkeypatch, objective, expected)
 
     limits = []
 
-    def spy(name, time_limit_s, gap, start=None):
+    def spy(name, time_limit_s, gap, start=None, presolve=True):
         limits.append(time_limit_s)
-        return real_make(name, time_limit_s, gap, start)
+        return real_make(name, time_limit_s, gap, start, presolve)
 
     monkeypatch.setattr(solver_module, "starting_points", slow_starts)
     monkeypatch.setattr(solver_module, "_make_solver", spy)

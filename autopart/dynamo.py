@@ -532,6 +532,17 @@ class Compilation:
     def metrics(self) -> RuntimeMetrics | None:
         return self.runner.metrics if self.runner else None
 
+    def __repr__(self) -> str:
+        """One line: the graph and its outcome (``plan.summary()`` and ``report()`` say more)."""
+        if self.plan is None:
+            outcome = f"runs as captured: {self.fallback_reason}"
+        else:
+            outcome = (f"{self.plan.objective_name} plan on {', '.join(self.plan.devices_used) or '-'} "
+                       f"({self.plan.solver_status}), {self.metrics.num_calls if self.metrics else 0} call(s)")
+            if self.fallback_reason:
+                outcome += f"; runs as captured: {self.fallback_reason}"
+        return f"Compilation({self.graph_name!r}, {len(self.graph.graph.nodes)} nodes: {outcome})"
+
     def report(self) -> str:
         """Predicted against measured: each device's busy time per call (its partitions:
         compute and the copies it receives) and the whole call, averaged over the calls timed

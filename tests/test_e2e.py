@@ -1037,6 +1037,7 @@ def test_fallback_warns_once_and_matches_eager():
     assert comp.fallback_reason is not None
     assert comp.fallback_reason.startswith("ValueError")
     assert re.search(r"needs \d+ bytes", comp.fallback_reason)
+    assert repr(comp).endswith(f"nodes: runs as captured: {comp.fallback_reason})")
     message = str(ours[0].message)
     assert comp.fallback_reason in message
     assert "strict=True" in message
@@ -1242,6 +1243,9 @@ def test_default_backend_runs_on_this_machine():
     local = set(autopart.topology.local_devices())
     assert set(plans[-1].devices_used) <= local
     assert autopart.compilations()[-1].plan is plans[-1]
+    comp = autopart.compilations()[-1]
+    assert repr(comp) == (f"Compilation({comp.graph_name!r}, {len(comp.graph.graph.nodes)} nodes: latency plan on "
+                          f"{', '.join(plans[-1].devices_used)} ({plans[-1].solver_status}), 1 call(s))")
 
 
 def test_last_plans_follows_the_most_recent_backend():

@@ -545,6 +545,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, TypeError, FileNotFoundError, ImportError) as exc:
         print(f"autopart: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader left (`autopart topology | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

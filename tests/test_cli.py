@@ -254,3 +254,12 @@ def test_plan_load_names_what_a_file_is_instead(tmp_path):
     (tmp_path / "p.json").write_text(json.dumps(plan))
     with pytest.raises(ValueError, match=r"p\.json: plan JSON: 'tasks' must be a list of TaskPlacement objects"):
         Plan.load(tmp_path / "p.json")
+
+
+def test_a_reader_that_leaves_early_ends_the_command_quietly():
+    """`autopart topology | head`: the pipe closes before the table is printed."""
+    proc = subprocess.Popen([sys.executable, "-m", "autopart.cli", "topology", "--preset", "2x8xh100-ib"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # before the command, still importing torch, writes
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 1 and "Traceback" not in err and "BrokenPipeError" not in err, err

@@ -261,15 +261,7 @@ class Config:
             raise ValueError(f"mip_rel_gap must be in [0, 1), got {self.mip_rel_gap!r}")
         if not self.min_split_gain >= 0:
             raise ValueError(f"min_split_gain must be >= 0 (a fraction), got {self.min_split_gain!r}")
-        if self.num_microbatches is not None and (
-            isinstance(self.num_microbatches, bool)
-            or not isinstance(self.num_microbatches, int)
-            or self.num_microbatches < 1
-        ):
-            raise ValueError(
-                f"num_microbatches must be a positive int or None (autopart chooses), got "
-                f"{self.num_microbatches!r}"
-            )
+        _check_count("num_microbatches", self.num_microbatches, " or None (autopart chooses)")
         _check_choice("trainable_parameters", self.trainable_parameters, TrainableParameters)
         for name in ("contiguous_stages", "monitor", "strict"):
             if not isinstance(getattr(self, name), bool):
@@ -279,8 +271,7 @@ class Config:
                 f"replan must be a factor > 1 (e.g. 1.5: re-plan when two devices' measured/predicted "
                 f"time ratios differ by more than 1.5x) or None, got {self.replan!r}"
             )
-        if isinstance(self.max_groups, bool) or not isinstance(self.max_groups, int) or self.max_groups < 1:
-            raise ValueError(f"max_groups must be a positive int, got {self.max_groups!r}")
+        _check_count("max_groups", self.max_groups)
         if self.max_memory is not None:
             if not isinstance(self.max_memory, dict):
                 raise TypeError(
@@ -361,6 +352,17 @@ class Config:
                 )
             caps[name] = parse_bytes(value, what=f"max_memory[{key!r}]")
         return caps
+
+
+def _check_count(name: str, value: object, alternative: str = "") -> None:
+    """TypeError unless ``value`` is an int (not a bool), or None where ``alternative`` says so;
+    ValueError if it is below 1."""
+    if value is None and alternative:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be a positive int{alternative}, got {type(value).__name__} {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be a positive int{alternative}, got {value!r}")
 
 
 def check_number(name: str, value: object, alternative: str = "") -> None:

@@ -67,8 +67,11 @@ def test_config_rejects_bad_values_with_their_name():
         Config(energy_eta=-0.5)
     with pytest.raises(ValueError, match="min_split_gain must be >= 0 .*got -1"):
         Config(min_split_gain=-1)
-    with pytest.raises(ValueError, match="max_groups must be a positive int, got True"):
+    with pytest.raises(TypeError, match="max_groups must be a positive int, got bool True"):
         Config(max_groups=True)
+    with pytest.raises(TypeError, match=r"num_microbatches must be a positive int or None \(autopart chooses\), "
+                                        "got str '4'"):
+        Config(num_microbatches="4")  # type: ignore[arg-type]
     for name in ("contiguous_stages", "monitor", "strict"):
         with pytest.raises(TypeError, match=f"{name} must be True or False, got 'false'"):
             Config(**{name: "false"})

@@ -316,6 +316,10 @@ class Config:
                 return Topology.preset(topo)
             if os.path.exists(topo):
                 return Topology.load(topo)
+            path = os.fspath(topo)
+            if isinstance(topo, os.PathLike) or os.sep in path or path.endswith(".json"):
+                raise ValueError(f"topology={path!r}: no such file; give the path of a topology JSON file "
+                                 "(`autopart topology --save FILE` writes one), or a preset name")
             raise ValueError(
                 f"topology={topo!r} is neither a preset ({presets()}) nor an existing file; "
                 "pass a preset name, a path to a topology JSON file, or None to discover this machine"

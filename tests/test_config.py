@@ -132,6 +132,9 @@ def test_topology_resolution(tmp_path):
     assert "cpu" in Config().resolve_topology().device_names
     with pytest.raises(ValueError, match=r"topology='nope' is neither a preset .* nor an existing file"):
         Config(topology="nope").resolve_topology()
+    for missing in (tmp_path / "gone.json", str(tmp_path / "gone.json"), "gone.json"):
+        with pytest.raises(ValueError, match=r"topology='.*gone\.json': no such file; give the path of a topology"):
+            Config(topology=missing).resolve_topology()
 
 
 def test_this_machine_uses_a_cached_profile_when_there_is_one(tmp_path, monkeypatch):

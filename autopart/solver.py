@@ -1242,7 +1242,8 @@ def solve(
             raise ValueError(
                 f"objective='energy' needs the power of every device, but {unknown} of topology "
                 f"{problem.topology.name!r} have no max_power_W; give idle_power_W and max_power_W "
-                "in the topology file (watts), use a preset that has them, or plan for latency"
+                "in watts in a topology file (`autopart topology --save t.json`, edit, then "
+                "topology='t.json'), use a preset that has them, or plan for latency"
             )
     check_fits(problem)
     start = time.perf_counter()

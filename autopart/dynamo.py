@@ -217,30 +217,29 @@ def _pinned_nodes(gm: torch.fx.GraphModule, origin: Callable[[str], str]) -> dic
 
 def _updated_together(gm: torch.fx.GraphModule) -> list[tuple[str, str]]:
     """(first, last) node names of each stretch of ``gm`` that must run in one task: from the
-    first node that reads a parameter, buffer or constant (``get_attr``) that the graph updates
-    in place, or a view of one, to its last update. Cut, an update would land on a copy (a view
-    one update returns, updated again later: ``e = self.ema.mul_(0.5); ...; e.add_(h)``; a
-    compiled optimizer's ``_foreach_*_`` updates of its state), or a reader would get a copy
-    made before an update it should see."""
+    first to the last node that reads a parameter, buffer or constant (``get_attr``) that the
+    graph updates in place, or a view of one. Cut, an update would land on a copy (a view one
+    update returns, updated again later: ``e = self.ema.mul_(0.5); ...; e.add_(h)``; a
+    compiled optimizer's updates of its state), or a reader on another device would get a
+    copy made before the call, without the update."""
     owned = set()
     for node in gm.graph.nodes:
         resident = node.op == "placeholder" and record(node).role in ("parameter", "buffer")
         if resident or node.op == "get_attr":
             owned.update(key for key, _ in node_storages(node))
-    first_read: dict[Any, torch.fx.Node] = {}
-    last_update: dict[Any, torch.fx.Node] = {}
+    first: dict[Any, torch.fx.Node] = {}
+    last: dict[Any, torch.fx.Node] = {}
+    updated = set()
     for node in gm.graph.nodes:
         if node.op not in ("call_function", "call_method", "call_module"):
             continue
         for a in node.all_input_nodes:
             for key, _ in node_storages(a):
                 if key in owned:
-                    first_read.setdefault(key, node)
-        for target in mutated_inputs(node):
-            for key, _ in node_storages(target):
-                if key in owned:
-                    last_update[key] = node
-    return [(first_read[key].name, last.name) for key, last in last_update.items() if first_read[key] is not last]
+                    first.setdefault(key, node)
+                    last[key] = node
+        updated.update(key for target in mutated_inputs(node) for key, _ in node_storages(target) if key in owned)
+    return [(first[key].name, last[key].name) for key in updated if first[key] is not last[key]]
 
 
 def _storage_of(node: torch.fx.Node) -> Any:

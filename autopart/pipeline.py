@@ -296,7 +296,8 @@ class PartitionSchedule:
 
     def __init__(self, split: torch.fx.GraphModule, host_partitions: set[str]) -> None:
         self.split = split
-        partitions = [m for name, m in split.named_children() if name.startswith("submod_")]
+        # an InductorPartition keeps its graph as .gm
+        partitions = [getattr(m, "gm", m) for name, m in split.named_children() if name.startswith("submod_")]
         inner = [n for m in partitions if isinstance(m, torch.fx.GraphModule) for n in m.graph.nodes]
         if any(switches_inference_mode(n) for n in inner):
             host_partitions = set()  # its region may span partitions: one thread, in order

@@ -128,6 +128,10 @@ def test_a_hierarchical_collective_waits_for_its_slowest_host():
     expected = 2 * (1e-6 + n / 2 / 1e9) + 2 * 5e-6 + n / 2 / 10e9
     got = collective_time_s("all_reduce", n, [d.name for d in devices], topo, algorithm="ring")
     assert got == pytest.approx(expected)
+    # Without b/cuda:1, host b's one rank holds all n after the inside reduce_scatter: the
+    # hosts all_reduce n, not n/2 (2 steps of n/2 each way).
+    got = collective_time_s("all_reduce", n, [d.name for d in devices[:3]], topo, algorithm="ring")
+    assert got == pytest.approx(2 * (1e-6 + n / 2 / 1e9) + 2 * 5e-6 + n / 10e9)
 
 
 def test_a_collective_along_a_mesh_axis_lasts_as_long_as_its_slowest_group():

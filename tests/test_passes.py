@@ -287,8 +287,11 @@ def test_mutated_inputs_names_every_tensor_an_update_writes():
             torch._foreach_mul_([a, b], 0.5)  # each tensor of the list
             c.add_(1)
             torch.add(a, b, out=c)
-            return torch._foreach_add([a, b], 1.0), torch.relu(a), a.add(b)
+            torch.ops.aten._foreach_add_.Scalar([b, c], 1.0)  # the schema says which it writes
+            torch.aminmax(a.view(3, 1), dim=1, out=(b, c))
+            return torch._foreach_add([a, b], 1.0), torch.relu(a), a.add(b), torch.stack([a, b])
 
     gm = traced(Updates(), *(torch.randn(3) for _ in range(3)))
     found = {n.name: [t.name for t in mutated_inputs(n)] for n in gm.graph.nodes if mutated_inputs(n)}
-    assert found == {"_foreach_mul_": ["a", "b"], "add_": ["c"], "add": ["c"]}
+    assert found == {"_foreach_mul_": ["a", "b"], "add_": ["c"], "add": ["c"], "_foreach_add__scalar": ["b", "c"],
+                     "aminmax": ["b", "c"]}

@@ -579,3 +579,33 @@ def test_saved_tensor_hooks_apply_to_host_partitions():
         torch.testing.assert_close(got, want)
     assert counts[compiled] == counts[model] > 0
     assert backend.compilations[0].metrics.num_host_steps > 0
+
+
+class _AsInductor(nn.Module):
+    """Holds a partition's graph as ``.gm``, as ``runtime.InductorPartition`` does."""
+
+    def __init__(self, gm: torch.fx.GraphModule) -> None:
+        super().__init__()
+        self.gm = gm
+
+    def forward(self, *args):
+        return self.gm(*args)
+
+
+def test_a_graph_that_turns_grad_off_leaves_it_off_also_through_inductor_partitions():
+    graph = torch.fx.Graph()
+    x = graph.placeholder("x")
+    h = graph.call_function(torch.tanh, (x,))
+    graph.call_function(torch._C._set_grad_enabled, (False,))  # never turned back on, as eager leaves it
+    graph.output(graph.call_function(torch.neg, (h,)))
+    gm = torch.fx.GraphModule(nn.Module(), graph)
+    split = split_module(gm, gm, lambda n: 0 if n.target is torch.tanh else 1, keep_original_order=True)
+    split.submod_1 = _AsInductor(split.submod_1)
+    schedule = PartitionSchedule(split, host_partitions={"submod_0"})
+    assert schedule.concurrent and schedule.final_grad is False
+    try:
+        out = schedule.run([[torch.randn(3, requires_grad=True)]])[0]
+        assert not torch.is_grad_enabled() and not out.requires_grad
+    finally:
+        torch.set_grad_enabled(True)
+    schedule.close()

@@ -119,7 +119,7 @@ def collective_time_s(
     Inside one host: a flat collective over the slowest hop. Across hosts: hierarchical (module
     docstring): each inside-host step runs on every host at once, over its ring, and takes as
     long as the slowest host's; across-host steps run over the slowest ring joining one rank
-    per host.
+    per host, on the shards of the host with the fewest ranks (the largest).
 
     Raises:
         ValueError: an unknown collective or algorithm, or a device the topology lacks.
@@ -136,7 +136,7 @@ def collective_time_s(
         return flat_collective_time_s(kind, nbytes, p, alpha, beta, algorithm)
 
     groups = list(by_host.values())
-    g = max(len(grp) for grp in groups)
+    g = min(len(grp) for grp in groups)  # the host with the fewest ranks has the largest shards
     rings = [(len(grp), *ring_link(topology, grp)) for grp in groups]
     leaders = [grp[0] for grp in groups]
     outer = ring_link(topology, leaders)

@@ -49,35 +49,44 @@ _AUGMENTED_ASSIGNMENTS = frozenset({
 def mutated_inputs(node: torch.fx.Node) -> tuple[torch.fx.Node, ...]:
     """The input nodes whose tensors ``node`` updates in place (none for most nodes).
 
-    In place are: a call whose name ends in one ``_`` (``x.add_(y)``, ``torch.relu_``, which
-    update their first argument, or each tensor of it: ``torch._foreach_mul_(tensors, 0.9)``),
-    or given ``inplace=True`` (``F.relu(x, inplace=True)``); ``x[i] = y`` and ``x += y`` on a
+    In place are: a call whose name ends in one ``_`` (``x.add_(y)``, ``torch.relu_``), which
+    updates its first argument, or each tensor of it (``torch._foreach_mul_(tensors, 0.9)``);
+    one given ``inplace=True`` (``F.relu(x, inplace=True)``); ``x[i] = y`` and ``x += y`` on a
     tensor (Dynamo records ``operator.setitem`` and ``operator.iadd``, and so on;
-    ``operator.and_`` and its like are not in place); an aten overload whose schema writes its
-    first argument; and any call given ``out=``."""
+    ``operator.and_`` and its like are not in place); an aten overload, for each argument its
+    schema writes (``_foreach_mul_.Scalar``, ``_fused_adam_``); and the tensors given as
+    ``out=``. (Batch norm's running statistics: see :func:`mutates_in_place`.)"""
     if node.op not in ("call_function", "call_method"):
         return ()
     out = node.kwargs.get("out")
-    if isinstance(out, torch.fx.Node):
-        return (out,)
+    if out is not None:
+        return _nodes(out)
+    if isinstance(node.target, torch._ops.OpOverload):
+        schema = node.target._schema.arguments
+        written = [a for a, arg in zip(node.args, schema) if arg.alias_info is not None and arg.alias_info.is_write]
+        written += [node.kwargs[arg.name] for arg in schema
+                    if arg.name in node.kwargs and arg.alias_info is not None and arg.alias_info.is_write]
+        return tuple(n for a in written for n in _nodes(a))
     first = node.args[0] if node.args else None
-    if isinstance(first, (list, tuple)) and first and all(isinstance(a, torch.fx.Node) for a in first):
-        name = getattr(node.target, "__name__", "")
-        return tuple(first) if name.startswith("_foreach_") and name.endswith("_") else ()
-    if not isinstance(first, torch.fx.Node):
-        return ()
     if node.target in _AUGMENTED_ASSIGNMENTS:
-        return (first,) if isinstance(node_value(first), torch.Tensor) else ()
+        return (first,) if isinstance(first, torch.fx.Node) and isinstance(node_value(first), torch.Tensor) else ()
     if getattr(node.target, "__module__", None) == "_operator":  # and_, or_, not_: new values
         return ()
-    if node.kwargs.get("inplace") is True:
-        return (first,)
-    if isinstance(node.target, torch._ops.OpOverload):
-        arguments = node.target._schema.arguments
-        writes = bool(arguments) and arguments[0].alias_info is not None and arguments[0].alias_info.is_write
-        return (first,) if writes else ()
     name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
-    return (first,) if isinstance(name, str) and name.endswith("_") and not name.endswith("__") else ()
+    if node.kwargs.get("inplace") is True or (
+        isinstance(name, str) and name.endswith("_") and not name.endswith("__")
+    ):
+        return _nodes(first)
+    return ()
+
+
+def _nodes(arg: Any) -> tuple[torch.fx.Node, ...]:
+    """``arg`` if it is a node, the nodes of a list or tuple of them, else none."""
+    if isinstance(arg, torch.fx.Node):
+        return (arg,)
+    if isinstance(arg, (list, tuple)):
+        return tuple(a for a in arg if isinstance(a, torch.fx.Node))
+    return ()
 
 
 def is_inplace(node: torch.fx.Node) -> bool:

@@ -459,7 +459,7 @@ class ThreadModes:
                 (d, torch.get_autocast_dtype(d)) for d in ("cpu", "cuda") if torch.is_autocast_enabled(d)
             ),
             autocast_cache=torch.is_autocast_cache_enabled(),
-            saved_tensors_hooks=torch._C._autograd._top_saved_tensors_default_hooks(True),
+            saved_tensors_hooks=_top_saved_tensors_hooks(),
         )
 
     def __call__(self) -> contextlib.ExitStack:
@@ -472,6 +472,12 @@ class ThreadModes:
         if self.saved_tensors_hooks is not None:
             stack.enter_context(torch.autograd.graph.saved_tensors_hooks(*self.saved_tensors_hooks))
         return stack
+
+
+def _top_saved_tensors_hooks() -> tuple[Callable, Callable] | None:
+    """The innermost saved-tensor hooks of this thread (None where torch cannot tell)."""
+    top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)  # private API
+    return top(True) if top is not None else None
 
 
 def _run_host(fn: Callable, args: Any, kwargs: Any, modes: ThreadModes) -> Any:

@@ -1339,12 +1339,12 @@ def _solve_milp(
     if latency_cap is not None:
         add_latency_cap(m, latency_cap)
 
-    def fits(placement: Start) -> bool:
-        ev = evaluate(problem, *placement)
+    def fits(ev: Evaluation) -> bool:
         return all(ev.peak_bytes.get(d, 0) <= problem.capacity_bytes[d] for d in problem.devices)
 
     def admissible(start: Start) -> bool:
-        return fits(start) and (latency_cap is None or evaluate(problem, *start).time_s <= latency_cap * (1 + 1e-9))
+        ev = evaluate(problem, *start)
+        return fits(ev) and (latency_cap is None or ev.time_s <= latency_cap * (1 + 1e-9))
 
     candidates = [st for st in starts.values() if admissible(st)]
     best_start = min(candidates, key=lambda st: score(*st), default=None)
@@ -1402,7 +1402,7 @@ def _solve_milp(
         value = score(assignment, streamed)
         # HiGHS accepts rows violated by up to its feasibility tolerance (1e-6 of a memory row:
         # 80 kB of an 80 GB device), so its placement is checked as the starting points are
-        if not fits((assignment, streamed)):
+        if not fits(evaluate(problem, assignment, streamed)):
             if best_start is None:
                 raise ValueError(f"the {solver_name} solver returned a placement over some device's capacity "
                                  "and no starting point fits; lower max_memory a little and plan again")

@@ -1635,25 +1635,6 @@ class UpdatesAnEMA(nn.Module):
         return h
 
 
-def test_updates_of_a_buffer_through_a_view_stay_in_one_task():
-    """Cut between the two updates, the second would update a copy of the buffer."""
-    torch.manual_seed(0)
-    model = UpdatesAnEMA()
-    reference = copy.deepcopy(model)
-    backend = autopart.backend(**split_options(model, hand=True, fraction=1.0))
-    compiled = torch.compile(model, backend=backend)
-    x = torch.randn(4, 32)
-    with torch.no_grad():
-        for _ in range(2):
-            torch.testing.assert_close(compiled(x), reference(x))
-            torch.testing.assert_close(model.ema, reference.ema, rtol=0, atol=0)
-    (comp,) = backend.compilations
-    assert len(comp.plan.devices_used) >= 2, comp.plan.summary()
-    first, last = (n for n in comp.graph.graph.nodes if is_inplace(n))
-    assert comp.plan.placement[first.name] == comp.plan.placement[last.name]
-    assert any(first.name in t.nodes and last.name in t.nodes for t in comp.problem.tasks)
-
-
 class CountsItsCalls(nn.Module):
     """Updates a buffer first and reads it last."""
 
@@ -1669,23 +1650,43 @@ class CountsItsCalls(nn.Module):
         return x * self.calls
 
 
-def test_a_buffer_read_after_its_update_is_read_in_the_task_that_updates_it():
-    """A reader on another device would get a copy of the buffer made at the start of the call,
-    before the update (on a GPU; on the CPU the copy is the buffer itself)."""
+def _updates(nodes):
+    """The first and the last in-place update among ``nodes``."""
+    updates = [n for n in nodes if is_inplace(n)]
+    return updates[0], updates[-1]
+
+
+def _update_and_last_read(nodes):
+    """The first in-place update and the last node."""
+    assert nodes[-1].target is operator.mul
+    return _updates(nodes)[0], nodes[-1]
+
+
+@pytest.mark.parametrize(
+    ("model_cls", "fraction", "ends", "min_devices"),
+    [(UpdatesAnEMA, 1.0, _updates, 2), (CountsItsCalls, 2.0, _update_and_last_read, 1)],
+    ids=["second-update-through-a-view", "read-after-the-update"],
+)
+def test_a_buffer_updated_in_place_is_read_and_updated_in_one_task(model_cls, fraction, ends, min_devices):
+    """Cut between the updates, the second would update a copy of the buffer; cut between an
+    update and a later read, the reader on another device would get a copy made at the start of
+    the call (on a GPU; on the CPU the copy is the buffer itself)."""
     torch.manual_seed(0)
-    model = CountsItsCalls()
+    model = model_cls()
     reference = copy.deepcopy(model)
-    backend = autopart.backend(**split_options(model, hand=True, fraction=2.0))
+    backend = autopart.backend(**split_options(model, hand=True, fraction=fraction))
     compiled = torch.compile(model, backend=backend)
     x = torch.randn(4, 32)
     with torch.no_grad():
         for _ in range(2):
             torch.testing.assert_close(compiled(x), reference(x))
+            for ours, theirs in zip(model.buffers(), reference.buffers(), strict=True):
+                torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
     (comp,) = backend.compilations
-    nodes = [n for n in comp.graph.graph.nodes if n.op in ("call_function", "call_method")]
-    update, last_read = next(n for n in nodes if is_inplace(n)), nodes[-1]
-    assert update is nodes[0] and last_read.target is operator.mul
-    assert any(update.name in t.nodes and last_read.name in t.nodes for t in comp.problem.tasks)
+    assert len(comp.plan.devices_used) >= min_devices, comp.plan.summary()
+    first, last = ends([n for n in comp.graph.graph.nodes if n.op in ("call_function", "call_method")])
+    assert first is not last
+    assert any(first.name in t.nodes and last.name in t.nodes for t in comp.problem.tasks)
 
 
 def test_a_compiled_adam_step_matches_eager():

@@ -113,6 +113,7 @@ read -- no CUDA, NVML missing or failing, no NUMA information -- is listed in
 from __future__ import annotations
 
 import dataclasses
+import glob
 import heapq
 import json
 import logging
@@ -735,6 +736,8 @@ class HostFacts:
         memory_bytes: ``psutil.virtual_memory().total``; ``None`` if unreadable.
         cpu_clock_hz: ``psutil.cpu_freq()`` max (else current) in Hz; ``None`` if unknown.
         numa_nodes: the NUMA nodes, empty where Linux does not show them.
+        cpu_power_limit_W: the CPU packages' power limit (:func:`_rapl_power_limit_W`);
+            ``None`` where Linux does not show it (most VMs).
     """
 
     hostname: str
@@ -745,6 +748,7 @@ class HostFacts:
     memory_bytes: int | None
     cpu_clock_hz: float | None = None
     numa_nodes: tuple[NumaNode, ...] = ()
+    cpu_power_limit_W: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -1770,7 +1774,27 @@ def _host_facts(notes: list[str]) -> HostFacts:
         memory_bytes=memory,
         cpu_clock_hz=clock_hz,
         numa_nodes=_numa_nodes(notes),
+        cpu_power_limit_W=_rapl_power_limit_W(),
     )
+
+
+def _rapl_power_limit_W(root: str | os.PathLike = "/sys/class/powercap") -> float | None:
+    """Sum over CPU packages of their long-term power limit (RAPL PL1, about the TDP), in watts:
+    ``constraint_0_power_limit_uw`` (microwatts) of each package zone ``intel-rapl:<n>``
+    (Linux powercap sysfs, Documentation/power/powercap/powercap.rst; AMD CPUs show the same
+    zones). None when no package zone can be read."""
+    total, found = 0.0, False
+    for zone in sorted(glob.glob(os.path.join(os.fspath(root), "intel-rapl:*"))):
+        if os.path.basename(zone).count(":") != 1:  # intel-rapl:0:0 is a part of package 0
+            continue
+        try:
+            with open(os.path.join(zone, "constraint_0_power_limit_uw")) as f:
+                microwatts = int(f.read().strip())
+        except (OSError, ValueError):
+            continue
+        if microwatts > 0:
+            total, found = total + microwatts / 1e6, True
+    return total if found else None
 
 
 def _discover_cpu(name: str = "cpu", host: HostFacts | None = None) -> Device:
@@ -1784,6 +1808,7 @@ def _discover_cpu(name: str = "cpu", host: HostFacts | None = None) -> Device:
       be replaced by profiling.
     * mem_bandwidth_Bps: 10 GB/s per physical core, capped at 100 GB/s (nominal).
     * launch_overhead_s: 5 µs (nominal eager dispatch).
+    * max_power_W: the packages' RAPL power limit where Linux shows it, else None (unknown).
     """
     if host is None:
         host = _host_facts([])
@@ -1798,6 +1823,7 @@ def _discover_cpu(name: str = "cpu", host: HostFacts | None = None) -> Device:
         peak_flops={"float32": fp32, "bfloat16": fp32, "float16": fp32, "float64": fp32 / 2},
         mem_bandwidth_Bps=min(cores * CPU_BANDWIDTH_PER_CORE_Bps, CPU_BANDWIDTH_CAP_Bps),
         launch_overhead_s=CPU_LAUNCH_OVERHEAD_S,
+        max_power_W=host.cpu_power_limit_W,
         source=(
             f"nominal (discover): {cores} cores x {clock_hz / 1e9:.2f} GHz x "
             f"{CPU_FP32_FLOP_PER_CYCLE} FLOP/cycle (AVX2 FMA); memory bandwidth 10 GB/s per core "

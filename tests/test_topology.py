@@ -806,6 +806,21 @@ def test_discover_cpu_fallbacks(monkeypatch):
     assert any(n.startswith("CPU clock unknown") and "2.5 GHz" in n for n in notes)
 
 
+def test_a_cpu_gets_its_power_limit_from_rapl(tmp_path, monkeypatch):
+    """Two packages of 125 W and 105 W (RAPL PL1, microwatts); a package's sub-zone and an
+    unreadable zone do not count."""
+    for zone, microwatts in (("intel-rapl:0", "125000000"), ("intel-rapl:1", "105000000"),
+                             ("intel-rapl:0:0", "999000000"), ("intel-rapl:2", "n/a")):
+        (tmp_path / zone).mkdir()
+        (tmp_path / zone / "constraint_0_power_limit_uw").write_text(microwatts + "\n")
+    assert topo_mod._rapl_power_limit_W(tmp_path) == pytest.approx(230.0)
+    assert topo_mod._rapl_power_limit_W(tmp_path / "missing") is None
+    real = topo_mod._rapl_power_limit_W
+    monkeypatch.setattr(topo_mod, "_rapl_power_limit_W", lambda: real(tmp_path))
+    cpu = topo_mod._discover_cpu("cpu", topo_mod._host_facts([]))
+    assert cpu.max_power_W == pytest.approx(230.0) and cpu.idle_power_W is None
+
+
 def _fake_props(name, total_memory, major, minor, sms, **extra):
     return types.SimpleNamespace(name=name, total_memory=total_memory, major=major, minor=minor,
                                  multi_processor_count=sms, uuid=f"uuid-{name}", **extra)

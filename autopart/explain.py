@@ -123,8 +123,9 @@ def explain(plan: Plan, problem: PlacementProblem, max_rows: int = 40) -> str:
         rows.append([str(i), task.name[:48], device, _ms(task.time_s.get(placed.device, 0.0)),
                      f"{fastest} ({_ms(task.time_s[fastest])})", why])
     head = (
-        f"why {plan.graph_name} is placed as it is ({plan.objective_name}): {len(rows)} tasks, "
-        f"{counts['fastest']} on their fastest device, {counts['memory']} kept off it by memory, "
+        f"why {plan.graph_name} is placed as it is ({plan.objective_name}): {len(rows)} tasks that "
+        f"compute (of the plan's {len(plan.tasks)}: the others hold inputs and outputs, or do no "
+        f"work), {counts['fastest']} on their fastest device, {counts['memory']} kept off it by memory, "
         f"{counts['cost']} because moving them alone would not pay (copies, waiting, or load "
         "on a busier device)"
     )

@@ -120,8 +120,9 @@ def test_explain_counts_and_tells_each_tasks_reason():
             counts["cost"] += 1
             assert why == f"to {best}: {moves[i, best].delta * 1e3:+.3g} ms latency" and moves[i, best].delta >= 0
     assert counts["memory"] > 0  # each GPU holds one of the two linears
-    assert (f": {len(shown)} tasks, {counts['fastest']} on their fastest device, {counts['memory']} kept off it "
-            f"by memory, {counts['cost']} because moving them alone would not pay (") in head
+    assert (f": {len(shown)} tasks that compute (of the plan's {len(comp.plan.tasks)}: the others hold inputs "
+            f"and outputs, or do no work), {counts['fastest']} on their fastest device, {counts['memory']} kept "
+            f"off it by memory, {counts['cost']} because moving them alone would not pay (") in head
 
 
 def test_explain_refuses_a_problem_the_plan_was_not_solved_from():

@@ -482,12 +482,8 @@ def build_problem(
         copy_trainable,
     )
     compute, weight = builder.compute, builder.weight
-
-    def tasks_of(groups: list[list[GraphNode]]) -> list[list[GraphNode]]:
-        return _kept_together(_pinned_apart(groups, pinned), keep_together, graph.index)
-
     groups = group_nodes(compute, weight, max_groups)
-    problem = builder.assemble(tasks_of(groups))
+    problem = builder.assemble(groups)
     for pieces in finer_block_pieces(compute, weight, max_groups):
         finer = group_nodes(compute, weight, max_groups, block_pieces=pieces)
         if [len(g) for g in finer] == [len(g) for g in groups]:
@@ -496,7 +492,7 @@ def build_problem(
             break
         log.info("found no placement of %d tasks that fits memory without the ILP; cutting each "
                  "repeated block into up to %d tasks", len(problem.tasks), pieces)
-        groups, problem = finer, builder.assemble(tasks_of(finer))
+        groups, problem = finer, builder.assemble(finer)
     return problem
 
 
@@ -618,9 +614,11 @@ class _ProblemBuilder:
         )
 
     def assemble(self, groups: list[list[GraphNode]]) -> PlacementProblem:
-        """The problem whose compute tasks are ``groups``, between the tasks of the user inputs
-        (one per device holding some) and of the output."""
+        """The problem whose compute tasks are ``groups`` (runs of pinned nodes cut apart,
+        stretches kept together merged), between the tasks of the user inputs (one per device
+        holding some) and of the output."""
         graph, topology = self.graph, self.topology
+        groups = _kept_together(_pinned_apart(groups, self.pinned), self.keep_together, graph.index)
         inputs_by_device: dict[str, list[str]] = defaultdict(list)
         for n in graph.nodes:
             if n.op == "placeholder" and n.role == "input" and graph.users[n.name]:

@@ -1399,10 +1399,11 @@ def _solve_milp(
         streamed = frozenset(
             t for (t, d), z in m.z.items() if assignment[t] == d and (z.value() or 0.0) > 0.5
         )
-        value = score(assignment, streamed)
+        ev = evaluate(problem, assignment, streamed)
+        value = ev.value(objective, energy_eta)
         # HiGHS accepts rows violated by up to its feasibility tolerance (1e-6 of a memory row:
         # 80 kB of an 80 GB device), so its placement is checked as the starting points are
-        if not fits(evaluate(problem, assignment, streamed)):
+        if not fits(ev):
             if best_start is None:
                 raise ValueError(f"the {solver_name} solver returned a placement over some device's capacity "
                                  "and no starting point fits; lower max_memory a little and plan again")

@@ -436,7 +436,6 @@ def build_problem(
     origin_device: Callable[[str], str],
     max_groups: int = 32,
     pinned: Mapping[str, str] | None = None,
-    keep_together: Sequence[tuple[str, str]] = (),
     local_device: Callable[[str], str] | None = None,
     copy_trainable: bool = True,
 ) -> PlacementProblem:
@@ -453,13 +452,13 @@ def build_problem(
             each, up to as many as ``max_groups`` allows (:func:`finer_block_pieces`), until one
             is found, or the finest is returned (see the module docstring).
         pinned: node name -> device: parameters/buffers an earlier graph already placed (their
-            bytes are not counted again), and compute nodes that must run on a device (an
-            in-place update of a user input, on that input's device). Their task is fixed to
-            that device; runs of pinned compute nodes are tasks of their own, so the work
-            coarsened around them stays free. (A task with nodes pinned to two devices stays
-            free, and counts pinned parameters in it as new copies.)
-        keep_together: (first, last) node names of stretches of the graph never cut into two
-            tasks (the groups holding any of their nodes are merged).
+            bytes are not counted again). With them, the compute nodes the graph binds to an
+            input's device (``GraphNode.bound_to``: an in-place update of a user input), on the
+            topology device ``origin_device`` gives for it. Their task is fixed to that device;
+            runs of pinned compute nodes are tasks of their own, so the work coarsened around
+            them stays free. (A task with nodes pinned to two devices stays free, and counts
+            pinned parameters in it as new copies.) The graph's ``updated_together`` stretches
+            are never cut into two tasks (the groups holding any of their nodes are merged).
         local_device: topology device -> the local device that runs it (default: the same
             name), to tell where a parameter lives from where it is planned.
         copy_trainable: a parameter that requires grad, planned on a device whose local device
@@ -476,10 +475,9 @@ def build_problem(
     """
     from .solver import quick_placement  # the solver imports this module
 
-    pinned = pinned or {}
+    pinned = {**{n.name: origin_device(n.bound_to) for n in graph.nodes if n.bound_to is not None}, **(pinned or {})}
     builder = _ProblemBuilder(
-        graph, topology, capacity_bytes, origin_device, pinned, keep_together, local_device or (lambda d: d),
-        copy_trainable,
+        graph, topology, capacity_bytes, origin_device, pinned, local_device or (lambda d: d), copy_trainable
     )
     compute, weight = builder.compute, builder.weight
     groups = group_nodes(compute, weight, max_groups)
@@ -506,13 +504,11 @@ class _ProblemBuilder:
         capacity_bytes: dict[str, int],
         origin_device: Callable[[str], str],
         pinned: Mapping[str, str],
-        keep_together: Sequence[tuple[str, str]],
         local_device: Callable[[str], str],
         copy_trainable: bool,
     ) -> None:
         self.graph, self.topology, self.capacity_bytes = graph, topology, capacity_bytes
         self.origin_device, self.pinned, self.local_device = origin_device, pinned, local_device
-        self.keep_together = keep_together
         self.copy_trainable = copy_trainable
         nodes = graph.nodes
         self.times = graph.node_times(topology)
@@ -590,7 +586,7 @@ class _ProblemBuilder:
         counted = [m for m in members if not (fixed and m.name in pinned and m.role in RESIDENT_ROLES)]
         resident_bytes = sum(m.resident_bytes + m.training_bytes for m in counted)
         counted_names = {m.name for m in counted}
-        units = _kept_together(_units(group, self.weight), self.keep_together, self.graph.index)
+        units = _kept_together(_units(group, self.weight), self.graph.updated_together, self.graph.index)
         copy_forward_s, copy_backward_s, optimizer_s, shifted = self.parameter_costs(members, counted_names)
         devices = self.topology.device_names
         backward_s = {
@@ -618,7 +614,7 @@ class _ProblemBuilder:
         stretches kept together merged), between the tasks of the user inputs (one per device
         holding some) and of the output."""
         graph, topology = self.graph, self.topology
-        groups = _kept_together(_pinned_apart(groups, self.pinned), self.keep_together, graph.index)
+        groups = _kept_together(_pinned_apart(groups, self.pinned), graph.updated_together, graph.index)
         inputs_by_device: dict[str, list[str]] = defaultdict(list)
         for n in graph.nodes:
             if n.op == "placeholder" and n.role == "input" and graph.users[n.name]:

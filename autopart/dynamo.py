@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.fx
-from torch.utils._pytree import tree_flatten
 
 from ._compat import reset_with_dynamo
 from .coarsen import PlacementProblem, build_problem
@@ -36,8 +35,7 @@ from .passes import (
     propagate_shapes_pass,
     record,
 )
-from .passes.cost import mutated_inputs, mutates_in_place
-from .passes.memory import node_storages, storage_key
+from .passes.cost import mutates_in_place
 from .passes.shapes import node_value, requires_grad
 from .passes.training import Optimizer, TrainingMemory, training_memory_pass
 from .pipeline import BatchSpec, auto_microbatches, batch_spec, is_random
@@ -146,7 +144,7 @@ def plan_graph(
                  analysis.training.optimizer_state_bytes, optimizer,
                  analysis.training.saved_activation_bytes)
     capacity = config.capacities_bytes(topology)
-    pinned = _pinned_nodes(gm, origin_resolver(topology, mapping))
+    pinned = {}
     if ledger is not None:
         held = ledger.held_bytes(saved_key(gm, example_inputs))
         capacity = {d: max(0, c - held.get(d, 0)) for d, c in capacity.items()}
@@ -155,102 +153,9 @@ def plan_graph(
             if device is not None:
                 pinned[node.name] = device
     plan, problem = solve_annotated(
-        analysis.graph, config, topology, mapping=mapping, capacity=capacity, pinned=pinned,
-        keep_together=_updated_together(gm),
+        analysis.graph, config, topology, mapping=mapping, capacity=capacity, pinned=pinned
     )
     return plan, problem, analysis
-
-
-def _pinned_nodes(gm: torch.fx.GraphModule, origin: Callable[[str], str]) -> dict[str, str]:
-    """Nodes that must run on one topology device for the graph to behave as in eager, with
-    that device:
-
-    * an in-place update of a user input or of a view of one (``x[:, 0].add_(y)``), and an
-      output that is a view of one (``y.t()``), with the views in between, on the device the
-      input lives on: elsewhere they would update or return a copy;
-    * an output that is a view of another output (``return h, h.view(-1)``), made on the
-      device the graph returns them on from the copy of its base: copied one by one, they
-      would not alias. (Outputs that are views of one tensor the graph does not return, such
-      as an attention's key and value split from one projection, are copied one by one: only
-      an in-place update of one would show that they no longer alias.)"""
-    inputs = {}
-    for node in gm.graph.find_nodes(op="placeholder"):
-        value = node_value(node)
-        if record(node).role == "input" and isinstance(value, torch.Tensor):
-            inputs[storage_key(value)] = str(value.device)
-    pinned = {}
-
-    def views(node: torch.fx.Node, key: Any) -> list[torch.fx.Node]:
-        """``node`` if it is a view (of a tensor with storage ``key``) and the views it is made
-        from, back to (not including) the input or the node that made the storage."""
-        chain = []
-        while (base := next((a for a in node.all_input_nodes if _same_storage_as(a, key)), None)) is not None:
-            chain.append(node)
-            node = base
-        return chain
-
-    def pin_views(node: torch.fx.Node, key: Any, device: str) -> None:
-        pinned.update(dict.fromkeys((n.name for n in views(node, key)), device))
-
-    for node in gm.graph.nodes:
-        for target in mutated_inputs(node):
-            key = _storage_of(target)
-            if key is not None and key in inputs:
-                pinned[node.name] = origin(inputs[key])
-                pin_views(target, key, pinned[node.name])
-    output = next(n for n in gm.graph.nodes if n.op == "output")
-    aliases: dict[Any, list[torch.fx.Node]] = {}
-    for leaf in dict.fromkeys(tree_flatten(output.args[0])[0]):
-        if isinstance(leaf, torch.fx.Node) and _storage_of(leaf) is not None:
-            aliases.setdefault(_storage_of(leaf), []).append(leaf)
-    for key, leaves in aliases.items():
-        if key in inputs:
-            for leaf in leaves:
-                pin_views(leaf, key, origin(inputs[key]))
-        elif len(leaves) > 1:
-            for leaf in leaves:  # views of another output; that base stays free
-                chain = views(leaf, key)
-                if chain and any(a in leaves for n in chain for a in n.all_input_nodes):
-                    pin_views(leaf, key, origin(str(node_value(leaf).device)))
-    return pinned
-
-
-def _updated_together(gm: torch.fx.GraphModule) -> list[tuple[str, str]]:
-    """(first, last) node names of each stretch of ``gm`` that must run in one task: from the
-    first to the last node that reads a parameter, buffer or constant (``get_attr``) that the
-    graph updates in place, or a view of one. Cut, an update would land on a copy (a view one
-    update returns, updated again later: ``e = self.ema.mul_(0.5); ...; e.add_(h)``; a
-    compiled optimizer's updates of its state), or a reader on another device would get a
-    copy made before the call, without the update."""
-    owned = set()
-    for node in gm.graph.nodes:
-        resident = node.op == "placeholder" and record(node).role in ("parameter", "buffer")
-        if resident or node.op == "get_attr":
-            owned.update(key for key, _ in node_storages(node))
-    first: dict[Any, torch.fx.Node] = {}
-    last: dict[Any, torch.fx.Node] = {}
-    updated = set()
-    for node in gm.graph.nodes:
-        if node.op not in ("call_function", "call_method", "call_module"):
-            continue
-        for a in node.all_input_nodes:
-            for key, _ in node_storages(a):
-                if key in owned:
-                    first.setdefault(key, node)
-                    last[key] = node
-        updated.update(key for target in mutated_inputs(node) for key, _ in node_storages(target) if key in owned)
-    return [(first[key].name, last[key].name) for key in updated if first[key] is not last[key]]
-
-
-def _storage_of(node: torch.fx.Node) -> Any:
-    value = node_value(node)
-    return storage_key(value) if isinstance(value, torch.Tensor) else None
-
-
-def _same_storage_as(node: torch.fx.Node, key: Any) -> bool:
-    """Whether a tensor of ``node``'s value (a tensor, or a tuple of them: ``split``'s) has the
-    storage ``key``."""
-    return any(mine == key for mine, _ in node_storages(node))
 
 
 def solve_annotated(
@@ -261,7 +166,6 @@ def solve_annotated(
     mapping: dict[str, str] | None = None,
     capacity: dict[str, int] | None = None,
     pinned: dict[str, str] | None = None,
-    keep_together: Sequence[tuple[str, str]] = (),
 ) -> tuple[Plan, PlacementProblem]:
     """Coarsen, solve and make the Plan of an annotated graph: the part of planning that needs
     no model (used online by :func:`plan_graph` and offline by :func:`solve_graph`).
@@ -269,7 +173,7 @@ def solve_annotated(
     Args:
         mapping: topology device -> local device; {} when only planning.
         capacity: bytes per device (default: ``config.capacities_bytes(topology)``).
-        pinned, keep_together: see :func:`autopart.coarsen.build_problem`.
+        pinned: see :func:`autopart.coarsen.build_problem`.
     """
     mapping = {} if mapping is None else mapping
     problem = build_problem(
@@ -279,7 +183,6 @@ def solve_annotated(
         origin_device=origin_resolver(topology, mapping),
         max_groups=config.max_groups,
         pinned=pinned,
-        keep_together=keep_together,
         local_device=lambda d: mapping.get(d, d),
         copy_trainable=config.trainable_parameters == "copy",
     )

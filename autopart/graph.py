@@ -41,6 +41,7 @@ from torch.utils._pytree import tree_leaves
 from ._io import atomic_write_text, read_json
 from .costmodel.ops import OpCost
 from .costmodel.roofline import calibration_of, first_touch_Bps, roofline_time_s
+from .passes.aliasing import input_bound_nodes, updated_together
 from .passes.memory import MemoryReport, StorageLife
 from .passes.records import NodeRole, TensorInfo, record
 from .topology import Device, Topology
@@ -81,6 +82,9 @@ class GraphNode:
     (:func:`autopart.passes.training.optimizer_step`)."""
     step_temporary_bytes: int = 0
     """Bytes of temporaries that update allocates anew in every step."""
+    bound_to: str | None = None
+    """The device (as captured: ``"cpu"``, ``"cuda:0"``) of the graph input this node updates
+    in place or returns a view of, where it must run (:func:`autopart.passes.aliasing.input_bound_nodes`)."""
 
     @property
     def output_bytes(self) -> int:
@@ -98,6 +102,10 @@ class AnnotatedGraph:
     name: str
     nodes: tuple[GraphNode, ...]
     storages: tuple[StorageLife, ...]
+    updated_together: tuple[tuple[str, str], ...] = ()
+    """(first, last) node names of the stretches that must run in one task, since they read a
+    parameter, buffer or constant the graph updates in place
+    (:func:`autopart.passes.aliasing.updated_together`)."""
 
     @cached_property
     def index(self) -> dict[str, int]:
@@ -190,6 +198,7 @@ class AnnotatedGraph:
     @classmethod
     def from_fx(cls, gm: torch.fx.GraphModule, memory: MemoryReport, name: str = "graph") -> AnnotatedGraph:
         """The annotated graph of ``gm`` after the shape, memory and cost passes."""
+        bound = input_bound_nodes(gm)
         nodes = []
         for node in gm.graph.nodes:
             rec = record(node)
@@ -214,9 +223,11 @@ class AnnotatedGraph:
                     backward_ops=tuple(rec.backward_ops),
                     step_ops=tuple(rec.step_ops),
                     step_temporary_bytes=rec.step_temporary_bytes,
+                    bound_to=bound.get(node.name),
                 )
             )
-        return cls(name=name, nodes=tuple(nodes), storages=memory.storages)
+        return cls(name=name, nodes=tuple(nodes), storages=memory.storages,
+                   updated_together=tuple(updated_together(gm)))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -225,6 +236,7 @@ class AnnotatedGraph:
             "name": self.name,
             "nodes": [dataclasses.asdict(n) for n in self.nodes],
             "storages": [dataclasses.asdict(s) for s in self.storages],
+            "updated_together": [list(pair) for pair in self.updated_together],
         }
 
     @classmethod
@@ -273,6 +285,9 @@ class AnnotatedGraph:
                 raise ValueError(f"{source}: node {n.name!r} reads unknown nodes {missing}")
             if n.role not in typing.get_args(NodeRole):
                 raise ValueError(f"{source}: node {n.name!r} has role {n.role!r}, not one of {typing.get_args(NodeRole)}")
+            if n.bound_to is not None and not isinstance(n.bound_to, str):
+                raise ValueError(f"{source}: node {n.name!r} has bound_to {n.bound_to!r}; give a device "
+                                 "such as 'cpu' or 'cuda:0', or null")
             negative = [k for k in ("resident_bytes", "training_bytes", "step_temporary_bytes") if getattr(n, k) < 0]
             if negative:
                 raise ValueError(f"{source}: node {n.name!r} has negative {negative}")
@@ -285,7 +300,14 @@ class AnnotatedGraph:
             storages = tuple(StorageLife(**s) for s in d.get("storages", []))
         except TypeError as exc:
             raise ValueError(f"{source}: 'storages' must be a list of StorageLife objects: {exc}") from exc
-        return cls(name=str(d.get("name", "graph")), nodes=tuple(nodes), storages=storages)
+        stretches = d.get("updated_together", [])
+        if not isinstance(stretches, list) or not all(
+            isinstance(pair, list) and len(pair) == 2 and all(p in names for p in pair) for pair in stretches
+        ):
+            raise ValueError(f"{source}: 'updated_together' must be a list of [first, last] node names, "
+                             f"got {stretches!r}")
+        return cls(name=str(d.get("name", "graph")), nodes=tuple(nodes), storages=storages,
+                   updated_together=tuple(tuple(pair) for pair in stretches))
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the graph as JSON, atomically."""

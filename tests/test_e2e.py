@@ -20,6 +20,7 @@ import operator
 import pickle
 import re
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -1587,15 +1588,25 @@ class UpdatesItsInput(nn.Module):
         return a, b
 
 
+def assert_planned_the_same_offline(comp: autopart.Compilation, options: dict, tmp_path: Path) -> None:
+    """The graph saved as JSON and planned with ``options`` by ``autopart.solve_graph`` gets
+    the plan the backend made: the saved graph keeps what ties nodes to a device or a task."""
+    path = tmp_path / "graph.json"
+    comp.analysis.graph.save(path)
+    offline = autopart.solve_graph(path, **options)
+    assert offline.placement == comp.plan.placement, (offline.summary(), comp.plan.summary())
+
+
 @pytest.mark.parametrize("kind", list(UPDATES))
-def test_an_in_place_update_of_an_input_reaches_the_callers_tensor(kind):
+def test_an_in_place_update_of_an_input_reaches_the_callers_tensor(kind, tmp_path):
     """The update, and the views it updates through, run on the input's device, so it updates
-    the caller's tensor, not a copy."""
+    the caller's tensor, not a copy; offline plans of the saved graph keep them there too."""
     torch.manual_seed(0)
     model = UpdatesItsInput(UPDATES[kind])
     nb = model_bytes(model)
-    backend = autopart.backend(topology=PRESET, device_map="cpu", strict=True,
-                               max_memory={"cpu": int(nb * 0.75), "cuda:0": int(nb * 0.75)})
+    options = dict(topology=PRESET, device_map="cpu", strict=True,
+                   max_memory={"cpu": int(nb * 0.75), "cuda:0": int(nb * 0.75)})
+    backend = autopart.backend(**options)
     compiled = torch.compile(model, backend=backend)
     x = torch.randn(64, 256)
     ours, theirs = x.clone(), x.clone()
@@ -1614,6 +1625,7 @@ def test_an_in_place_update_of_an_input_reaches_the_callers_tensor(kind):
     while node.op != "placeholder":  # the update and the views it writes through
         assert plan.placement[node.name] == "cpu", (node.name, plan.summary())
         node = node.args[0] if node is not updates[0] or "out" not in node.kwargs else node.kwargs["out"]
+    assert_planned_the_same_offline(backend.compilations[0], options, tmp_path)
 
 
 class UpdatesAnEMA(nn.Module):
@@ -1667,14 +1679,16 @@ def _update_and_last_read(nodes):
     [(UpdatesAnEMA, 1.0, _updates, 2), (CountsItsCalls, 2.0, _update_and_last_read, 1)],
     ids=["second-update-through-a-view", "read-after-the-update"],
 )
-def test_a_buffer_updated_in_place_is_read_and_updated_in_one_task(model_cls, fraction, ends, min_devices):
+def test_a_buffer_updated_in_place_is_read_and_updated_in_one_task(model_cls, fraction, ends, min_devices, tmp_path):
     """Cut between the updates, the second would update a copy of the buffer; cut between an
     update and a later read, the reader on another device would get a copy made at the start of
-    the call (on a GPU; on the CPU the copy is the buffer itself)."""
+    the call (on a GPU; on the CPU the copy is the buffer itself). Offline plans of the saved
+    graph keep the stretch whole too."""
     torch.manual_seed(0)
     model = model_cls()
     reference = copy.deepcopy(model)
-    backend = autopart.backend(**split_options(model, hand=True, fraction=fraction))
+    options = split_options(model, hand=True, fraction=fraction)
+    backend = autopart.backend(**options)
     compiled = torch.compile(model, backend=backend)
     x = torch.randn(4, 32)
     with torch.no_grad():
@@ -1687,6 +1701,7 @@ def test_a_buffer_updated_in_place_is_read_and_updated_in_one_task(model_cls, fr
     first, last = ends([n for n in comp.graph.graph.nodes if n.op in ("call_function", "call_method")])
     assert first is not last
     assert any(first.name in t.nodes and last.name in t.nodes for t in comp.problem.tasks)
+    assert_planned_the_same_offline(comp, options, tmp_path)
 
 
 def test_a_compiled_adam_step_matches_eager():

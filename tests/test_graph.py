@@ -183,6 +183,9 @@ def test_bad_graph_files_are_named(tmp_path):
         (lambda d: next(n for n in d["nodes"] if n["ops"])["ops"][0].update(dtype="bfloat61"),
          r"has unknown dtypes \['bfloat61'\]; use torch's names"),
         (lambda d: d["nodes"][0]["tensors"][0].update(dtype="torch.float32"), r"unknown dtypes \['torch.float32'\]"),
+        (lambda d: d["nodes"][0].update(bound_to=0), "has bound_to 0; give a device such as 'cpu'"),
+        (lambda d: d.update(updated_together=[["l_kwargs_input_ids_", "nowhere"]]),
+         r"'updated_together' must be a list of \[first, last\] node names, got \[\['l_kwargs_input_ids_', 'nowhere'\]\]"),
     ],
 )
 def test_hand_edited_graphs_are_checked(edit, message, tmp_path):

@@ -94,6 +94,10 @@ class Task:
     goes with the next node of its module). A task of several units is one that a higher
     ``max_groups`` can cut finer (the solver's errors suggest it only then). Empty when not
     known: a task built by hand, the inputs and the output."""
+    kept_whole: tuple[str, str] | None = None
+    """(first, last) node names of a stretch that joins several of its units into one
+    (``AnnotatedGraph.updated_together``: it reads a tensor the graph updates in place), for the
+    solver's errors; None when no such stretch joins its units."""
 
     def held_bytes(self, device: str) -> dict[str, int]:
         """Bytes held all call long on each device when the task runs on ``device``."""
@@ -586,7 +590,14 @@ class _ProblemBuilder:
         counted = [m for m in members if not (fixed and m.name in pinned and m.role in RESIDENT_ROLES)]
         resident_bytes = sum(m.resident_bytes + m.training_bytes for m in counted)
         counted_names = {m.name for m in counted}
-        units = _kept_together(_units(group, self.weight), self.graph.updated_together, self.graph.index)
+        cuttable = _units(group, self.weight)
+        units = _kept_together(cuttable, self.graph.updated_together, self.graph.index)
+        unit_of = {n.name: i for i, unit in enumerate(cuttable) for n in unit}
+        kept_whole = next(
+            ((first, last) for first, last in self.graph.updated_together
+             if first in unit_of and last in unit_of and unit_of[first] != unit_of[last]),
+            None,
+        )
         copy_forward_s, copy_backward_s, optimizer_s, shifted = self.parameter_costs(members, counted_names)
         devices = self.topology.device_names
         backward_s = {
@@ -607,6 +618,7 @@ class _ProblemBuilder:
             step_time_s=optimizer_s if any(optimizer_s.values()) else {},
             resident_on=resident_on,
             unit_bytes=tuple(sum(self.resident(n, only=counted_names) for n in unit) for unit in units),
+            kept_whole=kept_whole,
         )
 
     def assemble(self, groups: list[list[GraphNode]]) -> PlacementProblem:

@@ -46,6 +46,17 @@ _SIZE_UNITS = {
 _SIZE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*$")
 
 
+def format_bytes(nbytes: int) -> str:
+    """``nbytes`` in the largest binary unit that keeps it at 1 or more, to 3 significant
+    digits, or whole units from 1000 up (``"33 KiB"``, ``"1.8 TiB"``, ``"1023 KiB"``,
+    ``"512 B"``); :func:`parse_bytes` reads it back to within 0.5%."""
+    for unit in ("TiB", "GiB", "MiB", "KiB"):
+        value = nbytes / _SIZE_UNITS[unit.upper()]
+        if abs(value) >= 1:
+            return f"{value:.0f} {unit}" if abs(value) >= 999.5 else f"{value:.3g} {unit}"
+    return f"{nbytes} B"
+
+
 def parse_bytes(value: MemorySize, *, what: str = "size") -> int:
     """Parse a memory size as accelerate's ``max_memory`` writes it, into bytes.
 

@@ -151,6 +151,7 @@ from typing import Literal
 import pulp
 
 from .coarsen import PlacementProblem, Task, Value
+from .config import format_bytes
 from .costmodel.energy import energy_J
 
 log = logging.getLogger(__name__)
@@ -402,19 +403,22 @@ def check_fits(problem: PlacementProblem) -> None:
     what, fix = _resident_words(problem, "raise max_memory or plan for a topology with more memory")
     if resident > total:
         raise ValueError(
-            f"the model needs {resident} bytes ({resident / 2**30:.2f} GiB) of {what} but the "
-            f"devices allow only {total} bytes ({total / 2**30:.2f} GiB) in total "
+            f"the model needs {resident} bytes ({format_bytes(resident)}) of {what} but the "
+            f"devices allow only {total} bytes ({format_bytes(total)}) in total "
             f"({_fmt_caps(caps)}); {fix}"
         )
     biggest = max(caps.values())
     for t in problem.tasks:
         need = min(t.held_bytes(d).get(d, 0) for d in caps) + t.peak_bytes
         if not t.fixed_device and need > biggest:
-            hint = (
-                "raise max_memory or raise max_groups to cut the graph finer"
-                if _finer_cut_may_help(t, biggest)
-                else "raise max_memory"
-            )
+            if _finer_cut_may_help(t, biggest):
+                hint = "raise max_memory or raise max_groups to cut the graph finer"
+            elif t.kept_whole is not None:
+                hint = (f"raise max_memory (it is not cut: nodes {t.kept_whole[0]!r} to {t.kept_whole[1]!r} "
+                        "read a parameter, buffer or constant the graph updates in place, so they run as one "
+                        "task, where every reader sees the update)")
+            else:
+                hint = "raise max_memory"
             raise ValueError(
                 f"task {t.name!r} needs {need} bytes ({need - t.peak_bytes} resident + "
                 f"{t.peak_bytes} activations) but the largest device allows {biggest} bytes "

@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from autopart import Config, Topology, parse_bytes
+from autopart.config import format_bytes
 
 
 @pytest.mark.parametrize(
@@ -157,3 +158,12 @@ def test_this_machine_uses_a_cached_profile_when_there_is_one(tmp_path, monkeypa
     assert calls == [{"cache_dir": tmp_path, "budget_s": 5}]
     with pytest.raises(ValueError, match="profile='sometimes' is not one of"):
         Config(profile="sometimes")  # type: ignore[arg-type]
+
+
+@given(st.integers(min_value=0, max_value=2**50))
+def test_format_bytes_reads_back_within_its_three_digits(nbytes):
+    text = format_bytes(nbytes)
+    number, unit = text.split()
+    assert unit in ("B", "KiB", "MiB", "GiB", "TiB")
+    assert unit == "TiB" or float(number) < 1024
+    assert parse_bytes(text.replace(" ", "")) == pytest.approx(nbytes, rel=5e-3, abs=0)

@@ -1704,6 +1704,14 @@ def test_a_buffer_updated_in_place_is_read_and_updated_in_one_task(model_cls, fr
     assert_planned_the_same_offline(comp, options, tmp_path)
 
 
+def test_a_stretch_kept_whole_that_fits_no_device_says_why_it_is_not_cut():
+    model = CountsItsCalls()  # its buffer is updated first and read last: one task
+    backend = autopart.backend(**split_options(model, hand=True, fraction=0.6))
+    why = r"raise max_memory \(it is not cut: nodes 'add_' to 'mul' read a parameter, buffer or constant"
+    with pytest.raises(torch._dynamo.exc.BackendCompilerFailed, match=why), torch.no_grad():
+        torch.compile(model, backend=backend)(torch.randn(4, 32))
+
+
 def test_a_compiled_adam_step_matches_eager():
     """torch.compile(optimizer.step) updates each parameter and its state in place (``lerp_``,
     ``mul_``, ``addcdiv_``), through views of constants: each tensor's updates stay in one

@@ -295,3 +295,15 @@ def test_mutated_inputs_names_every_tensor_an_update_writes():
     found = {n.name: [t.name for t in mutated_inputs(n)] for n in gm.graph.nodes if mutated_inputs(n)}
     assert found == {"_foreach_mul_": ["a", "b"], "add_": ["c"], "add": ["c"], "_foreach_add__scalar": ["b", "c"],
                      "aminmax": ["b", "c"]}
+
+
+def test_a_fused_adam_called_from_torch_updates_its_parameters_grads_and_state():
+    class Step(nn.Module):
+        def forward(self, p, g, m, v, step):
+            torch._fused_adam_([p], [g], [m], [v], [], [step], lr=0.1, beta1=0.9, beta2=0.999,
+                               weight_decay=0.0, eps=1e-8, amsgrad=False, maximize=False)
+            return p + 1
+
+    gm = traced(Step(), *(torch.randn(3) for _ in range(4)), torch.ones(()))
+    (adam,) = [n for n in gm.graph.nodes if mutated_inputs(n)]
+    assert [t.name for t in mutated_inputs(adam)] == ["p", "g", "m", "v"]  # not the step count

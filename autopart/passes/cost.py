@@ -9,6 +9,7 @@ launch) and is listed in :attr:`CostReport.unknown`.
 
 from __future__ import annotations
 
+import functools
 import logging
 import operator
 from collections.abc import Sequence
@@ -62,22 +63,44 @@ def mutated_inputs(node: torch.fx.Node) -> tuple[torch.fx.Node, ...]:
     if out is not None:
         return _nodes(out)
     if isinstance(node.target, torch._ops.OpOverload):
-        schema = node.target._schema.arguments
-        written = [a for a, arg in zip(node.args, schema) if arg.alias_info is not None and arg.alias_info.is_write]
-        written += [node.kwargs[arg.name] for arg in schema
-                    if arg.name in node.kwargs and arg.alias_info is not None and arg.alias_info.is_write]
-        return tuple(n for a in written for n in _nodes(a))
+        return _written(node, [node.target._schema])
     first = node.args[0] if node.args else None
     if node.target in _AUGMENTED_ASSIGNMENTS:
         return (first,) if isinstance(first, torch.fx.Node) and isinstance(node_value(first), torch.Tensor) else ()
     if getattr(node.target, "__module__", None) == "_operator":  # and_, or_, not_: new values
         return ()
     name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
-    if node.kwargs.get("inplace") is True or (
-        isinstance(name, str) and name.endswith("_") and not name.endswith("__")
-    ):
+    if node.kwargs.get("inplace") is True:
         return _nodes(first)
+    if isinstance(name, str) and name.endswith("_") and not name.endswith("__"):
+        return _written(node, _aten_schemas(name)) or _nodes(first)
     return ()
+
+
+def _written(node: torch.fx.Node, schemas: list[torch._C.FunctionSchema]) -> tuple[torch.fx.Node, ...]:
+    """The nodes given to ``node`` for arguments that one of ``schemas`` marks as written
+    (``Tensor(a!)``), by position or name."""
+    written = []
+    for schema in schemas:
+        for i, arg in enumerate(schema.arguments):
+            if arg.alias_info is None or not arg.alias_info.is_write:
+                continue
+            if i < len(node.args) and not arg.kwarg_only:
+                written.append(node.args[i])
+            elif arg.name in node.kwargs:
+                written.append(node.kwargs[arg.name])
+    return tuple(dict.fromkeys(n for a in written for n in _nodes(a)))
+
+
+@functools.cache
+def _aten_schemas(name: str) -> list[torch._C.FunctionSchema]:
+    """The schemas of every overload of ``aten::<name>`` (none if there is no such op): what a
+    torch-level call of that name (``torch._fused_adam_``, ``x.add_``) writes."""
+    try:
+        packet = getattr(torch.ops.aten, name)
+    except (AttributeError, RuntimeError):
+        return []
+    return [getattr(packet, overload)._schema for overload in packet.overloads()]
 
 
 def _nodes(arg: Any) -> tuple[torch.fx.Node, ...]:

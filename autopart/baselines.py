@@ -8,7 +8,8 @@ scored with :func:`autopart.solver.evaluate`, so predicted times and peak bytes 
 with the ILP's, and every returned assignment fits every device's ``capacity_bytes`` under
 ``evaluate``'s memory accounting: bytes on device :math:`d` at task position :math:`i` =
 resident bytes of every task on :math:`d` + peak bytes of task :math:`i` if it is on :math:`d`
-+ live ranges produced on :math:`d` that cover :math:`i`.
++ live ranges produced on :math:`d` that cover :math:`i` + values received on :math:`d` whose
+``received_span`` covers :math:`i`.
 
 ===================== ==================================================================
 name                  what it does (source)
@@ -124,7 +125,8 @@ class _Ledger:
     accounting; tasks may be added in any order. Adding tasks only adds bytes, so a device that
     was checked when its last task joined stays within its capacity whatever comes later on
     other devices, except for the bytes a task keeps where its copied trainable parameters live
-    (``Task.resident_on``), which the final check of an assignment (:func:`fits`) catches."""
+    (``Task.resident_on``), and the copies a producer placed after its readers sends to their
+    devices, which the final check of an assignment (:func:`fits`) catches."""
 
     def __init__(self, problem: PlacementProblem) -> None:
         self.problem = problem
@@ -134,6 +136,13 @@ class _Ledger:
         self.peak: dict[str, int] = defaultdict(int)  # max over steps of active
         self.assignment: list[str | None] = [None] * n
         self.copies: set[tuple[int, str]] = set()  # (shared weight, device) copies counted
+        self.received: set[tuple[int, str]] = set()  # (value, device) copies counted
+        self.reads: dict[int, list[int]] = defaultdict(list)  # task -> values it reads
+        self.makes: dict[int, list[int]] = defaultdict(list)  # task -> values it produces
+        for vi, v in enumerate(problem.values):
+            self.makes[v.producer].append(vi)
+            for c in v.consumers:
+                self.reads[c].append(vi)
         ranges = defaultdict(list)
         for r in problem.live_ranges:
             ranges[r.producer].append(r)
@@ -157,28 +166,61 @@ class _Ledger:
                 out.append((wi, w.nbytes))
         return out
 
+    def _new_receipts(self, i: int, device: str) -> list[int]:
+        """Values task ``i`` reads whose producer is placed on another device, and whose copy
+        on ``device`` is not counted yet."""
+        values = self.problem.values
+        return [
+            vi for vi in self.reads[i]
+            if self.assignment[values[vi].producer] not in (None, device) and (vi, device) not in self.received
+        ]
+
+    def _steps(self, i: int, device: str) -> dict[int, int]:
+        """Step -> bytes task ``i`` adds on ``device``: its activations, and the copies of
+        values it would receive there (over each value's ``received_span``)."""
+        steps = dict(self.increments[i])
+        copies = self.problem.activation_copies
+        for vi in self._new_receipts(i, device):
+            v = self.problem.values[vi]
+            first, last = v.received_span
+            for step in range(first, last + 1):
+                steps[step] = steps.get(step, 0) + copies * v.nbytes
+        return steps
+
     def need_bytes(self, i: int, device: str) -> int:
         """Peak bytes on ``device`` if task ``i`` joined it (copies of weights it shares with
-        tasks placed elsewhere included)."""
+        tasks placed elsewhere, and of values it receives from them, included)."""
         act = self.active[device]
         peak = self.peak[device]
-        for step, nbytes in self.increments[i]:
+        for step, nbytes in self._steps(i, device).items():
             peak = max(peak, act[step] + nbytes)
         copies = sum(n for _, n in self._new_copies(i, device))
         return self.resident[device] + self.problem.tasks[i].held_bytes(device).get(device, 0) + copies + peak
+
+    def _add(self, device: str, steps: dict[int, int]) -> None:
+        act = self.active[device]
+        for step, nbytes in steps.items():
+            act[step] += nbytes
+            self.peak[device] = max(self.peak[device], act[step])
 
     def place(self, i: int, device: str) -> None:
         assert self.assignment[i] is None, i
         for wi, nbytes in self._new_copies(i, device):
             self.copies.add((wi, device))
             self.resident[device] += nbytes
+        steps = self._steps(i, device)
+        self.received.update((vi, device) for vi in self._new_receipts(i, device))
         self.assignment[i] = device
         for home, nbytes in self.problem.tasks[i].held_bytes(device).items():
             self.resident[home] += nbytes
-        act = self.active[device]
-        for step, nbytes in self.increments[i]:
-            act[step] += nbytes
-            self.peak[device] = max(self.peak[device], act[step])
+        self._add(device, steps)
+        for vi in self.makes[i]:  # its values' copies on the devices of readers placed earlier
+            v = self.problem.values[vi]
+            for dst in {self.assignment[c] for c in v.consumers} - {None, device}:
+                if (vi, dst) not in self.received:
+                    self.received.add((vi, dst))
+                    first, last = v.received_span
+                    self._add(dst, dict.fromkeys(range(first, last + 1), self.problem.activation_copies * v.nbytes))
 
     def used_bytes(self, device: str) -> int:
         return self.resident[device] + self.peak[device]
@@ -515,15 +557,39 @@ def _prepare_chain(problem: PlacementProblem, devices: list[str], latency: bool)
     for w, shared in enumerate(problem.shared):
         for r in shared.readers:
             reads_shared[r].append(w)
+    # Values a free task makes come as copies to the devices of the fixed tasks that read them,
+    # unless the stage there makes them (each device holds one stage: all other free tasks run
+    # elsewhere); values made before a stage elsewhere come as copies to the stage's readers.
+    copies = problem.activation_copies
+    reads_value: dict[int, list[int]] = defaultdict(list)
+    to_fixed: dict[str, dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))  # d -> producer -> values
+    for vi, v in enumerate(problem.values):
+        for c in v.consumers:
+            reads_value[c].append(vi)
+        if v.producer in pos:
+            for d in {tasks[c].fixed_device for c in v.consumers if c not in pos}:
+                to_fixed[d][v.producer].append(vi)
+
+    def add_span(act: list[int], vi: int, sign: int) -> None:
+        first, last = problem.values[vi].received_span
+        for step in range(first, last + 1):
+            act[step] += sign * copies * problem.values[vi].nbytes
+
     reach: dict[str, list[int]] = {}
     for d in devices:
         cap = problem.capacity_bytes[d]
         ends = []
+        base = list(ledger.active[d])
+        for made in to_fixed[d].values():
+            for vi in made:
+                add_span(base, vi, 1)
         for i in range(num_free):
-            act = list(ledger.active[d])
-            peak = ledger.peak[d]
+            act = list(base)
+            peak = max(act, default=0)
             res = ledger.resident[d]
             copied: set[int] = set()
+            received = {vi for made in to_fixed[d].values() for vi in made}  # counted in base,
+            received |= {vi for vi, dev in ledger.received if dev == d}  # as the fixed tasks' copies
             j = i
             while j < num_free:
                 g = free[j]
@@ -536,7 +602,15 @@ def _prepare_chain(problem: PlacementProblem, devices: list[str], latency: bool)
                         res += problem.shared[w].nbytes
                 for step, nbytes in ledger.increments[g]:
                     act[step] += nbytes
-                    peak = max(peak, act[step])
+                for vi in to_fixed[d].get(g, ()):
+                    add_span(act, vi, -1)
+                for vi in reads_value[g]:
+                    v = problem.values[vi]
+                    made_here = tasks[v.producer].fixed_device == d or (v.producer in pos and pos[v.producer] >= i)
+                    if vi not in received and not made_here:
+                        received.add(vi)
+                        add_span(act, vi, 1)
+                peak = max(act, default=0)
                 if res + peak > cap:
                     break
                 j += 1

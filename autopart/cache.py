@@ -6,11 +6,11 @@ cache folder is ``platformdirs.user_cache_path("autopart")`` (``~/.cache/autopar
 Linux, honouring ``XDG_CACHE_HOME``) unless ``cache_dir`` is given.
 
 The **fingerprint** (:func:`fingerprint`) is the sha256 of a canonical JSON (sorted keys, no
-spaces) of :func:`fingerprint_inputs`: the host name, each local device's name, kind and
-model, the CUDA runtime and driver versions, the torch and autopart versions, the number of
-torch CPU threads, and :data:`autopart.profiler.PROFILE_FORMAT_VERSION`. Any change there
-(a new GPU, a driver or torch upgrade, ``torch.set_num_threads``) gives another file name, so
-the machine is profiled again.
+spaces) of :func:`fingerprint_inputs`: the host name, each local device's name, kind, model
+and memory, the CUDA runtime and driver versions, the torch and autopart versions, the number
+of torch CPU threads, and :data:`autopart.profiler.PROFILE_FORMAT_VERSION`. Any change there
+(a new GPU, a VM or container given other memory, a driver or torch upgrade,
+``torch.set_num_threads``) gives another file name, so the machine is profiled again.
 
 A cache file is JSON only (never pickle)::
 
@@ -117,7 +117,7 @@ def fingerprint_inputs(topology: Topology | None = None) -> dict[str, Any]:
     topo = Topology.discover() if topology is None else topology
     local = set(local_devices())
     devices = [
-        {"name": d.name, "kind": d.kind, "model": d.model}
+        {"name": d.name, "kind": d.kind, "model": d.model, "memory_bytes": d.memory_bytes}
         for d in topo.devices
         if d.name in local
     ]

@@ -10,7 +10,7 @@ import time
 import typing
 from collections.abc import Sequence
 
-from .config import TrainableParameters
+from .config import TrainableParameters, format_bytes
 from .passes.training import Optimizer
 from .topology import Topology, presets
 
@@ -364,7 +364,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     # model, so the plan must split it.
     activations = max(0, max(sum(p.predicted_peak_bytes.values()) for p in plans) - weight_bytes)
     cap = int(weight_bytes * max(0.4, 1.5 / len(gpus))) + activations
-    split = run(f"{args.preset} mapped onto this machine's CPU, max_memory {cap / 2**20:.0f} MiB per GPU",
+    split = run(f"{args.preset} mapped onto this machine's CPU, max_memory {format_bytes(cap)} per GPU",
                 topology=args.preset, device_map="cpu", max_memory={g: cap for g in gpus})
     for i, comp in enumerate(split if args.plot else []):
         comp.plot(_numbered(args.plot, i, len(split)))

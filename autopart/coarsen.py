@@ -99,6 +99,14 @@ class Task:
     (``AnnotatedGraph.updated_together``: it reads a tensor the graph updates in place), for the
     solver's errors; None when no such stretch joins its units."""
 
+    @property
+    def prefetch_bytes(self) -> int:
+        """Bytes of its first weights that the runtime copies ahead, while the task before it
+        runs, when its weights are streamed (:func:`autopart.rewrite.rewrite` prefetches one
+        layer ahead): its first unit that holds weights (``unit_bytes``), or all its resident
+        bytes when its units are not known."""
+        return next((b for b in self.unit_bytes if b), self.resident_bytes)
+
     def held_bytes(self, device: str) -> dict[str, int]:
         """Bytes held all call long on each device when the task runs on ``device``."""
         return self.resident_on[device] if device in self.resident_on else {device: self.resident_bytes}
@@ -120,6 +128,14 @@ class Value:
     nodes: tuple[str, ...]
     grad_nbytes: int = 0
     grad_count: int = 0
+
+    @property
+    def received_span(self) -> tuple[int, int]:
+        """(first, last) task position at which a device that receives the value holds its
+        copy, as the memory model counts it: from the value's first reader to its last (the
+        runtime copies it before its first reader on a device and frees the copy after its
+        last reader there, within that span)."""
+        return min(self.consumers), max(self.consumers)
 
 
 @dataclass(frozen=True)
@@ -537,7 +553,7 @@ class _ProblemBuilder:
     def resident(self, n: GraphNode, only: set[str] | None = None) -> int:
         """Bytes ``n`` and the resident tensors attached to it hold (those named in ``only``)."""
         members = [n, *self.attached.get(n.name, ())]
-        return sum(m.resident_bytes + m.training_bytes for m in members if only is None or m.name in only)
+        return sum(m.resident_bytes + m.reserved_training_bytes for m in members if only is None or m.name in only)
 
     def weight(self, n: GraphNode) -> float:
         """Coarsening weight: share of compute time plus share of resident bytes."""
@@ -552,7 +568,7 @@ class _ProblemBuilder:
         placed: it counts their bytes and update), where it runs: on the device, or where a
         parameter the device copies lives; and, for those in ``counted`` that the device
         copies, the bytes that shift from its resident count (device -> bytes): their gradients
-        and optimizer state (``training_bytes``) are held where they live, if that device has
+        and optimizer state (``reserved_training_bytes``) are held where they live, if that device has
         capacity, and the device holds the copy and its gradient (on their way back), not the
         state."""
         topology, devices = self.topology, self.topology.device_names
@@ -569,11 +585,11 @@ class _ProblemBuilder:
                     forward[d] += topology.transfer_time_s(home, d, nbytes)
                     if self.graph.has_backward:
                         backward[d] += topology.transfer_time_s(d, home, nbytes)
-                    if m.training_bytes and m.name in counted:
+                    if m.reserved_training_bytes and m.name in counted:
                         held = shifted.setdefault(d, {})
-                        held[d] = held.get(d, 0) + nbytes - m.training_bytes
+                        held[d] = held.get(d, 0) + nbytes - m.reserved_training_bytes
                         if self.capacity_bytes.get(home, 0) > 0:
-                            held[home] = held.get(home, 0) + m.training_bytes
+                            held[home] = held.get(home, 0) + m.reserved_training_bytes
                 if m.name in self.step_times and m.name in counted:
                     step[d] += self.step_times[m.name][home or d]
         return forward, backward, step, shifted
@@ -588,7 +604,7 @@ class _ProblemBuilder:
         homes = {pinned[m.name] for m in members if m.name in pinned}
         fixed = homes.pop() if len(homes) == 1 else None
         counted = [m for m in members if not (fixed and m.name in pinned and m.role in RESIDENT_ROLES)]
-        resident_bytes = sum(m.resident_bytes + m.training_bytes for m in counted)
+        resident_bytes = sum(m.resident_bytes + m.reserved_training_bytes for m in counted)
         counted_names = {m.name for m in counted}
         cuttable = _units(group, self.weight)
         units = _kept_together(cuttable, self.graph.updated_together, self.graph.index)

@@ -49,7 +49,7 @@ _SIZE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*$")
 def format_bytes(nbytes: int) -> str:
     """``nbytes`` in the largest binary unit that keeps it at 1 or more, to 3 significant
     digits, or whole units from 1000 up (``"33 KiB"``, ``"1.8 TiB"``, ``"1023 KiB"``,
-    ``"512 B"``); :func:`parse_bytes` reads it back to within 0.5%."""
+    ``"512 B"``); :func:`parse_bytes` reads it back to within 0.5% and a byte."""
     for unit in ("TiB", "GiB", "MiB", "KiB"):
         value = nbytes / _SIZE_UNITS[unit.upper()]
         if abs(value) >= 1:

@@ -8,6 +8,7 @@ Every graph compiled is recorded as a :class:`Compilation` (graph, plan, timings
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import os
 import statistics
@@ -35,7 +36,9 @@ from .passes import (
     propagate_shapes_pass,
     record,
 )
+from .passes.aliasing import updates_a_user_input
 from .passes.cost import mutates_in_place
+from .passes.memory import storage_key
 from .passes.shapes import node_value, requires_grad
 from .passes.training import Optimizer, TrainingMemory, training_memory_pass
 from .pipeline import BatchSpec, auto_microbatches, batch_spec, is_random
@@ -139,10 +142,10 @@ def plan_graph(
     if analysis is None:
         analysis = analyze(gm, example_inputs, topology, name=graph_name, optimizer=optimizer)
     if analysis.training is not None:
-        log.info("%s is planned for training: %d bytes of gradients, %d of %s state and %d of "
-                 "saved activations reserved", graph_name, analysis.training.gradient_bytes,
-                 analysis.training.optimizer_state_bytes, optimizer,
-                 analysis.training.saved_activation_bytes)
+        log.info("%s is planned for training: %d bytes of gradients, %d of %s state, %d of its "
+                 "temporaries and %d of saved activations reserved", graph_name,
+                 analysis.training.gradient_bytes, analysis.training.optimizer_state_bytes, optimizer,
+                 analysis.training.optimizer_temporary_bytes, analysis.training.saved_activation_bytes)
     capacity = config.capacities_bytes(topology)
     pinned = {}
     if ledger is not None:
@@ -308,10 +311,14 @@ class ResidentLedger:
         if replace:
             self._saved.pop(frame, None)
         homes = {t.source_node: t.src_device for t in plan.step_copies}
+        counted = set()  # storages: parameters that are views of one are counted once
         for _, node, tensor in _static_inputs(gm, example_inputs):
             device = plan.placement.get(node.name)
             if device is not None and (replace or self.device_of(tensor) is None):
-                nbytes, extra = tensor.untyped_storage().nbytes(), record(node).training_bytes
+                storage = storage_key(tensor)
+                nbytes = 0 if storage in counted else tensor.untyped_storage().nbytes()
+                counted.add(storage)
+                extra = record(node).training_bytes + record(node).step_temporary_bytes
                 if node.name in homes and extra:  # the copy and its gradient; the rest at home
                     where = {device: 2 * nbytes, homes[node.name]: extra}
                 else:
@@ -485,7 +492,7 @@ class Compilation:
         header = ["device", "runs on", "predicted", "measured", "measured/predicted"]
         title = f"autopart monitor for {self.graph_name}: busy time per call, mean of {calls} timed call(s)"
         if backward:
-            rows[-1] += columns(plan.predicted_time_s - plan.predicted_forward_s, measured_backward.span_s)
+            rows[-1] += columns(plan.predicted_backward_s, measured_backward.span_s)
             header += ["backward predicted", "measured", "measured/predicted"]
             title += f"; backward: mean of {measured_backward.passes} pass(es)"
         return "\n".join([title, *_table(header, rows)])
@@ -645,7 +652,9 @@ class Backend:
         Dynamo reuses the graph, passing each layer's parameters as inputs). Each instance is
         planned with the memory the earlier ones hold (the ledger), so the layers spread over
         the devices as they would in one graph; its compilation is named
-        ``"<graph> [instance k]"``. Past ``MAX_INSTANCES`` sets, further ones run with ``first``."""
+        ``"<graph> [instance k]"``. Past ``MAX_INSTANCES`` sets, further ones run with ``first``.
+        An instance whose parameters are gone (a model deleted) is forgotten when the next set
+        comes: its worker thread stops and its compilation leaves ``compilations``."""
         comp = getattr(first, "compilation", None)
         indices = [i for i, _, _ in _static_inputs(gm, example_inputs, roles=("parameter",))]
         if comp is None or comp.analysis is None or not indices:
@@ -655,24 +664,36 @@ class Backend:
             tuple(id(example_inputs[i]) for i in indices): ([weakref.ref(example_inputs[i]) for i in indices], first)
         }
 
+        numbers = itertools.count(1)
+
         def run(*args: Any) -> Any:
             key = tuple(id(args[i]) for i in indices)
             refs, call = instances.get(key, ((), None))
             if call is not None and all(r() is args[i] for r, i in zip(refs, indices)):
                 return call(*args)
-            k = len(instances)
-            if k >= MAX_INSTANCES:  # parameters made anew on every call: plan no more
-                if k == MAX_INSTANCES:
-                    warnings.warn(f"autopart: {comp.graph_name} ran with {k} sets of parameters; further "
-                                  "sets run with its first plan", AutopartWarning, stacklevel=2)
+            for gone in [k for k, (refs, call) in instances.items() if call is not first and any(r() is None for r in refs)]:
+                self._forget(getattr(instances.pop(gone)[1], "compilation", None))
+            if len(instances) >= MAX_INSTANCES:  # parameters made anew on every call: plan no more
+                if () not in instances:
+                    warnings.warn(f"autopart: {comp.graph_name} ran with {len(instances)} sets of parameters; "
+                                  "further sets run with its first plan", AutopartWarning, stacklevel=2)
                     instances[()] = ([], first)  # counts as one more: warned once
                 return first(*args)
+            k = next(numbers)
             call = self._compile(gm, list(args), f"{comp.graph_name} [instance {k}]", comp.analysis, k)
             instances[key] = ([weakref.ref(args[i]) for i in indices], call)
             return call(*args)
 
         run.compilation = comp  # type: ignore[attr-defined]
         return run
+
+    def _forget(self, comp: Compilation | None) -> None:
+        """Drop ``comp`` (an instance whose parameters are gone) and stop its worker thread."""
+        if comp is None:  # it ran as captured
+            return
+        if comp.runner is not None:
+            comp.runner.schedule.close()
+        self.compilations[:] = [c for c in self.compilations if c is not comp]
 
     def _compile(
         self, gm: torch.fx.GraphModule, example_inputs: Sequence[Any], name: str,
@@ -735,6 +756,8 @@ class Backend:
         on_cpu = {p for p, d in rewritten.partition_devices.items() if torch.device(self._mapping.get(d, d)).type == "cpu"}
         if on_cpu - host and host and any(n.op == "call_function" and is_random(n) for n in gm.graph.nodes):
             host = set()  # both lanes would draw from the CPU generator at once: keep eager's order
+        if updates_a_user_input(gm):
+            host = set()  # readers of the input on the other lane would race with the update
         return PlacedGraph(
             rewritten.module,
             plan,

@@ -82,7 +82,8 @@ def explain(plan: Plan, problem: PlacementProblem, max_rows: int = 40) -> str:
 
     Raises:
         TypeError: ``plan`` or ``problem`` of another type.
-        ValueError: ``plan`` is not a plan of ``problem`` (other tasks), or ``max_rows`` < 0.
+        ValueError: ``plan`` is not a plan of ``problem`` (other tasks, topology or
+            capacities), or ``max_rows`` < 0.
     """
     check_type(plan, Plan, "plan", "load a saved one with autopart.Plan.load")
     check_type(problem, PlacementProblem, "problem", "take the one the plan was solved from: Compilation.problem")
@@ -92,6 +93,12 @@ def explain(plan: Plan, problem: PlacementProblem, max_rows: int = 40) -> str:
         raise ValueError(
             f"plan {plan.graph_name!r} has other tasks than the problem; pass the problem it "
             "was solved from (Compilation.problem)"
+        )
+    if plan.topology_name != problem.topology.name or plan.capacity_bytes != problem.capacity_bytes:
+        raise ValueError(
+            f"plan {plan.graph_name!r} was solved for topology {plan.topology_name!r} with capacities "
+            f"{plan.capacity_bytes}, the problem is for {problem.topology.name!r} with "
+            f"{problem.capacity_bytes}; pass the problem it was solved from (Compilation.problem)"
         )
     by_task: dict[int, list[Move]] = {}
     for m in single_moves(problem, *plan.assignment, plan.objective_name):

@@ -91,6 +91,15 @@ class GraphNode:
         return sum(t.nbytes for t in self.tensors)
 
     @property
+    def reserved_training_bytes(self) -> int:
+        """What a plan reserves for a training step at this node: ``training_bytes`` and the
+        optimizer's temporaries (``step_temporary_bytes``, Adam's ``sqrt`` and division). The
+        temporaries are reserved all step long, an upper bound: the update runs after backward
+        has freed the saved activations, and torch.optim's ``foreach`` update (its default on
+        GPUs) makes those of all of a device's parameters at once."""
+        return self.training_bytes + self.step_temporary_bytes
+
+    @property
     def is_compute(self) -> bool:
         return self.op in COMPUTE_OPS
 

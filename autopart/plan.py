@@ -121,6 +121,10 @@ class Plan:
     """Per device, seconds of one backward pass of a training plan: its backward compute plus
     the gradients it sends back for the copies it received (what ``monitor`` measures as the
     device's backward); {} for a plan that runs no backward."""
+    predicted_backward_s: float = 0.0
+    """Seconds of the backward pass of a training plan, the gradients' copies included (what
+    ``monitor`` times as the backward's span): the makespan without the optimizer step
+    (``PlacementProblem.without_step``) less that of the forward alone; 0 without a backward."""
     predicted_optimizer_s: float = 0.0
     """Seconds of the optimizer step of a training plan, all devices' updates together (the
     step runs after the backward pass, outside the compiled graph: ``monitor`` does not time
@@ -144,11 +148,14 @@ class Plan:
     @property
     def resident_bytes(self) -> dict[str, int]:
         """Bytes held all call long per device: the tasks' resident bytes where they live (on
-        the stream host for streamed weights) and what they hold elsewhere."""
+        the stream host for streamed weights), what they hold elsewhere, and the weights copied
+        once to a second device (``replicas``)."""
         held: dict[str, int] = {}
         for t in self.tasks:
             for device, nbytes in [(t.streamed_from or t.device, t.resident_bytes), *t.held_elsewhere.items()]:
                 held[device] = held.get(device, 0) + nbytes
+        for r in self.replicas:
+            held[r.dst_device] = held.get(r.dst_device, 0) + r.nbytes
         return held
 
     @property
@@ -465,11 +472,12 @@ def make_plan(
     transfers, saved = choose_compression(transfers, graph, problem.topology, compression)
     ev = evaluate(problem, solution.assignment, solution.streamed)
     busy = {d: b - saved.get(d, 0.0) for d, b in ev.busy_s.items()}
-    forward, backward_busy = ev, {}
+    forward, backward_busy, backward_s = ev, {}, 0.0
     if any(t.backward_time_s or t.step_time_s for t in problem.tasks):
         forward = evaluate(problem.forward_only(), solution.assignment, solution.streamed)
         passes = evaluate(problem.without_step(), solution.assignment, solution.streamed)
         backward_busy = {d: b - forward.busy_s.get(d, 0.0) for d, b in passes.busy_s.items()}
+        backward_s = passes.time_s - forward.time_s
     total_saved = sum(saved.values())
     watts = {d: power_W(problem, d) for d in ev.busy_s}  # (active, idle)
     saved_J = sum((watts[d][0] - watts[d][1]) * s for d, s in saved.items()) + total_saved * sum(
@@ -502,6 +510,7 @@ def make_plan(
         predicted_busy_s={d: b - saved.get(d, 0.0) for d, b in forward.busy_s.items()},
         predicted_forward_s=forward.time_s - total_saved,
         predicted_backward_busy_s=backward_busy,
+        predicted_backward_s=backward_s,
         predicted_optimizer_s=sum(
             t.step_time_s.get(d, 0.0) for t, d in zip(problem.tasks, solution.assignment)
         ),

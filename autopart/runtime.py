@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 
 import torch
 import torch.fx
+from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 from torch.utils._pytree import tree_leaves
 from torch.utils.weak import WeakIdKeyDictionary
 
@@ -94,7 +95,7 @@ class StaticCopyCache:
         """The copy of ``original`` on ``device``, and whether it had to be made now.
 
         A copy is reused while the original is the same tensor with the same storage and
-        version counter.
+        version counter (which fused optimizer steps bump too: :func:`_fused_steps_count`).
         """
         key = (id(original), device)
         entry = self.entries.get(key)
@@ -105,6 +106,9 @@ class StaticCopyCache:
             and entry.data_ptr == original.data_ptr()
         ):
             return entry.moved, False
+        global _FUSED_HOOK
+        if _FUSED_HOOK is None:
+            _FUSED_HOOK = register_optimizer_step_post_hook(_fused_steps_count)
         with torch.inference_mode(False), torch.no_grad():  # a normal tensor, with a version counter
             moved = original.to(device)
         if entry is None or entry.original() is not original:
@@ -126,6 +130,21 @@ class StaticCopyCache:
                 entry.moved_version = entry.moved._version
                 count += 1
         return count
+
+
+_FUSED_HOOK: Any = None
+"""The handle of :func:`_fused_steps_count`, registered with the first copy."""
+
+
+def _fused_steps_count(optimizer: torch.optim.Optimizer, *_: Any) -> None:
+    """Step post-hook of every optimizer: a fused update (``fused=True``) changes parameters
+    without bumping their version counters, as torch.optim's other updates do; bump them, so
+    that :class:`StaticCopyCache` copies them again."""
+    for group in optimizer.param_groups:
+        if group.get("fused"):
+            for param in group["params"]:
+                if param.grad is not None:
+                    torch.autograd.graph.increment_version(param)
 
 
 def _version(tensor: torch.Tensor) -> int:
@@ -165,7 +184,7 @@ def move_parameter(param: torch.Tensor, device: torch.device) -> None:
             param.grad = param.grad.to(device)
     _MOVED[param] = param.data_ptr()
     if _STATE_HOOK is None:
-        _STATE_HOOK = torch.optim.optimizer.register_optimizer_step_pre_hook(_state_follows_parameters)
+        _STATE_HOOK = register_optimizer_step_pre_hook(_state_follows_parameters)
 
 
 def _state_follows_parameters(optimizer: torch.optim.Optimizer, *_: Any) -> None:
@@ -242,7 +261,9 @@ class PartitionTimer:
 
     Forward: pre- and post-hooks take the wall clock on a CPU partition, and record CUDA events
     on the current stream of a GPU partition's device, read once they are complete
-    (:meth:`seconds`). A partition run several times in a call (micro-batches) adds up.
+    (:meth:`seconds`). A partition run several times in a call (micro-batches) adds up. The
+    time an :class:`InductorPartition` spends compiling (for a new input signature, inside a
+    timed call) is left out.
 
     Backward, when a call records autograd history: the forward post-hook walks the autograd
     graph the partition just built, from its outputs' ``grad_fn`` back to its inputs' (leaves'
@@ -259,6 +280,8 @@ class PartitionTimer:
 
     def __init__(self, module: torch.fx.GraphModule, devices: dict[str, torch.device]) -> None:
         self.enabled = False
+        self.call_compile_s = 0.0
+        """Seconds Inductor spent compiling partitions in the current call (left out)."""
         self._total_s: dict[str, float] = dict.fromkeys(devices, 0.0)
         self._backward_s: dict[str, float] = dict.fromkeys(devices, 0.0)
         self._open: dict[str, Any] = {}
@@ -279,6 +302,7 @@ class PartitionTimer:
     def begin_call(self) -> None:
         """Mark the start of a timed call (before its partitions run)."""
         self._call += 1
+        self.call_compile_s = 0.0
         self._claimed.clear()
         for call in [c for c in self._spans if c < self._call - 1]:  # their backward has run
             self._fold(call)
@@ -296,13 +320,13 @@ class PartitionTimer:
             return event
         return time.perf_counter()
 
-    def _add(self, totals: dict[str, float], name: str, device: torch.device, start: Any) -> None:
+    def _add(self, totals: dict[str, float], name: str, device: torch.device, start: Any, less_s: float = 0.0) -> None:
         if device.type == "cuda":
-            self._pending.append((totals, name, start, self._clock(device)))
+            self._pending.append((totals, name, start, self._clock(device), less_s))
             if len(self._pending) > 1024:  # bound what waits to be read
                 self._read()
         else:
-            totals[name] += time.perf_counter() - start
+            totals[name] += time.perf_counter() - start - less_s
 
     def _start(self, name: str, device: torch.device, _module: Any, args: tuple[Any, ...]) -> None:
         if not self.enabled:
@@ -313,11 +337,13 @@ class PartitionTimer:
                 id(t.grad_fn) for t in tree_leaves(args) if isinstance(t, torch.Tensor) and t.grad_fn is not None
             }
 
-    def _stop(self, name: str, device: torch.device, _module: Any, _args: Any, output: Any) -> None:
+    def _stop(self, name: str, device: torch.device, module: Any, _args: Any, output: Any) -> None:
         start = self._open.pop(name, None)
         if start is None:
             return
-        self._add(self._total_s, name, device, start)
+        compile_s = module.take_compile_s() if isinstance(module, InductorPartition) else 0.0
+        self.call_compile_s += compile_s
+        self._add(self._total_s, name, device, start, compile_s)
         boundary = self._boundary.pop(name, None)
         if boundary is not None:
             for node in self._backward_nodes(output, boundary):
@@ -359,9 +385,9 @@ class PartitionTimer:
         node.register_hook(post)
 
     def _read(self) -> None:
-        for totals, name, start, end in self._pending:
+        for totals, name, start, end, less_s in self._pending:
             end.synchronize()
-            totals[name] += start.elapsed_time(end) / 1e3
+            totals[name] += start.elapsed_time(end) / 1e3 - less_s
         self._pending.clear()
 
     def seconds(self) -> dict[str, float]:
@@ -451,7 +477,7 @@ class PlacedGraph:
         elapsed = time.perf_counter() - start
         if self.timer is not None and self.timer.enabled:
             self.metrics.num_monitored_calls += 1
-            self.metrics.monitored_call_s += elapsed
+            self.metrics.monitored_call_s += elapsed - self.timer.call_compile_s
         self.metrics.num_calls += 1
         self.metrics.last_call_s = elapsed
         self.metrics.total_call_s += elapsed
@@ -605,6 +631,14 @@ class InductorPartition(torch.nn.Module):
         self.compiled: dict[tuple, Callable[..., Any]] = {}
         self.failed: str | None = None
         self._only: Callable[..., Any] | None = None
+        self.compile_s = 0.0
+        """Seconds spent compiling since :meth:`take_compile_s` last took them."""
+
+    def take_compile_s(self) -> float:
+        """The seconds spent compiling since the last call of this (``monitor`` leaves them out
+        of the partition's time: a new input signature compiles inside a timed call)."""
+        seconds, self.compile_s = self.compile_s, 0.0
+        return seconds
 
     def forward(self, *args: Any) -> Any:
         if self._only is not None:
@@ -614,6 +648,7 @@ class InductorPartition(torch.nn.Module):
         key = (torch.is_grad_enabled(), *(_signature(a) for a in args))
         fn = self.compiled.get(key)
         if fn is None:
+            start = time.perf_counter()
             try:
                 from torch._inductor.compile_fx import compile_fx  # noqa: PLC0415 (heavy import)
 
@@ -621,6 +656,7 @@ class InductorPartition(torch.nn.Module):
                 if self.dynamo is not None:
                     self.dynamo.apply(fresh)
                 fn = self.compiled[key] = compile_fx(fresh, list(args))
+                self.compile_s += time.perf_counter() - start
             except Exception as exc:  # noqa: BLE001 - any Inductor failure: run the partition eagerly
                 self.failed = f"{type(exc).__name__}: {exc}"
                 warnings.warn(

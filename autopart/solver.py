@@ -23,12 +23,16 @@ Constraints
     integral :math:`x` and tightens the relaxation: GPT-2 on 4 GPUs solves in 0.1 s, not 0.8 s.
     memory (:func:`add_memory`): for each device :math:`d` with capacity :math:`M_d` and each
     task position :math:`i`,
-    :math:`\sum_{t,e} R_{t,e,d} x_{t,e} + P_i x_{i,d} + \sum_{l:\,p(l) \le i \le e(l)} b_l x_{p(l),d} \le M_d`
+    :math:`\sum_{t,e} R_{t,e,d} x_{t,e} + P_i x_{i,d} + \sum_{l:\,p(l) \le i \le e(l)} b_l x_{p(l),d}
+    + \sum_{v:\,f(v) \le i \le g(v)} \sum_s b_v y_{v,s,d} \le M_d`
     with :math:`R_{t,e,d}` the resident bytes (weights held all call long) task :math:`t`
     holds on :math:`d` when it runs on :math:`e` (:meth:`~autopart.coarsen.Task.held_bytes`:
     all of them on :math:`e`, except that a trainable parameter copied to :math:`e` every step
-    keeps its gradient and optimizer state where it lives) and :math:`P_i` the peak of
-    activations born and dead inside task :math:`i`. This is an upper bound on the true peak.
+    keeps its gradient and optimizer state where it lives), :math:`P_i` the peak of
+    activations born and dead inside task :math:`i`, and the last sum the copies :math:`d`
+    receives, each held from the value's first reader :math:`f(v)` to its last :math:`g(v)`
+    (``Value.received_span``; the runtime copies it before its first reader on :math:`d` and
+    frees it after its last there). This is an upper bound on the true peak.
     Activation terms are multiplied by ``PlacementProblem.activation_copies`` (1: autopart's
     pipelines split one call, whose micro-batches together hold one call's activations; more
     for an offline experiment that models several calls in flight).
@@ -39,6 +43,10 @@ Constraints
     (:math:`R_t (x_{t,d} - z_{t,d})`, plus :math:`R_t z_{t,d}` only while task :math:`t` runs)
     to :math:`h(d)` (:math:`R_t z_{t,d}` all call long), and :math:`d` is busy
     :math:`z_{t,d}(\alpha_{h,d} + R_t/\beta_{h,d})` more per call (no prefetch overlap assumed).
+    The runtime copies a streamed task's first weights one layer ahead, while the tasks before it
+    run, so at position :math:`i`, :math:`d` also holds
+    :math:`a_{i,d} \ge \max_{t > i} F_t z_{t,d}` (:math:`F_t`: ``Task.prefetch_bytes``; as
+    :math:`a_{i,d} \ge a_{i+1,d}`, :math:`a_{i,d} \ge F_{i+1} z_{i+1,d}`).
     So the ILP chooses, per task, between computing on the CPU and streaming to a GPU. Not for
     training problems (``PlacementProblem.training``), whose :math:`R_t` also holds gradients,
     optimizer state and saved activations that stay on the device.
@@ -113,8 +121,8 @@ directions counted on each task and edge; the send and the return are charged to
 
 Not modelled (yet): the order of tasks on one device (the makespan relaxation above), a
 copy's time on the sending device and on the link (it is charged to the receiver only), overlap
-of a streamed weight's copy with earlier tasks (the runtime prefetches one layer ahead), copies
-held on the receiving device, and pipelining across calls. A throughput plan that streams
+of a streamed weight's copy with earlier tasks in time (the runtime prefetches one layer ahead;
+its memory is counted), and pipelining across calls. A throughput plan that streams
 weights runs whole batches (micro-batches would copy the weights once each), so its devices'
 shares of a call do not overlap as the throughput objective assumes.
 
@@ -334,13 +342,29 @@ def evaluate(
     for w in problem.shared:  # a copy of the weight on each other device that reads it
         for d in {assignment[c] for c in w.readers} - {assignment[w.home]}:
             resident[d] = resident.get(d, 0) + w.nbytes
+    managed = set(problem.devices)  # a device without capacity is outside the plan (the user's)
+    received = [
+        (v.received_span, dst, copies * v.nbytes)
+        for v in problem.values
+        for dst in {assignment[c] for c in v.consumers} - {assignment[v.producer]}
+        if dst in managed
+    ]
     for i, (t, d) in enumerate(zip(tasks, assignment)):
         live = dict(resident)
         live[d] = live.get(d, 0) + copies * t.peak_bytes + (t.resident_bytes if i in streamed else 0)
+        ahead: dict[str, int] = {}  # the first weights of tasks streamed later, copied ahead
+        for j in streamed:
+            if j > i:
+                ahead[assignment[j]] = max(ahead.get(assignment[j], 0), tasks[j].prefetch_bytes)
+        for dev, nbytes in ahead.items():
+            live[dev] = live.get(dev, 0) + nbytes
         for r in problem.live_ranges:
             if r.producer <= i <= r.last:
                 owner = assignment[r.producer]
                 live[owner] = live.get(owner, 0) + copies * r.nbytes
+        for (first, last), dst, nbytes in received:
+            if first <= i <= last:
+                live[dst] = live.get(dst, 0) + nbytes
         for dev, nbytes in live.items():
             peak[dev] = max(peak.get(dev, 0), nbytes)
     max_power = sum(power_W(problem, d)[0] for d in busy)
@@ -447,7 +471,7 @@ def _resident_words(problem: PlacementProblem, fix: str) -> tuple[str, str]:
     if not problem.training:
         return "parameters and buffers", fix
     return (
-        "parameters, buffers, gradients, optimizer state and activations saved for backward",
+        "parameters, buffers, gradients, optimizer state and temporaries, and activations saved for backward",
         fix + "; it is planned for training because gradients are enabled: run inference under "
         "torch.no_grad(), or name a lighter optimizer (optimizer='sgd', or 'none' for no training step)",
     )
@@ -480,6 +504,7 @@ def greedy_placement(problem: PlacementProblem) -> tuple[str, ...] | None:
     for headroom in (1.0, 0.9, 0.75, 0.5):
         assignment: list[str] = []
         used = {d: 0 for d in devices}
+        received: dict[tuple[int, str], tuple[int, int]] = {}  # (value id, device) -> last step, bytes
         for i, task in enumerate(problem.tasks):
             if task.fixed_device:
                 assignment.append(task.fixed_device)
@@ -490,11 +515,16 @@ def greedy_placement(problem: PlacementProblem) -> tuple[str, ...] | None:
             for r in problem.live_ranges:
                 if r.producer < i <= r.last and assignment[r.producer] in live:
                     live[assignment[r.producer]] += r.nbytes
+            for (vid, dst), (last, nbytes) in received.items():
+                if i <= last and dst in live:
+                    live[dst] += nbytes
             own = sum(r.nbytes for r in problem.live_ranges if r.producer == i)
             best, best_cost = None, float("inf")
             for d in devices:
                 held = task.held_bytes(d)
-                need = used[d] + live[d] + own + held.get(d, 0) + task.peak_bytes
+                incoming = sum(v.nbytes for v in readers.get(i, ())
+                               if assignment[v.producer] != d and (id(v), d) not in received)
+                need = used[d] + live[d] + own + incoming + held.get(d, 0) + task.peak_bytes
                 if need > headroom * problem.capacity_bytes[d] or any(
                     used.get(h, 0) + b > headroom * problem.capacity_bytes.get(h, 0)
                     for h, b in held.items() if h != d
@@ -512,6 +542,9 @@ def greedy_placement(problem: PlacementProblem) -> tuple[str, ...] | None:
             assignment.append(best)
             for home, nbytes in task.held_bytes(best).items():
                 used[home] = used.get(home, 0) + nbytes
+            for v in readers.get(i, ()):
+                if assignment[v.producer] != best:
+                    received.setdefault((id(v), best), (v.received_span[1], v.nbytes))
         else:
             ev = evaluate(problem, assignment)
             if all(ev.peak_bytes.get(d, 0) <= problem.capacity_bytes[d] for d in devices):
@@ -549,6 +582,7 @@ class _Model:
         self.unit = self.time_unit_s  # the objective's unit (set by add_objective)
         self.z: dict[tuple[int, str], pulp.LpVariable] = {}  # streamed weights (add_streaming)
         self.r: dict[tuple[int, str], pulp.LpVariable] = {}  # weight copies (add_shared_weights)
+        self.ahead: dict[tuple[str, int], pulp.LpVariable] = {}  # weights copied ahead, / capacity (add_memory)
         self.makespan: pulp.LpVariable | None = None  # C, in time_unit_s (add_precedence)
         self.start: list[pulp.LpVariable] = []  # S_t, in time_unit_s (add_precedence)
         self.w: dict[tuple[int, int, str, str], pulp.LpVariable] = {}  # per reader (add_precedence)
@@ -637,16 +671,35 @@ def add_memory(m: _Model) -> None:
             if stream_host(p, dev) == d
         ]
         resident += [(r, p.shared[wi].nbytes / cap) for (wi, dev), r in m.r.items() if dev == d]
+        # a[i] >= the first weights of each task after i streamed to d (copied ahead)
+        ahead: dict[int, pulp.LpVariable] = {}
+        for i in range(len(p.tasks) - 2, -1, -1):
+            later = [ahead[i + 1]] if i + 1 in ahead else []
+            later += [m.z[i + 1, d] * (p.tasks[i + 1].prefetch_bytes / cap)] if (i + 1, d) in m.z else []
+            if later:
+                a = ahead[i] = m.ahead[d, i] = m.variable(f"ahead_{len(m.ahead)}", 0, None)
+                for k, bound in enumerate(later):
+                    m.prob += a >= bound, f"ahead_{len(m.ahead)}_{k}"
         copies = p.activation_copies
+        received = []  # (span, terms) of the copies d receives
+        for vi, v in enumerate(p.values):
+            incoming = [m.y[vi, s, d] for s in m.allowed[v.producer] if (vi, s, d) in m.y]
+            if incoming:
+                received.append((v.received_span, [(y, copies * v.nbytes / cap) for y in incoming]))
         for i, task in enumerate(p.tasks):
             terms = list(resident)
             if (i, d) in m.z:  # the streamed copy, while the task runs
                 terms.append((m.z[i, d], task.resident_bytes / cap))
+            if i in ahead:
+                terms.append((ahead[i], 1.0))
             if task.peak_bytes and (i, d) in m.x:
                 terms.append((m.x[i, d], copies * task.peak_bytes / cap))
             for r in p.live_ranges:
                 if r.producer <= i <= r.last and (r.producer, d) in m.x:
                     terms.append((m.x[r.producer, d], copies * r.nbytes / cap))
+            for (first, last), incoming in received:  # copies received from other devices
+                if first <= i <= last:
+                    terms += incoming
             if terms:
                 m.prob += pulp.LpAffineExpression(_sum_terms(terms)) <= 1.0, f"mem_{d}_{i}"
 
@@ -1083,6 +1136,7 @@ def warm_start_values(m: _Model, assignment: tuple[str, ...]) -> dict[pulp.LpVar
     """Values of every variable for a given placement."""
     values = {var: float(assignment[t] == d) for (t, d), var in m.x.items()}
     values.update({z: 0.0 for z in m.z.values()})
+    values.update({var: 0.0 for var in m.ahead.values()})  # starting points stream nothing
     for (wi, d), r in m.r.items():
         w = m.problem.shared[wi]
         values[r] = float(assignment[w.home] != d and any(assignment[c] == d for c in w.readers))

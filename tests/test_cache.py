@@ -62,7 +62,8 @@ def test_fingerprint_is_stable_and_names_what_it_keys(discovered):
     assert fingerprint(discovered) == fingerprint(discovered)
     assert len(fingerprint(discovered)) == 64
     assert inputs["hostname"] == socket.gethostname()
-    cpu = {"name": "cpu", "kind": "cpu", "model": discovered.device("cpu").model}
+    cpu = {"name": "cpu", "kind": "cpu", "model": discovered.device("cpu").model,
+           "memory_bytes": discovered.device("cpu").memory_bytes}
     assert cpu in inputs["devices"]
     for key in ("torch", "autopart", "cuda_runtime", "cuda_driver", "num_threads",
                 "profile_format"):
@@ -74,6 +75,14 @@ def test_fingerprint_changes_with_host(discovered, monkeypatch):
     before = fingerprint(discovered)
     monkeypatch.setattr(socket, "gethostname", lambda: "another-host")
     assert fingerprint(discovered) != before
+
+
+def test_fingerprint_changes_with_memory(discovered):
+    """A VM or container resized in place keeps its host name: its memory keys the profile too."""
+    cpu = discovered.device("cpu")
+    smaller = dataclasses.replace(cpu, memory_bytes=cpu.memory_bytes // 4)
+    resized = dataclasses.replace(discovered, devices=tuple(smaller if d is cpu else d for d in discovered.devices))
+    assert fingerprint(resized) != fingerprint(discovered)
 
 
 def test_cache_path_and_default_folder(tmp_path):

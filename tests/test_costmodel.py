@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import weakref
 
 import pytest
 import torch
@@ -11,6 +12,8 @@ from _util import make_device, make_topology
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 import autopart
 import autopart.passes.training
@@ -208,7 +211,70 @@ def test_saved_activations_match_what_autograd_saves():
     assert tm.saved_activation_bytes == _saved_by_autograd(model, x)
     assert tm.parameter_bytes == tm.gradient_bytes == param_bytes
     assert tm.optimizer_state_bytes == 2 * param_bytes
-    assert tm.total_bytes == 4 * param_bytes + tm.saved_activation_bytes + tm.forward_peak_bytes
+    assert tm.total_bytes == (4 * param_bytes + tm.saved_activation_bytes + tm.forward_peak_bytes
+                              + tm.optimizer_temporary_bytes)
+
+
+class _LiveBytes(TorchDispatchMode):
+    """The most bytes of tensors made under it (not in place) alive at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = self.peak = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if not func.overloadpacket.__name__.endswith("_"):
+            for t in tree_leaves(out):
+                if isinstance(t, torch.Tensor):
+                    nbytes = t.untyped_storage().nbytes()
+                    self.live += nbytes
+                    self.peak = max(self.peak, self.live)
+                    weakref.finalize(t.untyped_storage(), self._free, nbytes)
+        return out
+
+    def _free(self, nbytes: int) -> None:
+        self.live -= nbytes
+
+
+class _FlatParameters(nn.Module):
+    """Four 16x16 weights that are views of one flat storage (as apex or FSDP make them)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        flat = torch.randn(4 * 256)
+        self.weights = nn.ParameterList(nn.Parameter(flat[i * 256:(i + 1) * 256].view(16, 16)) for i in range(4))
+
+    def forward(self, x):
+        for w in self.weights:
+            x = torch.tanh(x @ w)
+        return x
+
+
+def test_parameters_sharing_one_storage_get_gradients_and_state_of_their_own_size():
+    model = _FlatParameters()
+    assert len({p.untyped_storage().data_ptr() for p in model.parameters()}) == 1
+    _, tm = _analysed_for_training(model, torch.randn(4, 16))
+    assert tm.gradient_bytes == 4 * 256 * 4  # not four times the flat storage
+    assert tm.optimizer_state_bytes == 2 * tm.gradient_bytes
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_adams_temporaries_are_reserved(foreach):
+    """Adam's update makes temporaries (``sqrt``, division) while gradients and state are
+    alive: one parameter's at a time, or all at once with ``foreach`` (torch.optim's default
+    on GPUs). The training report reserves at least what a real step holds at once."""
+    torch.manual_seed(0)
+    model, x = _Net(), torch.randn(4, 16)
+    _, tm = _analysed_for_training(model, x)
+    optimizer = torch.optim.Adam(model.parameters(), foreach=foreach)
+    for _ in range(2):  # the first step makes the state
+        model(x).sum().backward()
+        live = _LiveBytes()
+        with live:
+            optimizer.step()
+    param_bytes = sum(p.numel() * 4 for p in model.parameters())
+    assert 0 < live.peak <= tm.optimizer_temporary_bytes <= 2 * param_bytes
 
 
 @pytest.mark.parametrize("optimizer, per_byte", [("adam", 3), ("sgd_momentum", 2), ("sgd", 1), ("none", 0)])

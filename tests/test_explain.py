@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from _util import make_device, make_topology
@@ -129,6 +131,12 @@ def test_explain_refuses_a_problem_the_plan_was_not_solved_from():
     plan = _inference_plan()
     with pytest.raises(ValueError, match="has other tasks than the problem; pass the problem it was solved from"):
         explain(plan, _two_devices())
+    comp = autopart.compilations()[-1]
+    assert comp.plan is plan
+    other = dataclasses.replace(comp.problem, capacity_bytes={**comp.problem.capacity_bytes, "cuda:0": 1})
+    with pytest.raises(ValueError, match=r"was solved for topology 'test' with capacities .* the problem is for "
+                                         r"'test' with .*'cuda:0': 1.*; pass the problem it was solved from"):
+        explain(plan, other)
 
 
 def test_a_graph_run_as_captured_has_nothing_to_explain():

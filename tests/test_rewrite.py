@@ -289,5 +289,8 @@ def test_a_tied_weight_read_on_two_devices_is_copied_once(capture):
     assert [(r.src_device, r.dst_device) for r in plan.replicas] in ([("cuda:0", "cuda:1")], [("cuda:1", "cuda:0")])
     assert plan.replicas[0].nbytes == 64 * 64 * 4
     assert not any(t.source_node == plan.replicas[0].source_node for t in plan.transfers)
+    copy_holder = plan.replicas[0].dst_device  # holds the copy all call long, as evaluate counts it
+    assert plan.resident_bytes[copy_holder] == 64 * 64 * 4 + sum(
+        t.resident_bytes for t in plan.tasks if t.device == copy_holder)
     for out in outs:
         torch.testing.assert_close(out, model(ids))

@@ -7,6 +7,7 @@ import copy
 import dataclasses
 import gc
 import re
+import threading
 import time
 import warnings
 import weakref
@@ -224,6 +225,31 @@ def test_a_model_built_under_inference_mode_runs_split_under_inference_mode(monk
     assert CPU0 in runner.static_moves.values() and runner.metrics.num_static_copies == 2  # first call only
 
 
+def test_weights_copied_to_another_device_are_copied_again_after_a_fused_optimizer_step(monkeypatch):
+    """A fused update (``fused=True``) leaves the version counters as they were; autopart bumps
+    them after the step, so that the next call copies the updated weights (one GPU of the plan
+    mapped onto ``cpu:0``, whose weights go through the copy cache)."""
+    monkeypatch.setattr("autopart.rewrite.local_devices", lambda: ["cpu", "cpu:0"])
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 32), nn.Tanh())
+    weight_bytes = sum(p.numel() * 4 for p in model.parameters())
+    topo = make_topology([make_device("cpu"), make_device("cuda:0"), make_device("cuda:1")])
+    backend = autopart.backend(topology=topo, device_map={"cpu": "cpu", "cuda:0": "cpu", "cuda:1": "cpu:0"},
+                               strict=True, max_memory={"cpu": 0, "cuda:0": int(weight_bytes * 0.8),
+                                                        "cuda:1": int(weight_bytes * 0.8)})
+    compiled = torch.compile(model, backend=backend)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1, fused=True)
+    x = torch.randn(4, 32)
+    for _ in range(3):
+        with torch.no_grad():
+            torch.testing.assert_close(compiled(x), model(x))
+        model(x).square().mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    runner = backend.compilations[0].runner
+    assert CPU0 in runner.static_moves.values() and runner.metrics.num_static_copies == 3 * 2
+
+
 # --------------------------------------------------------------------------- compression
 
 
@@ -238,7 +264,7 @@ class Wide(nn.Module):
         return self.b(torch.tanh(self.a(x)))
 
 
-def _slow_link_options(model: nn.Module, link_gbps: float, headroom: int = 2**20, **extra) -> dict:
+def _slow_link_options(model: nn.Module, link_gbps: float, headroom: int = 2 * 2**20, **extra) -> dict:
     """Two GPUs, each holding one half and ``headroom`` bytes, joined by a link of ``link_gbps``."""
     half = max(p.numel() * 4 for p in model.parameters()) + 2**16
     topo = make_topology([make_device("cpu", tflops=0.001), make_device("cuda:0"), make_device("cuda:1")],
@@ -360,15 +386,33 @@ def test_a_static_graph_on_one_device_calls_the_inductor_compiled_graph_itself()
 def _mlp_on_gpus(gpus: int = 2, training: bool = False, squash: bool = True, **options):
     """Mlp compiled for ``gpus`` identical GPUs (mapped onto the CPU), each holding one of its
     two linears: the plan uses two of them. ``training``: room for Adam's training memory (a
-    parameter, its gradient and two state tensors), for calls with gradients."""
+    parameter, its gradient, two state tensors and the update's two temporaries), for calls with
+    gradients."""
     torch.manual_seed(0)
     model = Mlp(squash=squash).eval()
     weight_bytes = sum(p.numel() * 4 for p in model.parameters())
     topo = make_topology([make_device("cpu"), *(make_device(f"cuda:{i}") for i in range(gpus))])
-    cap = int(weight_bytes * (4 if training else 1) * 0.75)
+    cap = int(weight_bytes * (6 if training else 1) * 0.75)
     backend = autopart.backend(topology=topo, device_map="cpu",
                                max_memory={"cpu": 0, **{f"cuda:{i}": cap for i in range(gpus)}}, **options)
     return model, backend, torch.compile(model, backend=backend)
+
+
+def test_models_compiled_one_after_another_leave_nothing_behind():
+    """A sweep: each new model reuses the graph with its own parameters, a plan of its own; a
+    deleted model's plan is forgotten, and its worker thread stopped, when the next comes."""
+    model, backend, _ = _mlp_on_gpus(3)
+    x = torch.randn(8, 32)
+    workers = threading.active_count()
+    for _ in range(6):
+        compiled = torch.compile(model, backend=backend)
+        with torch.no_grad():
+            torch.testing.assert_close(compiled(x), model(x))
+        del model, compiled
+        gc.collect()
+        model = Mlp().eval()
+    assert len(backend.compilations) <= 2  # the graph's own, and the last model's
+    assert threading.active_count() <= workers + 2
 
 
 def _inference_plan() -> autopart.Plan:
@@ -408,6 +452,27 @@ def test_monitor_times_each_device_and_reports_against_the_plan():
     predicted = comp.plan.predicted_busy_s["cuda:1"]
     assert row[1:] == ["cpu", f"{predicted * 1e3:.3f}", "ms", f"{busy['cuda:1'] * 1e3:.3f}", "ms",
                        f"{busy['cuda:1'] / predicted:.2f}x"]
+
+
+def test_monitor_leaves_out_the_time_inductor_spends_compiling(monkeypatch):
+    """A dynamic graph's Inductor partitions compile again for a new batch size, inside a timed
+    call: that time is not the devices' (Inductor is stood in for by a 0.2 s compile)."""
+
+    def slow_compile(gm, example_inputs):
+        time.sleep(0.2)
+        return gm.forward
+
+    monkeypatch.setattr("torch._inductor.compile_fx.compile_fx", slow_compile)
+    model, backend, _ = _mlp_on_gpus(strict=True, monitor=True, inner="inductor")
+    compiled = torch.compile(model, backend=backend, dynamic=True)
+    with torch.no_grad():
+        for batch in (8, 8, 5):  # the first call is not timed; the third compiles
+            x = torch.randn(batch, 32)
+            torch.testing.assert_close(compiled(x), model(x))
+    (comp,) = backend.compilations
+    assert comp.metrics.num_monitored_calls == 2
+    assert all(s < 0.1 for s in comp.runner.measured_busy_s().values()), comp.runner.measured_busy_s()
+    assert comp.metrics.monitored_call_s / comp.metrics.num_monitored_calls < 0.1
 
 
 def _slow_backward(comp, device: str, seconds: float) -> None:
@@ -456,6 +521,11 @@ def test_monitor_times_the_backward_of_each_device():
     predicted = plan.predicted_backward_busy_s["cuda:1"]
     assert row[-5:] == [f"{predicted * 1e3:.3f}", "ms", f"{busy['cuda:1'] * 1e3:.3f}", "ms",
                         f"{busy['cuda:1'] / predicted:.2f}x"]
+    # the call's backward as predicted: without the optimizer step, which is not timed (a chain)
+    call = next(line.split() for line in report.splitlines() if line.startswith("(call)"))
+    assert plan.predicted_optimizer_s > 0 and call[-5] == f"{plan.predicted_backward_s * 1e3:.3f}"
+    assert plan.predicted_backward_s == pytest.approx(
+        plan.predicted_time_s - plan.predicted_forward_s - plan.predicted_optimizer_s)
 
 
 def test_replan_sees_a_device_slower_than_planned_in_backward_alone():

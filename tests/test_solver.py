@@ -217,6 +217,34 @@ def test_a_training_value_sends_its_gradient_back_over_the_reverse_link():
     assert split.time_s == pytest.approx(2e-3 + forward + 2 * 2e-4 + 4 * MB / 1e9)
 
 
+def test_a_device_holds_the_copies_it_receives_from_first_to_last_reader():
+    # t0 on a makes 16 MB that t1 and t3 on b read: b holds the copy from t1 through t3.
+    p = _chain([{"a": 1e-3, "b": 1e-3}] * 4, [MB] * 4, {"a": 10**9, "b": 10**9}, 0)
+    wide = Value(producer=0, consumers=(1, 3), nbytes=16 * MB, count=1, nodes=("n0",))
+    p = dataclasses.replace(p, values=(wide,), live_ranges=(LiveRange(0, 3, 16 * MB),))
+    assert wide.received_span == (1, 3)
+    assert evaluate(p, ("a", "b", "a", "b")).peak_bytes == {"a": 2 * MB + 16 * MB, "b": 2 * MB + 16 * MB}
+    assert evaluate(p, ("a", "a", "a", "a")).peak_bytes == {"a": 4 * MB + 16 * MB}
+    # b has no room for the copy: its readers stay on a, though two tasks each would be faster
+    tight = dataclasses.replace(p, capacity_bytes={"a": 20 * MB, "b": 17 * MB})
+    sol = solve(tight, objective="throughput", min_split_gain=0.0)
+    assert sol.assignment[1] == sol.assignment[3] == "a" and sol.objective == pytest.approx(3e-3)
+
+
+def test_weights_streamed_later_are_held_from_the_copy_ahead():
+    """The runtime copies a streamed task's first weights while the tasks before it run (one
+    layer ahead): the device holds them from the start of the call up to that task."""
+    names = ["cpu", "cuda:0"]
+    topo = make_topology([make_device(n) for n in names], link_gbps=10.0, latency_s=0.0)
+    tasks = tuple(Task(f"t{i}", (f"n{i}",), {"cpu": 1e-3, "cuda:0": 1e-3}, resident_bytes=8 * MB,
+                       unit_bytes=(0, 3 * MB, 5 * MB)) for i in range(3))
+    p = PlacementProblem(tasks, (), (), {"cpu": 10**9, "cuda:0": 10**9}, topo)
+    assert tasks[0].prefetch_bytes == 3 * MB
+    ev = evaluate(p, ("cuda:0",) * 3, frozenset({1, 2}))
+    # at t1: its own 8 MB and t2's first 3 MB; t0's weights stay resident
+    assert ev.peak_bytes == {"cuda:0": 8 * MB + 8 * MB + 3 * MB, "cpu": 16 * MB}
+
+
 def test_forward_only_takes_out_backward_time_and_gradient_copies():
     p = _chain([{"a": 3.0, "b": 6.0}, {"a": 1.0, "b": 2.0}], [0, 0], {"a": 10**9, "b": 10**9}, 100)
     tasks = (dataclasses.replace(p.tasks[0], backward_time_s={"a": 2.0, "b": 4.0}), p.tasks[1])
@@ -530,7 +558,7 @@ def test_a_model_that_fits_only_by_streaming_is_solved(objective):
     values = [Value(producer=i, consumers=(i + 1,), nbytes=b * MB, count=1, nodes=(f"v{i}",)) for i, b in enumerate(sizes)]
     ranges = [LiveRange(producer=i, last=i + 1, nbytes=b * MB) for i, b in enumerate(sizes) if i > 0]
     p = PlacementProblem(tasks=tuple(tasks), values=tuple(values), live_ranges=tuple(ranges),
-                         capacity_bytes={"cpu": 30 * MB, "cuda:0": 74 * MB, "cuda:1": 49 * MB}, topology=topo)
+                         capacity_bytes={"cpu": 30 * MB, "cuda:0": 78 * MB, "cuda:1": 61 * MB}, topology=topo)
     sol = solve(p, objective=objective, mip_rel_gap=0.0, min_split_gain=0.0)
     assert sol.streamed  # nothing fits without streaming
     assert sol.objective == pytest.approx(brute_force(p, objective)[0], rel=1e-6)
@@ -658,14 +686,14 @@ def test_aggregated_bound_counts_each_streamed_class_at_its_own_bytes():
     their own 3 MB there each, not the large layer's 39 MB (a hypothesis counterexample)."""
     names = ["cpu", "cuda:0", "cuda:1"]
     topo = make_topology([make_device(n, tflops=1, gbps=20) for n in names], link_gbps=20, latency_s=0.0)
-    times = {"cpu": 0.0078125, "cuda:0": 0.0078125, "cuda:1": 0.00390625}
+    times = {"cpu": 0.0078125, "cuda:0": 0.0078125, "cuda:1": 0.001}
     tasks = (Task("in", ("x",), {}, fixed_device="cpu"),
              *(Task(f"t{i}", (f"n{i}",), dict(times), resident_bytes=r * MB) for i, r in enumerate([3, 39, 3, 3, 3])))
     p = PlacementProblem(tasks, tuple(Value(i, (i + 1,), MB, 1, (f"v{i}",)) for i in range(5)),
                          tuple(LiveRange(i, i + 1, MB) for i in range(1, 5)),
-                         {"cpu": 30 * MB, "cuda:0": 30 * MB, "cuda:1": 43 * MB}, topo)
+                         {"cpu": 30 * MB, "cuda:0": 30 * MB, "cuda:1": 47 * MB}, topo)
     best = brute_force(p, "throughput")
-    assert best[2]  # the best placement streams
+    assert best[2] == {1, 3, 4, 5}  # the best placement streams the small layers
     assert aggregated_bottleneck_bound_s(p) <= best[0] * (1 + 1e-6)
 
 

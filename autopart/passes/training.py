@@ -48,7 +48,7 @@ import torch.fx
 from torch.utils._pytree import tree_leaves, tree_map
 
 from .._compat import concrete_int
-from ..costmodel.ops import CostRecorder, OpCost, aten_op_cost
+from ..costmodel.ops import CostRecorder, OpCost, aten_op_cost, tensor_bytes
 from .cost import is_inplace
 from .memory import MemoryReport, storage_key, storage_nbytes
 from .records import record
@@ -73,6 +73,10 @@ class TrainingMemory:
     """Nodes that could not be re-run with gradients (counted as saving their inputs), or whose
     backward could not (costed as twice their forward ops)."""
 
+    optimizer_temporary_bytes: int = 0
+    """Temporaries of the optimizer's update (``step_temporary_bytes``), all at once as
+    torch.optim's ``foreach`` update makes them."""
+
     @property
     def total_bytes(self) -> int:
         return (
@@ -81,6 +85,7 @@ class TrainingMemory:
             + self.optimizer_state_bytes
             + self.saved_activation_bytes
             + self.forward_peak_bytes
+            + self.optimizer_temporary_bytes
         )
 
 
@@ -263,13 +268,14 @@ def training_memory_pass(
 
     state_per_byte = OPTIMIZER_STATE_PER_PARAM_BYTE[optimizer]
     trained_bytes = 0  # parameters that get a gradient
+    temporary_bytes = 0
     for node in nodes:
         rec = record(node)
         if rec.role != "parameter":
             rec.training_bytes, rec.step_ops, rec.step_temporary_bytes = rec.saved_bytes, (), 0
             continue
         trained = trainable(node) and optimizer != "none"
-        nbytes = sum(storage_nbytes(t) for t in _tensors(node_value(node))) if trained else 0
+        nbytes = tensor_bytes(node_value(node)) if trained else 0  # views of one flat storage: their own
         trained_bytes += nbytes
         rec.training_bytes = (1 + state_per_byte) * nbytes
         steps = [
@@ -278,6 +284,7 @@ def training_memory_pass(
         ]
         rec.step_ops = tuple(step.update for step in steps)
         rec.step_temporary_bytes = sum(step.temporary_bytes for step in steps)
+        temporary_bytes += rec.step_temporary_bytes
     return TrainingMemory(
         parameter_bytes=memory.resident_bytes,
         gradient_bytes=trained_bytes,
@@ -285,6 +292,7 @@ def training_memory_pass(
         saved_activation_bytes=saved_total,
         forward_peak_bytes=memory.peak_activation_bytes,
         unknown=tuple(unknown),
+        optimizer_temporary_bytes=temporary_bytes,
     )
 
 

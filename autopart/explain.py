@@ -74,7 +74,8 @@ def single_moves(
 
 
 def explain(plan: Plan, problem: PlacementProblem, max_rows: int = 40) -> str:
-    """A table of ``plan``'s tasks: where each runs and its time there, the device where it
+    """A table of ``plan``'s tasks: where each runs and its time there (its compute, and for
+    weights streamed from host memory, ``+`` their copy), the device where it
     would compute fastest, and what moving it alone would do (:func:`single_moves`): to its
     fastest device when it is elsewhere, else to the best other device (on identical devices,
     what keeps a task on its own). A first line counts the tasks kept off their fastest device
@@ -127,8 +128,10 @@ def explain(plan: Plan, problem: PlacementProblem, max_rows: int = 40) -> str:
             counts["memory" if move.delta is None else "cost" if move.delta >= 0 else "gain"] += 1
             why = told(move)
         device = placed.device + (f" <- {placed.streamed_from}" if placed.streamed_from else "")
-        rows.append([str(i), task.name[:48], device, _ms(task.time_s.get(placed.device, 0.0)),
-                     f"{fastest} ({_ms(task.time_s[fastest])})", why])
+        time = _ms(task.time_s.get(placed.device, 0.0))
+        if placed.stream_time_s:
+            time += f" + {_ms(placed.stream_time_s)} copy"
+        rows.append([str(i), task.name[:48], device, time, f"{fastest} ({_ms(task.time_s[fastest])})", why])
     head = (
         f"why {plan.graph_name} is placed as it is ({plan.objective_name}): {len(rows)} tasks that "
         f"compute (of the plan's {len(plan.tasks)}: the others hold inputs and outputs, or do no "

@@ -17,13 +17,14 @@ import torch
 
 from ._io import atomic_write_text, read_json
 from .coarsen import PlacementProblem, home_if_copied
+from .costmodel.energy import energy_J
 from .graph import AnnotatedGraph
 from .kernels.compression import packed_element_size
 from .passes.records import RESIDENT_ROLES
-from .solver import Solution, evaluate, power_W, stream_host
+from .solver import Solution, evaluate, power_W, stream_host, stream_time_s
 from .topology import Topology
 
-PLAN_FORMAT_VERSION = 7
+PLAN_FORMAT_VERSION = 8
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,8 @@ class TaskPlacement:
     streamed_from: str | None = None
     """The host device holding this task's weights, copied to ``device`` on every call (None:
     the weights live on ``device``)."""
+    stream_time_s: float = 0.0
+    """Seconds of that copy per call (0 when not streamed); ``time_s`` is the compute alone."""
     held_elsewhere: dict[str, int] = field(default_factory=dict)
     """Bytes the task holds on other devices, counted there rather than in ``resident_bytes``:
     the gradients and optimizer state of trainable parameters it copies to ``device`` every
@@ -84,16 +87,17 @@ class Plan:
     predicted_transfer_s: float
     """All copies of one call, seconds, overlapped or not."""
     predicted_bottleneck_s: float
-    """Time of the busiest device per call (per micro-batch when pipelined)."""
+    """Time of the busiest device per call (a pipeline's bottleneck; with micro-batches, each
+    takes its share of it)."""
     predicted_energy_J: float
-    """Energy of one call (devices without power figures count 0 W)."""
+    """Energy of one call (devices without power figures, ``energy_unknown``, count 0 W)."""
     predicted_peak_bytes: dict[str, int]
     capacity_bytes: dict[str, int]
     solver: str
     solver_status: str
     objective: float
     """Objective value of the chosen placement: seconds for ``"latency"`` and ``"throughput"``,
-    joules for ``"energy"``."""
+    joules for ``"energy"`` (without what compressed copies save: see ``compressed``)."""
     bound: float | None
     """Proven lower bound on the objective over all placements (None: unknown)."""
     gap: float | None
@@ -121,6 +125,9 @@ class Plan:
     """Per device, seconds of one backward pass of a training plan: its backward compute plus
     the gradients it sends back for the copies it received (what ``monitor`` measures as the
     device's backward); {} for a plan that runs no backward."""
+    energy_unknown: tuple[str, ...] = ()
+    """Devices the call powers that have no power figures (``max_power_W``): counted as 0 W
+    in ``predicted_energy_J``, which is too low by their energy."""
     predicted_backward_s: float = 0.0
     """Seconds of the backward pass of a training plan, the gradients' copies included (what
     ``monitor`` times as the backward's span): the makespan without the optimizer step
@@ -144,6 +151,13 @@ class Plan:
         """The solver's form of the plan: each task's device (in the order of the problem's
         tasks), and the indices of the tasks whose weights are streamed."""
         return tuple(t.device for t in self.tasks), frozenset(i for i, t in enumerate(self.tasks) if t.streamed_from)
+
+    @property
+    def compressed(self) -> bool:
+        """Whether some copy is compressed: then the predicted times count what compression
+        saves, and ``objective``, ``bound`` and ``gap`` (the solver's, which chose the placement
+        without compression) do not."""
+        return any(t.compression != "none" for t in self.transfers)
 
     @property
     def resident_bytes(self) -> dict[str, int]:
@@ -176,7 +190,9 @@ class Plan:
             f"autopart plan for {self.graph_name} on {self.topology_name} "
             f"(objective: {self.objective_name}{', for training' if self.training else ''})",
             f"solver {self.solver}: {self.solver_status}, objective {self._value(self.objective)}, "
-            f"bound {self._value(self.bound)}, gap {_pct(self.gap)}, {self.solve_time_s:.2f} s, "
+            f"bound {self._value(self.bound)}, gap {_pct(self.gap)}"
+            + (" (of the placement before compressing copies)" if self.compressed else "")
+            + f", {self.solve_time_s:.2f} s, "
             f"{self.num_variables} variables, {self.num_constraints} constraints",
             f"predicted time {_ms(self.predicted_time_s)} (compute "
             f"{_ms(self.predicted_compute_s)} and transfers {_ms(self.predicted_transfer_s)}, "
@@ -185,7 +201,9 @@ class Plan:
             + (f"; optimizer step {_ms(self.predicted_optimizer_s)}" if self.predicted_optimizer_s else "")
             + "); "
             f"busiest device {_ms(self.predicted_bottleneck_s)}; energy "
-            f"{self.predicted_energy_J:.3g} J; "
+            f"{self.predicted_energy_J:.3g} J"
+            + (f" (not counting {', '.join(self.energy_unknown)}: no power figures)" if self.energy_unknown else "")
+            + "; "
             f"{self.num_nodes} nodes in {len(self.tasks)} tasks on {len(self.devices_used)} "
             f"device(s): {', '.join(self.devices_used) or '-'}",
             "",
@@ -293,6 +311,7 @@ class Plan:
         unknown = sorted(set(d) - names)
         if missing or unknown:
             raise ValueError(f"plan JSON: missing fields {missing}, unknown fields {unknown}")
+        d["energy_unknown"] = tuple(d["energy_unknown"])
         for key, kind in (("tasks", TaskPlacement), ("transfers", Transfer), ("replicas", Transfer),
                           ("step_copies", Transfer)):
             try:
@@ -491,6 +510,7 @@ def make_plan(
             time_s=t.time_s.get(d, 0.0),
             resident_bytes=t.resident_bytes if i in hosts else t.held_bytes(d).get(d, 0),
             streamed_from=hosts.get(i),
+            stream_time_s=stream_time_s(problem, i, d) if i in hosts else 0.0,
             held_elsewhere={} if i in hosts else {h: b for h, b in t.held_bytes(d).items() if h != d},
         )
         for i, (t, d) in enumerate(zip(problem.tasks, solution.assignment))
@@ -515,6 +535,7 @@ def make_plan(
             t.step_time_s.get(d, 0.0) for t, d in zip(problem.tasks, solution.assignment)
         ),
         predicted_energy_J=ev.energy_J - saved_J,
+        energy_unknown=energy_J(ev.busy_s, ev.time_s, problem.topology).unknown,
         predicted_peak_bytes={d: ev.peak_bytes.get(d, 0) for d in problem.capacity_bytes},
         capacity_bytes=dict(problem.capacity_bytes),
         solver=solution.solver,

@@ -147,11 +147,15 @@ def _tasks(ax, plan: Plan, colors) -> None:
         width = t.time_s * 1e3
         ax.barh(0, width, left=start, color=colors[t.device], edgecolor="white", label=t.device)
         start += width
+        if t.stream_time_s:  # its weights' copy from the host, hatched
+            ax.barh(0, t.stream_time_s * 1e3, left=start, color=colors[t.device], edgecolor="white",
+                    hatch="//", label=f"{t.device}: weights copied from {t.streamed_from}")
+            start += t.stream_time_s * 1e3
     handles, labels = ax.get_legend_handles_labels()
     unique = dict(zip(labels, handles))
     ax.legend(unique.values(), unique.keys(), loc="upper right", ncols=min(len(unique), 6), fontsize="small")
     ax.set_yticks([])
-    ax.set_xlabel("ms (tasks in execution order, each as wide as its predicted time)")
+    ax.set_xlabel("ms (tasks in execution order, each as wide as its predicted time; hatched: streamed weights' copy)")
     ax.set_title(f"where the {sum(1 for t in plan.tasks if t.num_nodes and t.time_s > 0)} tasks run")
 
 

@@ -1269,6 +1269,20 @@ def test_last_plans_follows_the_most_recent_backend():
 # --------------------------------------------------------------------------- 7. plan round trip
 
 
+def test_a_plan_says_which_devices_its_energy_leaves_out(tmp_path):
+    """Devices without power figures count 0 W: the plan names them rather than show a total
+    silently too low (hand_topology's devices have none)."""
+    torch.manual_seed(0)
+    model = _mlp()
+    (plan,) = autopart.plan_model(model, torch.randn(2, 16), **split_options(model, hand=True))
+    assert set(plan.energy_unknown) >= set(plan.devices_used) and plan.predicted_energy_J == 0
+    assert f"energy 0 J (not counting {', '.join(plan.energy_unknown)}: no power figures)" in plan.summary()
+    plan.save(tmp_path / "p.json")
+    assert autopart.Plan.load(tmp_path / "p.json") == plan
+    powered = autopart.plan_model(model, torch.randn(2, 16), **split_options(model))[0]  # the preset's
+    assert powered.energy_unknown == () and "not counting" not in powered.summary()
+
+
 def test_plan_save_load_round_trip(tmp_path):
     torch.manual_seed(0)
     model = _mlp()

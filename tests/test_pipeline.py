@@ -370,7 +370,7 @@ def test_throughput_plans_pick_microbatches_themselves():
     assert comp.metrics.num_microbatches == auto_microbatches(len(comp.plan.devices_used), 32)
 
 
-def test_throughput_plans_that_stream_weights_run_whole_batches():
+def test_throughput_plans_that_stream_weights_run_whole_batches(tmp_path):
     # Two fast GPUs holding 40% of the weights each and a slow host: the plan streams
     # weights, which each micro-batch would copy again; the plan counts one copy per call.
     torch.manual_seed(0)
@@ -389,6 +389,12 @@ def test_throughput_plans_that_stream_weights_run_whole_batches():
     comp = backend.compilations[0]
     assert len(comp.plan.devices_used) >= 2 and any(t.streamed_from for t in comp.plan.tasks), comp.plan.summary()
     assert comp.metrics.num_microbatches == 1
+    # the copy of a task's streamed weights is its time too, and shown
+    assert all((t.stream_time_s > 0) == bool(t.streamed_from) for t in comp.plan.tasks if t.resident_bytes)
+    streamed = next(t for t in comp.plan.tasks if t.streamed_from)
+    assert f"+ {streamed.stream_time_s * 1e3:.3f} ms copy" in comp.explain()
+    comp.plot(tmp_path / "plan.png")  # hatched copies in the timeline
+    assert (tmp_path / "plan.png").stat().st_size > 0
 
 
 def test_num_microbatches_must_be_positive():

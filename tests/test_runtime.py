@@ -291,6 +291,9 @@ def test_compressed_copies_on_a_slow_link_stay_within_the_bound(method):
     # the user's inputs and outputs cross exactly
     assert all(t.compression == "none" for t in plan.transfers if "cpu" in (t.src_device, t.dst_device))
     assert plan.predicted_time_s < plain.predicted_time_s
+    # the solver's objective is the placement's before compression, and says so
+    assert plan.compressed and plan.objective == pytest.approx(plain.objective)
+    assert "(of the placement before compressing copies)" in plan.summary()
     # the copied activation's error (tanh is 1-Lipschitz) times the second layer's gain
     (copied,) = crossing
     hidden = before if copied.source_node.startswith("linear") else after

@@ -28,10 +28,10 @@ import os
 import shutil
 from typing import TYPE_CHECKING, Any
 
-from .config import check_type
+from .config import check_type, format_bytes
 from .graph import AnnotatedGraph
 from .passes.records import RESIDENT_ROLES
-from .plan import Plan
+from .plan import Plan, _ms
 
 if TYPE_CHECKING:
     import pydot
@@ -83,7 +83,7 @@ def plot_plan(
     fig.suptitle(
         f"autopart plan for {plan.graph_name} on {plan.topology_name} "
         f"({plan.objective_name}{', training' if plan.training else ''}): predicted "
-        f"{plan.predicted_time_s * 1e3:.3g} ms per call, {plan.solver_status}"
+        f"{_ms(plan.predicted_time_s)} per call, {plan.solver_status}"
     )
     _tasks(axes["tasks"], plan, colors)
     _busy(axes["busy"], plan, colors, measured_s, measured_backward_s)
@@ -176,7 +176,7 @@ def _busy(ax, plan: Plan, colors, measured_s, measured_backward_s) -> None:
             ax.scatter(devices, ys, color="black", marker=marker, zorder=3, label=label)
     title = "busy time per call, predicted"
     if plan.predicted_optimizer_s:
-        title += f" (and {plan.predicted_optimizer_s * 1e3:.3g} ms of optimizer step)"
+        title += f" (and {_ms(plan.predicted_optimizer_s)} of optimizer step)"
     ax.set_title(title)
     ax.set_ylabel("ms")
     ax.legend(fontsize="small")
@@ -206,7 +206,7 @@ def _flow(ax, plan: Plan, colors) -> None:
     pos = nx.circular_layout(graph)
     nx.draw_networkx(graph, pos, ax=ax, node_color=[colors.get(d, "grey") for d in graph.nodes],
                      node_size=1400, font_size=8, connectionstyle="arc3,rad=0.15", arrowsize=15)
-    labels = {(u, v): f"{d['nbytes'] / MiB:.3g} MiB" for u, v, d in graph.edges(data=True)}
+    labels = {(u, v): format_bytes(d["nbytes"]) for u, v, d in graph.edges(data=True)}
     nx.draw_networkx_edge_labels(graph, pos, edge_labels=labels, ax=ax, font_size=7,
                                  connectionstyle="arc3,rad=0.15")
     ax.set_title(f"copies per call between devices: {len(plan.transfers)} tensors")
@@ -265,7 +265,7 @@ def to_dot(plan: Plan, graph: AnnotatedGraph, *, weights: bool = False) -> pydot
             if a and b and a != b:
                 nbytes = graph.node(src).output_bytes
                 dot.add_edge(pydot.Edge(_quote(src), _quote(n.name), penwidth="2.5", color="#d62728",
-                                        label=_size(nbytes), fontsize="8"))
+                                        label=format_bytes(nbytes), fontsize="8"))
             else:
                 dot.add_edge(pydot.Edge(_quote(src), _quote(n.name)))
     return dot
@@ -291,6 +291,3 @@ def write_dot(dot: pydot.Dot, path: str | os.PathLike) -> None:
 def _quote(name: str) -> str:
     return '"' + name.replace('"', '\\"') + '"'
 
-
-def _size(nbytes: int) -> str:
-    return f"{nbytes / MiB:.3g} MiB" if nbytes >= MiB else f"{nbytes / 1024:.3g} KiB"

@@ -407,13 +407,16 @@ def test_models_compiled_one_after_another_leave_nothing_behind():
     model, backend, _ = _mlp_on_gpus(3)
     x = torch.randn(8, 32)
     workers = threading.active_count()
-    for _ in range(6):
-        compiled = torch.compile(model, backend=backend)
+
+    def run(model: nn.Module) -> None:
         with torch.no_grad():
-            torch.testing.assert_close(compiled(x), model(x))
-        del model, compiled
+            torch.testing.assert_close(torch.compile(model, backend=backend)(x), model(x))
+
+    run(model)
+    del model
+    for _ in range(5):
+        run(Mlp().eval())
         gc.collect()
-        model = Mlp().eval()
     assert len(backend.compilations) <= 2  # the graph's own, and the last model's
     assert threading.active_count() <= workers + 2
 

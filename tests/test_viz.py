@@ -18,6 +18,7 @@ from test_runtime import _inference_plan, _mlp_on_gpus  # noqa: E402
 
 import autopart  # noqa: E402
 from autopart.cli import main  # noqa: E402
+from autopart.config import format_bytes  # noqa: E402
 from autopart.graph import AnnotatedGraph  # noqa: E402
 from autopart.viz import MiB, check_picture_path, device_colors, plot_plan, to_dot, write_dot  # noqa: E402
 
@@ -63,8 +64,8 @@ def test_plot_plan_draws_the_plans_tasks_busy_times_memory_and_copies():
     pairs = {}
     for t in plan.transfers:
         pairs[t.src_device, t.dst_device] = pairs.get((t.src_device, t.dst_device), 0) + t.nbytes
-    labels = sorted(text.get_text() for text in axes["copies"].texts if text.get_text().endswith(" MiB"))
-    assert labels == sorted(f"{nbytes / MiB:.3g} MiB" for nbytes in pairs.values())
+    labels = sorted(text.get_text() for text in axes["copies"].texts if text.get_text().endswith("B"))
+    assert labels == sorted(format_bytes(nbytes) for nbytes in pairs.values())
     assert f"{len(plan.transfers)} tensors" in axes["copies"].get_title()
 
 
@@ -166,7 +167,7 @@ def test_to_dot_colours_nodes_by_device_and_marks_the_tensors_that_cross(tmp_pat
         assert (e.get_penwidth() is not None) == crosses
         if crosses:
             crossing += 1
-            assert e.get_label().strip('"') == f"{graph.node(src).output_bytes / 1024:.3g} KiB"
+            assert e.get_label().strip('"') == format_bytes(graph.node(src).output_bytes)
     expected = {(i, n.name) for n in shown for i in n.inputs if plan.placement.get(i) not in (None, plan.placement[n.name])
                 and graph.node(i).role not in ("parameter", "buffer", "constant")}
     assert crossing == len(expected) > 0

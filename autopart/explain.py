@@ -24,7 +24,8 @@ class Move:
     """Task ``task`` (index into ``PlacementProblem.tasks``, named ``name``) moved alone from
     ``src`` to ``dst``: ``delta`` is the change of the plan's objective (seconds for latency and
     throughput, joules for energy; > 0 is worse), None when the move does not fit, and then
-    ``over`` names the devices over capacity with their bytes."""
+    ``over`` names the devices over capacity with their bytes. ``over_cap_s``: the call's
+    seconds after the move when they exceed the energy objective's time cap (else None)."""
 
     task: int
     name: str
@@ -32,6 +33,7 @@ class Move:
     dst: str
     delta: float | None
     over: str = ""
+    over_cap_s: float | None = None
 
 
 def single_moves(
@@ -39,11 +41,15 @@ def single_moves(
     assignment: tuple[str, ...],
     streamed: frozenset[int] = frozenset(),
     objective: str = "latency",
+    *,
+    energy_eta: float | None = None,
+    latency_cap_s: float | None = None,
 ) -> list[Move]:
     """Every move of one free task of ``problem`` from its device in ``assignment`` (with the
     tasks in ``streamed`` streaming their weights; a streamed task moves with its weights) to
     another device with capacity, scored on ``objective`` (``"latency"``, ``"throughput"``, or
-    ``"energy"`` in joules, Zeus's weighted form not applied).
+    ``"energy"`` in joules, in Zeus's weighted form with ``energy_eta``), and for the energy
+    objective checked against its time cap ``latency_cap_s`` (seconds per call).
 
     Raises:
         ValueError: ``assignment`` does not give one device per task, or ``streamed`` names a
@@ -58,7 +64,7 @@ def single_moves(
     if cannot:
         raise ValueError(f"streamed names tasks {cannot}, which do not stream weights where they run "
                          "(a GPU task whose host has a CPU with capacity, in an inference problem)")
-    base = evaluate(problem, assignment, streamed).value(objective)
+    base = evaluate(problem, assignment, streamed).value(objective, energy_eta)
     moves = []
     for t, task in enumerate(problem.tasks):
         if task.fixed_device:
@@ -69,7 +75,9 @@ def single_moves(
             moved = (*assignment[:t], d, *assignment[t + 1:])
             ev = evaluate(problem, moved, streamed - {t})
             over = over_capacity(problem, ev)
-            moves.append(Move(t, task.name, assignment[t], d, None if over else ev.value(objective) - base, over))
+            slow = latency_cap_s is not None and ev.time_s > latency_cap_s * (1 + 1e-9)
+            moves.append(Move(t, task.name, assignment[t], d, None if over else ev.value(objective, energy_eta) - base,
+                              over, ev.time_s if slow and not over else None))
     return moves
 
 
@@ -102,13 +110,17 @@ def explain(plan: Plan, problem: PlacementProblem, max_rows: int = 40) -> str:
             f"{problem.capacity_bytes}; pass the problem it was solved from (Compilation.problem)"
         )
     by_task: dict[int, list[Move]] = {}
-    for m in single_moves(problem, *plan.assignment, plan.objective_name):
+    for m in single_moves(problem, *plan.assignment, plan.objective_name, energy_eta=plan.energy_eta,
+                          latency_cap_s=plan.latency_cap_s):
         by_task.setdefault(m.task, []).append(m)
     scale, unit = (1.0, "J") if plan.objective_name == "energy" else (1e3, "ms")
 
     def told(move: Move) -> str:
         if move.delta is None:
             return f"to {move.dst}: would not fit ({move.over})"
+        if move.over_cap_s is not None:
+            return (f"to {move.dst}: {move.delta * scale:+.3g} {unit} {plan.objective_name}, but over the time "
+                    f"cap ({_ms(move.over_cap_s)} > {_ms(plan.latency_cap_s)})")
         return f"to {move.dst}: {move.delta * scale:+.3g} {unit} {plan.objective_name}"
 
     rows, counts = [], {"fastest": 0, "memory": 0, "cost": 0, "gain": 0}
@@ -125,7 +137,8 @@ def explain(plan: Plan, problem: PlacementProblem, max_rows: int = 40) -> str:
             why = "-" if best is None else told(best)
         else:
             move = moves[fastest]
-            counts["memory" if move.delta is None else "cost" if move.delta >= 0 else "gain"] += 1
+            pays = move.delta is not None and move.delta < 0 and move.over_cap_s is None
+            counts["memory" if move.delta is None else "gain" if pays else "cost"] += 1
             why = told(move)
         device = placed.device + (f" <- {placed.streamed_from}" if placed.streamed_from else "")
         time = _ms(task.time_s.get(placed.device, 0.0))
@@ -137,7 +150,7 @@ def explain(plan: Plan, problem: PlacementProblem, max_rows: int = 40) -> str:
         f"compute (of the plan's {len(plan.tasks)}: the others hold inputs and outputs, or do no "
         f"work), {counts['fastest']} on their fastest device, {counts['memory']} kept off it by memory, "
         f"{counts['cost']} because moving them alone would not pay (copies, waiting, or load "
-        "on a busier device)"
+        "on a busier device" + (", or the time cap" if plan.latency_cap_s is not None else "") + ")"
     )
     if counts["gain"]:
         head += (

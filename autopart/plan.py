@@ -125,6 +125,10 @@ class Plan:
     """Per device, seconds of one backward pass of a training plan: its backward compute plus
     the gradients it sends back for the copies it received (what ``monitor`` measures as the
     device's backward); {} for a plan that runs no backward."""
+    latency_cap_s: float | None = None
+    """For the energy objective: the time budget a call was held to (``Solution.latency_cap_s``)."""
+    energy_eta: float | None = None
+    """For the energy objective in Zeus's weighted form: its eta (``objective`` is that cost)."""
     energy_unknown: tuple[str, ...] = ()
     """Devices the call powers that have no power figures (``max_power_W``): counted as 0 W
     in ``predicted_energy_J``, which is too low by their energy."""
@@ -189,7 +193,10 @@ class Plan:
         lines = [
             f"autopart plan for {self.graph_name} on {self.topology_name} "
             f"(objective: {self.objective_name}{', for training' if self.training else ''})",
-            f"solver {self.solver}: {self.solver_status}, objective {self._value(self.objective)}, "
+            f"solver {self.solver}: {self.solver_status}, objective {self._value(self.objective)}"
+            + (f" (Zeus cost, eta {self.energy_eta:g})" if self.energy_eta is not None else "")
+            + (f" (within a time cap of {_ms(self.latency_cap_s)})" if self.latency_cap_s is not None else "")
+            + ", "
             f"bound {self._value(self.bound)}, gap {_pct(self.gap)}"
             + (" (of the placement before compressing copies)" if self.compressed else "")
             + f", {self.solve_time_s:.2f} s, "
@@ -536,6 +543,8 @@ def make_plan(
         ),
         predicted_energy_J=ev.energy_J - saved_J,
         energy_unknown=energy_J(ev.busy_s, ev.time_s, problem.topology).unknown,
+        latency_cap_s=solution.latency_cap_s,
+        energy_eta=solution.energy_eta,
         predicted_peak_bytes={d: ev.peak_bytes.get(d, 0) for d in problem.capacity_bytes},
         capacity_bytes=dict(problem.capacity_bytes),
         solver=solution.solver,

@@ -196,6 +196,12 @@ class Solution:
     num_constraints: int
     streamed: frozenset[int] = frozenset()
     """Tasks whose weights stay in host memory and are copied to their device on each call."""
+    latency_cap_s: float | None = None
+    """The energy objective's time budget, seconds per call (``(1 + energy_slack)`` x the best
+    latency); None for other objectives and for Zeus's weighted form."""
+    energy_eta: float | None = None
+    """Zeus's eta when the energy objective was its weighted form (then ``objective`` is that
+    cost, in joules), else None."""
 
 
 @dataclass(frozen=True)
@@ -1335,7 +1341,8 @@ def solve(
     )
     if objective != "energy" and min_split_gain > 0:
         solution = _prefer_one_device(problem, solution, min_split_gain)
-    return dataclasses.replace(solution, solve_time_s=time.perf_counter() - start)
+    return dataclasses.replace(solution, solve_time_s=time.perf_counter() - start, latency_cap_s=latency_cap,
+                               energy_eta=energy_eta if objective == "energy" else None)
 
 
 def _prefer_one_device(problem: PlacementProblem, solution: Solution, min_gain: float) -> Solution:

@@ -168,3 +168,30 @@ def test_single_moves_and_explain_check_their_inputs():
         explain("plan.json", problem)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="max_rows must be an int >= 0, got -1"):
         explain(plan, problem, max_rows=-1)
+
+
+@pytest.mark.parametrize("options", [{"energy_slack": 0.0}, {"energy_eta": 0.5}], ids=["time-cap", "zeus"])
+def test_energy_plans_are_explained_on_what_their_solver_minimized(options):
+    """Moves are scored on the solver's own objective: within the time cap for energy with a
+    slack (a move that saves joules but breaks the cap says so), Zeus's cost with eta; no move
+    allowed so gains more than the plan's gap."""
+    from pathlib import Path
+
+    from autopart import AnnotatedGraph, Config
+    from autopart.dynamo import solve_annotated
+
+    graph = AnnotatedGraph.load(Path(__file__).parent.parent / "bench" / "graphs" / "gpt2.json")
+    config = Config.from_options(topology="hetero-a100-t4-cpu", objective="energy", time_limit_s=5, **options)
+    plan, problem = solve_annotated(graph, config, config.resolve_topology())
+    assert (plan.latency_cap_s is not None) == ("energy_slack" in options)
+    assert plan.energy_eta == options.get("energy_eta")
+    moves = single_moves(problem, *plan.assignment, "energy", energy_eta=plan.energy_eta,
+                         latency_cap_s=plan.latency_cap_s)
+    allowed = [m for m in moves if m.delta is not None and m.over_cap_s is None]
+    assert allowed and min(m.delta for m in allowed) >= -plan.gap * plan.objective - 1e-12
+    if "energy_slack" in options:
+        assert any(m.over_cap_s is not None and m.delta < 0 for m in moves)  # saves joules, too slow
+        assert f"(within a time cap of {plan.latency_cap_s * 1e3:.3f} ms)" in plan.summary()
+        assert "but over the time cap (" in explain(plan, problem, max_rows=100)
+    else:
+        assert "(Zeus cost, eta 0.5)" in plan.summary()

@@ -17,6 +17,7 @@ import torch
 
 from ._io import atomic_write_text, read_json
 from .coarsen import PlacementProblem, home_if_copied
+from .config import format_bytes
 from .costmodel.energy import energy_J
 from .graph import AnnotatedGraph
 from .kernels.compression import packed_element_size
@@ -228,35 +229,35 @@ class Plan:
                     str(len(mine)),
                     str(sum(t.num_nodes for t in mine)),
                     _ms(sum(t.time_s for t in mine)),
-                    _mib(resident.get(dev, 0)),
-                    _mib(self.predicted_peak_bytes.get(dev, 0)),
-                    _mib(self.capacity_bytes[dev]),
+                    format_bytes(resident.get(dev, 0)),
+                    format_bytes(self.predicted_peak_bytes.get(dev, 0)),
+                    format_bytes(self.capacity_bytes[dev]),
                 ]
             )
         lines += _table(header, rows)
         total = sum(t.nbytes for t in self.transfers)
         if self.replicas:
             copied = sum(t.nbytes for t in self.replicas)
-            lines += ["", f"weights copied once to a second device: {len(self.replicas)} ({_mib(copied)})"]
+            lines += ["", f"weights copied once to a second device: {len(self.replicas)} ({format_bytes(copied)})"]
             lines += _table(
                 ["from", "to", "size", "tensor", "why"],
-                [[t.src_device, t.dst_device, _mib(t.nbytes), t.source_node, t.reason] for t in self.replicas],
+                [[t.src_device, t.dst_device, format_bytes(t.nbytes), t.source_node, t.reason] for t in self.replicas],
             )
         if self.step_copies:
             copied = sum(t.nbytes for t in self.step_copies)
             lines += ["", f"trainable weights copied to their planned device every step, gradients back "
-                          f"(counted in the tasks' time): {len(self.step_copies)} ({_mib(copied)} each way)"]
+                          f"(counted in the tasks' time): {len(self.step_copies)} ({format_bytes(copied)} each way)"]
             lines += _table(
                 ["from", "to", "size", "tensor"],
-                [[t.src_device, t.dst_device, _mib(t.nbytes), t.source_node]
+                [[t.src_device, t.dst_device, format_bytes(t.nbytes), t.source_node]
                  for t in sorted(self.step_copies, key=lambda t: -t.nbytes)[:max_rows]],
             )
             if len(self.step_copies) > max_rows:
                 lines.append(f"... {len(self.step_copies) - max_rows} more")
-        lines += ["", f"transfers per call: {len(self.transfers)} ({_mib(total)})"]
+        lines += ["", f"transfers per call: {len(self.transfers)} ({format_bytes(total)})"]
         if self.transfers:
             rows = [
-                [t.src_device, t.dst_device, _mib(t.nbytes), t.compression, t.source_node, t.reason]
+                [t.src_device, t.dst_device, format_bytes(t.nbytes), t.compression, t.source_node, t.reason]
                 for t in sorted(self.transfers, key=lambda t: -t.nbytes)[:max_rows]
             ]
             lines += _table(["from", "to", "size", "sent as", "tensor", "why"], rows)
@@ -270,7 +271,7 @@ class Plan:
                 t.name[:60],
                 str(t.num_nodes),
                 _ms(t.time_s),
-                _mib(t.resident_bytes),
+                format_bytes(t.resident_bytes),
             ]
             for i, t in enumerate(self.tasks)
         ]
@@ -354,8 +355,6 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{x * 100:.2f}%"
 
 
-def _mib(nbytes: int) -> str:
-    return f"{nbytes / 2**20:.1f} MiB"
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:

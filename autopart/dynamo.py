@@ -8,7 +8,6 @@ Every graph compiled is recorded as a :class:`Compilation` (graph, plan, timings
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import logging
 import os
 import statistics
@@ -652,9 +651,10 @@ class Backend:
         Dynamo reuses the graph, passing each layer's parameters as inputs). Each instance is
         planned with the memory the earlier ones hold (the ledger), so the layers spread over
         the devices as they would in one graph; its compilation is named
-        ``"<graph> [instance k]"``. Past ``MAX_INSTANCES`` sets, further ones run with ``first``.
-        An instance whose parameters are gone (a model deleted) is forgotten when the next set
-        comes: its worker thread stops and its compilation leaves ``compilations``."""
+        ``"<graph> [instance k]"``. An instance whose parameters are gone (a model deleted) is
+        forgotten when the next set comes: its worker thread stops and its compilation leaves
+        ``compilations``. Past ``MAX_INSTANCES`` sets planned (forgotten ones included: sets
+        made anew on every call), further ones run with ``first``."""
         comp = getattr(first, "compilation", None)
         indices = [i for i, _, _ in _static_inputs(gm, example_inputs, roles=("parameter",))]
         if comp is None or comp.analysis is None or not indices:
@@ -664,7 +664,7 @@ class Backend:
             tuple(id(example_inputs[i]) for i in indices): ([weakref.ref(example_inputs[i]) for i in indices], first)
         }
 
-        numbers = itertools.count(1)
+        planned = [1]  # sets of parameters planned so far, the first included
 
         def run(*args: Any) -> Any:
             key = tuple(id(args[i]) for i in indices)
@@ -673,13 +673,14 @@ class Backend:
                 return call(*args)
             for gone in [k for k, (refs, call) in instances.items() if call is not first and any(r() is None for r in refs)]:
                 self._forget(getattr(instances.pop(gone)[1], "compilation", None))
-            if len(instances) >= MAX_INSTANCES:  # parameters made anew on every call: plan no more
-                if () not in instances:
-                    warnings.warn(f"autopart: {comp.graph_name} ran with {len(instances)} sets of parameters; "
-                                  "further sets run with its first plan", AutopartWarning, stacklevel=2)
-                    instances[()] = ([], first)  # counts as one more: warned once
+            k = planned[0]
+            if k >= MAX_INSTANCES:  # parameters made anew on every call: plan no more
+                if k == MAX_INSTANCES:
+                    warnings.warn(f"autopart: {comp.graph_name} ran with {k} sets of parameters; further "
+                                  "sets run with its first plan", AutopartWarning, stacklevel=2)
+                    planned[0] += 1  # warned once
                 return first(*args)
-            k = next(numbers)
+            planned[0] += 1
             call = self._compile(gm, list(args), f"{comp.graph_name} [instance {k}]", comp.analysis, k)
             instances[key] = ([weakref.ref(args[i]) for i in indices], call)
             return call(*args)

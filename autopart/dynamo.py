@@ -8,6 +8,7 @@ Every graph compiled is recorded as a :class:`Compilation` (graph, plan, timings
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import statistics
@@ -657,7 +658,7 @@ class Backend:
         made anew on every call), further ones run with ``first``."""
         comp = getattr(first, "compilation", None)
         indices = [i for i, _, _ in _static_inputs(gm, example_inputs, roles=("parameter",))]
-        if comp is None or comp.analysis is None or not indices:
+        if comp is None or comp.analysis is None or comp.fallback_reason is not None or not indices:
             return first  # runs as captured, or no parameters to tell instances apart
         # parameter ids -> (the parameters, to tell a reused id from the same tensor; what runs them)
         instances: dict[tuple[int, ...], tuple[list[weakref.ref], Callable]] = {
@@ -690,7 +691,7 @@ class Backend:
 
     def _forget(self, comp: Compilation | None) -> None:
         """Drop ``comp`` (an instance whose parameters are gone) and stop its worker thread."""
-        if comp is None:  # it ran as captured
+        if comp is None:  # planned only, or no plan to forget
             return
         if comp.runner is not None:
             comp.runner.schedule.close()
@@ -741,7 +742,9 @@ class Backend:
                 AutopartWarning,
                 stacklevel=2,
             )
-            return gm.forward
+            captured = functools.partial(_as_captured, gm)
+            captured.compilation = comp  # type: ignore[attr-defined]
+            return captured
         return _guard_first_call(comp, gm, self.config.strict, self if self.config.replan else None)
 
     def _runner(self, gm: torch.fx.GraphModule, example_inputs: Sequence[Any], plan: Plan) -> PlacedGraph:
@@ -850,6 +853,11 @@ def _planned_only(gm: torch.fx.GraphModule, comp: Compilation) -> Callable:
 
     run.compilation = comp  # type: ignore[attr-defined]
     return run
+
+
+def _as_captured(gm: torch.fx.GraphModule, *args: Any) -> Any:
+    """Run ``gm`` as Dynamo captured it (a graph whose planning failed)."""
+    return gm.forward(*args)
 
 
 def _has_symbolic_shapes(gm: torch.fx.GraphModule) -> bool:

@@ -111,6 +111,7 @@ class StaticCopyCache:
             _FUSED_HOOK = register_optimizer_step_post_hook(_fused_steps_count)
         with torch.inference_mode(False), torch.no_grad():  # a normal tensor, with a version counter
             moved = original.to(device)
+        _COPIED[original] = None
         if entry is None or entry.original() is not original:
             weakref.finalize(original, self.entries.pop, key, None)
         self.entries[key] = _Copy(weakref.ref(original), _version(original), original.data_ptr(), moved,
@@ -135,15 +136,19 @@ class StaticCopyCache:
 _FUSED_HOOK: Any = None
 """The handle of :func:`_fused_steps_count`, registered with the first copy."""
 
+_COPIED = WeakIdKeyDictionary()
+"""Tensors :class:`StaticCopyCache` copied (-> None), held weakly."""
+
 
 def _fused_steps_count(optimizer: torch.optim.Optimizer, *_: Any) -> None:
     """Step post-hook of every optimizer: a fused update (``fused=True``) changes parameters
-    without bumping their version counters, as torch.optim's other updates do; bump them, so
-    that :class:`StaticCopyCache` copies them again."""
+    without bumping their version counters, as torch.optim's other updates do; bump those of
+    the parameters :class:`StaticCopyCache` copied (``_COPIED``), so that it copies them again.
+    Others are left as they are."""
     for group in optimizer.param_groups:
         if group.get("fused"):
             for param in group["params"]:
-                if param.grad is not None:
+                if param.grad is not None and param in _COPIED:
                     torch.autograd.graph.increment_version(param)
 
 
@@ -338,10 +343,10 @@ class PartitionTimer:
             }
 
     def _stop(self, name: str, device: torch.device, module: Any, _args: Any, output: Any) -> None:
+        compile_s = module.take_compile_s() if isinstance(module, InductorPartition) else 0.0  # untimed too
         start = self._open.pop(name, None)
         if start is None:
             return
-        compile_s = module.take_compile_s() if isinstance(module, InductorPartition) else 0.0
         self.call_compile_s += compile_s
         self._add(self._total_s, name, device, start, compile_s)
         boundary = self._boundary.pop(name, None)

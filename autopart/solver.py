@@ -1317,8 +1317,8 @@ def solve(
         ev = evaluate(problem, assignment)
         _check_memory(problem, ev)
         value = ev.value(objective, energy_eta)
-        return Solution(assignment, "trivial", objective, value, value, 0.0,
-                        time.perf_counter() - start, "none", 0, 0)
+        return Solution(assignment, "trivial", objective, value, value, 0.0, time.perf_counter() - start, "none",
+                        0, 0, energy_eta=energy_eta if objective == "energy" else None)
 
     deadline = start + time_limit_s
     starts = starting_points(problem)

@@ -401,6 +401,20 @@ def _mlp_on_gpus(gpus: int = 2, training: bool = False, squash: bool = True, **o
     return model, backend, torch.compile(model, backend=backend)
 
 
+def test_a_fused_step_bumps_only_the_versions_of_weights_autopart_copied():
+    """After a fused step, a backward through a graph that saved a parameter runs as in plain
+    torch (it would raise had the step bumped that parameter's version)."""
+    StaticCopyCache().get(torch.randn(4), CPU0)  # autopart has copied something: its hook is on
+    model = nn.Linear(4, 4)
+    optimizer = torch.optim.Adam(model.parameters(), fused=True)
+    loss = model(torch.randn(2, 4)).sum()
+    loss.backward(retain_graph=True)
+    versions = [p._version for p in model.parameters()]
+    optimizer.step()
+    assert [p._version for p in model.parameters()] == versions
+    loss.backward()  # the saved weight is unchanged as far as autograd knows, as without autopart
+
+
 def test_models_compiled_one_after_another_leave_nothing_behind():
     """A sweep: each new model reuses the graph with its own parameters, a plan of its own; a
     deleted model's plan is forgotten, and its worker thread stopped, when the next comes."""
@@ -419,6 +433,22 @@ def test_models_compiled_one_after_another_leave_nothing_behind():
         gc.collect()
     assert len(backend.compilations) <= 2  # the graph's own, and the last model's
     assert threading.active_count() <= workers + 2
+
+
+def test_a_model_that_could_not_be_planned_is_forgotten_too():
+    """Two GPUs full with the first model: later ones run as captured, with a warning, and a
+    deleted one's compilation leaves ``compilations`` as a planned one's does."""
+    model, backend, _ = _mlp_on_gpus(2)
+    x = torch.randn(8, 32)
+    with torch.no_grad():
+        torch.compile(model, backend=backend)(x)
+        for _ in range(3):
+            other = Mlp().eval()
+            with pytest.warns(autopart.AutopartWarning, match="could not plan"):
+                torch.testing.assert_close(torch.compile(other, backend=backend)(x), other(x))
+            del other
+            gc.collect()
+    assert len(backend.compilations) <= 2
 
 
 def _inference_plan() -> autopart.Plan:
@@ -477,8 +507,9 @@ def test_monitor_leaves_out_the_time_inductor_spends_compiling(monkeypatch):
             torch.testing.assert_close(compiled(x), model(x))
     (comp,) = backend.compilations
     assert comp.metrics.num_monitored_calls == 2
-    assert all(s < 0.1 for s in comp.runner.measured_busy_s().values()), comp.runner.measured_busy_s()
-    assert comp.metrics.monitored_call_s / comp.metrics.num_monitored_calls < 0.1
+    # the first (untimed) call's compile is not taken from a timed call's time either
+    assert all(0 < s < 0.1 for s in comp.runner.measured_busy_s().values()), comp.runner.measured_busy_s()
+    assert 0 < comp.metrics.monitored_call_s / comp.metrics.num_monitored_calls < 0.1
 
 
 def _slow_backward(comp, device: str, seconds: float) -> None:

@@ -564,6 +564,17 @@ def test_a_model_that_fits_only_by_streaming_is_solved(objective):
     assert sol.objective == pytest.approx(brute_force(p, objective)[0], rel=1e-6)
 
 
+def test_a_plan_with_nothing_to_decide_keeps_its_energy_objectives_form():
+    topo = make_topology([make_device(n, max_power_W=300.0, idle_power_W=50.0) for n in ("cuda:0", "cuda:1")])
+    tasks = (Task("a", ("a",), {"cuda:0": 1e-3}, fixed_device="cuda:0"),
+             Task("b", ("b",), {"cuda:1": 5e-3}, fixed_device="cuda:1"))
+    p = PlacementProblem(tasks, (Value(0, (1,), 100, 1, ("a",)),), (), {"cuda:0": 10**9, "cuda:1": 10**9}, topo)
+    sol = solve(p, objective="energy", energy_eta=0.5)
+    ev = evaluate(p, sol.assignment)
+    assert sol.status == "trivial" and sol.energy_eta == 0.5
+    assert sol.objective == pytest.approx(0.5 * ev.energy_J + 0.5 * ev.max_power_W * ev.time_s)
+
+
 def test_unknown_objective_and_bad_slack_are_rejected():
     p = _chain([{"cpu": 1e-3, "cuda:0": 1e-3}] * 2, [0, 0], {"cpu": MB, "cuda:0": MB}, 1,
                make_topology([make_device("cpu"), make_device("cuda:0")]))

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 import autopart
+from autopart.config import format_bytes
 from autopart.dynamo import plan_model_backend
 from autopart.passes.cost import is_inplace
 from autopart.runtime import RuntimeMetrics, StaticInputMover
@@ -1376,8 +1377,8 @@ def test_a_training_plan_lists_the_parameters_each_step_copies_to_another_device
     assert sorted(c.nbytes for c in plan.step_copies) == sorted(sizes) and len(sizes) == 6
     for c in plan.step_copies:
         assert c.src_device == "cpu" and c.dst_device == plan.placement[c.source_node] != "cpu"
-    total = sum(sizes) / 2**20
-    assert f"gradients back (counted in the tasks' time): 6 ({total:.1f} MiB each way)" in plan.summary()
+    total = format_bytes(sum(sizes))
+    assert f"gradients back (counted in the tasks' time): 6 ({total} each way)" in plan.summary()
     assert autopart.Plan.from_dict(plan.to_dict()) == plan
 
 

@@ -175,16 +175,19 @@ class _Ledger:
             if self.assignment[values[vi].producer] not in (None, device) and (vi, device) not in self.received
         ]
 
+    def _received(self, vi: int) -> dict[int, int]:
+        """Step -> bytes of value ``vi``'s copy on a device that receives it (its ``received_span``)."""
+        v = self.problem.values[vi]
+        first, last = v.received_span
+        return dict.fromkeys(range(first, last + 1), self.problem.activation_copies * v.nbytes)
+
     def _steps(self, i: int, device: str) -> dict[int, int]:
         """Step -> bytes task ``i`` adds on ``device``: its activations, and the copies of
-        values it would receive there (over each value's ``received_span``)."""
+        values it would receive there."""
         steps = dict(self.increments[i])
-        copies = self.problem.activation_copies
         for vi in self._new_receipts(i, device):
-            v = self.problem.values[vi]
-            first, last = v.received_span
-            for step in range(first, last + 1):
-                steps[step] = steps.get(step, 0) + copies * v.nbytes
+            for step, nbytes in self._received(vi).items():
+                steps[step] = steps.get(step, 0) + nbytes
         return steps
 
     def need_bytes(self, i: int, device: str) -> int:
@@ -215,12 +218,10 @@ class _Ledger:
             self.resident[home] += nbytes
         self._add(device, steps)
         for vi in self.makes[i]:  # its values' copies on the devices of readers placed earlier
-            v = self.problem.values[vi]
-            for dst in {self.assignment[c] for c in v.consumers} - {None, device}:
+            for dst in {self.assignment[c] for c in self.problem.values[vi].consumers} - {None, device}:
                 if (vi, dst) not in self.received:
                     self.received.add((vi, dst))
-                    first, last = v.received_span
-                    self._add(dst, dict.fromkeys(range(first, last + 1), self.problem.activation_copies * v.nbytes))
+                    self._add(dst, self._received(vi))
 
     def used_bytes(self, device: str) -> int:
         return self.resident[device] + self.peak[device]

@@ -36,8 +36,7 @@ from .passes import (
     propagate_shapes_pass,
     record,
 )
-from .passes.aliasing import updates_a_user_input
-from .passes.cost import mutates_in_place
+from .passes.cost import mutates_in_place, updates_inputs
 from .passes.memory import storage_key
 from .passes.shapes import node_value, requires_grad
 from .passes.training import Optimizer, TrainingMemory, training_memory_pass
@@ -760,7 +759,7 @@ class Backend:
         on_cpu = {p for p, d in rewritten.partition_devices.items() if torch.device(self._mapping.get(d, d)).type == "cpu"}
         if on_cpu - host and host and any(n.op == "call_function" and is_random(n) for n in gm.graph.nodes):
             host = set()  # both lanes would draw from the CPU generator at once: keep eager's order
-        if updates_a_user_input(gm):
+        if updates_inputs(gm, roles=("input",)):
             host = set()  # readers of the input on the other lane would race with the update
         return PlacedGraph(
             rewritten.module,

@@ -71,18 +71,6 @@ def input_bound_nodes(gm: torch.fx.GraphModule) -> dict[str, str]:
     return bound
 
 
-def updates_a_user_input(gm: torch.fx.GraphModule) -> bool:
-    """Whether a node of ``gm`` updates a user input (or a view of one) in place: every reader
-    of that input must then run in the graph's order around the update."""
-    inputs = {
-        key for node in gm.graph.find_nodes(op="placeholder") if record(node).role == "input"
-        for key, _ in node_storages(node)
-    }
-    return any(
-        key in inputs for node in gm.graph.nodes for target in mutated_inputs(node) for key, _ in node_storages(target)
-    )
-
-
 def updated_together(gm: torch.fx.GraphModule) -> list[tuple[str, str]]:
     """(first, last) node names of each stretch of ``gm`` that must run in one task: from the
     first to the last node that reads a parameter, buffer or constant (``get_attr``) that the

@@ -119,15 +119,21 @@ def is_inplace(node: torch.fx.Node) -> bool:
 
 def mutates_in_place(gm: torch.fx.GraphModule) -> bool:
     """True if a node of ``gm`` updates a graph input in place (a user input, parameter or
-    buffer, or a view of one; :func:`mutated_inputs`), or is batch norm in training mode with
+    buffer, or a view of one; :func:`updates_inputs`), or is batch norm in training mode with
     running statistics, which it updates. Updates of tensors the graph made (``out += x``) do
     not count: running the graph again, or on part of a batch, makes them anew."""
-    inputs = {key for node in gm.graph.find_nodes(op="placeholder") for key, _ in node_storages(node)}
-    return any(
-        _updates_running_stats(node)
-        or any(key in inputs for target in mutated_inputs(node) for key, _ in node_storages(target))
-        for node in gm.graph.nodes
-    )
+    return updates_inputs(gm) or any(_updates_running_stats(node) for node in gm.graph.nodes)
+
+
+def updates_inputs(gm: torch.fx.GraphModule, roles: tuple[str, ...] | None = None) -> bool:
+    """True if a node of ``gm`` updates in place a graph input (of one of ``roles``, the
+    placeholders' ``record(...).role``; any by default) or a view of one (:func:`mutated_inputs`)."""
+    inputs = {
+        key for node in gm.graph.find_nodes(op="placeholder") if roles is None or record(node).role in roles
+        for key, _ in node_storages(node)
+    }
+    return any(key in inputs for node in gm.graph.nodes for target in mutated_inputs(node)
+               for key, _ in node_storages(target))
 
 
 def _updates_running_stats(node: torch.fx.Node) -> bool:
